@@ -1,0 +1,109 @@
+"""The public API, declared once: what a Database and a Collection can do.
+
+`curator.open(":memory:")` (embedded, in this process) and, in later issues, `curator.open(path)`
+(durable) and `curator.connect(address)` (remote) return implementations of these classes, and
+one shared test suite runs against each. Arrays go in and come out as numpy arrays; errors are
+the classes of `curator.errors`.
+
+Conventions:
+- ids are 64-bit integers >= 0 chosen by the user; -1 pads results.
+- distances are smaller-is-better for every metric (see `curator.metric`).
+- a tenant comes into being when it is first granted a vector (insert or grant) and leaves when
+  dropped; naming an unknown tenant elsewhere is NotFoundError.
+- a vector lives while at least one tenant may see it: revoking its last tenant, or dropping
+  that tenant, deletes it.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class Collection(ABC):
+    """Vectors of one dimension and metric, shared between tenants."""
+
+    name: str
+    dim: int
+    metric: str
+
+    @abstractmethod
+    def insert(self, ids, vectors, *, tenant: str) -> None:
+        """Store new vectors (ids must be new) and grant them to `tenant`, their owner. All or nothing."""
+
+    @abstractmethod
+    def grant(self, ids, *, tenant: str) -> int:
+        """Let `tenant` see these vectors; returns how many it could not see before."""
+
+    @abstractmethod
+    def revoke(self, ids, *, tenant: str) -> None:
+        """Take these vectors from `tenant` (those it could not see are left alone)."""
+
+    @abstractmethod
+    def delete(self, ids) -> None:
+        """Delete vectors for every tenant."""
+
+    @abstractmethod
+    def get(self, ids) -> np.ndarray:
+        """The stored vectors, (n, dim) float32, bit-exact as inserted."""
+
+    @abstractmethod
+    def tenants_of(self, id_: int) -> list[str]:
+        """The tenants that may see one vector."""
+
+    @abstractmethod
+    def count(self, tenant: str | None = None) -> int:
+        """Vectors `tenant` may see, or all vectors in the collection."""
+
+    @abstractmethod
+    def tenants(self) -> list[str]:
+        """Names of the tenants of this collection."""
+
+    @abstractmethod
+    def drop_tenant(self, tenant: str) -> None:
+        """Remove a tenant, its grants, and the vectors only it could see."""
+
+    @abstractmethod
+    def search(self, query, k: int = 10, *, tenant: str, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest vectors `tenant` may see: (ids, distances), best first, min(k, count) long.
+
+        `ef` is the candidate budget (recall knob): larger is more exact and slower.
+        """
+
+    @abstractmethod
+    def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str], ef: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Many queries, each for its own tenant: (ids, distances) of shape (nq, k), padded with -1 / inf."""
+
+    @abstractmethod
+    def train(self, sample=None) -> None:
+        """Train the shared clustering tree now, on `sample` or on the stored vectors."""
+
+    @abstractmethod
+    def stats(self) -> dict:
+        """Counts and memory of the collection."""
+
+
+class Database(ABC):
+    """A set of named collections."""
+
+    @abstractmethod
+    def create_collection(self, name: str, dim: int, metric: str = "l2", **options) -> Collection: ...
+
+    @abstractmethod
+    def collection(self, name: str) -> Collection: ...
+
+    @abstractmethod
+    def list_collections(self) -> list[str]: ...
+
+    @abstractmethod
+    def drop_collection(self, name: str) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,170 @@
+"""The embedded implementation of the API: collections served from this process.
+
+Each call validates its arguments at the edge (`validate`), then runs on the collection's
+`CuratorIndex` under the collection's lock, so one collection may be used from many threads.
+"""
+
+import threading
+from collections.abc import Sequence
+from dataclasses import fields
+
+import numpy as np
+
+from . import validate
+from .api import Collection, Database
+from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from .index import CuratorIndex, IndexConfig
+from .metric import Metric
+from .tree import TreeShape
+
+MAX_DIM = 65_536
+_TREE_OPTIONS = {f.name for f in fields(TreeShape)}
+_INDEX_OPTIONS = {f.name for f in fields(IndexConfig)} - {"tree"}
+
+
+def index_config(options: dict) -> IndexConfig:
+    """An IndexConfig from flat keyword options (branching=, leaf_size=, ef=, ...)."""
+    unknown = set(options) - _TREE_OPTIONS - _INDEX_OPTIONS
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown collection option(s) {sorted(unknown)}; allowed: {sorted(_TREE_OPTIONS | _INDEX_OPTIONS)}"
+        )
+    tree = TreeShape(**{k: v for k, v in options.items() if k in _TREE_OPTIONS})
+    return IndexConfig(tree=tree, **{k: v for k, v in options.items() if k in _INDEX_OPTIONS})
+
+
+class EmbeddedCollection(Collection):
+    def __init__(self, name: str, dim: int, metric: Metric, config: IndexConfig):
+        self.name = name
+        self.dim = dim
+        self.metric = metric.label
+        self.index = CuratorIndex(dim, metric, config)
+        self._lock = threading.RLock()
+
+    def insert(self, ids, vectors, *, tenant: str) -> None:
+        ids = validate.ids(ids)
+        vectors = validate.vectors(vectors, self.dim)
+        if vectors.shape[0] != ids.shape[0]:
+            raise InvalidArgumentError(f"{ids.shape[0]} ids but {vectors.shape[0]} vectors; they must pair up")
+        tenant = validate.name(tenant, "tenant")
+        with self._lock:
+            self.index.insert(ids, vectors, tenant)
+
+    def grant(self, ids, *, tenant: str) -> int:
+        ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
+        with self._lock:
+            return self.index.grant(ids, tenant)
+
+    def revoke(self, ids, *, tenant: str) -> None:
+        ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
+        with self._lock:
+            self.index.revoke(ids, tenant)
+
+    def delete(self, ids) -> None:
+        ids = validate.ids(ids)
+        with self._lock:
+            self.index.delete(ids)
+
+    def get(self, ids) -> np.ndarray:
+        ids = validate.ids(ids)
+        with self._lock:
+            return self.index.get(ids)
+
+    def tenants_of(self, id_: int) -> list[str]:
+        (id_,) = validate.ids([id_])
+        with self._lock:
+            return self.index.tenants_of(id_)
+
+    def count(self, tenant: str | None = None) -> int:
+        if tenant is not None:
+            tenant = validate.name(tenant, "tenant")
+        with self._lock:
+            return self.index.count(tenant)
+
+    def tenants(self) -> list[str]:
+        with self._lock:
+            return self.index.tenants()
+
+    def drop_tenant(self, tenant: str) -> None:
+        tenant = validate.name(tenant, "tenant")
+        with self._lock:
+            self.index.drop_tenant(tenant)
+
+    def search(self, query, k: int = 10, *, tenant: str, ef: int | None = None):
+        query = validate.vectors(query, self.dim)
+        if query.shape[0] != 1:
+            raise InvalidArgumentError(f"search takes one query, got {query.shape[0]}; use search_batch")
+        k = validate.k(k)
+        tenant = validate.name(tenant, "tenant")
+        with self._lock:
+            ids, dists = self.index.search(query, k, [tenant], validate.ef(ef, self.index.config.ef), parallel=False)
+        found = int(np.count_nonzero(ids[0] >= 0))
+        return ids[0, :found], dists[0, :found]
+
+    def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str], ef: int | None = None):
+        queries = validate.vectors(queries, self.dim)
+        k = validate.k(k)
+        if isinstance(tenants, str):
+            tenants = [tenants] * queries.shape[0]
+        tenants = [validate.name(t, "tenant") for t in tenants]
+        if len(tenants) != queries.shape[0]:
+            raise InvalidArgumentError(f"{queries.shape[0]} queries but {len(tenants)} tenants; give one per query")
+        with self._lock:
+            return self.index.search(queries, k, tenants, validate.ef(ef, self.index.config.ef), parallel=True)
+
+    def train(self, sample=None) -> None:
+        if sample is not None:
+            sample = validate.vectors(sample, self.dim)
+        with self._lock:
+            self.index.train(sample)
+
+    def stats(self) -> dict:
+        with self._lock:
+            index = self.index
+            return {
+                "vectors": index.count(),
+                "tenants": len(index.tenant_numbers),
+                "pairs": int(index.tenancy.count.sum()),
+                "tree_nodes": index.tree.n_nodes,
+                "shortlists": index.tenancy.n_shortlists - len(index.tenancy._free_shortlists),
+                "memory_bytes": index.nbytes,
+            }
+
+
+class EmbeddedDatabase(Database):
+    """Collections in this process's memory (":memory:")."""
+
+    def __init__(self):
+        self._collections: dict[str, EmbeddedCollection] = {}
+        self._lock = threading.Lock()
+
+    def create_collection(self, name: str, dim: int, metric: str = "l2", **options) -> Collection:
+        name = validate.name(name, "collection name")
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= MAX_DIM:
+            raise InvalidArgumentError(f"dim must be an integer between 1 and {MAX_DIM}, got {dim!r}")
+        collection = EmbeddedCollection(name, int(dim), Metric.parse(metric), index_config(options))
+        with self._lock:
+            if name in self._collections:
+                raise AlreadyExistsError(f"collection {name!r} already exists")
+            self._collections[name] = collection
+        return collection
+
+    def collection(self, name: str) -> Collection:
+        with self._lock:
+            try:
+                return self._collections[name]
+            except KeyError:
+                raise NotFoundError(f"unknown collection {name!r}; existing: {sorted(self._collections)}") from None
+
+    def list_collections(self) -> list[str]:
+        with self._lock:
+            return sorted(self._collections)
+
+    def drop_collection(self, name: str) -> None:
+        with self._lock:
+            if self._collections.pop(name, None) is None:
+                raise NotFoundError(f"unknown collection {name!r}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._collections.clear()

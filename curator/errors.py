@@ -1,0 +1,51 @@
+"""The engine's exceptions: a small closed set that every transport maps one to one.
+
+Each class names the gRPC status it travels as (`code`), so the server can map an engine
+error to a status and the client can raise the same class again. Messages say what was
+wrong and what is allowed. This module must never import anything from a transport.
+"""
+
+
+class CuratorError(Exception):
+    """Base of every error Curator raises on purpose."""
+
+    code = "INTERNAL"
+
+
+class InvalidArgumentError(CuratorError, ValueError):
+    """The request itself is malformed: wrong dimension, NaN, k out of range, empty batch."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class NotFoundError(CuratorError, LookupError):
+    """A named thing does not exist: collection, tenant or vector id."""
+
+    code = "NOT_FOUND"
+
+
+class AlreadyExistsError(CuratorError):
+    """A create or insert names something that already exists."""
+
+    code = "ALREADY_EXISTS"
+
+
+class PermissionDeniedError(CuratorError):
+    """The caller may not act for the tenant it names."""
+
+    code = "PERMISSION_DENIED"
+
+
+class ResourceExhaustedError(CuratorError):
+    """A request goes beyond a configured limit."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+ALL_ERRORS = (
+    InvalidArgumentError,
+    NotFoundError,
+    AlreadyExistsError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+)

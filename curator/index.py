@@ -1,0 +1,240 @@
+"""CuratorIndex: one collection's vectors, stored once, with the shared tree and the tenants' sub-trees.
+
+This is the engine below the public API: it speaks user ids and tenant names, keeps the vector
+store (one float32 row per vector, slots reused after deletes), trains the shared tree when
+enough data has arrived and keeps it fresh, and runs searches. It does no argument checking of
+its own beyond what needs its state (unknown ids, duplicates): `validate` has done the rest.
+
+Training rule (see README, "The clustering tree"): until `train_size` vectors are stored the tree
+is a single leaf and every search is exact. At `train_size` the tree is trained on the stored
+vectors (at most `train_sample` of them); it is trained again when the collection has grown
+`retrain_growth` times past the last training, or when vectors inserted since lie on average
+`drift_limit` times farther from their leaf centroids than the training vectors did.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import search as kernels
+from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from .idmap import IdMap
+from .metric import Metric
+from .tenancy import TenantSubtrees
+from .tree import ClusteringTree, TreeShape
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    tree: TreeShape = field(default_factory=TreeShape)
+    split_limit: int = 128
+    ef: int = 384
+    train_size: int = 10_000
+    train_sample: int = 100_000
+    retrain_growth: float = 2.0
+    drift_limit: float = 2.0
+
+    def __post_init__(self):
+        if self.split_limit < 2 or self.ef < 1 or self.train_size < 1:
+            raise InvalidArgumentError("split_limit must be >= 2, ef and train_size >= 1")
+        if self.tree.branching < 2 or self.tree.leaf_size < 1:
+            raise InvalidArgumentError("branching must be >= 2 and leaf_size >= 1")
+
+
+class CuratorIndex:
+    def __init__(self, dim: int, metric: Metric, config: IndexConfig = IndexConfig()):
+        self.dim = dim
+        self.metric = metric
+        self.config = config
+        self.vectors = np.zeros((1024, dim), np.float32)
+        self.inv_norm = np.ones(1024, np.float32)
+        self.slot_ids = np.full(1024, -1, np.int64)
+        self.n_slots = 0  # high-water mark of used slots
+        self._free_slots = np.zeros(0, np.int64)
+        self.ids = IdMap()
+        self.tree = ClusteringTree.untrained(dim, metric)
+        self.tenancy = TenantSubtrees(self.tree, config.split_limit)
+        self.tenant_numbers: dict[str, int] = {}
+        self.tenant_names: list[str | None] = []
+        self._trained_count = 0
+        self._drift_sum = 0.0
+        self._drift_n = 0
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def insert(self, ids: np.ndarray, vectors: np.ndarray, tenant: str) -> None:
+        known = self.ids.lookup(ids)
+        if np.any(known >= 0):
+            dup = ids[known >= 0]
+            raise AlreadyExistsError(
+                f"{dup.size} id(s) already exist, e.g. {dup[:5].tolist()}; delete them first or use new ids"
+            )
+        if self.metric is Metric.COSINE:
+            norms = np.linalg.norm(vectors, axis=1)
+            if np.any(norms == 0):
+                raise InvalidArgumentError("cosine metric: a vector of length zero has no direction")
+        slots = self._allocate(ids.shape[0])
+        self.vectors[slots] = vectors
+        if self.metric is Metric.COSINE:
+            self.inv_norm[slots] = 1.0 / norms
+        self.slot_ids[slots] = ids
+        self.ids.assign(ids, slots)
+        leaves, sqdist = self.tree.route(self._prepared(slots))
+        self.tenancy.place(slots, leaves)
+        self.tenancy.grant(slots, self._tenant(tenant, create=True))
+        if self.tree.trained:
+            self._drift_sum += float(sqdist.sum())
+            self._drift_n += slots.size
+        self._maybe_train()
+
+    def grant(self, ids: np.ndarray, tenant: str) -> int:
+        return self.tenancy.grant(self._slots(ids), self._tenant(tenant, create=True))
+
+    def revoke(self, ids: np.ndarray, tenant: str) -> None:
+        slots = self._slots(ids)
+        orphans = self.tenancy.revoke(slots, self._tenant(tenant))
+        self._release(orphans)
+
+    def delete(self, ids: np.ndarray) -> None:
+        slots = self._slots(ids)
+        self.tenancy.remove(slots)
+        self._release(slots)
+
+    def drop_tenant(self, tenant: str) -> None:
+        t = self._tenant(tenant)
+        self._release(self.tenancy.drop(t))
+        del self.tenant_numbers[tenant]
+        self.tenant_names[t] = None
+
+    def train(self, sample: np.ndarray | None = None) -> None:
+        """(Re)train the shared tree on `sample`, or on the stored vectors, and re-route everything."""
+        slots = self._live_slots()
+        if sample is None:
+            if slots.size == 0:
+                raise InvalidArgumentError("nothing to train on: the collection is empty and no sample was given")
+            rng = np.random.default_rng(self.config.tree.seed)
+            picked = slots if slots.size <= self.config.train_sample else rng.choice(
+                slots, self.config.train_sample, replace=False)
+            sample = self._prepared(np.sort(picked))
+        else:
+            sample = self.metric.prepare(sample)
+        tree = ClusteringTree.train(sample, self.metric, self.config.tree)
+        leaves = tree.route(self._prepared(slots))[0] if slots.size else np.zeros(0, np.int32)
+        self.tenancy.rebuild(tree, slots, leaves)
+        self.tree = tree
+        self._trained_count = max(slots.size, sample.shape[0], 1)
+        self._drift_sum, self._drift_n = 0.0, 0
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        return self.vectors[self._slots(ids)]
+
+    def tenants_of(self, id_: int) -> list[str]:
+        slot = self._slots(np.array([id_], np.int64))[0]
+        return sorted(self.tenant_names[t] for t in self.tenancy.tenants_of(slot).tolist())
+
+    def count(self, tenant: str | None = None) -> int:
+        if tenant is None:
+            return len(self.ids)
+        return int(self.tenancy.count[self._tenant(tenant)])
+
+    def tenants(self) -> list[str]:
+        return sorted(self.tenant_numbers)
+
+    def search(self, queries: np.ndarray, k: int, tenants: list[str], ef: int, parallel: bool):
+        """(ids, distances) of shape (nq, k), best first, padded with -1 / inf."""
+        numbers = np.fromiter((self._tenant(t) for t in tenants), np.int64, len(tenants))
+        if self.metric is Metric.COSINE:
+            queries = Metric.COSINE.prepare(queries)
+        nq = queries.shape[0]
+        slots = np.full((nq, k), -1, np.int64)
+        dists = np.full((nq, k), np.inf, np.float32)
+        kernel = kernels.search_batch_parallel if parallel and nq > 1 else kernels.search_batch_serial
+        tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
+        kernel(queries, numbers, k, max(ef, k), int(self.metric), directory.data, directory.start,
+               directory.size, tenancy.shortlist_node, self.tree.centroids, members.data, members.start,
+               members.size, self.vectors, self.inv_norm, slots, dists)
+        ids = np.where(slots >= 0, self.slot_ids[slots], -1)
+        return ids, dists
+
+    @property
+    def nbytes(self) -> dict[str, int]:
+        """Memory by part: the vectors (one copy) and everything else the index keeps."""
+        live = self.n_slots
+        return {
+            "vectors": self.vectors[:live].nbytes,
+            "tenancy": self.tenancy.nbytes,
+            "tree": self.tree.nbytes,
+            "ids": self.ids.nbytes + self.slot_ids.nbytes + self.inv_norm.nbytes,
+        }
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _tenant(self, name: str, create: bool = False) -> int:
+        t = self.tenant_numbers.get(name)
+        if t is not None:
+            return t
+        if not create:
+            raise NotFoundError(f"unknown tenant {name!r}: it has never been granted a vector, or was dropped")
+        t = self.tenancy.add_tenant()
+        self.tenant_numbers[name] = t
+        self.tenant_names.append(name)
+        return t
+
+    def _slots(self, ids: np.ndarray) -> np.ndarray:
+        slots = self.ids.lookup(ids)
+        if np.any(slots < 0):
+            missing = ids[slots < 0]
+            raise NotFoundError(f"{missing.size} unknown id(s), e.g. {missing[:5].tolist()}")
+        return slots
+
+    def _allocate(self, n: int) -> np.ndarray:
+        reused = self._free_slots[:n]
+        self._free_slots = self._free_slots[n:]
+        fresh = np.arange(self.n_slots, self.n_slots + n - reused.size, dtype=np.int64)
+        self.n_slots += fresh.size
+        if self.n_slots > self.vectors.shape[0]:
+            grown = max(self.n_slots, self.vectors.shape[0] * 3 // 2)
+            self.vectors = _grow(self.vectors, grown, 0)
+            self.inv_norm = _grow(self.inv_norm, grown, 1)
+            self.slot_ids = _grow(self.slot_ids, grown, -1)
+        return np.concatenate([reused, fresh])
+
+    def _release(self, slots: np.ndarray) -> None:
+        if slots.size == 0:
+            return
+        self.ids.discard(self.slot_ids[slots])
+        self.slot_ids[slots] = -1
+        self._free_slots = np.concatenate([self._free_slots, slots])
+
+    def _live_slots(self) -> np.ndarray:
+        return np.flatnonzero(self.slot_ids[: self.n_slots] >= 0)
+
+    def _prepared(self, slots: np.ndarray) -> np.ndarray:
+        x = self.vectors[slots]
+        if self.metric is Metric.COSINE:
+            x *= self.inv_norm[slots, None]
+        return x
+
+    def _maybe_train(self) -> None:
+        n = len(self.ids)
+        cfg = self.config
+        if not self.tree.trained:
+            if n >= cfg.train_size:
+                self.train()
+            return
+        grown = n >= cfg.retrain_growth * self._trained_count
+        drifted = (
+            self._drift_n >= 1000
+            and self.tree.distortion > 0
+            and self._drift_sum / self._drift_n > cfg.drift_limit * self.tree.distortion
+        )
+        if grown or drifted:
+            self.train()
+
+
+def _grow(array: np.ndarray, rows: int, fill) -> np.ndarray:
+    grown = np.full((rows,) + array.shape[1:], fill, array.dtype)
+    grown[: array.shape[0]] = array
+    return grown

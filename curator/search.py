@@ -1,0 +1,120 @@
+"""The compiled search of one tenant's sub-tree: rank its shortlists, scan them, keep the top k.
+
+For a query q and tenant t: the distance from q to the centroid of each of t's shortlist nodes
+orders the shortlists (a heap, so only the lists actually scanned are ever sorted); shortlists
+are scanned nearest first with exact distances until `budget` candidates have been seen (the
+recall knob, `ef`); a bounded max-heap keeps the best k. Because every vector t may see is in
+exactly one of its shortlists and the budget is at least k, the search returns min(k, |t|)
+results, and never a vector t may not see.
+
+One query is one compiled call; a batch is one compiled call that runs its queries in parallel.
+"""
+
+import numba
+import numpy as np
+
+from .distance import COSINE, distance
+
+
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _sift_down_min(keys, vals, n, i):
+    while True:
+        left = 2 * i + 1
+        if left >= n:
+            return
+        j = left
+        if left + 1 < n and keys[left + 1] < keys[left]:
+            j = left + 1
+        if keys[j] >= keys[i]:
+            return
+        keys[i], keys[j] = keys[j], keys[i]
+        vals[i], vals[j] = vals[j], vals[i]
+        i = j
+
+
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _sift_down_max(keys, vals, n, i):
+    while True:
+        left = 2 * i + 1
+        if left >= n:
+            return
+        j = left
+        if left + 1 < n and keys[left + 1] > keys[left]:
+            j = left + 1
+        if keys[j] <= keys[i]:
+            return
+        keys[i], keys[j] = keys[j], keys[i]
+        vals[i], vals[j] = vals[j], vals[i]
+        i = j
+
+
+@numba.njit(cache=True, fastmath=True)
+def search_tenant(q, k, budget, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
+                  centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots, out_dist):
+    """Fill out_slots/out_dist (length >= k) best first; returns how many results were found."""
+    m = dir_size[tenant]
+    if m == 0:
+        return 0
+    s0 = dir_start[tenant]
+    order_key = np.empty(m, np.float32)
+    order_list = np.empty(m, np.int64)
+    for i in range(m):
+        l = dir_data[s0 + i]
+        order_list[i] = l
+        order_key[i] = distance(q, centroids[shortlist_node[l]], metric)
+    for i in range(m // 2 - 1, -1, -1):
+        _sift_down_min(order_key, order_list, m, i)
+
+    best_d = np.full(k, np.inf, np.float32)  # max-heap of the best k so far
+    best_s = np.full(k, -1, np.int64)
+    found = 0
+    scanned = 0
+    remaining = m
+    while remaining > 0 and scanned < budget:
+        l = order_list[0]
+        remaining -= 1
+        order_key[0] = order_key[remaining]
+        order_list[0] = order_list[remaining]
+        _sift_down_min(order_key, order_list, remaining, 0)
+        start = mem_start[l]
+        size = mem_size[l]
+        for j in range(size):
+            slot = mem_data[start + j]
+            if metric == COSINE:
+                d = distance(q, vectors[slot], 2) * inv_norm[slot] + numba.float32(1.0)
+            else:
+                d = distance(q, vectors[slot], metric)
+            if found < k:
+                best_d[found] = d
+                best_s[found] = slot
+                found += 1
+                if found == k:
+                    for i in range(k // 2 - 1, -1, -1):
+                        _sift_down_max(best_d, best_s, k, i)
+            elif d < best_d[0]:
+                best_d[0] = d
+                best_s[0] = slot
+                _sift_down_max(best_d, best_s, k, 0)
+        scanned += size
+
+    order = np.argsort(best_d[:found])
+    for i in range(found):
+        out_slots[i] = best_s[order[i]]
+        out_dist[i] = best_d[order[i]]
+    return found
+
+
+@numba.njit(cache=True)
+def search_batch_serial(queries, tenants, k, budget, metric, dir_data, dir_start, dir_size, shortlist_node,
+                        centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots, out_dist):
+    for i in range(queries.shape[0]):
+        search_tenant(queries[i], k, budget, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
+                      centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots[i], out_dist[i])
+
+
+@numba.njit(cache=True, parallel=True)
+def search_batch_parallel(queries, tenants, k, budget, metric, dir_data, dir_start, dir_size, shortlist_node,
+                          centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots, out_dist):
+    for i in numba.prange(queries.shape[0]):
+        search_tenant(queries[i], k, budget, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
+                      centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots[i], out_dist[i])

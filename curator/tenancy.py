@@ -1,0 +1,270 @@
+"""Per-tenant sub-trees of the shared clustering tree: presence, shortlists, split and merge.
+
+For each tenant t, its own clustering tree is a sub-tree of the shared one, written down as a
+map node -> state (`nodes[t]`):
+- SPLIT: t has more vectors under this node than one shortlist should hold, so they live in
+  the node's children;
+- a shortlist id: all of t's vectors under this node are in that one list;
+- absent: t has nothing under this node (presence is exact: no false positives, ever).
+The SPLIT nodes form a tree from the root; every vector t may see is in exactly one shortlist,
+at the first node on its leaf's path from the root that t has not split.
+
+A shortlist over `split_limit` vectors at an inner node is pushed down to the node's children;
+when the shortlists under a split node shrink to `split_limit // 2` in all they merge back up (the
+gap keeps a list at the boundary from flapping). A (vector, tenant) pair costs one int32 in a
+shortlist and one int32 in the vector's access list, both in `Slabs` pools.
+
+Loops here run per shortlist or per tenant touched by a batch, never per vector; the per-vector
+work is numpy or compiled `Slabs` edits. This module knows slots and tenant numbers only, not
+user ids or tenant names.
+"""
+
+import numpy as np
+
+from .slabs import Slabs
+from .tree import ClusteringTree
+
+SPLIT = -1
+
+
+class TenantSubtrees:
+    def __init__(self, tree: ClusteringTree, split_limit: int = 128):
+        self.tree = tree
+        self.split_limit = split_limit
+        self.merge_limit = split_limit // 2
+        self.leaf_of = np.zeros(0, np.int32)  # slot -> leaf of the shared tree
+        self.access = Slabs()  # slot -> tenants that may see it
+        self._reset_subtrees()
+
+    def _reset_subtrees(self) -> None:
+        self.members = Slabs()  # shortlist -> slots
+        self.directory = Slabs(len(getattr(self, "nodes", ())))  # tenant -> its shortlists
+        self.shortlist_node = np.zeros(64, np.int32)
+        self.shortlist_tenant = np.zeros(64, np.int32)
+        self.n_shortlists = 0
+        self._free_shortlists: list[int] = []
+        n_tenants = len(getattr(self, "nodes", ()))
+        self.nodes: list[dict[int, int]] = [{} for _ in range(n_tenants)]
+        self._split_nodes: list[np.ndarray | None] = [None] * n_tenants
+        self.count = np.zeros(max(n_tenants, 16), np.int64)
+
+    # -- tenants -------------------------------------------------------------------------------
+
+    @property
+    def n_tenants(self) -> int:
+        return len(self.nodes)
+
+    def add_tenant(self) -> int:
+        t = len(self.nodes)
+        self.nodes.append({})
+        self._split_nodes.append(None)
+        self.directory.reserve(t + 1)
+        if t >= self.count.shape[0]:
+            self.count = np.concatenate([self.count, np.zeros(self.count.shape[0], np.int64)])
+        return t
+
+    def shortlists_of(self, t: int) -> np.ndarray:
+        return self.directory.get(t)
+
+    def slots_of(self, t: int) -> np.ndarray:
+        return self.members.gather(self.directory.get(t))[0]
+
+    def tenants_of(self, slot: int) -> np.ndarray:
+        return self.access.get(slot)
+
+    # -- vectors ---------------------------------------------------------------------------------
+
+    def place(self, slots: np.ndarray, leaves: np.ndarray) -> None:
+        """Record the leaf of the shared tree that new (or re-routed) slots fall in."""
+        need = int(slots.max()) + 1
+        if need > self.leaf_of.shape[0]:
+            grown = np.zeros(max(need, self.leaf_of.shape[0] * 3 // 2 + 16), np.int32)
+            grown[: self.leaf_of.shape[0]] = self.leaf_of
+            self.leaf_of = grown
+        self.access.reserve(need)
+        self.leaf_of[slots] = leaves
+
+    def grant(self, slots: np.ndarray, t: int) -> int:
+        """Let tenant t see these slots; returns how many it could not see before."""
+        slots = slots[~self.access.contains(slots, np.full(slots.shape[0], t))]
+        if slots.size:
+            self.access.append(slots, np.full(slots.shape[0], t))
+            self._insert(slots, t)
+            self.count[t] += slots.size
+        return int(slots.size)
+
+    def revoke(self, slots: np.ndarray, t: int) -> np.ndarray:
+        """Take these slots from tenant t; returns the slots no tenant can see any more."""
+        tenant = np.full(slots.shape[0], t)
+        slots = slots[self.access.contains(slots, tenant)]
+        if slots.size == 0:
+            return slots
+        nodes = self._frontier(slots, t)
+        touched, inverse = np.unique(nodes, return_inverse=True)
+        state = self.nodes[t]
+        lists = np.array([state[node] for node in touched.tolist()], np.int64)
+        self.members.remove(lists[inverse], slots)
+        self.access.remove(slots, tenant[: slots.size])
+        self.count[t] -= slots.size
+        self._tidy(t, touched)
+        return slots[self.access.size[slots] == 0]
+
+    def remove(self, slots: np.ndarray) -> None:
+        """Take these slots from every tenant that can see them (the vectors are being deleted)."""
+        tenants, origin = self.access.gather(slots)
+        order = np.argsort(tenants, kind="stable")
+        tenants, pair_slots = tenants[order], slots[origin[order]]
+        bounds = np.flatnonzero(np.diff(tenants)) + 1
+        for group in np.split(np.arange(tenants.size), bounds):
+            if group.size:
+                self.revoke(pair_slots[group], int(tenants[group[0]]))
+
+    def drop(self, t: int) -> np.ndarray:
+        """Remove tenant t's sub-tree and grants; returns the slots no tenant can see any more."""
+        lists = self.directory.get(t).astype(np.int64)
+        slots = self.members.gather(lists)[0]
+        self.access.remove(slots, np.full(slots.shape[0], t))
+        self.members.clear(lists)
+        self.directory.clear(np.array([t]))
+        self._free_shortlists.extend(lists.tolist())
+        self.nodes[t] = {}
+        self._split_nodes[t] = None
+        self.count[t] = 0
+        return slots[self.access.size[slots] == 0]
+
+    def rebuild(self, tree: ClusteringTree, slots: np.ndarray, leaves: np.ndarray) -> None:
+        """Re-derive every tenant's sub-tree over a new shared tree (after training)."""
+        per_tenant = [self.slots_of(t) for t in range(self.n_tenants)]
+        self.tree = tree
+        self.leaf_of[slots] = leaves
+        self._reset_subtrees()
+        for t, mine in enumerate(per_tenant):
+            if mine.size:
+                self._insert(mine, t)
+                self.count[t] = mine.size
+
+    # -- the sub-tree ----------------------------------------------------------------------------
+
+    def _frontier(self, slots: np.ndarray, t: int) -> np.ndarray:
+        """For each slot, the first node on its leaf's path that tenant t has not split."""
+        paths = self.tree.paths[self.leaf_of[slots]]
+        split = self._split_nodes[t]
+        if split is None:
+            split = np.array(sorted(n for n, s in self.nodes[t].items() if s == SPLIT), np.int32)
+            self._split_nodes[t] = split
+        if split.size == 0:
+            return paths[:, 0]
+        level = np.isin(paths, split).argmin(axis=1)  # first node not split (leaves never are)
+        return paths[np.arange(paths.shape[0]), level]
+
+    def _insert(self, slots: np.ndarray, t: int) -> None:
+        nodes = self._frontier(slots, t)
+        targets, inverse = np.unique(nodes, return_inverse=True)
+        state = self.nodes[t]
+        lists = np.array(
+            [state[n] if n in state else self._new_shortlist(t, n) for n in targets.tolist()], np.int64
+        )
+        self.members.append(lists[inverse], slots)
+        full = (self.members.size[lists] > self.split_limit) & ~self.tree.is_leaf[targets]
+        for l in lists[full].tolist():
+            self._split(l)
+
+    def _split(self, l: int) -> None:
+        t, node = int(self.shortlist_tenant[l]), int(self.shortlist_node[l])
+        slots = self.members.get(l).copy()
+        self._free_shortlist(l)
+        self.nodes[t][node] = SPLIT
+        self._split_nodes[t] = None
+        self._insert(slots, t)  # each slot now lands one level further down
+
+    def _tidy(self, t: int, touched: np.ndarray) -> None:
+        """After removals: free empty shortlists, then merge small sibling lists upwards."""
+        state = self.nodes[t]
+        for node in touched.tolist():
+            l = state.get(node)
+            if l is not None and l != SPLIT and self.members.size[l] == 0:
+                self._free_shortlist(l)
+        parents = {int(self.tree.parent[n]) for n in touched.tolist() if n != 0}
+        for p in sorted(parents, key=lambda n: -self.tree.depth[n]):
+            self._merge(t, p)
+
+    def _merge(self, t: int, p: int) -> None:
+        state = self.nodes[t]
+        while state.get(p) == SPLIT:
+            below = []
+            for c in self.tree.children(p).tolist():
+                s = state.get(c)
+                if s == SPLIT:
+                    return
+                if s is not None:
+                    below.append(s)
+            lists = np.array(below, np.int64)
+            if self.members.size[lists].sum() > self.merge_limit:
+                return
+            slots = self.members.gather(lists)[0]
+            for l in below:
+                self._free_shortlist(l)
+            del state[p]
+            self._split_nodes[t] = None
+            if slots.size:
+                self.members.append(np.full(slots.size, self._new_shortlist(t, p)), slots)
+            if p == 0:
+                return
+            p = int(self.tree.parent[p])
+
+    def _new_shortlist(self, t: int, node: int) -> int:
+        if self._free_shortlists:
+            l = self._free_shortlists.pop()
+        else:
+            l = self.n_shortlists
+            self.n_shortlists += 1
+            if l >= self.shortlist_node.shape[0]:
+                self.shortlist_node = np.concatenate([self.shortlist_node, np.zeros_like(self.shortlist_node)])
+                self.shortlist_tenant = np.concatenate([self.shortlist_tenant, np.zeros_like(self.shortlist_tenant)])
+            self.members.reserve(l + 1)
+        self.shortlist_node[l] = node
+        self.shortlist_tenant[l] = t
+        self.directory.append(np.array([t]), np.array([l]))
+        self.nodes[t][node] = l
+        return l
+
+    def _free_shortlist(self, l: int) -> None:
+        t, node = int(self.shortlist_tenant[l]), int(self.shortlist_node[l])
+        self.members.clear(np.array([l]))
+        self.directory.remove(np.array([t]), np.array([l]))
+        del self.nodes[t][node]
+        self._free_shortlists.append(l)
+
+    # -- accounting and checks -----------------------------------------------------------------
+
+    @property
+    def nbytes(self) -> int:
+        dicts = sum(len(d) for d in self.nodes) * 100  # a Python dict entry with int key and value
+        return (
+            self.members.nbytes + self.directory.nbytes + self.access.nbytes + self.leaf_of.nbytes
+            + self.shortlist_node.nbytes + self.shortlist_tenant.nbytes + self.count.nbytes + dicts
+        )
+
+    def check(self, t: int) -> None:
+        """Assert the invariants of tenant t's sub-tree (for tests; costs O(|t|))."""
+        state, tree = self.nodes[t], self.tree
+        lists = self.directory.get(t)
+        assert sorted(lists.tolist()) == sorted(s for s in state.values() if s != SPLIT)
+        for node, s in state.items():
+            if node != 0:
+                assert state.get(int(tree.parent[node])) == SPLIT, "a sub-tree node hangs below a non-split node"
+            if s == SPLIT:
+                below = [state.get(c) for c in tree.children(node).tolist()]
+                assert any(b is not None for b in below), "a split node with nothing below"
+                if all(b != SPLIT for b in below):
+                    sizes = sum(int(self.members.size[b]) for b in below if b is not None)
+                    assert sizes > self.merge_limit, "sibling shortlists small enough to merge"
+            else:
+                size = int(self.members.size[s])
+                assert size > 0, "an empty shortlist"
+                assert tree.is_leaf[node] or size <= self.split_limit, "an overfull inner shortlist"
+                members = self.members.get(s)
+                assert np.all(tree.paths[self.leaf_of[members], tree.depth[node]] == node), "a vector outside its node"
+                assert np.all(self.access.contains(members, np.full(members.size, t))), "a member without access"
+        slots = self.slots_of(t)
+        assert np.unique(slots).size == slots.size == self.count[t], "a vector in two shortlists, or a bad count"

@@ -1,0 +1,142 @@
+"""The shared clustering tree: hierarchical k-means over all of a collection's vectors.
+
+Every tenant's own tree is a sub-tree of this one (see `tenancy`). The tree is flat arrays:
+node centroids in one matrix, children as CSR, and each node's path from the root, so that
+routing a vector to its leaf and mapping a leaf to an ancestor at any depth are array lookups.
+
+Nodes split by k-means (faiss) while they hold more than `leaf_size` training vectors, into at
+most `branching` children. A tree with only a root is the untrained state: one leaf holding
+everything, which makes each tenant's sub-tree a single shortlist searched exhaustively.
+"""
+
+from dataclasses import dataclass
+
+import faiss
+import numba
+import numpy as np
+
+from .distance import distance
+from .metric import Metric
+
+MAX_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    branching: int = 32
+    leaf_size: int = 256
+    kmeans_iterations: int = 20
+    seed: int = 1234
+
+
+class ClusteringTree:
+    def __init__(self, centroids: np.ndarray, parent: np.ndarray, metric: Metric, distortion: float = 0.0):
+        self.centroids = np.ascontiguousarray(centroids, np.float32)
+        self.parent = np.ascontiguousarray(parent, np.int32)
+        self.metric = metric
+        self.distortion = distortion  # mean routing distance of the training vectors
+        n = self.parent.shape[0]
+        self.depth = np.zeros(n, np.int32)
+        for node in range(1, n):  # parents precede children: one pass over nodes, not vectors
+            self.depth[node] = self.depth[self.parent[node]] + 1
+        order = np.argsort(self.parent[1:], kind="stable") + 1
+        counts = np.bincount(self.parent[1:], minlength=n)
+        self.child_start = np.zeros(n + 1, np.int64)
+        np.cumsum(counts, out=self.child_start[1:])
+        self.child_ids = order.astype(np.int32)
+        self.is_leaf = counts == 0
+        self.paths = np.full((n, int(self.depth.max()) + 1), -1, np.int32)
+        for node in range(n):
+            parent_path = self.paths[self.parent[node]] if node else self.paths[0]
+            d = self.depth[node]
+            self.paths[node, :d] = parent_path[:d]
+            self.paths[node, d] = node
+
+    @property
+    def n_nodes(self) -> int:
+        return self.parent.shape[0]
+
+    @property
+    def trained(self) -> bool:
+        return self.n_nodes > 1
+
+    def children(self, node: int) -> np.ndarray:
+        return self.child_ids[self.child_start[node] : self.child_start[node + 1]]
+
+    @classmethod
+    def untrained(cls, dim: int, metric: Metric) -> "ClusteringTree":
+        return cls(np.zeros((1, dim), np.float32), np.zeros(1, np.int32), metric)
+
+    @classmethod
+    def train(cls, sample: np.ndarray, metric: Metric, shape: TreeShape = TreeShape()) -> "ClusteringTree":
+        """Hierarchical k-means over `sample` (already prepared for the metric)."""
+        sample = np.ascontiguousarray(sample, np.float32)
+        dim = sample.shape[1]
+        centroids = [sample.mean(axis=0)]
+        parents = [0]
+        pending = [(0, np.arange(sample.shape[0]), 0)]
+        while pending:
+            node, members, depth = pending.pop()
+            if members.size <= shape.leaf_size or depth >= MAX_DEPTH:
+                continue
+            k = int(min(shape.branching, -(-members.size // shape.leaf_size)))
+            k = max(k, 2)
+            x = sample[members]
+            kmeans = faiss.Kmeans(
+                dim, k, niter=shape.kmeans_iterations, seed=shape.seed + node,
+                spherical=metric is not Metric.L2, verbose=False,
+                min_points_per_centroid=1, max_points_per_centroid=256,
+            )
+            kmeans.train(x)
+            assign = _nearest(x, kmeans.centroids, metric)
+            used = np.unique(assign)
+            if used.size < 2:  # k-means could not separate these vectors (duplicates): keep a leaf
+                continue
+            for c in used:
+                child = len(centroids)
+                centroids.append(kmeans.centroids[c])
+                parents.append(node)
+                pending.append((child, members[assign == c], depth + 1))
+        tree = cls(np.stack(centroids), np.array(parents, np.int32), metric)
+        _, dists = tree.route(sample)
+        tree.distortion = float(dists.mean()) if dists.size else 0.0
+        return tree
+
+    def route(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Leaf of each vector (greedy descent by nearest centroid) and its L2 distance to that leaf's centroid."""
+        return _route(
+            np.ascontiguousarray(vectors, np.float32), self.centroids, self.child_start,
+            self.child_ids, int(self.metric),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.centroids, self.parent, self.depth, self.child_start, self.child_ids, self.paths))
+
+
+def _nearest(x: np.ndarray, centroids: np.ndarray, metric: Metric) -> np.ndarray:
+    index = faiss.IndexFlatL2(x.shape[1]) if metric is Metric.L2 else faiss.IndexFlatIP(x.shape[1])
+    index.add(np.ascontiguousarray(centroids, np.float32))
+    _, assign = index.search(x, 1)
+    return assign[:, 0]
+
+
+@numba.njit(cache=True, fastmath=True)
+def _route(x, centroids, child_start, child_ids, metric):
+    n = x.shape[0]
+    leaves = np.empty(n, np.int32)
+    sqdist = np.empty(n, np.float32)
+    for i in range(n):
+        node = 0
+        while child_start[node + 1] > child_start[node]:
+            best = child_ids[child_start[node]]
+            best_d = np.inf
+            for c in range(child_start[node], child_start[node + 1]):
+                d = distance(x[i], centroids[child_ids[c]], metric)
+                if d < best_d:
+                    best_d = d
+                    best = child_ids[c]
+            node = best
+        leaves[i] = node
+        sqdist[i] = distance(x[i], centroids[node], 0)
+    return leaves, sqdist

@@ -1,0 +1,90 @@
+"""Checks at the edge of the engine: every argument a user passes is validated here, once.
+
+After these checks the engine trusts its inputs (contiguous float32 / int64 arrays of the right
+shape, finite values, sane k). Errors say what was wrong and what is allowed.
+"""
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+
+MAX_K = 10_000
+"""Largest k a search accepts."""
+
+MAX_EF = 1_000_000
+"""Largest candidate budget a search accepts."""
+
+MAX_NAME_LENGTH = 256
+
+
+def name(value, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidArgumentError(
+            f"{what} is {len(value)} characters long; at most {MAX_NAME_LENGTH} are allowed"
+        )
+    return value
+
+
+def ids(values) -> np.ndarray:
+    """A non-empty 1-d int64 array of vector ids without repeats."""
+    arr = np.asarray(values)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise InvalidArgumentError(f"ids must be a 1-d array, got shape {arr.shape}")
+    if arr.size == 0:
+        raise InvalidArgumentError("empty batch: at least one id is required")
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            pass
+        else:
+            raise InvalidArgumentError(f"ids must be 64-bit integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise InvalidArgumentError("ids must fit in a signed 64-bit integer")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    if np.any(arr < 0):
+        raise InvalidArgumentError("ids must be >= 0 (negative values are reserved as padding)")
+    uniq = np.unique(arr)
+    if uniq.size != arr.size:
+        raise InvalidArgumentError("ids repeat within one batch; each id may appear once")
+    return arr
+
+
+def vectors(values, dim: int) -> np.ndarray:
+    """A non-empty (n, dim) float32 array of finite values; a single vector becomes (1, dim)."""
+    try:
+        arr = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"vectors must be numeric arrays: {exc}") from None
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise InvalidArgumentError(f"vectors must be a 2-d array (n, {dim}), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise InvalidArgumentError("empty batch: at least one vector is required")
+    if arr.shape[1] != dim:
+        raise InvalidArgumentError(f"dimension {dim} expected, got {arr.shape[1]}")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.flatnonzero(~np.all(np.isfinite(arr), axis=1))[0])
+        raise InvalidArgumentError(f"vector {bad} holds NaN or infinity; only finite values are allowed")
+    return np.ascontiguousarray(arr)
+
+
+def k(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentError(f"k must be an integer, got {value!r}")
+    if not 1 <= value <= MAX_K:
+        raise InvalidArgumentError(f"k must be between 1 and {MAX_K}, got {value}")
+    return int(value)
+
+
+def ef(value, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentError(f"ef must be an integer, got {value!r}")
+    if not 1 <= value <= MAX_EF:
+        raise InvalidArgumentError(f"ef must be between 1 and {MAX_EF}, got {value}")
+    return int(value)
