@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+
+import curator
+
+# Small trees so that a few hundred vectors already exercise training, splits and merges.
+SMALL_TREE = dict(branching=4, leaf_size=16, split_limit=8, train_size=64, kmeans_iterations=5)
+
+
+@pytest.fixture
+def db():
+    with curator.open(":memory:") as database:
+        yield database
+
+
+def clustered(n: int, dim: int, seed: int = 0, centers: int = 8) -> np.ndarray:
+    """Gaussian blobs: vectors with clusters, so the tree has structure to find."""
+    rng = np.random.default_rng(seed)
+    middle = rng.standard_normal((centers, dim)).astype(np.float32) * 4
+    return (middle[rng.integers(0, centers, n)] + rng.standard_normal((n, dim))).astype(np.float32)
+
+
+def brute_force(vectors: np.ndarray, query: np.ndarray, metric: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact best-first row indices and distances under the metric's convention."""
+    if metric == "l2":
+        d = ((vectors - query) ** 2).sum(axis=1)
+    elif metric == "cosine":
+        d = 1 - (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)) @ (query / np.linalg.norm(query))
+    else:
+        d = -(vectors @ query)
+    order = np.argsort(d, kind="stable")[:k]
+    return order, d[order]

@@ -1,0 +1,111 @@
+"""Isolation, as a stateful property: random inserts, grants, revokes, deletes and drops, checked
+against a plain model after every step. A tenant never sees a vector it was not granted, always
+gets min(k, visible) results, and the sub-tree invariants hold throughout."""
+
+import numpy as np
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import curator
+from tests.conftest import SMALL_TREE, brute_force, clustered
+
+POOL = clustered(400, 5, seed=11)  # id i is always the vector POOL[i]
+TENANTS = st.sampled_from(["t0", "t1", "t2", "t3", "t4"])
+IDS = st.lists(st.integers(0, POOL.shape[0] - 1), min_size=1, max_size=60, unique=True)
+
+
+class Isolation(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.col = curator.open(":memory:").create_collection("c", dim=5, metric="l2", **SMALL_TREE)
+        self.access: dict[int, set[str]] = {}  # the model: who may see each live id
+        self.tenants: set[str] = set()
+
+    def _live(self, ids):
+        return [i for i in ids if i in self.access]
+
+    @rule(ids=IDS, tenant=TENANTS)
+    def insert(self, ids, tenant):
+        new = [i for i in ids if i not in self.access]
+        if not new:
+            return
+        self.col.insert(new, POOL[new], tenant=tenant)
+        for i in new:
+            self.access[i] = {tenant}
+        self.tenants.add(tenant)
+
+    @rule(ids=IDS, tenant=TENANTS)
+    def grant(self, ids, tenant):
+        live = self._live(ids)
+        if not live:
+            return
+        fresh = sum(tenant not in self.access[i] for i in live)
+        assert self.col.grant(live, tenant=tenant) == fresh
+        for i in live:
+            self.access[i].add(tenant)
+        self.tenants.add(tenant)
+
+    @precondition(lambda self: self.tenants)
+    @rule(ids=IDS, data=st.data())
+    def revoke(self, ids, data):
+        tenant = data.draw(st.sampled_from(sorted(self.tenants)))
+        live = self._live(ids)
+        if not live:
+            return
+        self.col.revoke(live, tenant=tenant)
+        for i in live:
+            self.access[i].discard(tenant)
+            if not self.access[i]:
+                del self.access[i]
+
+    @rule(ids=IDS)
+    def delete(self, ids):
+        live = self._live(ids)
+        if not live:
+            return
+        self.col.delete(live)
+        for i in live:
+            del self.access[i]
+
+    @precondition(lambda self: self.tenants)
+    @rule(data=st.data())
+    def drop_tenant(self, data):
+        tenant = data.draw(st.sampled_from(sorted(self.tenants)))
+        self.col.drop_tenant(tenant)
+        self.tenants.discard(tenant)
+        for i in list(self.access):
+            self.access[i].discard(tenant)
+            if not self.access[i]:
+                del self.access[i]
+
+    @precondition(lambda self: self.tenants)
+    @rule(data=st.data(), k=st.integers(1, 40), ef=st.sampled_from([1, 8, 32, None, 100_000]),
+          q=st.integers(0, POOL.shape[0] - 1))
+    def search(self, data, k, ef, q):
+        tenant = data.draw(st.sampled_from(sorted(self.tenants)))
+        visible = np.array(sorted(i for i, who in self.access.items() if tenant in who), np.int64)
+        query = POOL[q] + 0.1
+        ids, dists = self.col.search(query, k=k, tenant=tenant, ef=ef)
+        assert ids.size == min(k, visible.size)
+        assert set(ids.tolist()) <= set(visible.tolist()), "a tenant saw a vector it was not granted"
+        assert np.unique(ids).size == ids.size and np.all(np.diff(dists) >= 0)
+        if ef == 100_000 and visible.size:
+            _, truth = brute_force(POOL[visible], query, "l2", k)
+            np.testing.assert_allclose(dists, truth, rtol=1e-4, atol=1e-4)
+        batch_ids, _ = self.col.search_batch(np.stack([query, query]), k=k, tenants=[tenant, tenant], ef=ef)
+        np.testing.assert_array_equal(batch_ids[0, : ids.size], ids)
+
+    @invariant()
+    def counts_and_subtrees_agree(self):
+        assert self.col.count() == len(self.access)
+        assert sorted(self.col.tenants()) == sorted(self.tenants)
+        index = self.col.index
+        for tenant in self.tenants:
+            expected = sum(tenant in who for who in self.access.values())
+            assert self.col.count(tenant=tenant) == expected
+            index.tenancy.check(index.tenant_numbers[tenant])
+
+
+TestIsolation = Isolation.TestCase
+TestIsolation.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
