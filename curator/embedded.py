@@ -91,15 +91,20 @@ class EmbeddedCollection(Collection):
             self.index.drop_tenant(tenant)
 
     def search(self, query, k: int = 10, *, tenant: str, ef: int | None = None):
-        query = validate.vectors(query, self.dim)
-        if query.shape[0] != 1:
-            raise InvalidArgumentError(f"search takes one query, got {query.shape[0]}; use search_batch")
+        # The common case (one contiguous float32 vector) skips the copying checks; the compiled
+        # search checks it for NaN and infinity itself.
+        if not (isinstance(query, np.ndarray) and query.dtype == np.float32 and query.shape == (self.dim,)
+                and query.flags.c_contiguous):
+            query = validate.vectors(query, self.dim)
+            if query.shape[0] != 1:
+                raise InvalidArgumentError(f"search takes one query, got {query.shape[0]}; use search_batch")
+            query = query[0]
         k = validate.k(k)
-        tenant = validate.name(tenant, "tenant")
+        if type(tenant) is not str:
+            validate.name(tenant, "tenant")
+        ef = validate.ef(ef, self.index.config.ef)
         with self._lock:
-            ids, dists = self.index.search(query, k, [tenant], validate.ef(ef, self.index.config.ef), parallel=False)
-        found = int(np.count_nonzero(ids[0] >= 0))
-        return ids[0, :found], dists[0, :found]
+            return self.index.search_one(query, k, tenant, ef)
 
     def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str], ef: int | None = None):
         queries = validate.vectors(queries, self.dim)

@@ -120,7 +120,19 @@ class CuratorIndex:
             sample = self.metric.prepare(sample)
         tree = ClusteringTree.train(sample, self.metric, self.config.tree)
         leaves = tree.route(self._prepared(slots))[0] if slots.size else np.zeros(0, np.int32)
-        self.tenancy.rebuild(tree, slots, leaves)
+        # Renumber slots in leaf order: a shortlist's vectors then sit close together in memory,
+        # which is what a scan of shortlists reads.
+        order = np.argsort(leaves, kind="stable")
+        old = slots[order]
+        n = old.size
+        self.vectors[:n] = self.vectors[old]
+        self.inv_norm[:n] = self.inv_norm[old]
+        self.slot_ids[:n] = self.slot_ids[old]
+        self.slot_ids[n : self.n_slots] = -1
+        self.n_slots = n
+        self._free_slots = np.zeros(0, np.int64)
+        self.ids.assign(self.slot_ids[:n], np.arange(n))
+        self.tenancy.rebuild(tree, old, leaves[order])
         self.tree = tree
         self._trained_count = max(slots.size, sample.shape[0], 1)
         self._drift_sum, self._drift_n = 0.0, 0
@@ -141,6 +153,18 @@ class CuratorIndex:
 
     def tenants(self) -> list[str]:
         return sorted(self.tenant_numbers)
+
+    def search_one(self, query: np.ndarray, k: int, tenant: str, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        """One query (a contiguous float32 vector of the right dimension): the short path."""
+        t = self._tenant(tenant)
+        tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
+        ids, dists, usable = kernels.search_one(
+            query, k, max(ef, k), int(self.metric), t, directory.data, directory.start, directory.size,
+            tenancy.shortlist_node, self.tree.centroids, members.data, members.start, members.size,
+            self.vectors, self.inv_norm, self.slot_ids)
+        if not usable:
+            raise InvalidArgumentError("the query holds NaN or infinity (or is zero under cosine); only finite values are allowed")
+        return ids, dists
 
     def search(self, queries: np.ndarray, k: int, tenants: list[str], ef: int, parallel: bool):
         """(ids, distances) of shape (nq, k), best first, padded with -1 / inf."""
@@ -235,6 +259,7 @@ class CuratorIndex:
 
 
 def _grow(array: np.ndarray, rows: int, fill) -> np.ndarray:
-    grown = np.full((rows,) + array.shape[1:], fill, array.dtype)
+    # np.zeros leaves the spare rows untouched (not resident) until they are used
+    grown = np.zeros((rows,) + array.shape[1:], array.dtype) if fill == 0 else np.full((rows,) + array.shape[1:], fill, array.dtype)
     grown[: array.shape[0]] = array
     return grown

@@ -13,7 +13,7 @@ One query is one compiled call; a batch is one compiled call that runs its queri
 import numba
 import numpy as np
 
-from .distance import COSINE, distance
+from .distance import COSINE, L2, distance_row, dot_row, l2_row
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
@@ -61,7 +61,7 @@ def search_tenant(q, k, budget, metric, tenant, dir_data, dir_start, dir_size, s
     for i in range(m):
         l = dir_data[s0 + i]
         order_list[i] = l
-        order_key[i] = distance(q, centroids[shortlist_node[l]], metric)
+        order_key[i] = distance_row(q, centroids, shortlist_node[l], metric)
     for i in range(m // 2 - 1, -1, -1):
         _sift_down_min(order_key, order_list, m, i)
 
@@ -80,10 +80,12 @@ def search_tenant(q, k, budget, metric, tenant, dir_data, dir_start, dir_size, s
         size = mem_size[l]
         for j in range(size):
             slot = mem_data[start + j]
-            if metric == COSINE:
-                d = distance(q, vectors[slot], 2) * inv_norm[slot] + numba.float32(1.0)
+            if metric == L2:
+                d = l2_row(q, vectors, slot)
+            elif metric == COSINE:
+                d = numba.float32(1.0) - dot_row(q, vectors, slot) * inv_norm[slot]
             else:
-                d = distance(q, vectors[slot], metric)
+                d = -dot_row(q, vectors, slot)
             if found < k:
                 best_d[found] = d
                 best_s[found] = slot
@@ -102,6 +104,38 @@ def search_tenant(q, k, budget, metric, tenant, dir_data, dir_start, dir_size, s
         out_slots[i] = best_s[order[i]]
         out_dist[i] = best_d[order[i]]
     return found
+
+
+@numba.njit(cache=True)
+def _prepare_query(q, metric):
+    """A copy of q ready for the metric (unit length for cosine), and whether q is usable at all
+    (finite, and not zero under cosine)."""
+    total = 0.0
+    for j in range(q.shape[0]):
+        total += q[j] * q[j]
+    usable = np.isfinite(total) and not (metric == COSINE and total == 0.0)
+    scale = np.float32(1.0 / np.sqrt(total)) if usable and metric == COSINE else np.float32(1.0)
+    out = np.empty(q.shape[0], np.float32)
+    for j in range(q.shape[0]):
+        out[j] = q[j] * scale
+    return out, usable
+
+
+@numba.njit(cache=True)
+def search_one(q, k, budget, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
+               centroids, mem_data, mem_start, mem_size, vectors, inv_norm, slot_ids):
+    """One query, end to end: (ids, distances) best first, or empty arrays and False if q is unusable."""
+    prepared, usable = _prepare_query(q, metric)
+    if not usable:
+        return np.empty(0, np.int64), np.empty(0, np.float32), False
+    slots = np.empty(k, np.int64)
+    dists = np.empty(k, np.float32)
+    found = search_tenant(prepared, k, budget, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
+                          centroids, mem_data, mem_start, mem_size, vectors, inv_norm, slots, dists)
+    ids = np.empty(found, np.int64)
+    for i in range(found):
+        ids[i] = slot_ids[slots[i]]
+    return ids, dists[:found].copy(), True
 
 
 @numba.njit(cache=True)

@@ -38,11 +38,32 @@ class Slabs:
             new[:have] = old
             setattr(self, attr, new)
 
+    def renumber(self, old_ids: np.ndarray) -> None:
+        """List old_ids[i] becomes list i; lists not named become empty."""
+        n = old_ids.size
+        for attr in ("start", "size", "cap"):
+            old = getattr(self, attr)
+            new = np.zeros_like(old)
+            new[:n] = old[old_ids]
+            setattr(self, attr, new)
+        self.garbage = self.end - int(self.cap.sum())
+        self._maybe_compact()
+
     def append(self, lists: np.ndarray, values: np.ndarray) -> None:
+        lists = np.ascontiguousarray(lists, np.int64)
+        if lists.size > 1:
+            # Room for the whole batch in one move per list, with 1/8 to spare, instead of
+            # growing 1.5x at a time and leaving a trail of abandoned regions.
+            named, counts = np.unique(lists, return_counts=True)
+            need = self.size[named] + counts
+            short = need > self.cap[named]
+            if short.any():
+                need = need[short]
+                self.data, self.end, garbage = _relocate(
+                    self.data, self.end, self.start, self.size, self.cap, named[short], need + (need >> 3) + 1)
+                self.garbage += garbage
         self.data, self.end, garbage = _append(
-            self.data, self.end, self.start, self.size, self.cap,
-            np.ascontiguousarray(lists, np.int64), np.ascontiguousarray(values, np.int32),
-        )
+            self.data, self.end, self.start, self.size, self.cap, lists, np.ascontiguousarray(values, np.int32))
         self.garbage += garbage
         self._maybe_compact()
 
@@ -81,14 +102,43 @@ class Slabs:
             return _EMPTY, np.empty(0, np.int64)
         return _gather(self.data, self.start, self.size, lists)
 
+    def compact(self) -> None:
+        """Pack the live lists together, each with 1/8 to spare."""
+        self.data, self.end = _compact(self.data, self.start, self.size, self.cap)
+        self.garbage = 0
+
     @property
     def nbytes(self) -> int:
-        return self.data.nbytes + self.start.nbytes + self.size.nbytes + self.cap.nbytes
+        """Bytes in use: the pool up to its high-water mark (pages past it are never touched) and the list table."""
+        return self.end * self.data.itemsize + self.start.nbytes + self.size.nbytes + self.cap.nbytes
 
     def _maybe_compact(self) -> None:
         if self.garbage > max(self.end // 2, 1 << 16):
-            self.data, self.end = _compact(self.data, self.start, self.size, self.cap)
-            self.garbage = 0
+            self.compact()
+
+
+@numba.njit(cache=True)
+def _move(data, end, start, size, cap, l, new_cap):
+    """Move list l to the end of the pool with room for new_cap values; returns (data, end)."""
+    if end + new_cap > data.shape[0]:
+        grown = np.empty(max(data.shape[0] + (data.shape[0] >> 1), end + new_cap), data.dtype)
+        grown[:end] = data[:end]
+        data = grown
+    s = start[l]
+    for j in range(size[l]):
+        data[end + j] = data[s + j]
+    start[l] = end
+    cap[l] = new_cap
+    return data, end + new_cap
+
+
+@numba.njit(cache=True)
+def _relocate(data, end, start, size, cap, lists, new_caps):
+    garbage = 0
+    for i in range(lists.shape[0]):
+        garbage += cap[lists[i]]
+        data, end = _move(data, end, start, size, cap, lists[i], new_caps[i])
+    return data, end, garbage
 
 
 @numba.njit(cache=True)
@@ -97,18 +147,8 @@ def _append(data, end, start, size, cap, lists, values):
     for i in range(lists.shape[0]):
         l = lists[i]
         if size[l] == cap[l]:
-            new_cap = cap[l] + (cap[l] >> 1) + 2
-            if end + new_cap > data.shape[0]:
-                grown = np.empty(max(data.shape[0] + (data.shape[0] >> 1), end + new_cap), data.dtype)
-                grown[:end] = data[:end]
-                data = grown
-            s = start[l]
-            for j in range(size[l]):
-                data[end + j] = data[s + j]
             garbage += cap[l]
-            start[l] = end
-            cap[l] = new_cap
-            end += new_cap
+            data, end = _move(data, end, start, size, cap, l, cap[l] + (cap[l] >> 1) + 2)
         data[start[l] + size[l]] = values[i]
         size[l] += 1
     return data, end, garbage
@@ -164,9 +204,9 @@ def _compact(data, start, size, cap):
     total = 0
     for l in range(start.shape[0]):
         if cap[l] > 0:
-            cap[l] = max(size[l] + (size[l] >> 2), 2)
+            cap[l] = size[l] + (size[l] >> 3) + 1
             total += cap[l]
-    out = np.empty(total + (total >> 2) + 1024, data.dtype)
+    out = np.empty(total + (total >> 3) + 1024, data.dtype)
     end = 0
     for l in range(start.shape[0]):
         if cap[l] > 0:

@@ -132,16 +132,24 @@ class TenantSubtrees:
         self.count[t] = 0
         return slots[self.access.size[slots] == 0]
 
-    def rebuild(self, tree: ClusteringTree, slots: np.ndarray, leaves: np.ndarray) -> None:
-        """Re-derive every tenant's sub-tree over a new shared tree (after training)."""
-        per_tenant = [self.slots_of(t) for t in range(self.n_tenants)]
+    def rebuild(self, tree: ClusteringTree, old_slots: np.ndarray, leaves: np.ndarray) -> None:
+        """Re-derive every tenant's sub-tree over a new shared tree (after training).
+
+        The live slots are renumbered: the vector in old_slots[i] is now in slot i, in leaves[i].
+        """
+        renumber = np.full(self.leaf_of.shape[0], -1, np.int64)
+        renumber[old_slots] = np.arange(old_slots.size)
+        per_tenant = [renumber[self.slots_of(t)] for t in range(self.n_tenants)]
+        self.access.renumber(old_slots)
         self.tree = tree
-        self.leaf_of[slots] = leaves
+        self.leaf_of[: old_slots.size] = leaves
         self._reset_subtrees()
         for t, mine in enumerate(per_tenant):
             if mine.size:
                 self._insert(mine, t)
                 self.count[t] = mine.size
+        self.members.compact()
+        self.access.compact()
 
     # -- the sub-tree ----------------------------------------------------------------------------
 

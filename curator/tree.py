@@ -12,10 +12,8 @@ everything, which makes each tenant's sub-tree a single shortlist searched exhau
 from dataclasses import dataclass
 
 import faiss
-import numba
 import numpy as np
 
-from .distance import distance
 from .metric import Metric
 
 MAX_DEPTH = 8
@@ -45,6 +43,8 @@ class ClusteringTree:
         np.cumsum(counts, out=self.child_start[1:])
         self.child_ids = order.astype(np.int32)
         self.is_leaf = counts == 0
+        self.leaves = np.flatnonzero(self.is_leaf).astype(np.int32)
+        self._leaf_index = _flat_index(self.centroids[self.leaves], metric)
         self.paths = np.full((n, int(self.depth.max()) + 1), -1, np.int32)
         for node in range(n):
             parent_path = self.paths[self.parent[node]] if node else self.paths[0]
@@ -88,7 +88,7 @@ class ClusteringTree:
                 min_points_per_centroid=1, max_points_per_centroid=256,
             )
             kmeans.train(x)
-            assign = _nearest(x, kmeans.centroids, metric)
+            assign = _nearest(x, _flat_index(kmeans.centroids, metric))
             used = np.unique(assign)
             if used.size < 2:  # k-means could not separate these vectors (duplicates): keep a leaf
                 continue
@@ -103,40 +103,28 @@ class ClusteringTree:
         return tree
 
     def route(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Leaf of each vector (greedy descent by nearest centroid) and its L2 distance to that leaf's centroid."""
-        return _route(
-            np.ascontiguousarray(vectors, np.float32), self.centroids, self.child_start,
-            self.child_ids, int(self.metric),
-        )
+        """Leaf of each vector (the nearest leaf centroid) and its squared L2 distance to it.
+
+        Nearest over all leaves, not greedy descent: a vector misplaced by an early wrong turn
+        would be missed by every search that ranks leaves by centroid distance.
+        """
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        if not self.trained:
+            return np.zeros(vectors.shape[0], np.int32), ((vectors - self.centroids[0]) ** 2).sum(axis=1)
+        leaf = self.leaves[_nearest(vectors, self._leaf_index)]
+        return leaf.astype(np.int32), ((vectors - self.centroids[leaf]) ** 2).sum(axis=1)
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.centroids, self.parent, self.depth, self.child_start, self.child_ids, self.paths))
 
 
-def _nearest(x: np.ndarray, centroids: np.ndarray, metric: Metric) -> np.ndarray:
-    index = faiss.IndexFlatL2(x.shape[1]) if metric is Metric.L2 else faiss.IndexFlatIP(x.shape[1])
+def _flat_index(centroids: np.ndarray, metric: Metric) -> faiss.Index:
+    index = faiss.IndexFlatL2(centroids.shape[1]) if metric is Metric.L2 else faiss.IndexFlatIP(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids, np.float32))
+    return index
+
+
+def _nearest(x: np.ndarray, index: faiss.Index) -> np.ndarray:
     _, assign = index.search(x, 1)
     return assign[:, 0]
-
-
-@numba.njit(cache=True, fastmath=True)
-def _route(x, centroids, child_start, child_ids, metric):
-    n = x.shape[0]
-    leaves = np.empty(n, np.int32)
-    sqdist = np.empty(n, np.float32)
-    for i in range(n):
-        node = 0
-        while child_start[node + 1] > child_start[node]:
-            best = child_ids[child_start[node]]
-            best_d = np.inf
-            for c in range(child_start[node], child_start[node + 1]):
-                d = distance(x[i], centroids[child_ids[c]], metric)
-                if d < best_d:
-                    best_d = d
-                    best = child_ids[c]
-            node = best
-        leaves[i] = node
-        sqdist[i] = distance(x[i], centroids[node], 0)
-    return leaves, sqdist

