@@ -20,8 +20,8 @@ $(WORDNET):
 
 data: $(STAMP) $(WORDNET)
 
-run: $(STAMP)
-	$(PY) -m curator demo
+run: data
+	$(PY) -m benchmarks.demo
 
 test: data
 	$(PY) -m pytest -q tests

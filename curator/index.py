@@ -14,6 +14,7 @@ vectors (at most `train_sample` of them); it is trained again when the collectio
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from . import search as kernels
@@ -28,7 +29,7 @@ from .tree import ClusteringTree, TreeShape
 class IndexConfig:
     tree: TreeShape = field(default_factory=TreeShape)
     split_limit: int = 128
-    ef: int = 384
+    ef: int = 1536
     train_size: int = 10_000
     train_sample: int = 100_000
     retrain_growth: float = 2.0
@@ -159,7 +160,7 @@ class CuratorIndex:
         t = self._tenant(tenant)
         tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
         ids, dists, usable = kernels.search_one(
-            query, k, max(ef, k), int(self.metric), t, directory.data, directory.start, directory.size,
+            query, k, max(ef, k), _patience(ef), int(self.metric), t, directory.data, directory.start, directory.size,
             tenancy.shortlist_node, self.tree.centroids, members.data, members.start, members.size,
             self.vectors, self.inv_norm, self.slot_ids)
         if not usable:
@@ -176,9 +177,14 @@ class CuratorIndex:
         dists = np.full((nq, k), np.inf, np.float32)
         kernel = kernels.search_batch_parallel if parallel and nq > 1 else kernels.search_batch_serial
         tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
-        kernel(queries, numbers, k, max(ef, k), int(self.metric), directory.data, directory.start,
-               directory.size, tenancy.shortlist_node, self.tree.centroids, members.data, members.start,
-               members.size, self.vectors, self.inv_norm, slots, dists)
+        # Queries differ in cost (tenants differ in size): hand them to threads in small chunks.
+        previous = numba.set_parallel_chunksize(4)
+        try:
+            kernel(queries, numbers, k, max(ef, k), _patience(ef), int(self.metric), directory.data, directory.start,
+                   directory.size, tenancy.shortlist_node, self.tree.centroids, members.data, members.start,
+                   members.size, self.vectors, self.inv_norm, slots, dists)
+        finally:
+            numba.set_parallel_chunksize(previous)
         ids = np.where(slots >= 0, self.slot_ids[slots], -1)
         return ids, dists
 
@@ -256,6 +262,16 @@ class CuratorIndex:
         )
         if grown or drifted:
             self.train()
+
+
+def _patience(ef: int) -> int:
+    """Shortlists in a row that may fail to improve the top k before a search stops early.
+
+    After Curator v2's stopping rule, tied to the one recall knob: a larger ef scans longer and
+    tolerates a longer dry spell (measured on GloVe x WordNet: ef // 64 beats no early stop at
+    every recall from 0.95 to 0.99).
+    """
+    return max(8, ef // 64)
 
 
 def _grow(array: np.ndarray, rows: int, fill) -> np.ndarray:

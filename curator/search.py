@@ -49,7 +49,7 @@ def _sift_down_max(keys, vals, n, i):
 
 
 @numba.njit(cache=True, fastmath=True)
-def search_tenant(q, k, budget, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
+def search_tenant(q, k, budget, patience, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
                   centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots, out_dist):
     """Fill out_slots/out_dist (length >= k) best first; returns how many results were found."""
     m = dir_size[tenant]
@@ -70,7 +70,8 @@ def search_tenant(q, k, budget, metric, tenant, dir_data, dir_start, dir_size, s
     found = 0
     scanned = 0
     remaining = m
-    while remaining > 0 and scanned < budget:
+    stale = 0  # shortlists scanned in a row that did not improve the top k
+    while remaining > 0 and scanned < budget and stale < patience:
         l = order_list[0]
         remaining -= 1
         order_key[0] = order_key[remaining]
@@ -78,6 +79,7 @@ def search_tenant(q, k, budget, metric, tenant, dir_data, dir_start, dir_size, s
         _sift_down_min(order_key, order_list, remaining, 0)
         start = mem_start[l]
         size = mem_size[l]
+        improved = found < k
         for j in range(size):
             slot = mem_data[start + j]
             if metric == L2:
@@ -97,7 +99,9 @@ def search_tenant(q, k, budget, metric, tenant, dir_data, dir_start, dir_size, s
                 best_d[0] = d
                 best_s[0] = slot
                 _sift_down_max(best_d, best_s, k, 0)
+                improved = True
         scanned += size
+        stale = 0 if improved else stale + 1
 
     order = np.argsort(best_d[:found])
     for i in range(found):
@@ -122,7 +126,7 @@ def _prepare_query(q, metric):
 
 
 @numba.njit(cache=True)
-def search_one(q, k, budget, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
+def search_one(q, k, budget, patience, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
                centroids, mem_data, mem_start, mem_size, vectors, inv_norm, slot_ids):
     """One query, end to end: (ids, distances) best first, or empty arrays and False if q is unusable."""
     prepared, usable = _prepare_query(q, metric)
@@ -130,7 +134,7 @@ def search_one(q, k, budget, metric, tenant, dir_data, dir_start, dir_size, shor
         return np.empty(0, np.int64), np.empty(0, np.float32), False
     slots = np.empty(k, np.int64)
     dists = np.empty(k, np.float32)
-    found = search_tenant(prepared, k, budget, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
+    found = search_tenant(prepared, k, budget, patience, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
                           centroids, mem_data, mem_start, mem_size, vectors, inv_norm, slots, dists)
     ids = np.empty(found, np.int64)
     for i in range(found):
@@ -139,16 +143,16 @@ def search_one(q, k, budget, metric, tenant, dir_data, dir_start, dir_size, shor
 
 
 @numba.njit(cache=True)
-def search_batch_serial(queries, tenants, k, budget, metric, dir_data, dir_start, dir_size, shortlist_node,
+def search_batch_serial(queries, tenants, k, budget, patience, metric, dir_data, dir_start, dir_size, shortlist_node,
                         centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots, out_dist):
     for i in range(queries.shape[0]):
-        search_tenant(queries[i], k, budget, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
+        search_tenant(queries[i], k, budget, patience, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
                       centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots[i], out_dist[i])
 
 
 @numba.njit(cache=True, parallel=True)
-def search_batch_parallel(queries, tenants, k, budget, metric, dir_data, dir_start, dir_size, shortlist_node,
+def search_batch_parallel(queries, tenants, k, budget, patience, metric, dir_data, dir_start, dir_size, shortlist_node,
                           centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots, out_dist):
     for i in numba.prange(queries.shape[0]):
-        search_tenant(queries[i], k, budget, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
+        search_tenant(queries[i], k, budget, patience, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
                       centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots[i], out_dist[i])

@@ -139,7 +139,8 @@ class TenantSubtrees:
         """
         renumber = np.full(self.leaf_of.shape[0], -1, np.int64)
         renumber[old_slots] = np.arange(old_slots.size)
-        per_tenant = [renumber[self.slots_of(t)] for t in range(self.n_tenants)]
+        # Sorted, so each shortlist lists its vectors in memory order: scans then read forwards.
+        per_tenant = [np.sort(renumber[self.slots_of(t)]) for t in range(self.n_tenants)]
         self.access.renumber(old_slots)
         self.tree = tree
         self.leaf_of[: old_slots.size] = leaves

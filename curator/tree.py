@@ -22,7 +22,7 @@ MAX_DEPTH = 8
 @dataclass(frozen=True)
 class TreeShape:
     branching: int = 32
-    leaf_size: int = 256
+    leaf_size: int = 64
     kmeans_iterations: int = 20
     seed: int = 1234
 
