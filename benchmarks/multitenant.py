@@ -23,9 +23,10 @@ from .baselines import BruteForce, PerTenantHnsw, SharedHnswFilter
 from .measure import latency_summary, markdown_table, rss_bytes, timed_loop
 
 K = 10
-CURATOR_EF = [256, 512, 768, 1024, 1536, 2048, 3072, 4096]
+CURATOR_EF = [512, 1024, 1536, 2048, 3072, 4096, 6144, 8192]
 HNSW_EF = [10, 20, 40, 80, 160, 320]
 FILTER_EF = [16, 64, 256]
+REPEATS = 3
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -43,15 +44,20 @@ def warm_up() -> None:
     col.drop_tenant("b")
 
 
-def run_queries(search, data: D.MultiTenantData, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Results (n, K) and per-query seconds of search(query, tenant) one at a time."""
+def run_queries(search, data: D.MultiTenantData, n: int, repeats: int) -> tuple[np.ndarray, np.ndarray]:
+    """Results (n, K) and per-query seconds of search(query, tenant) one at a time.
+
+    The queries run `repeats` times and the fastest pass counts: this machine is shared, and
+    the best pass is the one least disturbed by others.
+    """
     results = np.full((n, K), -1, np.int64)
 
     def one(i):
         ids = search(data.queries[i], int(data.query_tenants[i]))
         results[i, : ids.size] = ids
 
-    return results, timed_loop(one, range(n))
+    passes = [timed_loop(one, range(n)) for _ in range(repeats)]
+    return results, min(passes, key=np.sum)
 
 
 def bench_curator(data, truth, n_queries) -> tuple[list[dict], dict]:
@@ -68,14 +74,17 @@ def bench_curator(data, truth, n_queries) -> tuple[list[dict], dict]:
     names = [D.tenant_label(int(t)) for t in data.query_tenants[:n_queries]]
     rows = []
     for ef in CURATOR_EF:
-        results, seconds = run_queries(lambda q, t: col.search(q, K, tenant=D.tenant_label(t), ef=ef)[0], data, n_queries)
+        results, seconds = run_queries(
+            lambda q, t: col.search(q, K, tenant=D.tenant_label(t), ef=ef)[0], data, n_queries, REPEATS)
         rows.append({"method": "Curator", "mode": "single", "knob": f"ef={ef}",
                      "recall": D.recall_at_k(results, truth[:n_queries], K), **latency_summary(seconds)})
-        start = time.perf_counter()
-        batch, _ = col.search_batch(data.queries[:n_queries], K, tenants=names, ef=ef)
+        seconds = []
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            batch, _ = col.search_batch(data.queries[:n_queries], K, tenants=names, ef=ef)
+            seconds.append(time.perf_counter() - start)
         rows.append({"method": "Curator", "mode": "batch", "knob": f"ef={ef}",
-                     "recall": D.recall_at_k(batch, truth[:n_queries], K),
-                     "qps": n_queries / (time.perf_counter() - start)})
+                     "recall": D.recall_at_k(batch, truth[:n_queries], K), "qps": n_queries / min(seconds)})
     for row in rows:
         row.update(build_s=build_s, memory_mb=memory / 1e6,
                    bytes_per_pair=(memory - vectors_bytes) / loaded["pairs"])
@@ -114,7 +123,7 @@ def _exists(col, id_) -> bool:
         return False
 
 
-def bench_baseline(index, knobs, data, truth, n_queries) -> list[dict]:
+def bench_baseline(index, knobs, data, truth, n_queries, repeats=None) -> list[dict]:
     r0 = rss_bytes()
     start = time.perf_counter()
     index.build(data)
@@ -123,7 +132,7 @@ def bench_baseline(index, knobs, data, truth, n_queries) -> list[dict]:
     rows = []
     for knob in knobs:
         index.set_knob(knob)
-        results, seconds = run_queries(lambda q, t: index.search(q, t, K), data, n_queries)
+        results, seconds = run_queries(lambda q, t: index.search(q, t, K), data, n_queries, repeats or REPEATS)
         rows.append({"method": index.name, "mode": "single", "knob": f"ef={knob}" if knob else "exact",
                      "recall": D.recall_at_k(results, truth[:n_queries], K), **latency_summary(seconds),
                      "build_s": build_s, "memory_mb": memory / 1e6, "bytes_per_pair": memory / data.n_pairs})
@@ -183,7 +192,7 @@ def main(argv=None):
         print("curator done", flush=True)
         rows += bench_baseline(PerTenantHnsw(), HNSW_EF, data, truth, nq)
         print("per-tenant hnswlib done", flush=True)
-        rows += bench_baseline(SharedHnswFilter(), FILTER_EF, data, truth, min(nq, args.filter_queries))
+        rows += bench_baseline(SharedHnswFilter(), FILTER_EF, data, truth, min(nq, args.filter_queries), repeats=1)
         print("shared hnswlib done", flush=True)
         rows += bench_baseline(BruteForce(), [None], data, truth, nq)
         ours, theirs = first_at(rows, "Curator", "single"), first_at(rows, "per-tenant hnswlib", "single")

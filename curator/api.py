@@ -67,7 +67,8 @@ class Collection(ABC):
     def search(self, query, k: int = 10, *, tenant: str, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest vectors `tenant` may see: (ids, distances), best first, min(k, count) long.
 
-        `ef` is the candidate budget (recall knob): larger is more exact and slower.
+        `ef` is the recall knob (about the number of candidates examined): larger is more exact
+        and slower; ef >= 4 * count(tenant) is an exact search.
         """
 
     @abstractmethod

@@ -29,7 +29,7 @@ from .tree import ClusteringTree, TreeShape
 class IndexConfig:
     tree: TreeShape = field(default_factory=TreeShape)
     split_limit: int = 128
-    ef: int = 1536
+    ef: int = 2048
     train_size: int = 10_000
     train_sample: int = 100_000
     retrain_growth: float = 2.0
@@ -132,7 +132,7 @@ class CuratorIndex:
         self.slot_ids[n : self.n_slots] = -1
         self.n_slots = n
         self._free_slots = np.zeros(0, np.int64)
-        self.ids.assign(self.slot_ids[:n], np.arange(n))
+        self.ids = IdMap.of(self.slot_ids[:n], np.arange(n))
         self.tenancy.rebuild(tree, old, leaves[order])
         self.tree = tree
         self._trained_count = max(slots.size, sample.shape[0], 1)
@@ -160,7 +160,7 @@ class CuratorIndex:
         t = self._tenant(tenant)
         tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
         ids, dists, usable = kernels.search_one(
-            query, k, max(ef, k), _patience(ef), int(self.metric), t, directory.data, directory.start, directory.size,
+            query, k, ef, int(self.metric), t, directory.data, directory.start, directory.size,
             tenancy.shortlist_node, self.tree.centroids, members.data, members.start, members.size,
             self.vectors, self.inv_norm, self.slot_ids)
         if not usable:
@@ -180,7 +180,7 @@ class CuratorIndex:
         # Queries differ in cost (tenants differ in size): hand them to threads in small chunks.
         previous = numba.set_parallel_chunksize(4)
         try:
-            kernel(queries, numbers, k, max(ef, k), _patience(ef), int(self.metric), directory.data, directory.start,
+            kernel(queries, numbers, k, ef, int(self.metric), directory.data, directory.start,
                    directory.size, tenancy.shortlist_node, self.tree.centroids, members.data, members.start,
                    members.size, self.vectors, self.inv_norm, slots, dists)
         finally:
@@ -262,16 +262,6 @@ class CuratorIndex:
         )
         if grown or drifted:
             self.train()
-
-
-def _patience(ef: int) -> int:
-    """Shortlists in a row that may fail to improve the top k before a search stops early.
-
-    After Curator v2's stopping rule, tied to the one recall knob: a larger ef scans longer and
-    tolerates a longer dry spell (measured on GloVe x WordNet: ef // 64 beats no early stop at
-    every recall from 0.95 to 0.99).
-    """
-    return max(8, ef // 64)
 
 
 def _grow(array: np.ndarray, rows: int, fill) -> np.ndarray:

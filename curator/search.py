@@ -2,18 +2,24 @@
 
 For a query q and tenant t: the distance from q to the centroid of each of t's shortlist nodes
 orders the shortlists (a heap, so only the lists actually scanned are ever sorted); shortlists
-are scanned nearest first with exact distances until `budget` candidates have been seen (the
-recall knob, `ef`); a bounded max-heap keeps the best k. Because every vector t may see is in
-exactly one of its shortlists and the budget is at least k, the search returns min(k, |t|)
-results, and never a vector t may not see.
+are scanned nearest first with exact distances, and a bounded max-heap keeps the best k.
 
-One query is one compiled call; a batch is one compiled call that runs its queries in parallel.
-"""
+When to stop is the recall knob `ef`: the scan ends once ef/4 candidates in a row have failed to
+improve the top k (after Curator v2's "stop when a shortlist no longer improves the running top
+list", counted in candidates so that many small lists and few large ones weigh the same), or
+after 4*ef candidates. It never ends before k results are found: every vector t may see is in
+exactly one of its shortlists, so a search returns min(k, |t|) results, and never a vector t
+may not see. With ef >= 4|t| the search is exact.
+
+One query is one compiled call; a batch is one compiled call that runs its queries in parallel."""
 
 import numba
 import numpy as np
 
 from .distance import COSINE, L2, distance_row, dot_row, l2_row
+from .prefetch import prefetch_row
+
+AHEAD = 16  # candidates whose vectors are requested before they are scored
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
@@ -49,7 +55,7 @@ def _sift_down_max(keys, vals, n, i):
 
 
 @numba.njit(cache=True, fastmath=True)
-def search_tenant(q, k, budget, patience, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
+def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
                   centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots, out_dist):
     """Fill out_slots/out_dist (length >= k) best first; returns how many results were found."""
     m = dir_size[tenant]
@@ -59,6 +65,8 @@ def search_tenant(q, k, budget, patience, metric, tenant, dir_data, dir_start, d
     order_key = np.empty(m, np.float32)
     order_list = np.empty(m, np.int64)
     for i in range(m):
+        if i + AHEAD < m:
+            prefetch_row(centroids, shortlist_node[dir_data[s0 + i + AHEAD]])
         l = dir_data[s0 + i]
         order_list[i] = l
         order_key[i] = distance_row(q, centroids, shortlist_node[l], metric)
@@ -70,8 +78,9 @@ def search_tenant(q, k, budget, patience, metric, tenant, dir_data, dir_start, d
     found = 0
     scanned = 0
     remaining = m
-    stale = 0  # shortlists scanned in a row that did not improve the top k
-    while remaining > 0 and scanned < budget and stale < patience:
+    budget, window = 4 * ef, max(ef // 4, 1)
+    improved_at = 0  # candidates scanned when the top k last improved
+    while remaining > 0 and (found < k or (scanned < budget and scanned - improved_at < window)):
         l = order_list[0]
         remaining -= 1
         order_key[0] = order_key[remaining]
@@ -79,8 +88,14 @@ def search_tenant(q, k, budget, patience, metric, tenant, dir_data, dir_start, d
         _sift_down_min(order_key, order_list, remaining, 0)
         start = mem_start[l]
         size = mem_size[l]
+        if remaining > 0:  # the next shortlist is now on top of the heap: start loading it
+            nxt = order_list[0]
+            for j in range(min(AHEAD, mem_size[nxt])):
+                prefetch_row(vectors, mem_data[mem_start[nxt] + j])
         improved = found < k
         for j in range(size):
+            if j + AHEAD < size:
+                prefetch_row(vectors, mem_data[start + j + AHEAD])
             slot = mem_data[start + j]
             if metric == L2:
                 d = l2_row(q, vectors, slot)
@@ -101,7 +116,8 @@ def search_tenant(q, k, budget, patience, metric, tenant, dir_data, dir_start, d
                 _sift_down_max(best_d, best_s, k, 0)
                 improved = True
         scanned += size
-        stale = 0 if improved else stale + 1
+        if improved:
+            improved_at = scanned
 
     order = np.argsort(best_d[:found])
     for i in range(found):
@@ -126,7 +142,7 @@ def _prepare_query(q, metric):
 
 
 @numba.njit(cache=True)
-def search_one(q, k, budget, patience, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
+def search_one(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
                centroids, mem_data, mem_start, mem_size, vectors, inv_norm, slot_ids):
     """One query, end to end: (ids, distances) best first, or empty arrays and False if q is unusable."""
     prepared, usable = _prepare_query(q, metric)
@@ -134,7 +150,7 @@ def search_one(q, k, budget, patience, metric, tenant, dir_data, dir_start, dir_
         return np.empty(0, np.int64), np.empty(0, np.float32), False
     slots = np.empty(k, np.int64)
     dists = np.empty(k, np.float32)
-    found = search_tenant(prepared, k, budget, patience, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
+    found = search_tenant(prepared, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
                           centroids, mem_data, mem_start, mem_size, vectors, inv_norm, slots, dists)
     ids = np.empty(found, np.int64)
     for i in range(found):
@@ -143,16 +159,16 @@ def search_one(q, k, budget, patience, metric, tenant, dir_data, dir_start, dir_
 
 
 @numba.njit(cache=True)
-def search_batch_serial(queries, tenants, k, budget, patience, metric, dir_data, dir_start, dir_size, shortlist_node,
+def search_batch_serial(queries, tenants, k, ef, metric, dir_data, dir_start, dir_size, shortlist_node,
                         centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots, out_dist):
     for i in range(queries.shape[0]):
-        search_tenant(queries[i], k, budget, patience, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
+        search_tenant(queries[i], k, ef, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
                       centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots[i], out_dist[i])
 
 
 @numba.njit(cache=True, parallel=True)
-def search_batch_parallel(queries, tenants, k, budget, patience, metric, dir_data, dir_start, dir_size, shortlist_node,
+def search_batch_parallel(queries, tenants, k, ef, metric, dir_data, dir_start, dir_size, shortlist_node,
                           centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots, out_dist):
     for i in numba.prange(queries.shape[0]):
-        search_tenant(queries[i], k, budget, patience, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
+        search_tenant(queries[i], k, ef, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
                       centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots[i], out_dist[i])

@@ -1,11 +1,11 @@
 """Per-tenant sub-trees of the shared clustering tree: presence, shortlists, split and merge.
 
 For each tenant t, its own clustering tree is a sub-tree of the shared one, written down as a
-map node -> state (`nodes[t]`):
+map node -> state (`nodes[t]`, a `NodeMap`):
 - SPLIT: t has more vectors under this node than one shortlist should hold, so they live in
   the node's children;
 - a shortlist id: all of t's vectors under this node are in that one list;
-- absent: t has nothing under this node (presence is exact: no false positives, ever).
+- ABSENT: t has nothing under this node (presence is exact: no false positives, ever).
 The SPLIT nodes form a tree from the root; every vector t may see is in exactly one shortlist,
 at the first node on its leaf's path from the root that t has not split.
 
@@ -21,6 +21,7 @@ user ids or tenant names.
 
 import numpy as np
 
+from .nodemap import ABSENT, NodeMap
 from .slabs import Slabs
 from .tree import ClusteringTree
 
@@ -44,8 +45,7 @@ class TenantSubtrees:
         self.n_shortlists = 0
         self._free_shortlists: list[int] = []
         n_tenants = len(getattr(self, "nodes", ()))
-        self.nodes: list[dict[int, int]] = [{} for _ in range(n_tenants)]
-        self._split_nodes: list[np.ndarray | None] = [None] * n_tenants
+        self.nodes: list[NodeMap] = [NodeMap() for _ in range(n_tenants)]
         self.count = np.zeros(max(n_tenants, 16), np.int64)
 
     # -- tenants -------------------------------------------------------------------------------
@@ -56,8 +56,7 @@ class TenantSubtrees:
 
     def add_tenant(self) -> int:
         t = len(self.nodes)
-        self.nodes.append({})
-        self._split_nodes.append(None)
+        self.nodes.append(NodeMap())
         self.directory.reserve(t + 1)
         if t >= self.count.shape[0]:
             self.count = np.concatenate([self.count, np.zeros(self.count.shape[0], np.int64)])
@@ -101,8 +100,7 @@ class TenantSubtrees:
             return slots
         nodes = self._frontier(slots, t)
         touched, inverse = np.unique(nodes, return_inverse=True)
-        state = self.nodes[t]
-        lists = np.array([state[node] for node in touched.tolist()], np.int64)
+        lists = self.nodes[t].lookup(touched).astype(np.int64)
         self.members.remove(lists[inverse], slots)
         self.access.remove(slots, tenant[: slots.size])
         self.count[t] -= slots.size
@@ -127,8 +125,7 @@ class TenantSubtrees:
         self.members.clear(lists)
         self.directory.clear(np.array([t]))
         self._free_shortlists.extend(lists.tolist())
-        self.nodes[t] = {}
-        self._split_nodes[t] = None
+        self.nodes[t] = NodeMap()
         self.count[t] = 0
         return slots[self.access.size[slots] == 0]
 
@@ -157,10 +154,7 @@ class TenantSubtrees:
     def _frontier(self, slots: np.ndarray, t: int) -> np.ndarray:
         """For each slot, the first node on its leaf's path that tenant t has not split."""
         paths = self.tree.paths[self.leaf_of[slots]]
-        split = self._split_nodes[t]
-        if split is None:
-            split = np.array(sorted(n for n, s in self.nodes[t].items() if s == SPLIT), np.int32)
-            self._split_nodes[t] = split
+        split = self.nodes[t].with_state(SPLIT)
         if split.size == 0:
             return paths[:, 0]
         level = np.isin(paths, split).argmin(axis=1)  # first node not split (leaves never are)
@@ -169,10 +163,9 @@ class TenantSubtrees:
     def _insert(self, slots: np.ndarray, t: int) -> None:
         nodes = self._frontier(slots, t)
         targets, inverse = np.unique(nodes, return_inverse=True)
-        state = self.nodes[t]
-        lists = np.array(
-            [state[n] if n in state else self._new_shortlist(t, n) for n in targets.tolist()], np.int64
-        )
+        lists = self.nodes[t].lookup(targets).astype(np.int64)
+        for i in np.flatnonzero(lists == ABSENT).tolist():  # the tenant's first vectors under these nodes
+            lists[i] = self._new_shortlist(t, int(targets[i]))
         self.members.append(lists[inverse], slots)
         full = (self.members.size[lists] > self.split_limit) & ~self.tree.is_leaf[targets]
         for l in lists[full].tolist():
@@ -182,16 +175,14 @@ class TenantSubtrees:
         t, node = int(self.shortlist_tenant[l]), int(self.shortlist_node[l])
         slots = self.members.get(l).copy()
         self._free_shortlist(l)
-        self.nodes[t][node] = SPLIT
-        self._split_nodes[t] = None
+        self.nodes[t].set(node, SPLIT)
         self._insert(slots, t)  # each slot now lands one level further down
 
     def _tidy(self, t: int, touched: np.ndarray) -> None:
         """After removals: free empty shortlists, then merge small sibling lists upwards."""
-        state = self.nodes[t]
-        for node in touched.tolist():
-            l = state.get(node)
-            if l is not None and l != SPLIT and self.members.size[l] == 0:
+        lists = self.nodes[t].lookup(touched)
+        for l in lists[(lists >= 0)].tolist():
+            if self.members.size[l] == 0:
                 self._free_shortlist(l)
         parents = {int(self.tree.parent[n]) for n in touched.tolist() if n != 0}
         for p in sorted(parents, key=lambda n: -self.tree.depth[n]):
@@ -200,21 +191,16 @@ class TenantSubtrees:
     def _merge(self, t: int, p: int) -> None:
         state = self.nodes[t]
         while state.get(p) == SPLIT:
-            below = []
-            for c in self.tree.children(p).tolist():
-                s = state.get(c)
-                if s == SPLIT:
-                    return
-                if s is not None:
-                    below.append(s)
-            lists = np.array(below, np.int64)
+            below = state.lookup(self.tree.children(p))
+            if np.any(below == SPLIT):
+                return
+            lists = below[below >= 0].astype(np.int64)
             if self.members.size[lists].sum() > self.merge_limit:
                 return
             slots = self.members.gather(lists)[0]
-            for l in below:
+            for l in lists.tolist():
                 self._free_shortlist(l)
-            del state[p]
-            self._split_nodes[t] = None
+            state.delete(p)
             if slots.size:
                 self.members.append(np.full(slots.size, self._new_shortlist(t, p)), slots)
             if p == 0:
@@ -234,39 +220,40 @@ class TenantSubtrees:
         self.shortlist_node[l] = node
         self.shortlist_tenant[l] = t
         self.directory.append(np.array([t]), np.array([l]))
-        self.nodes[t][node] = l
+        self.nodes[t].set(node, l)
         return l
 
     def _free_shortlist(self, l: int) -> None:
         t, node = int(self.shortlist_tenant[l]), int(self.shortlist_node[l])
         self.members.clear(np.array([l]))
         self.directory.remove(np.array([t]), np.array([l]))
-        del self.nodes[t][node]
+        self.nodes[t].delete(node)
         self._free_shortlists.append(l)
 
     # -- accounting and checks -----------------------------------------------------------------
 
     @property
     def nbytes(self) -> int:
-        dicts = sum(len(d) for d in self.nodes) * 100  # a Python dict entry with int key and value
+        maps = sum(m.nbytes for m in self.nodes)
         return (
             self.members.nbytes + self.directory.nbytes + self.access.nbytes + self.leaf_of.nbytes
-            + self.shortlist_node.nbytes + self.shortlist_tenant.nbytes + self.count.nbytes + dicts
+            + self.shortlist_node.nbytes + self.shortlist_tenant.nbytes + self.count.nbytes + maps
         )
 
     def check(self, t: int) -> None:
         """Assert the invariants of tenant t's sub-tree (for tests; costs O(|t|))."""
         state, tree = self.nodes[t], self.tree
         lists = self.directory.get(t)
-        assert sorted(lists.tolist()) == sorted(s for s in state.values() if s != SPLIT)
+        assert sorted(lists.tolist()) == sorted(s for _, s in state.items() if s != SPLIT)
+        assert np.all(np.diff(state.nodes) > 0) and np.all(state.states != ABSENT)
         for node, s in state.items():
             if node != 0:
                 assert state.get(int(tree.parent[node])) == SPLIT, "a sub-tree node hangs below a non-split node"
             if s == SPLIT:
-                below = [state.get(c) for c in tree.children(node).tolist()]
-                assert any(b is not None for b in below), "a split node with nothing below"
-                if all(b != SPLIT for b in below):
-                    sizes = sum(int(self.members.size[b]) for b in below if b is not None)
+                below = state.lookup(tree.children(node))
+                assert np.any(below != ABSENT), "a split node with nothing below"
+                if np.all(below != SPLIT):
+                    sizes = int(self.members.size[below[below >= 0]].sum())
                     assert sizes > self.merge_limit, "sibling shortlists small enough to merge"
             else:
                 size = int(self.members.size[s])

@@ -12,7 +12,7 @@ MAX_K = 10_000
 """Largest k a search accepts."""
 
 MAX_EF = 1_000_000
-"""Largest candidate budget a search accepts."""
+"""Largest recall knob a search accepts."""
 
 MAX_NAME_LENGTH = 256
 
