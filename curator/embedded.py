@@ -131,7 +131,7 @@ class EmbeddedCollection(Collection):
                 "tenants": len(index.tenant_numbers),
                 "pairs": int(index.tenancy.count.sum()),
                 "tree_nodes": index.tree.n_nodes,
-                "shortlists": index.tenancy.n_shortlists - len(index.tenancy._free_shortlists),
+                "shortlists": index.tenancy.n_live_shortlists,
                 "memory_bytes": index.nbytes,
             }
 

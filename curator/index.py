@@ -12,6 +12,8 @@ vectors (at most `train_sample` of them); it is trained again when the collectio
 `drift_limit` times farther from their leaf centroids than the training vectors did.
 """
 
+import contextlib
+import threading
 from dataclasses import dataclass, field
 
 import numba
@@ -23,6 +25,9 @@ from .idmap import IdMap
 from .metric import Metric
 from .tenancy import TenantSubtrees
 from .tree import ClusteringTree, TreeShape
+
+
+_PARALLEL = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -178,13 +183,15 @@ class CuratorIndex:
         kernel = kernels.search_batch_parallel if parallel and nq > 1 else kernels.search_batch_serial
         tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
         # Queries differ in cost (tenants differ in size): hand them to threads in small chunks.
-        previous = numba.set_parallel_chunksize(4)
-        try:
-            kernel(queries, numbers, k, ef, int(self.metric), directory.data, directory.start,
-                   directory.size, tenancy.shortlist_node, self.tree.centroids, members.data, members.start,
-                   members.size, self.vectors, self.inv_norm, slots, dists)
-        finally:
-            numba.set_parallel_chunksize(previous)
+        # numba's default thread pool takes one parallel call at a time, whichever collection.
+        with _PARALLEL if kernel is kernels.search_batch_parallel else contextlib.nullcontext():
+            previous = numba.set_parallel_chunksize(4)
+            try:
+                kernel(queries, numbers, k, ef, int(self.metric), directory.data, directory.start,
+                       directory.size, tenancy.shortlist_node, self.tree.centroids, members.data,
+                       members.start, members.size, self.vectors, self.inv_norm, slots, dists)
+            finally:
+                numba.set_parallel_chunksize(previous)
         ids = np.where(slots >= 0, self.slot_ids[slots], -1)
         return ids, dists
 

@@ -19,7 +19,7 @@ import numpy as np
 from .distance import COSINE, L2, distance_row, dot_row, l2_row
 from .prefetch import prefetch_row
 
-AHEAD = 16  # candidates whose vectors are requested before they are scored
+AHEAD = 32  # candidates whose vectors are requested before they are scored
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")

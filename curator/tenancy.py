@@ -35,16 +35,15 @@ class TenantSubtrees:
         self.merge_limit = split_limit // 2
         self.leaf_of = np.zeros(0, np.int32)  # slot -> leaf of the shared tree
         self.access = Slabs()  # slot -> tenants that may see it
-        self._reset_subtrees()
+        self._reset_subtrees(0)
 
-    def _reset_subtrees(self) -> None:
+    def _reset_subtrees(self, n_tenants: int) -> None:
         self.members = Slabs()  # shortlist -> slots
-        self.directory = Slabs(len(getattr(self, "nodes", ())))  # tenant -> its shortlists
+        self.directory = Slabs(n_tenants)  # tenant -> its shortlists
         self.shortlist_node = np.zeros(64, np.int32)
         self.shortlist_tenant = np.zeros(64, np.int32)
-        self.n_shortlists = 0
+        self.n_shortlists = 0  # high-water mark of shortlist ids
         self._free_shortlists: list[int] = []
-        n_tenants = len(getattr(self, "nodes", ()))
         self.nodes: list[NodeMap] = [NodeMap() for _ in range(n_tenants)]
         self.count = np.zeros(max(n_tenants, 16), np.int64)
 
@@ -54,6 +53,10 @@ class TenantSubtrees:
     def n_tenants(self) -> int:
         return len(self.nodes)
 
+    @property
+    def n_live_shortlists(self) -> int:
+        return self.n_shortlists - len(self._free_shortlists)
+
     def add_tenant(self) -> int:
         t = len(self.nodes)
         self.nodes.append(NodeMap())
@@ -61,9 +64,6 @@ class TenantSubtrees:
         if t >= self.count.shape[0]:
             self.count = np.concatenate([self.count, np.zeros(self.count.shape[0], np.int64)])
         return t
-
-    def shortlists_of(self, t: int) -> np.ndarray:
-        return self.directory.get(t)
 
     def slots_of(self, t: int) -> np.ndarray:
         return self.members.gather(self.directory.get(t))[0]
@@ -141,7 +141,7 @@ class TenantSubtrees:
         self.access.renumber(old_slots)
         self.tree = tree
         self.leaf_of[: old_slots.size] = leaves
-        self._reset_subtrees()
+        self._reset_subtrees(self.n_tenants)
         for t, mine in enumerate(per_tenant):
             if mine.size:
                 self._insert(mine, t)
