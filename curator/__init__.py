@@ -13,6 +13,7 @@ from .errors import (
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    StorageError,
 )
 from .metric import Metric
 from .validate import MAX_EF, MAX_K
@@ -20,16 +21,24 @@ from .validate import MAX_EF, MAX_K
 __all__ = [
     "open", "Database", "Collection", "Metric", "MAX_K", "MAX_EF",
     "CuratorError", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError",
-    "PermissionDeniedError", "ResourceExhaustedError",
+    "PermissionDeniedError", "ResourceExhaustedError", "StorageError", "restore",
 ]
 
 
-def open(path: str = ":memory:") -> Database:  # noqa: A001 - the name users expect, like sqlite3
-    """Open a database: ":memory:" keeps everything in this process."""
+def open(path: str = ":memory:", *, durability: str = "sync") -> Database:  # noqa: A001 - like sqlite3
+    """Open a database: ":memory:" keeps everything in this process; a path opens (or creates) a
+    data directory there. durability: "sync" (fsync before a write returns), "batch" (group
+    commit) or "none" (no fsync); see README."""
     from .embedded import EmbeddedDatabase
+    from .storage import DataDirectory
 
     if path == ":memory:":
         return EmbeddedDatabase()
-    raise InvalidArgumentError(
-        f"cannot open {path!r}: only ':memory:' is available until durable storage lands (issue 3)"
-    )
+    return EmbeddedDatabase(DataDirectory.open(path, durability))
+
+
+def restore(snapshot: str, path: str) -> None:
+    """Make the data directory `path` (new or empty) a copy of a snapshot taken with `db.snapshot`."""
+    from .storage import restore as restore_directory
+
+    restore_directory(snapshot, path)

@@ -2,6 +2,8 @@
 
 Each call validates its arguments at the edge (`validate`), then runs on the collection's
 `CuratorIndex` under the collection's lock, so one collection may be used from many threads.
+With a data directory, every write is also recorded there (one atomic batch) before it returns;
+without one (":memory:") nothing outlives the process.
 """
 
 import threading
@@ -12,9 +14,10 @@ import numpy as np
 
 from . import validate
 from .api import Collection, Database
-from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
-from .index import CuratorIndex, IndexConfig
+from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StorageError
+from .index import Change, CuratorIndex, IndexConfig
 from .metric import Metric
+from .storage import DataDirectory
 from .tree import TreeShape
 
 MAX_DIM = 65_536
@@ -34,12 +37,34 @@ def index_config(options: dict) -> IndexConfig:
 
 
 class EmbeddedCollection(Collection):
-    def __init__(self, name: str, dim: int, metric: Metric, config: IndexConfig):
+    def __init__(self, name: str, dim: int, metric: Metric, index: CuratorIndex,
+                 directory: DataDirectory | None = None, cid: int = 0):
         self.name = name
         self.dim = dim
         self.metric = metric.label
-        self.index = CuratorIndex(dim, metric, config)
+        self.index = index
+        self._directory = directory
+        self._cid = cid
+        self._failed: StorageError | None = None
         self._lock = threading.RLock()
+
+    def _write(self, apply) -> Change:
+        """Apply one write to the index and record it; returns once it is as durable as promised."""
+        with self._lock:
+            if self._failed is not None:
+                raise StorageError(f"collection {self.name!r} stopped taking writes after a storage failure "
+                                   f"({self._failed}); reopen the database to recover from its data directory")
+            change = apply()
+            ticket = None
+            if self._directory is not None:
+                try:
+                    ticket = self._directory.record(self._cid, change, self.index)
+                except StorageError as error:
+                    self._failed = error  # memory is ahead of the disk now: refuse until reopened
+                    raise
+        if ticket is not None:
+            ticket.wait()
+        return change
 
     def insert(self, ids, vectors, *, tenant: str) -> None:
         ids = validate.ids(ids)
@@ -47,23 +72,19 @@ class EmbeddedCollection(Collection):
         if vectors.shape[0] != ids.shape[0]:
             raise InvalidArgumentError(f"{ids.shape[0]} ids but {vectors.shape[0]} vectors; they must pair up")
         tenant = validate.name(tenant, "tenant")
-        with self._lock:
-            self.index.insert(ids, vectors, tenant)
+        self._write(lambda: self.index.insert(ids, vectors, tenant))
 
     def grant(self, ids, *, tenant: str) -> int:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
-        with self._lock:
-            return self.index.grant(ids, tenant)
+        return self._write(lambda: self.index.grant(ids, tenant)).regranted.size
 
     def revoke(self, ids, *, tenant: str) -> None:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
-        with self._lock:
-            self.index.revoke(ids, tenant)
+        self._write(lambda: self.index.revoke(ids, tenant))
 
     def delete(self, ids) -> None:
         ids = validate.ids(ids)
-        with self._lock:
-            self.index.delete(ids)
+        self._write(lambda: self.index.delete(ids))
 
     def get(self, ids) -> np.ndarray:
         ids = validate.ids(ids)
@@ -87,8 +108,7 @@ class EmbeddedCollection(Collection):
 
     def drop_tenant(self, tenant: str) -> None:
         tenant = validate.name(tenant, "tenant")
-        with self._lock:
-            self.index.drop_tenant(tenant)
+        self._write(lambda: self.index.drop_tenant(tenant))
 
     def search(self, query, k: int = 10, *, tenant: str, ef: int | None = None):
         # The common case (one contiguous float32 vector) skips the copying checks; the compiled
@@ -120,8 +140,7 @@ class EmbeddedCollection(Collection):
     def train(self, sample=None) -> None:
         if sample is not None:
             sample = validate.vectors(sample, self.dim)
-        with self._lock:
-            self.index.train(sample)
+        self._write(lambda: self.index.train(sample))
 
     def stats(self) -> dict:
         with self._lock:
@@ -137,21 +156,38 @@ class EmbeddedCollection(Collection):
 
 
 class EmbeddedDatabase(Database):
-    """Collections in this process's memory (":memory:")."""
+    """Collections in this process: in memory only, or recorded in a data directory."""
 
-    def __init__(self):
+    def __init__(self, directory: DataDirectory | None = None):
+        self._directory = directory
         self._collections: dict[str, EmbeddedCollection] = {}
+        self._cids: dict[str, int] = {}
         self._lock = threading.Lock()
+        if directory is not None:
+            for name, settings in directory.collections().items():
+                metric = Metric.parse(settings["metric"])
+                config = index_config(settings["options"])
+                index = CuratorIndex.restore(settings["dim"], metric, config, directory.load(settings["cid"], settings["dim"]))
+                self._collections[name] = EmbeddedCollection(name, settings["dim"], metric, index, directory, settings["cid"])
+                self._cids[name] = settings["cid"]
 
     def create_collection(self, name: str, dim: int, metric: str = "l2", **options) -> Collection:
         name = validate.name(name, "collection name")
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= MAX_DIM:
             raise InvalidArgumentError(f"dim must be an integer between 1 and {MAX_DIM}, got {dim!r}")
-        collection = EmbeddedCollection(name, int(dim), Metric.parse(metric), index_config(options))
+        metric = Metric.parse(metric)
+        config = index_config(options)
         with self._lock:
             if name in self._collections:
                 raise AlreadyExistsError(f"collection {name!r} already exists")
+            cid = max(self._cids.values(), default=-1) + 1
+            if self._directory is not None:
+                self._directory.put_collection(name, {"cid": cid, "dim": int(dim), "metric": metric.label,
+                                                      "options": options})
+            collection = EmbeddedCollection(name, int(dim), metric, CuratorIndex(int(dim), metric, config),
+                                            self._directory, cid)
             self._collections[name] = collection
+            self._cids[name] = cid
         return collection
 
     def collection(self, name: str) -> Collection:
@@ -167,9 +203,22 @@ class EmbeddedDatabase(Database):
 
     def drop_collection(self, name: str) -> None:
         with self._lock:
-            if self._collections.pop(name, None) is None:
+            if name not in self._collections:
                 raise NotFoundError(f"unknown collection {name!r}")
+            if self._directory is not None:
+                self._directory.drop_collection(name, self._cids[name])
+            del self._collections[name]
+            del self._cids[name]
+
+    def snapshot(self, path) -> None:
+        """A consistent copy of the data directory at `path`, taken while writes go on."""
+        if self._directory is None:
+            raise InvalidArgumentError("an in-memory database has no data directory to snapshot")
+        self._directory.snapshot(path)
 
     def close(self) -> None:
         with self._lock:
             self._collections.clear()
+            if self._directory is not None:
+                self._directory.close()
+                self._directory = None

@@ -42,10 +42,18 @@ class ResourceExhaustedError(CuratorError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class StorageError(CuratorError):
+    """The data directory cannot be used: in use by another process, damaged, of a newer format,
+    or a write to it failed. The directory is left as it was."""
+
+    code = "FAILED_PRECONDITION"
+
+
 ALL_ERRORS = (
     InvalidArgumentError,
     NotFoundError,
     AlreadyExistsError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    StorageError,
 )

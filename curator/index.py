@@ -30,6 +30,26 @@ from .tree import ClusteringTree, TreeShape
 _PARALLEL = threading.Lock()
 
 
+@dataclass
+class Change:
+    """What one write did, in the user's ids, for a journal to persist.
+
+    `written`: new vectors; `regranted`: vectors whose set of tenants changed and which live on;
+    `deleted`: vectors gone; `tenants_added` / `tenants_dropped`: tenant numbers; `retrained`:
+    the shared tree was (re)trained.
+    """
+
+    written: np.ndarray = field(default_factory=lambda: _NO_IDS)
+    regranted: np.ndarray = field(default_factory=lambda: _NO_IDS)
+    deleted: np.ndarray = field(default_factory=lambda: _NO_IDS)
+    tenants_added: list[int] = field(default_factory=list)
+    tenants_dropped: list[int] = field(default_factory=list)
+    retrained: bool = False
+
+
+_NO_IDS = np.zeros(0, np.int64)
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     tree: TreeShape = field(default_factory=TreeShape)
@@ -68,7 +88,7 @@ class CuratorIndex:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def insert(self, ids: np.ndarray, vectors: np.ndarray, tenant: str) -> None:
+    def insert(self, ids: np.ndarray, vectors: np.ndarray, tenant: str) -> Change:
         known = self.ids.lookup(ids)
         if np.any(known >= 0):
             dup = ids[known >= 0]
@@ -87,32 +107,44 @@ class CuratorIndex:
         self.ids.assign(ids, slots)
         leaves, sqdist = self.tree.route(self._prepared(slots))
         self.tenancy.place(slots, leaves)
-        self.tenancy.grant(slots, self._tenant(tenant, create=True))
+        change = Change(written=ids)
+        self.tenancy.grant(slots, self._tenant(tenant, create=True, change=change))
         if self.tree.trained:
             self._drift_sum += float(sqdist.sum())
             self._drift_n += slots.size
-        self._maybe_train()
+        change.retrained = self._maybe_train()
+        return change
 
-    def grant(self, ids: np.ndarray, tenant: str) -> int:
-        return self.tenancy.grant(self._slots(ids), self._tenant(tenant, create=True))
+    def grant(self, ids: np.ndarray, tenant: str) -> Change:
+        change = Change()
+        granted = self.tenancy.grant(self._slots(ids), self._tenant(tenant, create=True, change=change))
+        change.regranted = self.slot_ids[granted]
+        return change
 
-    def revoke(self, ids: np.ndarray, tenant: str) -> None:
+    def revoke(self, ids: np.ndarray, tenant: str) -> Change:
         slots = self._slots(ids)
-        orphans = self.tenancy.revoke(slots, self._tenant(tenant))
+        revoked, orphans = self.tenancy.revoke(slots, self._tenant(tenant))
+        change = Change(regranted=self.slot_ids[np.setdiff1d(revoked, orphans)], deleted=self.slot_ids[orphans])
         self._release(orphans)
+        return change
 
-    def delete(self, ids: np.ndarray) -> None:
+    def delete(self, ids: np.ndarray) -> Change:
         slots = self._slots(ids)
         self.tenancy.remove(slots)
         self._release(slots)
+        return Change(deleted=ids)
 
-    def drop_tenant(self, tenant: str) -> None:
+    def drop_tenant(self, tenant: str) -> Change:
         t = self._tenant(tenant)
-        self._release(self.tenancy.drop(t))
+        affected, orphans = self.tenancy.drop(t)
+        change = Change(regranted=self.slot_ids[np.setdiff1d(affected, orphans)], deleted=self.slot_ids[orphans],
+                        tenants_dropped=[t])
+        self._release(orphans)
         del self.tenant_numbers[tenant]
         self.tenant_names[t] = None
+        return change
 
-    def train(self, sample: np.ndarray | None = None) -> None:
+    def train(self, sample: np.ndarray | None = None) -> Change:
         """(Re)train the shared tree on `sample`, or on the stored vectors, and re-route everything."""
         slots = self._live_slots()
         if sample is None:
@@ -142,6 +174,42 @@ class CuratorIndex:
         self.tree = tree
         self._trained_count = max(slots.size, sample.shape[0], 1)
         self._drift_sum, self._drift_n = 0.0, 0
+        return Change(retrained=True)
+
+    @classmethod
+    def restore(cls, dim: int, metric: Metric, config: IndexConfig, stored: dict) -> "CuratorIndex":
+        """An index over stored records (see `storage.DataDirectory.load`), without re-training:
+        vectors are routed through the stored tree and laid out in leaf order; each tenant's
+        sub-tree is built on its first use."""
+        index = cls(dim, metric, config)
+        ids, vectors = stored["ids"], stored["vectors"]
+        if stored["tree"] is not None:
+            tree = stored["tree"]
+            index.tree = ClusteringTree(tree["centroids"], tree["parent"], metric, float(tree["distortion"]))
+            index.tenancy.tree = index.tree
+            index._trained_count = int(tree["trained_count"])
+        n = ids.size
+        if n:
+            inv_norm = 1.0 / np.linalg.norm(vectors, axis=1) if metric is Metric.COSINE else np.ones(n, np.float32)
+            prepared = vectors * inv_norm[:, None] if metric is Metric.COSINE else vectors
+            leaves = index.tree.route(prepared)[0]
+            order = np.argsort(leaves, kind="stable")
+            slots = index._allocate(n)
+            index.vectors[slots] = vectors[order]
+            index.inv_norm[slots] = inv_norm[order]
+            index.slot_ids[slots] = ids[order]
+            index.ids = IdMap.of(ids[order], slots)
+            index.tenancy.place(slots, leaves[order])
+        names = stored["tenant_names"]
+        index.tenant_names = list(names)
+        index.tenant_numbers = {name: t for t, name in enumerate(names) if name is not None}
+        pair_slots = index.ids.lookup(stored["pair_ids"])
+        index.tenancy.load(len(names), pair_slots, stored["pair_tenants"])
+        return index
+
+    @property
+    def trained_count(self) -> int:
+        return self._trained_count
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -163,6 +231,7 @@ class CuratorIndex:
     def search_one(self, query: np.ndarray, k: int, tenant: str, ef: int) -> tuple[np.ndarray, np.ndarray]:
         """One query (a contiguous float32 vector of the right dimension): the short path."""
         t = self._tenant(tenant)
+        self.tenancy.ensure(t)
         tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
         ids, dists, usable = kernels.search_one(
             query, k, ef, int(self.metric), t, directory.data, directory.start, directory.size,
@@ -175,6 +244,7 @@ class CuratorIndex:
     def search(self, queries: np.ndarray, k: int, tenants: list[str], ef: int, parallel: bool):
         """(ids, distances) of shape (nq, k), best first, padded with -1 / inf."""
         numbers = np.fromiter((self._tenant(t) for t in tenants), np.int64, len(tenants))
+        self.tenancy.ensure_all(numbers)
         if self.metric is Metric.COSINE:
             queries = Metric.COSINE.prepare(queries)
         nq = queries.shape[0]
@@ -208,7 +278,7 @@ class CuratorIndex:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _tenant(self, name: str, create: bool = False) -> int:
+    def _tenant(self, name: str, create: bool = False, change: Change | None = None) -> int:
         t = self.tenant_numbers.get(name)
         if t is not None:
             return t
@@ -217,6 +287,7 @@ class CuratorIndex:
         t = self.tenancy.add_tenant()
         self.tenant_numbers[name] = t
         self.tenant_names.append(name)
+        change.tenants_added.append(t)
         return t
 
     def _slots(self, ids: np.ndarray) -> np.ndarray:
@@ -254,21 +325,22 @@ class CuratorIndex:
             x *= self.inv_norm[slots, None]
         return x
 
-    def _maybe_train(self) -> None:
+    def _maybe_train(self) -> bool:
         n = len(self.ids)
         cfg = self.config
         if not self.tree.trained:
-            if n >= cfg.train_size:
-                self.train()
-            return
-        grown = n >= cfg.retrain_growth * self._trained_count
-        drifted = (
-            self._drift_n >= 1000
-            and self.tree.distortion > 0
-            and self._drift_sum / self._drift_n > cfg.drift_limit * self.tree.distortion
-        )
-        if grown or drifted:
+            due = n >= cfg.train_size
+        else:
+            grown = n >= cfg.retrain_growth * self._trained_count
+            drifted = (
+                self._drift_n >= 1000
+                and self.tree.distortion > 0
+                and self._drift_sum / self._drift_n > cfg.drift_limit * self.tree.distortion
+            )
+            due = grown or drifted
+        if due:
             self.train()
+        return due
 
 
 def _grow(array: np.ndarray, rows: int, fill) -> np.ndarray:

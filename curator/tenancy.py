@@ -46,6 +46,11 @@ class TenantSubtrees:
         self._free_shortlists: list[int] = []
         self.nodes: list[NodeMap] = [NodeMap() for _ in range(n_tenants)]
         self.count = np.zeros(max(n_tenants, 16), np.int64)
+        # Sub-trees not built yet (after `load`): tenant t's slots are pending[offsets[t]:offsets[t+1]]
+        # until its first use, so that opening a database costs nothing per tenant.
+        self._pending = np.zeros(0, np.int64)
+        self._pending_offsets = np.zeros(1, np.int64)
+        self._unbuilt = np.zeros(0, bool)
 
     # -- tenants -------------------------------------------------------------------------------
 
@@ -57,6 +62,28 @@ class TenantSubtrees:
     def n_live_shortlists(self) -> int:
         return self.n_shortlists - len(self._free_shortlists)
 
+    def load(self, n_tenants: int, pair_slots: np.ndarray, pair_tenants: np.ndarray) -> None:
+        """Take (slot, tenant) pairs from storage: access lists now, sub-trees on first use."""
+        self._reset_subtrees(n_tenants)
+        self.access.append(pair_slots, pair_tenants)
+        order = np.argsort(pair_tenants, kind="stable")
+        self._pending = pair_slots[order]
+        counts = np.bincount(pair_tenants, minlength=n_tenants)
+        self._pending_offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.count[:n_tenants] = counts
+        self._unbuilt = counts > 0
+
+    def ensure(self, t: int) -> None:
+        """Build tenant t's sub-tree if it is still pending from `load`."""
+        if t < self._unbuilt.size and self._unbuilt[t]:
+            self._unbuilt[t] = False
+            mine = self._pending[self._pending_offsets[t] : self._pending_offsets[t + 1]]
+            self._insert(np.sort(mine), t)
+
+    def ensure_all(self, tenants: np.ndarray) -> None:
+        for t in np.unique(tenants[tenants < self._unbuilt.size]).tolist():
+            self.ensure(t)
+
     def add_tenant(self) -> int:
         t = len(self.nodes)
         self.nodes.append(NodeMap())
@@ -66,6 +93,7 @@ class TenantSubtrees:
         return t
 
     def slots_of(self, t: int) -> np.ndarray:
+        self.ensure(t)
         return self.members.gather(self.directory.get(t))[0]
 
     def tenants_of(self, slot: int) -> np.ndarray:
@@ -83,21 +111,24 @@ class TenantSubtrees:
         self.access.reserve(need)
         self.leaf_of[slots] = leaves
 
-    def grant(self, slots: np.ndarray, t: int) -> int:
-        """Let tenant t see these slots; returns how many it could not see before."""
+    def grant(self, slots: np.ndarray, t: int) -> np.ndarray:
+        """Let tenant t see these slots; returns those it could not see before."""
+        self.ensure(t)
         slots = slots[~self.access.contains(slots, np.full(slots.shape[0], t))]
         if slots.size:
             self.access.append(slots, np.full(slots.shape[0], t))
             self._insert(slots, t)
             self.count[t] += slots.size
-        return int(slots.size)
+        return slots
 
-    def revoke(self, slots: np.ndarray, t: int) -> np.ndarray:
-        """Take these slots from tenant t; returns the slots no tenant can see any more."""
+    def revoke(self, slots: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Take these slots from tenant t; returns those it could see before, and of them
+        those no tenant can see any more."""
+        self.ensure(t)
         tenant = np.full(slots.shape[0], t)
         slots = slots[self.access.contains(slots, tenant)]
         if slots.size == 0:
-            return slots
+            return slots, slots
         nodes = self._frontier(slots, t)
         touched, inverse = np.unique(nodes, return_inverse=True)
         lists = self.nodes[t].lookup(touched).astype(np.int64)
@@ -105,7 +136,7 @@ class TenantSubtrees:
         self.access.remove(slots, tenant[: slots.size])
         self.count[t] -= slots.size
         self._tidy(t, touched)
-        return slots[self.access.size[slots] == 0]
+        return slots, slots[self.access.size[slots] == 0]
 
     def remove(self, slots: np.ndarray) -> None:
         """Take these slots from every tenant that can see them (the vectors are being deleted)."""
@@ -117,8 +148,10 @@ class TenantSubtrees:
             if group.size:
                 self.revoke(pair_slots[group], int(tenants[group[0]]))
 
-    def drop(self, t: int) -> np.ndarray:
-        """Remove tenant t's sub-tree and grants; returns the slots no tenant can see any more."""
+    def drop(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Remove tenant t's sub-tree and grants; returns the slots it could see, and of them
+        those no tenant can see any more."""
+        self.ensure(t)
         lists = self.directory.get(t).astype(np.int64)
         slots = self.members.gather(lists)[0]
         self.access.remove(slots, np.full(slots.shape[0], t))
@@ -127,7 +160,7 @@ class TenantSubtrees:
         self._free_shortlists.extend(lists.tolist())
         self.nodes[t] = NodeMap()
         self.count[t] = 0
-        return slots[self.access.size[slots] == 0]
+        return slots, slots[self.access.size[slots] == 0]
 
     def rebuild(self, tree: ClusteringTree, old_slots: np.ndarray, leaves: np.ndarray) -> None:
         """Re-derive every tenant's sub-tree over a new shared tree (after training).
@@ -242,6 +275,7 @@ class TenantSubtrees:
 
     def check(self, t: int) -> None:
         """Assert the invariants of tenant t's sub-tree (for tests; costs O(|t|))."""
+        self.ensure(t)
         state, tree = self.nodes[t], self.tree
         lists = self.directory.get(t)
         assert sorted(lists.tolist()) == sorted(s for _, s in state.items() if s != SPLIT)

@@ -74,5 +74,5 @@ def test_bad_collections(db):
         db.create_collection("d", dim=4, leafsize=3)
     with pytest.raises(NotFoundError, match="unknown collection 'zz'"):
         db.collection("zz")
-    with pytest.raises(InvalidArgumentError, match="only ':memory:'"):
-        curator.open("/tmp/somewhere")
+    with pytest.raises(InvalidArgumentError, match="unknown durability 'always'"):
+        curator.open("/tmp/never-created", durability="always")

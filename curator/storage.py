@@ -1,0 +1,323 @@
+"""The data directory: RocksDB (through rocksdict) holding everything a database needs to reopen.
+
+Keys are bytes; `STORAGE.md` next to this file documents the format. Every API write becomes one
+RocksDB write batch (all or nothing), applied in the order the writes were acknowledged. The
+in-memory index is derived state: it is rebuilt from these records when the directory is opened,
+and the clustering tree is stored so that opening never re-trains.
+
+Durability modes:
+- "sync": the batch is fsynced before the write returns (the default);
+- "batch": group commit, the write returns once a background fsync covering it has run, at most
+  `group_delay` seconds later; concurrent writers share one fsync;
+- "none": the batch is in the write-ahead log but not fsynced (survives the process being
+  killed, not the machine losing power).
+
+This module knows records and bytes; it never looks inside the index beyond the arrays a
+`Change` names.
+"""
+
+import io
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
+
+from .errors import InvalidArgumentError, StorageError
+
+FORMAT = 1
+DURABILITY = ("sync", "batch", "none")
+
+_FORMAT_KEY = b"F"
+_COLLECTION, _VECTOR, _ACCESS, _TENANT, _TREE = b"C", b"V", b"A", b"T", b"R"
+
+
+class DataDirectory:
+    """One open data directory: its RocksDB, its write mode, and its collections' records."""
+
+    def __init__(self, path: Path, db: Rdict, durability: str, group_delay: float):
+        self.path = path
+        self._db = db
+        self.durability = durability
+        self._write_options = WriteOptions()
+        self._write_options.sync = durability == "sync"
+        self._group = _GroupCommit(db, group_delay) if durability == "batch" else None
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path, durability: str = "sync", group_delay: float = 0.005) -> "DataDirectory":
+        if durability not in DURABILITY:
+            raise InvalidArgumentError(f"unknown durability {durability!r}: expected one of {', '.join(DURABILITY)}")
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise StorageError(f"{path} is a file, not a data directory")
+        fresh = not path.exists() or not any(path.iterdir())
+        if not fresh:
+            check_directory(path)
+        options = Options(raw_mode=True)
+        options.create_if_missing(fresh)
+        try:
+            db = Rdict(str(path), options)
+        except Exception as error:  # rocksdict raises plain Exception with RocksDB's status text
+            raise _storage_error(error, path) from None
+        if fresh:
+            write_options = WriteOptions()
+            write_options.sync = True
+            batch = WriteBatch(raw_mode=True)
+            batch.put(_FORMAT_KEY, json.dumps({"format": FORMAT, "engine": "curator"}).encode())
+            db.write(batch, write_options)
+        return cls(path, db, durability, group_delay)
+
+    def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
+        self._db.flush_wal(True)
+        self._db.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def commit(self, batch: WriteBatch) -> "_Ticket | None":
+        """Write one batch atomically; in "batch" mode returns a ticket to wait on for its fsync."""
+        try:
+            self._db.write(batch, self._write_options)
+        except Exception as error:
+            raise StorageError(f"write to {self.path} failed: {error}") from None
+        return self._group.ticket() if self._group is not None else None
+
+    def snapshot(self, target) -> None:
+        """A consistent point-in-time copy of the whole directory (a RocksDB checkpoint)."""
+        target = Path(target)
+        if target.exists():
+            raise InvalidArgumentError(f"snapshot target {target} already exists; choose a new path")
+        try:
+            Checkpoint(self._db).create_checkpoint(str(target))
+        except Exception as error:
+            raise StorageError(f"snapshot to {target} failed: {error}") from None
+
+    # -- collections ---------------------------------------------------------------------------
+
+    def collections(self) -> dict[str, dict]:
+        return {key[1:].decode(): json.loads(value) for key, value in self._scan(_COLLECTION)}
+
+    def put_collection(self, name: str, settings: dict) -> None:
+        batch = WriteBatch(raw_mode=True)
+        batch.put(_COLLECTION + name.encode(), json.dumps(settings).encode())
+        self._wait(self.commit(batch))
+
+    def drop_collection(self, name: str, cid: int) -> None:
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(_COLLECTION + name.encode())
+        for kind in (_VECTOR, _ACCESS, _TENANT, _TREE):
+            batch.delete_range(_prefix(kind, cid), _prefix(kind, cid + 1))
+        self._wait(self.commit(batch))
+
+    def load(self, cid: int, dim: int) -> dict:
+        """Everything stored for one collection, as arrays."""
+        vector_ids, vector_rows = self._scan_ids(_VECTOR, cid)
+        access_ids, access_rows = self._scan_ids(_ACCESS, cid)
+        if not np.array_equal(vector_ids, access_ids):
+            raise StorageError(f"{self.path}: collection {cid} has vectors and access lists that do not match")
+        vectors = np.frombuffer(b"".join(vector_rows), np.float32).reshape(-1, dim)
+        counts = np.fromiter((len(r) // 4 for r in access_rows), np.int64, len(access_rows))
+        tenants = {int.from_bytes(k[5:9], "big"): v.decode() for k, v in self._scan(_prefix(_TENANT, cid))}
+        names = [tenants.get(t) for t in range(max(tenants, default=-1) + 1)]
+        tree = self._db.get(_prefix(_TREE, cid))
+        return {
+            "ids": vector_ids,
+            "vectors": vectors.copy(),
+            "pair_ids": np.repeat(vector_ids, counts),
+            "pair_tenants": np.frombuffer(b"".join(access_rows), np.int32).astype(np.int64),
+            "tenant_names": names,
+            "tree": None if tree is None else _decode_arrays(tree),
+        }
+
+    def record(self, cid: int, change, index) -> "_Ticket | None":
+        """Persist what one write did (an index `Change`) as one atomic batch."""
+        batch = WriteBatch(raw_mode=True)
+        if change.written.size:
+            slots = index.ids.lookup(change.written)
+            _put_all(batch, _keys(_VECTOR, cid, change.written), _rows(index.vectors[slots]))
+        changed = np.concatenate([change.written, change.regranted])
+        if changed.size:
+            slots = index.ids.lookup(changed)
+            tenants, origin = index.tenancy.access.gather(slots)
+            bounds = np.searchsorted(origin, np.arange(slots.size + 1))
+            raw = tenants.astype(np.int32).tobytes()
+            values = [raw[4 * a : 4 * b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+            _put_all(batch, _keys(_ACCESS, cid, changed), values)
+        for key in _keys(_VECTOR, cid, change.deleted) + _keys(_ACCESS, cid, change.deleted):
+            batch.delete(key)
+        for t in change.tenants_added:
+            batch.put(_tenant_key(cid, t), index.tenant_names[t].encode())
+        for t in change.tenants_dropped:
+            batch.delete(_tenant_key(cid, t))
+        if change.retrained:
+            tree = index.tree
+            batch.put(_prefix(_TREE, cid), _encode_arrays(
+                centroids=tree.centroids, parent=tree.parent, distortion=np.float64(tree.distortion),
+                trained_count=np.int64(index.trained_count)))
+        return self.commit(batch)
+
+    @staticmethod
+    def _wait(ticket) -> None:
+        if ticket is not None:
+            ticket.wait()
+
+    def _scan(self, prefix: bytes):
+        for key, value in self._db.items(from_key=prefix):
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+    def _scan_ids(self, kind: bytes, cid: int) -> tuple[np.ndarray, list[bytes]]:
+        keys, values = [], []
+        for key, value in self._scan(_prefix(kind, cid)):
+            keys.append(key[5:])
+            values.append(value)
+        return np.frombuffer(b"".join(keys), ">u8").astype(np.int64), values
+
+
+def check_directory(path: Path) -> dict:
+    """Validate an existing data directory without writing to it; returns its format record."""
+    if not (path / "CURRENT").exists():
+        raise StorageError(f"{path} is not a Curator data directory (it is not empty and holds no RocksDB); "
+                           "it was left untouched")
+    try:
+        db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+    except Exception as error:
+        raise _storage_error(error, path) from None
+    try:
+        raw = db.get(_FORMAT_KEY)
+    finally:
+        db.close()
+    if raw is None:
+        raise StorageError(f"{path} is a RocksDB directory but not Curator's (no format record); left untouched")
+    record = json.loads(raw)
+    if record.get("format", 0) > FORMAT:
+        raise StorageError(f"{path} has storage format {record['format']}, newer than this Curator reads "
+                           f"({FORMAT}); upgrade Curator. The directory was left untouched")
+    return record
+
+
+def restore(snapshot, target) -> None:
+    """Make `target` a copy of a snapshot directory (which is checked first)."""
+    snapshot, target = Path(snapshot), Path(target)
+    check_directory(snapshot)
+    if target.exists() and any(target.iterdir()):
+        raise InvalidArgumentError(f"restore target {target} is not empty; restore into a new directory")
+    shutil.copytree(snapshot, target, dirs_exist_ok=True)
+
+
+class _GroupCommit:
+    """Group commit: one background fsync of the write-ahead log covers every write before it."""
+
+    def __init__(self, db: Rdict, delay: float):
+        self._db, self._delay = db, delay
+        self._cond = threading.Condition()
+        self._written = self._synced = 0
+        self._closing = False
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name="curator-group-commit", daemon=True)
+        self._thread.start()
+
+    def ticket(self) -> "_Ticket":
+        with self._cond:
+            self._written += 1
+            self._cond.notify_all()
+            return _Ticket(self, self._written)
+
+    def wait(self, number: int) -> None:
+        with self._cond:
+            while self._synced < number and self._error is None:
+                self._cond.wait()
+            if self._synced < number:
+                raise StorageError(f"group commit fsync failed: {self._error}")
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._written == self._synced and not self._closing:
+                    self._cond.wait()
+                if self._written == self._synced:
+                    return
+            time.sleep(self._delay)  # let more writers join this fsync
+            with self._cond:
+                target = self._written
+            try:
+                self._db.flush_wal(True)
+            except Exception as error:  # noqa: BLE001 - handed to every waiting writer
+                with self._cond:
+                    self._error = error
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._synced = target
+                self._cond.notify_all()
+
+
+class _Ticket:
+    __slots__ = ("_group", "_number")
+
+    def __init__(self, group: _GroupCommit, number: int):
+        self._group, self._number = group, number
+
+    def wait(self) -> None:
+        self._group.wait(self._number)
+
+
+def _storage_error(error: Exception, path: Path) -> StorageError:
+    text = str(error)
+    if "lock" in text.lower():
+        return StorageError(f"{path} is already open, in this or another process (one process per data "
+                            f"directory): {text}")
+    return StorageError(f"{path} cannot be opened, it looks damaged; it was left untouched: {text}")
+
+
+def _prefix(kind: bytes, cid: int) -> bytes:
+    return kind + cid.to_bytes(4, "big")
+
+
+def _tenant_key(cid: int, t: int) -> bytes:
+    return _prefix(_TENANT, cid) + t.to_bytes(4, "big")
+
+
+def _keys(kind: bytes, cid: int, ids: np.ndarray) -> list[bytes]:
+    """Record keys kind + collection + id (big-endian, so keys sort by id), built in one pass."""
+    n = ids.size
+    table = np.empty((n, 13), np.uint8)
+    table[:, :5] = np.frombuffer(_prefix(kind, cid), np.uint8)
+    table[:, 5:] = ids.astype(">u8").view(np.uint8).reshape(n, 8)
+    raw = table.tobytes()
+    return [raw[i : i + 13] for i in range(0, 13 * n, 13)]
+
+
+def _rows(matrix: np.ndarray) -> list[bytes]:
+    raw = np.ascontiguousarray(matrix).tobytes()
+    width = matrix.shape[1] * matrix.itemsize
+    return [raw[i : i + width] for i in range(0, len(raw), width)]
+
+
+def _put_all(batch: WriteBatch, keys: list[bytes], values: list[bytes]) -> None:
+    for key, value in zip(keys, values):  # rocksdict has no bulk put: one call per record
+        batch.put(key, value)
+
+
+def _encode_arrays(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _decode_arrays(raw: bytes) -> dict:
+    with np.load(io.BytesIO(raw)) as data:
+        return {name: data[name] for name in data.files}
