@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 WORDNET := /usr/share/wordnet/data.noun
 
-.PHONY: run test bench data clean
+.PHONY: run test bench crash data clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: data
 
 bench: data
 	$(PY) -m benchmarks.multitenant
+	$(PY) -m benchmarks.storage
+
+# A longer crash soak than `make test` runs: make crash CYCLES=500
+CYCLES ?= 500
+crash: $(STAMP)
+	CRASH_CYCLES=$(CYCLES) $(PY) -m pytest -q -s tests/test_crash.py -k loses_no_acknowledged
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .hypothesis

@@ -7,9 +7,11 @@ import curator
 SMALL_TREE = dict(branching=4, leaf_size=16, split_limit=8, train_size=64, kmeans_iterations=5)
 
 
-@pytest.fixture
-def db():
-    with curator.open(":memory:") as database:
+@pytest.fixture(params=["memory", "durable"])
+def db(request, tmp_path):
+    """The same API tests run on an in-memory database and on a data directory."""
+    path = ":memory:" if request.param == "memory" else str(tmp_path / "data")
+    with curator.open(path) as database:
         yield database
 
 
