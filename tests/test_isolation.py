@@ -2,6 +2,9 @@
 against a plain model after every step. A tenant never sees a vector it was not granted, always
 gets min(k, visible) results, and the sub-tree invariants hold throughout."""
 
+import shutil
+import tempfile
+
 import numpy as np
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -108,4 +111,36 @@ class Isolation(RuleBasedStateMachine):
 
 
 TestIsolation = Isolation.TestCase
-TestIsolation.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+TestIsolation.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+
+
+class DurableIsolation(Isolation):
+    """The same property on a data directory, closed and reopened at random steps: what a reopen
+    brings back always equals the model."""
+
+    def __init__(self):
+        RuleBasedStateMachine.__init__(self)
+        self.path = tempfile.mkdtemp(prefix="curator-prop-")
+        self.db = curator.open(self.path, durability="none")
+        self.col = self.db.create_collection("c", dim=5, metric="l2", **SMALL_TREE)
+        self.access, self.tenants = {}, set()
+
+    @rule()
+    def reopen(self):
+        self.db.close()
+        self.db = curator.open(self.path, durability="none")
+        self.col = self.db.collection("c")
+
+    @invariant()
+    def stored_vectors_are_bit_exact(self):
+        if self.access:
+            ids = np.array(sorted(self.access), np.int64)
+            np.testing.assert_array_equal(self.col.get(ids), POOL[ids])
+
+    def teardown(self):
+        self.db.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+TestDurableIsolation = DurableIsolation.TestCase
+TestDurableIsolation.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
