@@ -7,8 +7,9 @@ and the clustering tree is stored so that opening never re-trains.
 
 Durability modes:
 - "sync": the batch is fsynced before the write returns (the default);
-- "batch": group commit, the write returns once a background fsync covering it has run, at most
-  `group_delay` seconds later; concurrent writers share one fsync;
+- "batch": group commit: the write returns once a background fsync covering it has run; writes
+  that arrive while one fsync runs share the next one (after waiting at most `group_delay`
+  seconds more for company, 0 by default), so the delay is bounded by two fsyncs plus that;
 - "none": the batch is in the write-ahead log but not fsynced (survives the process being
   killed, not the machine losing power).
 
@@ -49,7 +50,7 @@ class DataDirectory:
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path, durability: str = "sync", group_delay: float = 0.005) -> "DataDirectory":
+    def open(cls, path, durability: str = "sync", group_delay: float = 0.0) -> "DataDirectory":
         if durability not in DURABILITY:
             raise InvalidArgumentError(f"unknown durability {durability!r}: expected one of {', '.join(DURABILITY)}")
         path = Path(path)
@@ -250,7 +251,8 @@ class _GroupCommit:
                     self._cond.wait()
                 if self._written == self._synced:
                     return
-            time.sleep(self._delay)  # let more writers join this fsync
+            if self._delay:
+                time.sleep(self._delay)  # let more writers join this fsync
             with self._cond:
                 target = self._written
             try:
