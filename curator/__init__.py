@@ -21,7 +21,7 @@ from .validate import MAX_EF, MAX_K
 __all__ = [
     "open", "Database", "Collection", "Metric", "MAX_K", "MAX_EF",
     "CuratorError", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError",
-    "PermissionDeniedError", "ResourceExhaustedError", "StorageError", "restore",
+    "PermissionDeniedError", "ResourceExhaustedError", "StorageError", "restore", "connect",
 ]
 
 
@@ -35,6 +35,14 @@ def open(path: str = ":memory:", *, durability: str = "sync") -> Database:  # no
     if path == ":memory:":
         return EmbeddedDatabase()
     return EmbeddedDatabase(DataDirectory.open(path, durability))
+
+
+def connect(address: str, **options) -> Database:
+    """A Database on a Curator server at "host:port" (options: api_key, timeout, retries,
+    root_certificates); the same methods as `open`, over gRPC."""
+    from curator_client import connect as connect_remote  # the SDK sits beside the engine, not in it
+
+    return connect_remote(address, **options)
 
 
 def restore(snapshot: str, path: str) -> None:

@@ -32,6 +32,11 @@ class Collection(ABC):
         """Store new vectors (ids must be new) and grant them to `tenant`, their owner. All or nothing."""
 
     @abstractmethod
+    def upsert(self, ids, vectors, *, tenant: str) -> None:
+        """Insert new ids for `tenant`; existing ids get the new vector, keep their tenants and are
+        granted to `tenant` too. All or nothing."""
+
+    @abstractmethod
     def grant(self, ids, *, tenant: str) -> int:
         """Let `tenant` see these vectors; returns how many it could not see before."""
 
@@ -52,8 +57,21 @@ class Collection(ABC):
         """The tenants that may see one vector."""
 
     @abstractmethod
+    def contains(self, ids) -> np.ndarray:
+        """For each id, whether it is stored."""
+
+    @abstractmethod
+    def visible_to(self, ids, *, tenant: str) -> np.ndarray:
+        """For each id, whether `tenant` may see it (unknown ids: False)."""
+
+    @abstractmethod
     def count(self, tenant: str | None = None) -> int:
         """Vectors `tenant` may see, or all vectors in the collection."""
+
+    @abstractmethod
+    def scroll(self, *, tenant: str | None = None, after_id: int = -1, limit: int = 1000) -> tuple[np.ndarray, int]:
+        """Ids in ascending order above `after_id` (all, or those `tenant` may see), at most `limit`,
+        and the `after_id` of the next page (-1 when there is none)."""
 
     @abstractmethod
     def tenants(self) -> list[str]:

@@ -74,6 +74,14 @@ class EmbeddedCollection(Collection):
         tenant = validate.name(tenant, "tenant")
         self._write(lambda: self.index.insert(ids, vectors, tenant))
 
+    def upsert(self, ids, vectors, *, tenant: str) -> None:
+        ids = validate.ids(ids)
+        vectors = validate.vectors(vectors, self.dim)
+        if vectors.shape[0] != ids.shape[0]:
+            raise InvalidArgumentError(f"{ids.shape[0]} ids but {vectors.shape[0]} vectors; they must pair up")
+        tenant = validate.name(tenant, "tenant")
+        self._write(lambda: self.index.upsert(ids, vectors, tenant))
+
     def grant(self, ids, *, tenant: str) -> int:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
         return self._write(lambda: self.index.grant(ids, tenant)).regranted.size
@@ -96,11 +104,29 @@ class EmbeddedCollection(Collection):
         with self._lock:
             return self.index.tenants_of(id_)
 
+    def contains(self, ids) -> np.ndarray:
+        ids = validate.ids(ids)
+        with self._lock:
+            return self.index.ids.lookup(ids) >= 0
+
+    def visible_to(self, ids, *, tenant: str) -> np.ndarray:
+        ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
+        with self._lock:
+            return self.index.visible_to(ids, tenant)
+
     def count(self, tenant: str | None = None) -> int:
         if tenant is not None:
             tenant = validate.name(tenant, "tenant")
         with self._lock:
             return self.index.count(tenant)
+
+    def scroll(self, *, tenant: str | None = None, after_id: int = -1, limit: int = 1000):
+        if tenant is not None:
+            tenant = validate.name(tenant, "tenant")
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= validate.MAX_SCROLL:
+            raise InvalidArgumentError(f"limit must be between 1 and {validate.MAX_SCROLL}, got {limit!r}")
+        with self._lock:
+            return self.index.scroll(tenant, int(after_id), int(limit))
 
     def tenants(self) -> list[str]:
         with self._lock:

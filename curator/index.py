@@ -115,6 +115,34 @@ class CuratorIndex:
         change.retrained = self._maybe_train()
         return change
 
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, tenant: str) -> Change:
+        """Insert new ids; give existing ones the new vector, keeping their tenants (and adding `tenant`)."""
+        if self.metric is Metric.COSINE and np.any(np.linalg.norm(vectors, axis=1) == 0):
+            raise InvalidArgumentError("cosine metric: a vector of length zero has no direction")
+        known = self.ids.lookup(ids)
+        old = known >= 0
+        change = Change()
+        if old.any():
+            slots = known[old]
+            tenants, origin = self.tenancy.access.gather(slots)
+            self.tenancy.remove(slots)  # out of every sub-tree: the vector may land in another leaf
+            self.vectors[slots] = vectors[old]
+            if self.metric is Metric.COSINE:
+                self.inv_norm[slots] = 1.0 / np.linalg.norm(vectors[old], axis=1)
+            self.tenancy.place(slots, self.tree.route(self._prepared(slots))[0])
+            order = np.argsort(tenants, kind="stable")
+            for group in np.split(order, np.flatnonzero(np.diff(tenants[order])) + 1):
+                if group.size:
+                    self.tenancy.grant(slots[origin[group]], int(tenants[group[0]]))
+            self.tenancy.grant(slots, self._tenant(tenant, create=True, change=change))
+            change.written = ids[old]
+        if not old.all():
+            fresh = self.insert(ids[~old], vectors[~old], tenant)
+            change.written = np.concatenate([change.written, fresh.written])
+            change.tenants_added = sorted(set(change.tenants_added) | set(fresh.tenants_added))
+            change.retrained = fresh.retrained
+        return change
+
     def grant(self, ids: np.ndarray, tenant: str) -> Change:
         change = Change()
         granted = self.tenancy.grant(self._slots(ids), self._tenant(tenant, create=True, change=change))
@@ -219,6 +247,27 @@ class CuratorIndex:
     def tenants_of(self, id_: int) -> list[str]:
         slot = self._slots(np.array([id_], np.int64))[0]
         return sorted(self.tenant_names[t] for t in self.tenancy.tenants_of(slot).tolist())
+
+    def scroll(self, tenant: str | None, after_id: int, limit: int) -> tuple[np.ndarray, int]:
+        """Up to `limit` ids above `after_id`, ascending (all, or those `tenant` may see), and the
+        id to continue after (-1 when done)."""
+        if tenant is None:
+            live = self.slot_ids[: self.n_slots]
+            ids = live[live > after_id]
+        else:
+            ids = self.slot_ids[self.tenancy.slots_of(self._tenant(tenant))]
+            ids = ids[ids > after_id]
+        page = np.sort(ids)[:limit] if ids.size > limit else np.sort(ids)
+        return page, int(page[-1]) if ids.size > limit else -1
+
+    def visible_to(self, ids: np.ndarray, tenant: str) -> np.ndarray:
+        t = self.tenant_numbers.get(tenant)
+        slots = self.ids.lookup(ids)
+        known = slots >= 0
+        out = np.zeros(ids.size, bool)
+        if t is not None and known.any():
+            out[known] = self.tenancy.access.contains(slots[known], np.full(int(known.sum()), t))
+        return out
 
     def count(self, tenant: str | None = None) -> int:
         if tenant is None:

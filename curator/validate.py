@@ -16,6 +16,9 @@ MAX_EF = 1_000_000
 
 MAX_NAME_LENGTH = 256
 
+MAX_SCROLL = 100_000
+"""Largest page a scroll returns."""
+
 
 def name(value, what: str) -> str:
     if not isinstance(value, str) or not value:

@@ -113,3 +113,34 @@ def test_collections(db):
     assert db.collection("b").dim == 5 and db.collection("b").metric == "ip"
     db.drop_collection("a")
     assert db.list_collections() == ["b"]
+
+
+def test_upsert_replaces_vectors_and_keeps_grants(db):
+    col = db.create_collection("c", dim=4, **SMALL_TREE)
+    x = clustered(200, 4)
+    col.insert(np.arange(200), x, tenant="a")
+    col.grant(np.arange(0, 200, 2), tenant="b")
+    y = clustered(10, 4, seed=42) * 5
+    col.upsert(np.arange(195, 205), y, tenant="c")  # 5 existing, 5 new
+    np.testing.assert_array_equal(col.get(np.arange(195, 205)), y)
+    assert col.tenants_of(196) == ["a", "b", "c"] and col.tenants_of(203) == ["c"]
+    assert col.count() == 205 and col.count(tenant="c") == 10
+    ids, _ = col.search(y[1], k=1, tenant="b", ef=10**6)
+    assert ids.tolist() == [196]  # found where its new vector is
+    for t in col.tenants():
+        col.index.tenancy.check(col.index.tenant_numbers[t])
+
+
+def test_scroll_pages_through_ids(db):
+    col = db.create_collection("c", dim=3)
+    col.insert(np.arange(100) * 7, np.ones((100, 3)), tenant="a")
+    col.grant(np.arange(0, 700, 14), tenant="b")
+    seen, after = [], -1
+    while True:
+        page, after = col.scroll(tenant="b", after_id=after, limit=12)
+        seen += page.tolist()
+        if after == -1:
+            break
+    assert seen == list(range(0, 700, 14))
+    page, after = col.scroll(limit=1000)
+    assert page.tolist() == list(range(0, 700, 7)) and after == -1

@@ -1,0 +1,1 @@
+"""Generated gRPC code of the Curator contract (see proto/)."""

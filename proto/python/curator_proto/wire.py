@@ -1,0 +1,34 @@
+"""Encoding shared by both ends of the wire: packed float32 vectors, and engine errors as gRPC statuses.
+
+Vectors travel as one bytes field (n * dim little-endian float32), never as lists of messages.
+An engine error travels as its status code (from the error class's `code`) plus the class name
+in the trailing metadata key "curator-error", so the client raises the very class the engine did.
+"""
+
+import numpy as np
+
+from curator import errors
+from curator_proto.v1 import curator_pb2 as pb
+
+ERROR_KEY = "curator-error"
+ERROR_CLASSES = {cls.__name__: cls for cls in errors.ALL_ERRORS}
+DEFAULT_BY_CODE = {cls.code: cls for cls in errors.ALL_ERRORS}
+
+
+def pack(vectors: np.ndarray) -> pb.Vectors:
+    array = np.ascontiguousarray(vectors, dtype="<f4")
+    if array.ndim == 1:
+        array = array.reshape(1, -1)
+    return pb.Vectors(dim=array.shape[1], data=array.tobytes())
+
+
+def unpack(message: pb.Vectors, what: str = "vectors") -> np.ndarray:
+    """(n, dim) float32 from a Vectors message; a malformed one is InvalidArgumentError."""
+    if message.dim == 0:
+        raise errors.InvalidArgumentError(f"{what}: dim must be given (> 0)")
+    row = message.dim * 4
+    if len(message.data) == 0 or len(message.data) % row:
+        raise errors.InvalidArgumentError(
+            f"{what}: {len(message.data)} bytes is not a whole number of rows of {message.dim} float32 "
+            f"({row} bytes each)")
+    return np.frombuffer(message.data, dtype="<f4").reshape(-1, message.dim).astype(np.float32)

@@ -1,0 +1,115 @@
+"""Building and running the server: gRPC services, health, reflection, metrics, graceful shutdown."""
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+import curator
+from curator_proto.v1 import curator_pb2 as pb
+from curator_proto.v1 import curator_pb2_grpc as rpc
+
+from . import service
+from .auth import KeyRing
+from .metrics import Metrics, MetricsInterceptor
+
+log = logging.getLogger("curator.server")
+VERSION = "0.1.0"
+SERVICES = ("Collections", "Tenants", "VectorsService", "Search", "Admin")
+
+
+@dataclass
+class ServerConfig:
+    data: str = ":memory:"
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0: pick a free port
+    metrics_port: int | None = None  # None: no metrics endpoint; 0: pick a free port
+    durability: str = "sync"
+    keys: str | None = None  # TOML file of API keys; None: open mode
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    workers: int = 8
+    limits: service.Limits = field(default_factory=service.Limits)
+    tenant_metrics_top: int = 0  # per-tenant request counts for the busiest N tenants (0: off)
+    grace_seconds: float = 10.0
+
+
+class CuratorServer:
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.keys = KeyRing.load(config.keys)
+        if self.keys.open:
+            log.warning("OPEN MODE: no API key file given; every caller is admin. Use --keys for anything "
+                        "but local development.")
+        self.db = curator.open(config.data) if config.data == ":memory:" else curator.open(
+            config.data, durability=config.durability)
+        self.metrics = Metrics(self.db, None if config.data == ":memory:" else config.data, config.tenant_metrics_top)
+        size = config.limits.max_message_bytes
+        self.grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="curator-rpc"),
+            interceptors=[MetricsInterceptor(self.metrics)],
+            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
+        )
+        args = (self.db, self.keys, config.limits)
+        rpc.add_CollectionsServicer_to_server(service.CollectionsService(*args), self.grpc)
+        rpc.add_TenantsServicer_to_server(service.TenantsService(*args), self.grpc)
+        rpc.add_VectorsServiceServicer_to_server(service.VectorsService(*args), self.grpc)
+        rpc.add_SearchServicer_to_server(service.SearchService(*args), self.grpc)
+        info = {"version": VERSION, "data": config.data, "durability": config.durability}
+        rpc.add_AdminServicer_to_server(service.AdminService(*args, info), self.grpc)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
+        reflection.enable_server_reflection(names + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc)
+        address = f"{config.host}:{config.port}"
+        if config.tls_cert:
+            with open(config.tls_cert, "rb") as c, open(config.tls_key, "rb") as k:
+                credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
+            self.port = self.grpc.add_secure_port(address, credentials)
+        else:
+            self.port = self.grpc.add_insecure_port(address)
+        self.metrics_port = None
+        self._metrics_server = None
+        self._stopped = threading.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    def start(self) -> "CuratorServer":
+        if self.config.metrics_port is not None:
+            self._metrics_server, _ = start_http_server(self.config.metrics_port, addr=self.config.host,
+                                                        registry=self.metrics.registry)
+            self.metrics_port = self._metrics_server.server_port
+        self.grpc.start()
+        for name in ("",) + tuple(pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving on %s (data %s, metrics port %s)", self.address, self.config.data, self.metrics_port)
+        return self
+
+    def stop(self) -> None:
+        """Drain: refuse new calls, let running ones finish (up to the grace period), flush, close."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.grpc.stop(self.config.grace_seconds).wait()
+        self.db.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        log.info("stopped")
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop gracefully."""
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        done.wait()
+        self.stop()

@@ -1,0 +1,122 @@
+"""Prometheus metrics: requests by method and status, latency, and the database's size.
+
+Per-tenant request counts are off unless switched on, and then capped: the `top` busiest tenants
+get their own label, every other tenant is summed under "_other", so a million tenants cannot
+make a million series. Busiest is tracked with a bounded space-saving counter.
+"""
+
+import threading
+import time
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+OTHER = "_other"
+
+
+class TopTenants:
+    """Approximate counts of the busiest tenants in bounded memory (the space-saving algorithm)."""
+
+    def __init__(self, top: int):
+        self.top, self.capacity = top, top * 4
+        self.counts: dict[str, int] = {}
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def add(self, tenant: str) -> None:
+        with self._lock:
+            self.total += 1
+            if tenant in self.counts or len(self.counts) < self.capacity:
+                self.counts[tenant] = self.counts.get(tenant, 0) + 1
+                return
+            victim = min(self.counts, key=self.counts.get)
+            self.counts[tenant] = self.counts.pop(victim) + 1
+
+    def snapshot(self) -> list[tuple[str, int]]:
+        with self._lock:
+            best = sorted(self.counts.items(), key=lambda kv: -kv[1])[: self.top]
+            other = self.total - sum(c for _, c in best)
+        return best + [(OTHER, other)]
+
+
+class Metrics:
+    def __init__(self, db, data_path: str | None, tenant_top: int = 0):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("curator_requests", "gRPC requests by method and status code",
+                                ["method", "code"], registry=self.registry)
+        self.latency = Histogram("curator_request_seconds", "gRPC request latency by method", ["method"],
+                                 buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                          0.1, 0.25, 0.5, 1, 2.5, 10), registry=self.registry)
+        self.tenants = TopTenants(tenant_top) if tenant_top else None
+        self.registry.register(_DatabaseCollector(db, data_path, self.tenants))
+
+    def observe(self, method: str, code: grpc.StatusCode, seconds: float, tenant: str | None = None) -> None:
+        self.requests.labels(method, code.name).inc()
+        self.latency.labels(method).observe(seconds)
+        if self.tenants is not None and tenant:
+            self.tenants.add(tenant)
+
+
+class _DatabaseCollector:
+    """Sizes read from the database at scrape time."""
+
+    def __init__(self, db, data_path, tenants: TopTenants | None):
+        self.db, self.data_path, self.tenants = db, data_path, tenants
+
+    def collect(self):
+        vectors = GaugeMetricFamily("curator_vectors", "vectors stored", labels=["collection"])
+        tenants = GaugeMetricFamily("curator_tenants", "tenants", labels=["collection"])
+        memory = GaugeMetricFamily("curator_index_bytes", "index memory by part", labels=["collection", "part"])
+        for name in self.db.list_collections():
+            try:
+                stats = self.db.collection(name).stats()
+            except Exception:  # noqa: BLE001 - dropped between list and read
+                continue
+            vectors.add_metric([name], stats["vectors"])
+            tenants.add_metric([name], stats["tenants"])
+            for part, size in stats["memory_bytes"].items():
+                memory.add_metric([name, part], size)
+        yield from (vectors, tenants, memory)
+        if self.data_path:
+            from pathlib import Path
+
+            size = sum(f.stat().st_size for f in Path(self.data_path).rglob("*") if f.is_file())
+            yield GaugeMetricFamily("curator_storage_bytes", "bytes in the data directory", value=size)
+        if self.tenants is not None:
+            family = CounterMetricFamily("curator_tenant_requests", "requests by tenant (top N, rest in _other)",
+                                         labels=["tenant"])
+            for tenant, count in self.tenants.snapshot():
+                family.add_metric([tenant], count)
+            yield family
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Times every unary call and counts it by its final status code."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+        metrics = self.metrics
+
+        def timed(request, context):
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return inner(request, context)
+            except Exception:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                tenant = getattr(request, "tenant", None)
+                metrics.observe(method, code if code is not None else grpc.StatusCode.OK,
+                                time.perf_counter() - start, tenant if isinstance(tenant, str) else None)
+
+        return grpc.unary_unary_rpc_method_handler(
+            timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)

@@ -1,0 +1,266 @@
+"""The gRPC servicers: each RPC is a few lines that check the caller, unpack, call the Database API
+and pack the answer. Engine errors become status codes here, and only here."""
+
+import functools
+import json
+import logging
+
+import grpc
+import numpy as np
+
+from curator.errors import (
+    AlreadyExistsError,
+    CuratorError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from curator_proto import wire
+from curator_proto.v1 import curator_pb2 as pb
+from curator_proto.v1 import curator_pb2_grpc as rpc
+
+from .auth import KeyRing, Principal, Unauthenticated
+
+log = logging.getLogger("curator.server")
+
+
+class Limits:
+    def __init__(self, max_message_bytes: int = 64 << 20, max_batch: int = 100_000, max_k: int = 1_000):
+        self.max_message_bytes, self.max_batch, self.max_k = max_message_bytes, max_batch, max_k
+
+    def batch(self, n: int, what: str = "ids") -> None:
+        if n > self.max_batch:
+            raise ResourceExhaustedError(f"a batch of {n} {what} exceeds the server's limit of {self.max_batch} "
+                                         "(max_batch); split it")
+
+    def k(self, k: int) -> None:
+        if k > self.max_k:
+            raise ResourceExhaustedError(f"k={k} exceeds the server's limit of {self.max_k} (max_k)")
+
+
+def handler(method):
+    """Authenticate, run, and turn every engine error into its status code; nothing escapes."""
+
+    @functools.wraps(method)
+    def wrapped(self, request, context):
+        try:
+            return method(self, request, self.keys.principal(context))
+        except Unauthenticated as error:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
+        except CuratorError as error:
+            context.set_trailing_metadata(((wire.ERROR_KEY, type(error).__name__),))
+            context.abort(grpc.StatusCode[error.code], str(error))
+        except Exception:  # a bug: log it, answer INTERNAL, keep serving
+            log.exception("internal error in %s", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the server log")
+
+    return wrapped
+
+
+class _Base:
+    def __init__(self, db, keys: KeyRing, limits: Limits):
+        self.db, self.keys, self.limits = db, keys, limits
+
+    def _ids(self, values, principal: Principal | None = None, collection=None) -> np.ndarray:
+        ids = np.asarray(values, np.int64)
+        self.limits.batch(ids.size)
+        if principal is not None and not principal.admin:
+            # a tenant key sees only its tenants' vectors; others do not exist for it
+            seen = self._seen(collection, ids, principal)
+            if not seen.all():
+                raise NotFoundError(f"{int((~seen).sum())} unknown id(s), e.g. {ids[~seen][:5].tolist()}")
+        return ids
+
+    @staticmethod
+    def _seen(collection, ids: np.ndarray, principal: Principal) -> np.ndarray:
+        seen = np.zeros(ids.size, bool)
+        for tenant in principal.tenants:
+            seen |= collection.visible_to(ids, tenant=tenant)
+        return seen
+
+
+class CollectionsService(_Base, rpc.CollectionsServicer):
+    def _info(self, col) -> pb.CollectionInfo:
+        stats = col.stats()
+        return pb.CollectionInfo(name=col.name, dim=col.dim, metric=col.metric, vectors=stats["vectors"],
+                                 tenants=stats["tenants"])
+
+    @handler
+    def Create(self, request, principal):
+        principal.require_admin("creating a collection")
+        try:
+            options = json.loads(request.options_json) if request.options_json else {}
+        except json.JSONDecodeError as error:
+            raise InvalidArgumentError(f"options_json is not JSON: {error}") from None
+        if not isinstance(options, dict):
+            raise InvalidArgumentError("options_json must be a JSON object")
+        col = self.db.create_collection(request.name, int(request.dim), request.metric or "l2", **options)
+        return self._info(col)
+
+    @handler
+    def Describe(self, request, principal):
+        return self._info(self.db.collection(request.name))
+
+    @handler
+    def List(self, request, principal):
+        return pb.ListCollectionsResponse(names=self.db.list_collections())
+
+    @handler
+    def Drop(self, request, principal):
+        principal.require_admin("dropping a collection")
+        self.db.drop_collection(request.name)
+        return pb.Empty()
+
+
+class TenantsService(_Base, rpc.TenantsServicer):
+    @handler
+    def List(self, request, principal):
+        tenants = self.db.collection(request.name).tenants()
+        return pb.ListTenantsResponse(tenants=[t for t in tenants if principal.may_act_for(t)])
+
+    @handler
+    def Drop(self, request, principal):
+        principal.require_tenant(request.tenant)
+        self.db.collection(request.collection).drop_tenant(request.tenant)
+        return pb.Empty()
+
+    @handler
+    def Stats(self, request, principal):
+        principal.require_tenant(request.tenant)
+        count = self.db.collection(request.collection).count(tenant=request.tenant)
+        return pb.TenantStats(tenant=request.tenant, vectors=count)
+
+
+class VectorsService(_Base, rpc.VectorsServiceServicer):
+    @handler
+    def Insert(self, request, principal):
+        principal.require_tenant(request.tenant)
+        col = self.db.collection(request.collection)
+        ids = self._ids(request.ids)
+        vectors = wire.unpack(request.vectors)
+        if request.upsert:
+            if not principal.admin:  # a tenant key may overwrite only vectors its tenants can see
+                taken = col.contains(ids) & ~self._seen(col, ids, principal)
+                if taken.any():
+                    raise AlreadyExistsError(f"{int(taken.sum())} id(s) already exist and are not yours to "
+                                             f"overwrite, e.g. {ids[taken][:5].tolist()}")
+            col.upsert(ids, vectors, tenant=request.tenant)
+        else:
+            col.insert(ids, vectors, tenant=request.tenant)
+        return pb.WriteResponse(changed=ids.size)
+
+    @handler
+    def Get(self, request, principal):
+        col = self.db.collection(request.collection)
+        return pb.GetResponse(vectors=wire.pack(col.get(self._ids(request.ids, principal, col))))
+
+    @handler
+    def Delete(self, request, principal):
+        principal.require_admin("deleting vectors for every tenant (revoke your tenant's access instead)")
+        col = self.db.collection(request.collection)
+        col.delete(self._ids(request.ids))
+        return pb.WriteResponse(changed=len(request.ids))
+
+    @handler
+    def Grant(self, request, principal):
+        principal.require_tenant(request.tenant)
+        col = self.db.collection(request.collection)
+        return pb.WriteResponse(changed=col.grant(self._ids(request.ids, principal, col), tenant=request.tenant))
+
+    @handler
+    def Revoke(self, request, principal):
+        principal.require_tenant(request.tenant)
+        col = self.db.collection(request.collection)
+        col.revoke(self._ids(request.ids), tenant=request.tenant)
+        return pb.WriteResponse(changed=len(request.ids))
+
+    @handler
+    def Count(self, request, principal):
+        col = self.db.collection(request.collection)
+        if request.tenant:
+            principal.require_tenant(request.tenant)
+            return pb.CountResponse(count=col.count(tenant=request.tenant))
+        principal.require_admin("counting every tenant's vectors")
+        return pb.CountResponse(count=col.count())
+
+    @handler
+    def TenantsOf(self, request, principal):
+        col = self.db.collection(request.collection)
+        self._ids([request.id], principal, col)
+        return pb.ListTenantsResponse(tenants=[t for t in col.tenants_of(request.id) if principal.may_act_for(t)])
+
+    @handler
+    def Contains(self, request, principal):
+        col = self.db.collection(request.collection)
+        ids = self._ids(request.ids)
+        found = col.contains(ids) if principal.admin else self._seen(col, ids, principal)
+        return pb.Flags(flags=found.astype(np.uint8).tobytes())
+
+    @handler
+    def VisibleTo(self, request, principal):
+        principal.require_tenant(request.tenant)
+        col = self.db.collection(request.collection)
+        return pb.Flags(flags=col.visible_to(self._ids(request.ids), tenant=request.tenant).astype(np.uint8).tobytes())
+
+    @handler
+    def Scroll(self, request, principal):
+        col = self.db.collection(request.collection)
+        if request.tenant:
+            principal.require_tenant(request.tenant)
+        else:
+            principal.require_admin("scrolling every tenant's vectors")
+        limit = request.limit or 1000
+        self.limits.batch(limit, "ids per page")
+        ids, after = col.scroll(tenant=request.tenant or None, after_id=request.after_id, limit=limit)
+        return pb.ScrollResponse(ids=ids.tolist(), next_after_id=after)
+
+    @handler
+    def Train(self, request, principal):
+        principal.require_admin("training the shared tree")
+        col = self.db.collection(request.collection)
+        col.train(wire.unpack(request.sample, "sample") if request.sample.data else None)
+        return pb.Empty()
+
+
+class SearchService(_Base, rpc.SearchServicer):
+    @handler
+    def Search(self, request, principal):
+        principal.require_tenant(request.tenant)
+        self.limits.k(request.k)
+        col = self.db.collection(request.collection)
+        query = wire.unpack(request.query, "query")
+        if query.shape[0] != 1:
+            raise InvalidArgumentError(f"Search takes one query, got {query.shape[0]}; use SearchBatch")
+        ids, dists = col.search(query[0], k=int(request.k), tenant=request.tenant, ef=request.ef or None)
+        return pb.SearchResponse(ids=ids.tolist(), distances=dists.tolist())
+
+    @handler
+    def SearchBatch(self, request, principal):
+        tenants = list(request.tenants)
+        for tenant in set(tenants):
+            principal.require_tenant(tenant)
+        self.limits.k(request.k)
+        col = self.db.collection(request.collection)
+        queries = wire.unpack(request.queries, "queries")
+        self.limits.batch(queries.shape[0], "queries")
+        ids, dists = col.search_batch(queries, k=int(request.k), tenants=tenants[0] if len(tenants) == 1 else tenants,
+                                      ef=request.ef or None)
+        return pb.SearchBatchResponse(ids=ids.ravel().tolist(), distances=dists.ravel().tolist())
+
+
+class AdminService(_Base, rpc.AdminServicer):
+    def __init__(self, db, keys, limits, info: dict):
+        super().__init__(db, keys, limits)
+        self.info = info
+
+    @handler
+    def Snapshot(self, request, principal):
+        principal.require_admin("taking a snapshot")
+        self.db.snapshot(request.path)
+        return pb.Empty()
+
+    @handler
+    def ServerInfo(self, request, principal):
+        return pb.ServerInfoResponse(auth=not self.keys.open, max_message_bytes=self.limits.max_message_bytes,
+                                     max_batch=self.limits.max_batch, max_k=self.limits.max_k, **self.info)
+
