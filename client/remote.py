@@ -59,8 +59,6 @@ def _engine_error(error: grpc.RpcError) -> Exception:
     name = dict(error.trailing_metadata() or ()).get(wire.ERROR_KEY)
     cls = wire.ERROR_CLASSES.get(name) or wire.DEFAULT_BY_CODE.get(error.code().name)
     if cls is None:
-        if error.code() == grpc.StatusCode.UNAUTHENTICATED:
-            return errors.PermissionDeniedError(f"unauthenticated: {error.details()}")
         return errors.CuratorError(f"{error.code().name}: {error.details()}")
     return cls(error.details())
 
@@ -141,10 +139,13 @@ class RemoteCollection(Collection):
     def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str], ef: int | None = None):
         queries = self._vectors(queries)
         k = validate.k(k)
-        tenants = [tenants] if isinstance(tenants, str) else list(tenants)
-        if len(tenants) not in (1, queries.shape[0]):
-            raise errors.InvalidArgumentError(f"{queries.shape[0]} queries but {len(tenants)} tenants; "
-                                              "give one per query")
+        if isinstance(tenants, str):
+            tenants = [tenants]  # one tenant for every query
+        else:
+            tenants = list(tenants)
+            if len(tenants) != queries.shape[0]:
+                raise errors.InvalidArgumentError(f"{queries.shape[0]} queries but {len(tenants)} tenants; "
+                                                  "give one per query")
         reply = self._c.call(self._c.search.SearchBatch, pb.SearchBatchRequest(
             collection=self.name, queries=wire.pack(queries), k=k, tenants=tenants, ef=validate.ef(ef, 0)), True)
         shape = (queries.shape[0], k)
@@ -167,10 +168,8 @@ class RemoteDatabase(Database):
 
     def create_collection(self, name: str, dim: int, metric: str = "l2", **options) -> Collection:
         validate.name(name, "collection name")
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim < 2**32:
-            raise errors.InvalidArgumentError(f"dim must be a positive integer, got {dim!r}")
         info = self._c.call(self._c.collections.Create, pb.CreateCollectionRequest(
-            name=name, dim=int(dim), metric=str(metric), options_json=json.dumps(options)), False)
+            name=name, dim=validate.dim(dim), metric=str(metric), options_json=json.dumps(options)), False)
         return RemoteCollection(self._c, info)
 
     def collection(self, name: str) -> Collection:

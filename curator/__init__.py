@@ -14,6 +14,7 @@ from .errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
     StorageError,
+    UnauthenticatedError,
 )
 from .metric import Metric
 from .validate import MAX_EF, MAX_K
@@ -21,7 +22,7 @@ from .validate import MAX_EF, MAX_K
 __all__ = [
     "open", "Database", "Collection", "Metric", "MAX_K", "MAX_EF",
     "CuratorError", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError",
-    "PermissionDeniedError", "ResourceExhaustedError", "StorageError", "restore", "connect",
+    "PermissionDeniedError", "ResourceExhaustedError", "StorageError", "UnauthenticatedError", "restore", "connect",
 ]
 
 

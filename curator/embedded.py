@@ -20,7 +20,6 @@ from .metric import Metric
 from .storage import DataDirectory
 from .tree import TreeShape
 
-MAX_DIM = 65_536
 _TREE_OPTIONS = {f.name for f in fields(TreeShape)}
 _INDEX_OPTIONS = {f.name for f in fields(IndexConfig)} - {"tree"}
 
@@ -199,8 +198,7 @@ class EmbeddedDatabase(Database):
 
     def create_collection(self, name: str, dim: int, metric: str = "l2", **options) -> Collection:
         name = validate.name(name, "collection name")
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= MAX_DIM:
-            raise InvalidArgumentError(f"dim must be an integer between 1 and {MAX_DIM}, got {dim!r}")
+        dim = validate.dim(dim)
         metric = Metric.parse(metric)
         config = index_config(options)
         with self._lock:

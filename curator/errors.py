@@ -30,6 +30,12 @@ class AlreadyExistsError(CuratorError):
     code = "ALREADY_EXISTS"
 
 
+class UnauthenticatedError(CuratorError):
+    """The caller gave no credentials, or credentials the server does not know."""
+
+    code = "UNAUTHENTICATED"
+
+
 class PermissionDeniedError(CuratorError):
     """The caller may not act for the tenant it names."""
 
@@ -56,4 +62,5 @@ ALL_ERRORS = (
     PermissionDeniedError,
     ResourceExhaustedError,
     StorageError,
+    UnauthenticatedError,
 )

@@ -16,6 +16,9 @@ MAX_EF = 1_000_000
 
 MAX_NAME_LENGTH = 256
 
+MAX_DIM = 65_536
+"""Largest vector dimension a collection accepts."""
+
 MAX_SCROLL = 100_000
 """Largest page a scroll returns."""
 
@@ -28,6 +31,12 @@ def name(value, what: str) -> str:
             f"{what} is {len(value)} characters long; at most {MAX_NAME_LENGTH} are allowed"
         )
     return value
+
+
+def dim(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_DIM:
+        raise InvalidArgumentError(f"dim must be an integer between 1 and {MAX_DIM}, got {value!r}")
+    return int(value)
 
 
 def ids(values) -> np.ndarray:

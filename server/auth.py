@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 
-from curator.errors import PermissionDeniedError
+from curator.errors import PermissionDeniedError, UnauthenticatedError
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,6 @@ class Principal:
 
 
 OPEN = Principal("open mode", admin=True)
-
-
-class Unauthenticated(Exception):
-    """No key, or a key the server does not know."""
 
 
 class KeyRing:
@@ -76,10 +72,10 @@ class KeyRing:
         header = dict(context.invocation_metadata()).get("authorization", "")
         key = header[7:] if header.startswith("Bearer ") else ""
         if not key:
-            raise Unauthenticated("no API key: send metadata 'authorization: Bearer <key>'")
+            raise UnauthenticatedError("no API key: send metadata 'authorization: Bearer <key>'")
         principal = self._by_digest.get(digest_of(key))  # a digest lookup reveals nothing of other keys
         if principal is None:
-            raise Unauthenticated("unknown API key")
+            raise UnauthenticatedError("unknown API key")
         return principal
 
 

@@ -19,7 +19,7 @@ from curator_proto import wire
 from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 
-from .auth import KeyRing, Principal, Unauthenticated
+from .auth import KeyRing, Principal
 
 log = logging.getLogger("curator.server")
 
@@ -45,8 +45,6 @@ def handler(method):
     def wrapped(self, request, context):
         try:
             return method(self, request, self.keys.principal(context))
-        except Unauthenticated as error:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
         except CuratorError as error:
             context.set_trailing_metadata(((wire.ERROR_KEY, type(error).__name__),))
             context.abort(grpc.StatusCode[error.code], str(error))

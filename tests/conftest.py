@@ -7,12 +7,31 @@ import curator
 SMALL_TREE = dict(branching=4, leaf_size=16, split_limit=8, train_size=64, kmeans_iterations=5)
 
 
-@pytest.fixture(params=["memory", "durable"])
+@pytest.fixture(params=["memory", "durable", "remote"])
 def db(request, tmp_path):
-    """The same API tests run on an in-memory database and on a data directory."""
+    """The same API tests run on an in-memory database, on a data directory, and through a real
+    gRPC server on loopback (on a data directory) with the Python SDK."""
+    if request.param == "remote":
+        from curator_server.app import CuratorServer, ServerConfig
+
+        server = CuratorServer(ServerConfig(data=str(tmp_path / "data"), port=0)).start()
+        database = curator.connect(server.address)
+        database.engine = server.db  # what the server serves, for checks of internal invariants
+        try:
+            yield database
+        finally:
+            database.close()
+            server.stop()
+        return
     path = ":memory:" if request.param == "memory" else str(tmp_path / "data")
     with curator.open(path) as database:
+        database.engine = database
         yield database
+
+
+def engine(db, col):
+    """The embedded collection behind `col` (itself, or the server's for a remote one)."""
+    return db.engine.collection(col.name)
 
 
 def clustered(n: int, dim: int, seed: int = 0, centers: int = 8) -> np.ndarray:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import curator
-from tests.conftest import SMALL_TREE, brute_force, clustered
+from tests.conftest import SMALL_TREE, brute_force, clustered, engine
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
@@ -16,7 +16,7 @@ def test_exhaustive_budget_equals_brute_force(db, metric, trained):
     col.insert(np.arange(600), x, tenant="a")
     mine = np.arange(0, 600, 3)
     col.grant(mine, tenant="b")
-    assert col.index.tree.trained == trained
+    assert engine(db, col).index.tree.trained == trained
     for q in clustered(5, 12, seed=2):
         ids, dists = col.search(q, k=7, tenant="b", ef=10_000)
         rows, truth = brute_force(x[mine], q, metric, 7)
@@ -87,8 +87,8 @@ def test_growth_retrains_and_keeps_results_exact(db):
     for start in range(0, 2000, 250):  # training at 64, then retraining as the collection doubles
         col.insert(np.arange(start, start + 250), x[start : start + 250], tenant=f"t{start % 500}")
         col.grant(np.arange(start, start + 250, 2), tenant="shared")
-    tenancy = col.index.tenancy
-    assert col.index.tree.trained and col.index._trained_count >= 1024
+    tenancy = engine(db, col).index.tenancy
+    assert engine(db, col).index.tree.trained and engine(db, col).index._trained_count >= 1024
     for t in range(tenancy.n_tenants):
         tenancy.check(t)
     shared = np.arange(0, 2000, 2)
@@ -100,10 +100,10 @@ def test_growth_retrains_and_keeps_results_exact(db):
 def test_explicit_training_sample(db):
     col = db.create_collection("c", dim=6, **SMALL_TREE)
     col.train(clustered(500, 6, seed=7))
-    assert col.index.tree.trained
+    assert engine(db, col).index.tree.trained
     x = clustered(100, 6, seed=8)
     col.insert(np.arange(100), x, tenant="a")
-    assert col.index.tree.n_nodes > 1 and col.count(tenant="a") == 100
+    assert engine(db, col).index.tree.n_nodes > 1 and col.count(tenant="a") == 100
 
 
 def test_collections(db):
@@ -128,7 +128,7 @@ def test_upsert_replaces_vectors_and_keeps_grants(db):
     ids, _ = col.search(y[1], k=1, tenant="b", ef=10**6)
     assert ids.tolist() == [196]  # found where its new vector is
     for t in col.tenants():
-        col.index.tenancy.check(col.index.tenant_numbers[t])
+        engine(db, col).index.tenancy.check(engine(db, col).index.tenant_numbers[t])
 
 
 def test_scroll_pages_through_ids(db):

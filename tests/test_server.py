@@ -1,0 +1,195 @@
+"""The gRPC service as its users meet it: API keys and tenancy, health, reflection, limits,
+metrics, fuzzed requests, `curator serve` as a process with graceful SIGTERM, and the contract's
+generated code being current."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import curator
+from curator_proto.v1 import curator_pb2 as pb
+from curator_proto.v1 import curator_pb2_grpc as rpc
+from curator_server.app import CuratorServer, ServerConfig
+from curator_server.auth import digest_of
+from curator_server.service import Limits
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789", "admin": "key-admin-0123456789"}
+
+
+@pytest.fixture
+def secured(tmp_path):
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        f'[[keys]]\nname = "alice-app"\nsha256 = "{digest_of(KEYS["alice"])}"\ntenants = ["alice"]\n'
+        f'[[keys]]\nname = "bob-app"\nsha256 = "{digest_of(KEYS["bob"])}"\ntenants = ["bob"]\n'
+        f'[[keys]]\nname = "ops"\nsha256 = "{digest_of(KEYS["admin"])}"\nadmin = true\n')
+    server = CuratorServer(ServerConfig(data=str(tmp_path / "d"), port=0, keys=str(keys),
+                                        limits=Limits(max_message_bytes=1 << 20, max_batch=500, max_k=50))).start()
+    admin = curator.connect(server.address, api_key=KEYS["admin"])
+    col = admin.create_collection("docs", dim=4)
+    rng = np.random.default_rng(0)
+    col.insert(np.arange(100), rng.random((100, 4)), tenant="alice")
+    col.insert(np.arange(100, 200), rng.random((100, 4)), tenant="bob")
+    col.grant([150], tenant="alice")  # bob shares one vector with alice
+    yield server
+    admin.close()
+    server.stop()
+
+
+def test_a_key_never_reaches_another_tenants_data(secured):
+    alice = curator.connect(secured.address, api_key=KEYS["alice"]).collection("docs")
+    ids, _ = alice.search(np.ones(4), k=50, tenant="alice")
+    assert set(ids.tolist()) <= set(range(100)) | {150} and ids.size == 50
+    assert alice.scroll(tenant="alice", limit=500)[0].tolist() == list(range(100)) + [150]
+    for call in (lambda: alice.search(np.ones(4), k=5, tenant="bob"),
+                 lambda: alice.search_batch(np.ones((2, 4)), k=5, tenants=["alice", "bob"]),
+                 lambda: alice.count(tenant="bob"),
+                 lambda: alice.grant([1], tenant="bob"),
+                 lambda: alice.revoke([150], tenant="bob"),
+                 lambda: alice.insert([999], np.ones((1, 4)), tenant="bob"),
+                 lambda: alice.drop_tenant("bob"),
+                 lambda: alice.delete([1]),
+                 lambda: alice.count()):
+        with pytest.raises(curator.PermissionDeniedError):
+            call()
+    with pytest.raises(curator.NotFoundError):  # bob's vectors do not exist for alice
+        alice.get([120])
+    with pytest.raises(curator.NotFoundError):
+        alice.grant([120], tenant="alice")  # she cannot take what she cannot see
+    with pytest.raises(curator.AlreadyExistsError):
+        alice.upsert([120], np.ones((1, 4)), tenant="alice")  # nor overwrite it
+    np.testing.assert_array_equal(alice.get([150]).shape, (1, 4))  # shared with her: visible
+    assert alice.tenants_of(150) == ["alice"]  # she does not learn who else sees it
+    assert alice.tenants() == ["alice"]
+    assert alice.contains([1, 120, 150]).tolist() == [True, False, True]
+
+
+def test_missing_or_wrong_keys_are_rejected(secured):
+    for key in (None, "not-a-key"):
+        db = curator.connect(secured.address, api_key=key)
+        with pytest.raises(curator.UnauthenticatedError):
+            db.list_collections()
+    with pytest.raises(curator.PermissionDeniedError, match="admin"):
+        curator.connect(secured.address, api_key=KEYS["bob"]).create_collection("x", dim=3)
+
+
+def test_limits_are_named_in_the_error(secured):
+    admin = curator.connect(secured.address, api_key=KEYS["admin"]).collection("docs")
+    with pytest.raises(curator.ResourceExhaustedError, match="max_batch"):
+        admin.get(np.arange(501))
+    with pytest.raises(curator.ResourceExhaustedError, match="max_k"):
+        admin.search(np.ones(4), k=51, tenant="alice")
+    channel = admin._c  # a raw request larger than the server's 1 MiB message limit
+    request = pb.InsertRequest(collection="docs", ids=[5000], tenant="alice",
+                               vectors=pb.Vectors(dim=4, data=b"\0" * (2 << 20)))
+    with pytest.raises(grpc.RpcError) as raised:
+        channel.vectors.Insert(request, metadata=channel.metadata, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert admin.count(tenant="alice") == 101  # and the server goes on
+
+
+def test_health_and_reflection(secured):
+    channel = grpc.insecure_channel(secured.address)
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="curator.v1.Search"))
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answer = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"curator.v1.Search", "curator.v1.VectorsService", "grpc.health.v1.Health"} <= names
+
+
+GARBAGE = st.builds(
+    lambda dim, data, ids, k, tenant, ef: (dim, data, ids, k, tenant, ef),
+    st.integers(0, 2**32 - 1) | st.sampled_from([0, 3, 4, 5]),
+    st.binary(max_size=200) | st.just(np.array([np.nan, 1, 2, 3], "<f4").tobytes()),
+    st.lists(st.integers(-2**63, 2**63 - 1), max_size=20),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["alice", "bob", "", "ghost", "x" * 300]),
+    st.integers(0, 2**32 - 1),
+)
+DEFINED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
+           grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAUTHENTICATED,
+           grpc.StatusCode.FAILED_PRECONDITION}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=GARBAGE, method=st.sampled_from(["Search", "SearchBatch", "Insert", "Grant", "Get", "Scroll"]))
+def test_fuzzed_requests_get_defined_codes_and_the_server_keeps_serving(secured, case, method):
+    dim, data, ids, k, tenant, ef = case
+    channel = grpc.insecure_channel(secured.address)
+    meta = (("authorization", f"Bearer {KEYS['admin']}"),)
+    vectors = pb.Vectors(dim=dim, data=data)
+    requests = {
+        "Search": (rpc.SearchStub(channel).Search, pb.SearchRequest(collection="docs", query=vectors, k=k, tenant=tenant, ef=ef)),
+        "SearchBatch": (rpc.SearchStub(channel).SearchBatch,
+                        pb.SearchBatchRequest(collection="docs", queries=vectors, k=k, tenants=[tenant], ef=ef)),
+        "Insert": (rpc.VectorsServiceStub(channel).Insert,
+                   pb.InsertRequest(collection="docs", ids=ids, vectors=vectors, tenant=tenant, upsert=bool(k % 2))),
+        "Grant": (rpc.VectorsServiceStub(channel).Grant, pb.GrantRequest(collection="docs", ids=ids, tenant=tenant)),
+        "Get": (rpc.VectorsServiceStub(channel).Get, pb.IdsRequest(collection="docs", ids=ids)),
+        "Scroll": (rpc.VectorsServiceStub(channel).Scroll,
+                   pb.ScrollRequest(collection="docs", tenant=tenant, after_id=ids[0] if ids else -1, limit=k)),
+    }
+    call, request = requests[method]
+    try:
+        call(request, metadata=meta, timeout=10)
+    except grpc.RpcError as error:
+        assert error.code() in DEFINED, f"{method} answered {error.code()}: {error.details()}"
+    ok = rpc.SearchStub(channel).Search(pb.SearchRequest(collection="docs", query=pb.Vectors(
+        dim=4, data=np.ones(4, "<f4").tobytes()), k=3, tenant="alice"), metadata=meta, timeout=10)
+    assert len(ok.ids) == 3
+    channel.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_curator_serve_process_drains_on_sigterm_and_keeps_data(tmp_path):
+    port, metrics = _free_port(), _free_port()
+    command = [sys.executable, "-m", "curator_server", "serve", "--data", str(tmp_path / "d"), "--port", str(port),
+               "--metrics-port", str(metrics)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        db = curator.connect(f"127.0.0.1:{port}", timeout=5, retries=8)
+        col = None
+        for _ in range(100):
+            try:
+                col = db.create_collection("c", dim=3)
+                break
+            except curator.CuratorError:
+                time.sleep(0.2)
+        col.insert([1, 2], np.ones((2, 3)), tenant="t")
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
+        assert 'curator_requests_total{code="OK",method="Insert"} 1.0' in text
+        assert 'curator_vectors{collection="c"} 2.0' in text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log = process.stdout.read()
+    assert "OPEN MODE" in log and "stopped" in log
+    with curator.open(str(tmp_path / "d")) as reopened:
+        assert reopened.collection("c").count(tenant="t") == 2
+
+
+def test_generated_code_is_current():
+    result = subprocess.run([sys.executable, "proto/generate.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
