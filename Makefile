@@ -9,6 +9,8 @@ DATA   ?= ./curator-data
 PORT   ?= 50051
 METRICS_PORT ?= 9464
 
+NODE_STAMP := tests/node/node_modules/.installed-stamp
+
 .PHONY: run demo test bench crash proto system clean
 
 $(STAMP): pyproject.toml
@@ -23,6 +25,13 @@ system:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wordnet-base prometheus; \
 	fi
+	@command -v node >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -qq nodejs npm; }
+
+# The Node client of the cross-language test (@grpc/grpc-js from the npm registry).
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
 # The server on localhost, its data in $(DATA) (RocksDB, embedded: no other server needed).
 run: $(STAMP)
@@ -32,7 +41,7 @@ run: $(STAMP)
 demo: $(STAMP) system
 	$(PY) -m benchmarks.demo
 
-test: $(STAMP) system
+test: $(STAMP) system $(NODE_STAMP)
 	$(PY) proto/generate.py --check
 	$(PY) -m pytest -q tests
 
