@@ -93,11 +93,12 @@ def test_limits_are_named_in_the_error(secured):
         admin.get(np.arange(501))
     with pytest.raises(curator.ResourceExhaustedError, match="max_k"):
         admin.search(np.ones(4), k=51, tenant="alice")
-    channel = admin._c  # a raw request larger than the server's 1 MiB message limit
+    channel = grpc.insecure_channel(secured.address)  # a raw request over the server's 1 MiB message limit
     request = pb.InsertRequest(collection="docs", ids=[5000], tenant="alice",
                                vectors=pb.Vectors(dim=4, data=b"\0" * (2 << 20)))
     with pytest.raises(grpc.RpcError) as raised:
-        channel.vectors.Insert(request, metadata=channel.metadata, timeout=10)
+        rpc.VectorsServiceStub(channel).Insert(request, metadata=(("authorization", f"Bearer {KEYS['admin']}"),),
+                                               timeout=10)
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert admin.count(tenant="alice") == 101  # and the server goes on
 
@@ -193,3 +194,27 @@ def test_curator_serve_process_drains_on_sigterm_and_keeps_data(tmp_path):
 def test_generated_code_is_current():
     result = subprocess.run([sys.executable, "proto/generate.py", "--check"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_asyncio_client_matches_the_blocking_one(secured):
+    import asyncio
+
+    from curator_client import aio
+
+    async def run():
+        async with await aio.connect(secured.address, api_key=KEYS["alice"]) as db:
+            col = await db.collection("docs")
+            ids, dists = await col.search(np.ones(4), k=5, tenant="alice")
+            many = await asyncio.gather(*(col.search(np.ones(4), k=5, tenant="alice") for _ in range(20)))
+            assert all(np.array_equal(m[0], ids) for m in many)
+            await col.grant([1, 2], tenant="alice")
+            assert await col.count(tenant="alice") == 101
+            with pytest.raises(curator.PermissionDeniedError):
+                await col.search(np.ones(4), k=5, tenant="bob")
+            return ids, dists
+
+    ids, dists = asyncio.run(run())
+    blocking = curator.connect(secured.address, api_key=KEYS["alice"]).collection("docs")
+    same_ids, same_dists = blocking.search(np.ones(4), k=5, tenant="alice")
+    np.testing.assert_array_equal(ids, same_ids)
+    np.testing.assert_allclose(dists, same_dists)

@@ -1,0 +1,135 @@
+"""The asyncio SDK: the same methods as `curator.connect`, each a coroutine, on grpc.aio.
+
+    db = await curator_client.aio.connect("127.0.0.1:50051", api_key=...)
+    col = await db.collection("docs")
+    ids, dists = await col.search(query, k=10, tenant="alice")
+"""
+
+import asyncio
+from collections.abc import Sequence
+
+import grpc
+
+from . import calls
+from .calls import Call, CollectionCalls
+from .remote import STUBS, backoff, channel_options, engine_error
+
+
+class _AsyncChannel:
+    def __init__(self, channel: grpc.aio.Channel, api_key: str | None, timeout: float, retries: int):
+        self.channel = channel
+        self.stubs = {name: stub(channel) for name, stub in STUBS.items()}
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self.timeout, self.retries = timeout, retries
+
+    async def run(self, call: Call):
+        method = getattr(self.stubs[call.service], call.method)
+        attempts = self.retries + 1 if call.idempotent else 1
+        for attempt in range(attempts):
+            try:
+                return call.parse(await method(call.request, timeout=self.timeout, metadata=self.metadata))
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
+                    await asyncio.sleep(backoff(attempt))
+                    continue
+                raise engine_error(error) from None
+
+
+class AsyncRemoteCollection:
+    def __init__(self, channel: _AsyncChannel, info):
+        self._run, self._calls = channel.run, CollectionCalls(info)
+        self.name, self.dim, self.metric = info.name, info.dim, info.metric
+
+    async def insert(self, ids, vectors, *, tenant: str) -> None:
+        await self._run(self._calls.insert(ids, vectors, tenant))
+
+    async def upsert(self, ids, vectors, *, tenant: str) -> None:
+        await self._run(self._calls.insert(ids, vectors, tenant, upsert=True))
+
+    async def grant(self, ids, *, tenant: str) -> int:
+        return await self._run(self._calls.grant(ids, tenant))
+
+    async def revoke(self, ids, *, tenant: str) -> None:
+        await self._run(self._calls.revoke(ids, tenant))
+
+    async def delete(self, ids) -> None:
+        await self._run(self._calls.delete(ids))
+
+    async def get(self, ids):
+        return await self._run(self._calls.get(ids))
+
+    async def tenants_of(self, id_: int) -> list[str]:
+        return await self._run(self._calls.tenants_of(id_))
+
+    async def contains(self, ids):
+        return await self._run(self._calls.contains(ids))
+
+    async def visible_to(self, ids, *, tenant: str):
+        return await self._run(self._calls.visible_to(ids, tenant))
+
+    async def count(self, tenant: str | None = None) -> int:
+        return await self._run(self._calls.count(tenant))
+
+    async def scroll(self, *, tenant: str | None = None, after_id: int = -1, limit: int = 1000):
+        return await self._run(self._calls.scroll(tenant, after_id, limit))
+
+    async def tenants(self) -> list[str]:
+        return await self._run(self._calls.tenants())
+
+    async def drop_tenant(self, tenant: str) -> None:
+        await self._run(self._calls.drop_tenant(tenant))
+
+    async def search(self, query, k: int = 10, *, tenant: str, ef: int | None = None):
+        return await self._run(self._calls.search(query, k, tenant, ef))
+
+    async def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str], ef: int | None = None):
+        return await self._run(self._calls.search_batch(queries, k, tenants, ef))
+
+    async def train(self, sample=None) -> None:
+        await self._run(self._calls.train(sample))
+
+    async def stats(self) -> dict:
+        return await self._run(self._calls.stats())
+
+
+class AsyncRemoteDatabase:
+    def __init__(self, channel: _AsyncChannel):
+        self._channel = channel
+
+    async def create_collection(self, name: str, dim: int, metric: str = "l2", **options) -> AsyncRemoteCollection:
+        info = await self._channel.run(calls.create_collection(name, dim, metric, options))
+        return AsyncRemoteCollection(self._channel, info)
+
+    async def collection(self, name: str) -> AsyncRemoteCollection:
+        return AsyncRemoteCollection(self._channel, await self._channel.run(calls.describe_collection(name)))
+
+    async def list_collections(self) -> list[str]:
+        return await self._channel.run(calls.list_collections())
+
+    async def drop_collection(self, name: str) -> None:
+        await self._channel.run(calls.drop_collection(name))
+
+    async def snapshot(self, path) -> None:
+        await self._channel.run(calls.snapshot(path))
+
+    async def server_info(self) -> dict:
+        return await self._channel.run(calls.server_info())
+
+    async def close(self) -> None:
+        await self._channel.channel.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+
+async def connect(address: str, *, api_key: str | None = None, timeout: float = 30.0, retries: int = 3,
+                  root_certificates: bytes | None = None, max_message_bytes: int = 64 << 20) -> AsyncRemoteDatabase:
+    options = channel_options(max_message_bytes)
+    if root_certificates is not None:
+        channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options)
+    else:
+        channel = grpc.aio.insecure_channel(address, options)
+    return AsyncRemoteDatabase(_AsyncChannel(channel, api_key, timeout, retries))

@@ -1,0 +1,148 @@
+"""Each API method as a `Call`: the request to send and how to read the reply, with no I/O.
+
+The blocking SDK (`remote.py`) and the asyncio SDK (`aio.py`) both run these, so the two can
+never disagree about the wire; they differ only in how they wait.
+"""
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from curator import errors, validate
+from curator_proto import wire
+from curator_proto.v1 import curator_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Call:
+    service: str  # which stub: collections, tenants, vectors, search, admin
+    method: str
+    request: object
+    idempotent: bool  # safe to retry when the server is UNAVAILABLE
+    parse: Callable = lambda reply: None
+
+
+def _flags(reply) -> np.ndarray:
+    return np.frombuffer(reply.flags, np.uint8).astype(bool)
+
+
+class CollectionCalls:
+    def __init__(self, info: pb.CollectionInfo):
+        self.name, self.dim, self.metric = info.name, info.dim, info.metric
+
+    def _ids(self, ids) -> list:
+        return validate.ids(ids)
+
+    def _pack(self, vectors) -> pb.Vectors:
+        return wire.pack(validate.vectors(vectors, self.dim))
+
+    def insert(self, ids, vectors, tenant, upsert=False) -> Call:
+        request = pb.InsertRequest(collection=self.name, ids=self._ids(ids), vectors=self._pack(vectors),
+                                   tenant=tenant, upsert=upsert)
+        return Call("vectors", "Insert", request, idempotent=upsert)
+
+    def grant(self, ids, tenant) -> Call:
+        request = pb.GrantRequest(collection=self.name, ids=self._ids(ids), tenant=tenant)
+        return Call("vectors", "Grant", request, True, lambda r: int(r.changed))
+
+    def revoke(self, ids, tenant) -> Call:
+        return Call("vectors", "Revoke", pb.GrantRequest(collection=self.name, ids=self._ids(ids), tenant=tenant), True)
+
+    def delete(self, ids) -> Call:
+        return Call("vectors", "Delete", pb.IdsRequest(collection=self.name, ids=self._ids(ids)), False)
+
+    def get(self, ids) -> Call:
+        return Call("vectors", "Get", pb.IdsRequest(collection=self.name, ids=self._ids(ids)), True,
+                    lambda r: wire.unpack(r.vectors))
+
+    def tenants_of(self, id_) -> Call:
+        (id_,) = self._ids([id_])
+        return Call("vectors", "TenantsOf", pb.TenantsOfRequest(collection=self.name, id=int(id_)), True,
+                    lambda r: sorted(r.tenants))
+
+    def contains(self, ids) -> Call:
+        return Call("vectors", "Contains", pb.IdsRequest(collection=self.name, ids=self._ids(ids)), True, _flags)
+
+    def visible_to(self, ids, tenant) -> Call:
+        request = pb.GrantRequest(collection=self.name, ids=self._ids(ids), tenant=tenant)
+        return Call("vectors", "VisibleTo", request, True, _flags)
+
+    def count(self, tenant) -> Call:
+        return Call("vectors", "Count", pb.CountRequest(collection=self.name, tenant=tenant or ""), True,
+                    lambda r: int(r.count))
+
+    def scroll(self, tenant, after_id, limit) -> Call:
+        request = pb.ScrollRequest(collection=self.name, tenant=tenant or "", after_id=after_id, limit=limit)
+        return Call("vectors", "Scroll", request, True, lambda r: (np.array(r.ids, np.int64), int(r.next_after_id)))
+
+    def tenants(self) -> Call:
+        return Call("tenants", "List", pb.CollectionRef(name=self.name), True, lambda r: sorted(r.tenants))
+
+    def drop_tenant(self, tenant) -> Call:
+        return Call("tenants", "Drop", pb.TenantRef(collection=self.name, tenant=tenant), False)
+
+    def search(self, query, k, tenant, ef) -> Call:
+        query = validate.vectors(query, self.dim)
+        if query.shape[0] != 1:
+            raise errors.InvalidArgumentError(f"search takes one query, got {query.shape[0]}; use search_batch")
+        request = pb.SearchRequest(collection=self.name, query=wire.pack(query), k=validate.k(k), tenant=tenant,
+                                   ef=validate.ef(ef, 0))
+        return Call("search", "Search", request, True,
+                    lambda r: (np.array(r.ids, np.int64), np.array(r.distances, np.float32)))
+
+    def search_batch(self, queries, k, tenants: str | Sequence[str], ef) -> Call:
+        queries = validate.vectors(queries, self.dim)
+        k = validate.k(k)
+        if isinstance(tenants, str):
+            tenants = [tenants]  # one tenant for every query
+        else:
+            tenants = list(tenants)
+            if len(tenants) != queries.shape[0]:
+                raise errors.InvalidArgumentError(f"{queries.shape[0]} queries but {len(tenants)} tenants; "
+                                                  "give one per query")
+        request = pb.SearchBatchRequest(collection=self.name, queries=wire.pack(queries), k=k, tenants=tenants,
+                                        ef=validate.ef(ef, 0))
+        shape = (queries.shape[0], k)
+        return Call("search", "SearchBatch", request, True,
+                    lambda r: (np.array(r.ids, np.int64).reshape(shape),
+                               np.array(r.distances, np.float32).reshape(shape)))
+
+    def train(self, sample) -> Call:
+        request = pb.TrainRequest(collection=self.name)
+        if sample is not None:
+            request.sample.CopyFrom(self._pack(sample))
+        return Call("vectors", "Train", request, True)
+
+    def stats(self) -> Call:
+        return Call("collections", "Describe", pb.CollectionRef(name=self.name), True,
+                    lambda r: {"vectors": int(r.vectors), "tenants": int(r.tenants)})
+
+
+def create_collection(name, dim, metric, options) -> Call:
+    validate.name(name, "collection name")
+    request = pb.CreateCollectionRequest(name=name, dim=validate.dim(dim), metric=str(metric),
+                                         options_json=json.dumps(options))
+    return Call("collections", "Create", request, False, lambda r: r)
+
+
+def describe_collection(name) -> Call:
+    return Call("collections", "Describe", pb.CollectionRef(name=name), True, lambda r: r)
+
+
+def list_collections() -> Call:
+    return Call("collections", "List", pb.ListCollectionsRequest(), True, lambda r: sorted(r.names))
+
+
+def drop_collection(name) -> Call:
+    return Call("collections", "Drop", pb.CollectionRef(name=name), False)
+
+
+def snapshot(path) -> Call:
+    return Call("admin", "Snapshot", pb.SnapshotRequest(path=str(path)), False)
+
+
+def server_info() -> Call:
+    return Call("admin", "ServerInfo", pb.Empty(), True,
+                lambda r: {f.name: getattr(r, f.name) for f in r.DESCRIPTOR.fields})
