@@ -66,20 +66,19 @@ class EmbeddedCollection(Collection):
         return change
 
     def insert(self, ids, vectors, *, tenant: str) -> None:
-        ids = validate.ids(ids)
-        vectors = validate.vectors(vectors, self.dim)
-        if vectors.shape[0] != ids.shape[0]:
-            raise InvalidArgumentError(f"{ids.shape[0]} ids but {vectors.shape[0]} vectors; they must pair up")
-        tenant = validate.name(tenant, "tenant")
+        ids, vectors, tenant = self._new_vectors(ids, vectors, tenant)
         self._write(lambda: self.index.insert(ids, vectors, tenant))
 
     def upsert(self, ids, vectors, *, tenant: str) -> None:
+        ids, vectors, tenant = self._new_vectors(ids, vectors, tenant)
+        self._write(lambda: self.index.upsert(ids, vectors, tenant))
+
+    def _new_vectors(self, ids, vectors, tenant):
         ids = validate.ids(ids)
         vectors = validate.vectors(vectors, self.dim)
         if vectors.shape[0] != ids.shape[0]:
             raise InvalidArgumentError(f"{ids.shape[0]} ids but {vectors.shape[0]} vectors; they must pair up")
-        tenant = validate.name(tenant, "tenant")
-        self._write(lambda: self.index.upsert(ids, vectors, tenant))
+        return ids, vectors, validate.name(tenant, "tenant")
 
     def grant(self, ids, *, tenant: str) -> int:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
