@@ -67,6 +67,15 @@ def main() -> None:
         remote = curator.connect(address)
         local = curator.open(":memory:")
         results = {}
+        vectors = D.glove(100_000)
+        local_disk = curator.open(workdir + "/local")
+        rates = {}
+        for label, db in (("embedded", local_disk), ("remote", remote)):
+            col = db.create_collection("up", dim=50, metric="cosine")
+            rates[label] = upsert_rate(col, vectors)
+        results["upsert_vectors_per_s"] = rates
+        results["upsert_remote_over_embedded"] = rates["remote"] / rates["embedded"]
+        local_disk.close()
         for db in (local, remote):
             col = db.create_collection("glove", dim=50, metric="cosine")
             D.load_into(col, data)
@@ -84,15 +93,6 @@ def main() -> None:
                                           "qps": len(seconds) / seconds.sum()}
         results["search_remote_overhead_p50_ms"] = results["search_remote"]["p50_ms"] - results["search_embedded"]["p50_ms"]
         results["search_remote_over_embedded_p50"] = results["search_remote"]["p50_ms"] / results["search_embedded"]["p50_ms"]
-        vectors = D.glove(100_000)
-        local_disk = curator.open(workdir + "/local")
-        rates = {}
-        for label, db in (("embedded", local_disk), ("remote", remote)):
-            col = db.create_collection("up", dim=50, metric="cosine")
-            rates[label] = upsert_rate(col, vectors)
-        results["upsert_vectors_per_s"] = rates
-        results["upsert_remote_over_embedded"] = rates["remote"] / rates["embedded"]
-        local_disk.close()
         remote.close()
     finally:
         server.terminate()
