@@ -76,6 +76,9 @@ class AsyncRemoteCollection:
     async def tenants(self) -> list[str]:
         return await self._run(self._calls.tenants())
 
+    async def create_tenant(self, tenant: str) -> None:
+        await self._run(self._calls.create_tenant(tenant))
+
     async def drop_tenant(self, tenant: str) -> None:
         await self._run(self._calls.drop_tenant(tenant))
 

@@ -80,6 +80,9 @@ class CollectionCalls:
     def tenants(self) -> Call:
         return Call("tenants", "List", pb.CollectionRef(name=self.name), True, lambda r: sorted(r.tenants))
 
+    def create_tenant(self, tenant) -> Call:
+        return Call("tenants", "Create", pb.TenantRef(collection=self.name, tenant=tenant), False)
+
     def drop_tenant(self, tenant) -> Call:
         return Call("tenants", "Drop", pb.TenantRef(collection=self.name, tenant=tenant), False)
 

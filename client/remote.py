@@ -102,6 +102,9 @@ class RemoteCollection(Collection):
     def tenants(self) -> list[str]:
         return self._run(self._calls.tenants())
 
+    def create_tenant(self, tenant: str) -> None:
+        self._run(self._calls.create_tenant(tenant))
+
     def drop_tenant(self, tenant: str) -> None:
         self._run(self._calls.drop_tenant(tenant))
 

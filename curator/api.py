@@ -78,6 +78,10 @@ class Collection(ABC):
         """Names of the tenants of this collection."""
 
     @abstractmethod
+    def create_tenant(self, tenant: str) -> None:
+        """Create a tenant with no vectors yet (tenants also come into being on their first grant)."""
+
+    @abstractmethod
     def drop_tenant(self, tenant: str) -> None:
         """Remove a tenant, its grants, and the vectors only it could see."""
 

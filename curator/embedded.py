@@ -130,6 +130,10 @@ class EmbeddedCollection(Collection):
         with self._lock:
             return self.index.tenants()
 
+    def create_tenant(self, tenant: str) -> None:
+        tenant = validate.name(tenant, "tenant")
+        self._write(lambda: self.index.create_tenant(tenant))
+
     def drop_tenant(self, tenant: str) -> None:
         tenant = validate.name(tenant, "tenant")
         self._write(lambda: self.index.drop_tenant(tenant))

@@ -143,6 +143,13 @@ class CuratorIndex:
             change.retrained = fresh.retrained
         return change
 
+    def create_tenant(self, tenant: str) -> Change:
+        if tenant in self.tenant_numbers:
+            raise AlreadyExistsError(f"tenant {tenant!r} already exists")
+        change = Change()
+        self._tenant(tenant, create=True, change=change)
+        return change
+
     def grant(self, ids: np.ndarray, tenant: str) -> Change:
         change = Change()
         granted = self.tenancy.grant(self._slots(ids), self._tenant(tenant, create=True, change=change))

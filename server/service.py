@@ -112,6 +112,12 @@ class CollectionsService(_Base, rpc.CollectionsServicer):
 
 class TenantsService(_Base, rpc.TenantsServicer):
     @handler
+    def Create(self, request, principal):
+        principal.require_tenant(request.tenant)
+        self.db.collection(request.collection).create_tenant(request.tenant)
+        return pb.Empty()
+
+    @handler
     def List(self, request, principal):
         tenants = self.db.collection(request.name).tenants()
         return pb.ListTenantsResponse(tenants=[t for t in tenants if principal.may_act_for(t)])

@@ -144,3 +144,13 @@ def test_scroll_pages_through_ids(db):
     assert seen == list(range(0, 700, 14))
     page, after = col.scroll(limit=1000)
     assert page.tolist() == list(range(0, 700, 7)) and after == -1
+
+
+def test_tenants_can_be_created_empty(db):
+    col = db.create_collection("c", dim=3)
+    col.create_tenant("empty")
+    assert col.tenants() == ["empty"] and col.count(tenant="empty") == 0
+    ids, dists = col.search(np.ones(3), k=5, tenant="empty")
+    assert ids.size == 0 and dists.size == 0
+    with pytest.raises(curator.AlreadyExistsError, match="already exists"):
+        col.create_tenant("empty")

@@ -218,3 +218,42 @@ def test_asyncio_client_matches_the_blocking_one(secured):
     same_ids, same_dists = blocking.search(np.ones(4), k=5, tenant="alice")
     np.testing.assert_array_equal(ids, same_ids)
     np.testing.assert_allclose(dists, same_dists)
+
+
+def test_tls(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                           "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+                           "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], capture_output=True)
+    assert made.returncode == 0, made.stderr
+    server = CuratorServer(ServerConfig(data=":memory:", port=0, tls_cert=str(cert), tls_key=str(key))).start()
+    try:
+        secure = curator.connect(server.address, root_certificates=cert.read_bytes())
+        secure.create_collection("c", dim=3).insert([1], np.ones((1, 3)), tenant="t")
+        assert secure.collection("c").count() == 1
+        plain = curator.connect(server.address, timeout=3, retries=0)
+        with pytest.raises(curator.CuratorError):
+            plain.list_collections()
+    finally:
+        server.stop()
+
+
+def test_idempotent_calls_retry_until_the_server_is_up(tmp_path):
+    port = _free_port()
+    db = curator.connect(f"127.0.0.1:{port}", timeout=5, retries=8)
+    servers = []
+
+    def start_late():
+        time.sleep(0.5)
+        servers.append(CuratorServer(ServerConfig(data=":memory:", port=port)).start())
+
+    import threading
+
+    starter = threading.Thread(target=start_late)
+    starter.start()
+    try:
+        assert db.list_collections() == []  # UNAVAILABLE at first, then retried with backoff
+    finally:
+        starter.join()
+        for server in servers:
+            server.stop()

@@ -243,6 +243,11 @@ class TenantsStub(object):
         Args:
             channel: A grpc.Channel.
         """
+        self.Create = channel.unary_unary(
+                '/curator.v1.Tenants/Create',
+                request_serializer=curator_dot_v1_dot_curator__pb2.TenantRef.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.Empty.FromString,
+                _registered_method=True)
         self.List = channel.unary_unary(
                 '/curator.v1.Tenants/List',
                 request_serializer=curator_dot_v1_dot_curator__pb2.CollectionRef.SerializeToString,
@@ -265,6 +270,12 @@ class TenantsServicer(object):
 
     """
 
+    def Create(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def List(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -286,6 +297,11 @@ class TenantsServicer(object):
 
 def add_TenantsServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Create': grpc.unary_unary_rpc_method_handler(
+                    servicer.Create,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.TenantRef.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.Empty.SerializeToString,
+            ),
             'List': grpc.unary_unary_rpc_method_handler(
                     servicer.List,
                     request_deserializer=curator_dot_v1_dot_curator__pb2.CollectionRef.FromString,
@@ -313,6 +329,33 @@ class Tenants(object):
     """-- tenants ---------------------------------------------------------------------------------
 
     """
+
+    @staticmethod
+    def Create(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Tenants/Create',
+            curator_dot_v1_dot_curator__pb2.TenantRef.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def List(request,
