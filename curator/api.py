@@ -123,6 +123,10 @@ class Database(ABC):
     def drop_collection(self, name: str) -> None: ...
 
     @abstractmethod
+    def snapshot(self, path) -> None:
+        """A consistent point-in-time copy of the data directory at `path` (on the server, when remote)."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     def __enter__(self):

@@ -2,7 +2,6 @@
 metrics, fuzzed requests, `curator serve` as a process with graceful SIGTERM, and the contract's
 generated code being current."""
 
-import os
 import signal
 import socket
 import subprocess
