@@ -90,14 +90,14 @@ class CuratorIndex:
 
     def insert(self, ids: np.ndarray, vectors: np.ndarray, tenant: str) -> Change:
         known = self.ids.lookup(ids)
-        if np.any(known >= 0):
+        if (known >= 0).any():
             dup = ids[known >= 0]
             raise AlreadyExistsError(
                 f"{dup.size} id(s) already exist, e.g. {dup[:5].tolist()}; delete them first or use new ids"
             )
         if self.metric is Metric.COSINE:
             norms = np.linalg.norm(vectors, axis=1)
-            if np.any(norms == 0):
+            if (norms == 0).any():
                 raise InvalidArgumentError("cosine metric: a vector of length zero has no direction")
         slots = self._allocate(ids.shape[0])
         self.vectors[slots] = vectors
@@ -348,7 +348,7 @@ class CuratorIndex:
 
     def _slots(self, ids: np.ndarray) -> np.ndarray:
         slots = self.ids.lookup(ids)
-        if np.any(slots < 0):
+        if (slots < 0).any():
             missing = ids[slots < 0]
             raise NotFoundError(f"{missing.size} unknown id(s), e.g. {missing[:5].tolist()}")
         return slots

@@ -130,7 +130,7 @@ class TenantSubtrees:
         if slots.size == 0:
             return slots, slots
         nodes = self._frontier(slots, t)
-        touched, inverse = np.unique(nodes, return_inverse=True)
+        touched, inverse = _groups(nodes)
         lists = self.nodes[t].lookup(touched).astype(np.int64)
         self.members.remove(lists[inverse], slots)
         self.access.remove(slots, tenant[: slots.size])
@@ -195,7 +195,7 @@ class TenantSubtrees:
 
     def _insert(self, slots: np.ndarray, t: int) -> None:
         nodes = self._frontier(slots, t)
-        targets, inverse = np.unique(nodes, return_inverse=True)
+        targets, inverse = _groups(nodes)
         lists = self.nodes[t].lookup(targets).astype(np.int64)
         for i in np.flatnonzero(lists == ABSENT).tolist():  # the tenant's first vectors under these nodes
             lists[i] = self._new_shortlist(t, int(targets[i]))
@@ -298,3 +298,10 @@ class TenantSubtrees:
                 assert np.all(self.access.contains(members, np.full(members.size, t))), "a member without access"
         slots = self.slots_of(t)
         assert np.unique(slots).size == slots.size == self.count[t], "a vector in two shortlists, or a bad count"
+
+
+def _groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(values, return_inverse=True), without the sort for the common single value."""
+    if values.size == 1:
+        return values, np.zeros(1, np.intp)
+    return np.unique(values, return_inverse=True)

@@ -56,10 +56,9 @@ def ids(values) -> np.ndarray:
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise InvalidArgumentError("ids must fit in a signed 64-bit integer")
     arr = np.ascontiguousarray(arr, dtype=np.int64)
-    if np.any(arr < 0):
+    if (arr < 0).any():
         raise InvalidArgumentError("ids must be >= 0 (negative values are reserved as padding)")
-    uniq = np.unique(arr)
-    if uniq.size != arr.size:
+    if arr.size > 1 and np.unique(arr).size != arr.size:
         raise InvalidArgumentError("ids repeat within one batch; each id may appear once")
     return arr
 
@@ -78,7 +77,7 @@ def vectors(values, dim: int) -> np.ndarray:
         raise InvalidArgumentError("empty batch: at least one vector is required")
     if arr.shape[1] != dim:
         raise InvalidArgumentError(f"dimension {dim} expected, got {arr.shape[1]}")
-    if not np.all(np.isfinite(arr)):
+    if not np.isfinite(arr).all():
         bad = int(np.flatnonzero(~np.all(np.isfinite(arr), axis=1))[0])
         raise InvalidArgumentError(f"vector {bad} holds NaN or infinity; only finite values are allowed")
     return np.ascontiguousarray(arr)
