@@ -23,6 +23,7 @@ class Isolation(RuleBasedStateMachine):
         super().__init__()
         self.col = curator.open(":memory:").create_collection("c", dim=5, metric="l2", **SMALL_TREE)
         self.access: dict[int, set[str]] = {}  # the model: who may see each live id
+        self.rows: dict[int, int] = {}  # and which POOL row is its vector
         self.tenants: set[str] = set()
 
     def _live(self, ids):
@@ -36,6 +37,16 @@ class Isolation(RuleBasedStateMachine):
         self.col.insert(new, POOL[new], tenant=tenant)
         for i in new:
             self.access[i] = {tenant}
+            self.rows[i] = i
+        self.tenants.add(tenant)
+
+    @rule(ids=IDS, tenant=TENANTS, shift=st.integers(1, POOL.shape[0] - 1))
+    def upsert(self, ids, tenant, shift):
+        rows = [(i + shift) % POOL.shape[0] for i in ids]
+        self.col.upsert(ids, POOL[rows], tenant=tenant)
+        for i, row in zip(ids, rows):
+            self.access.setdefault(i, set()).add(tenant)
+            self.rows[i] = row
         self.tenants.add(tenant)
 
     @rule(ids=IDS, tenant=TENANTS)
@@ -94,7 +105,7 @@ class Isolation(RuleBasedStateMachine):
         assert set(ids.tolist()) <= set(visible.tolist()), "a tenant saw a vector it was not granted"
         assert np.unique(ids).size == ids.size and np.all(np.diff(dists) >= 0)
         if ef == 100_000 and visible.size:
-            _, truth = brute_force(POOL[visible], query, "l2", k)
+            _, truth = brute_force(POOL[[self.rows[i] for i in visible.tolist()]], query, "l2", k)
             np.testing.assert_allclose(dists, truth, rtol=1e-4, atol=1e-4)
         batch_ids, _ = self.col.search_batch(np.stack([query, query]), k=k, tenants=[tenant, tenant], ef=ef)
         np.testing.assert_array_equal(batch_ids[0, : ids.size], ids)
@@ -123,7 +134,7 @@ class DurableIsolation(Isolation):
         self.path = tempfile.mkdtemp(prefix="curator-prop-")
         self.db = curator.open(self.path, durability="none")
         self.col = self.db.create_collection("c", dim=5, metric="l2", **SMALL_TREE)
-        self.access, self.tenants = {}, set()
+        self.access, self.rows, self.tenants = {}, {}, set()
 
     @rule()
     def reopen(self):
@@ -135,7 +146,7 @@ class DurableIsolation(Isolation):
     def stored_vectors_are_bit_exact(self):
         if self.access:
             ids = np.array(sorted(self.access), np.int64)
-            np.testing.assert_array_equal(self.col.get(ids), POOL[ids])
+            np.testing.assert_array_equal(self.col.get(ids), POOL[[self.rows[i] for i in ids.tolist()]])
 
     def teardown(self):
         self.db.close()
