@@ -124,18 +124,12 @@ class TenantSubtrees:
     def revoke(self, slots: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
         """Take these slots from tenant t; returns those it could see before, and of them
         those no tenant can see any more."""
-        self.ensure(t)
         tenant = np.full(slots.shape[0], t)
         slots = slots[self.access.contains(slots, tenant)]
         if slots.size == 0:
             return slots, slots
-        nodes = self._frontier(slots, t)
-        touched, inverse = _groups(nodes)
-        lists = self.nodes[t].lookup(touched).astype(np.int64)
-        self.members.remove(lists[inverse], slots)
+        self._take(slots, t)
         self.access.remove(slots, tenant[: slots.size])
-        self.count[t] -= slots.size
-        self._tidy(t, touched)
         return slots, slots[self.access.size[slots] == 0]
 
     def remove(self, slots: np.ndarray) -> None:
@@ -146,7 +140,18 @@ class TenantSubtrees:
         bounds = np.flatnonzero(np.diff(tenants)) + 1
         for group in np.split(np.arange(tenants.size), bounds):
             if group.size:
-                self.revoke(pair_slots[group], int(tenants[group[0]]))
+                self._take(pair_slots[group], int(tenants[group[0]]))
+        self.access.clear(slots)  # every tenant at once
+
+    def _take(self, slots: np.ndarray, t: int) -> None:
+        """Remove slots that tenant t can see from its sub-tree (not from their access lists)."""
+        self.ensure(t)
+        nodes = self._frontier(slots, t)
+        touched, inverse = _groups(nodes)
+        lists = self.nodes[t].lookup(touched).astype(np.int64)
+        self.members.remove(lists[inverse], slots)
+        self.count[t] -= slots.size
+        self._tidy(t, touched)
 
     def drop(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """Remove tenant t's sub-tree and grants; returns the slots it could see, and of them
