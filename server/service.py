@@ -175,7 +175,7 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
     def Revoke(self, request, principal):
         principal.require_tenant(request.tenant)
         col = self.db.collection(request.collection)
-        col.revoke(self._ids(request.ids), tenant=request.tenant)
+        col.revoke(self._ids(request.ids, principal, col), tenant=request.tenant)
         return pb.WriteResponse(changed=len(request.ids))
 
     @handler

@@ -69,6 +69,10 @@ def test_a_key_never_reaches_another_tenants_data(secured):
         alice.get([120])
     with pytest.raises(curator.NotFoundError):
         alice.grant([120], tenant="alice")  # she cannot take what she cannot see
+    with pytest.raises(curator.NotFoundError):  # revoking bob's id is indistinguishable from a missing one
+        alice.revoke([120], tenant="alice")
+    with pytest.raises(curator.NotFoundError):
+        alice.revoke([99_999], tenant="alice")
     with pytest.raises(curator.AlreadyExistsError):
         alice.upsert([120], np.ones((1, 4)), tenant="alice")  # nor overwrite it
     np.testing.assert_array_equal(alice.get([150]).shape, (1, 4))  # shared with her: visible
