@@ -11,7 +11,6 @@ Writes benchmarks/results/remote.md and remote.json.
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,20 +22,14 @@ import numpy as np
 import curator
 
 from . import data as D
-from .measure import timed_loop
+from .measure import free_port, timed_loop
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(data_dir: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "curator_server", "serve", "--data", data_dir,
                                 "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"

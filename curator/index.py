@@ -95,14 +95,10 @@ class CuratorIndex:
             raise AlreadyExistsError(
                 f"{dup.size} id(s) already exist, e.g. {dup[:5].tolist()}; delete them first or use new ids"
             )
-        if self.metric is Metric.COSINE:
-            norms = np.linalg.norm(vectors, axis=1)
-            if (norms == 0).any():
-                raise InvalidArgumentError("cosine metric: a vector of length zero has no direction")
+        inv_norm = self.metric.inverse_norms(vectors)
         slots = self._allocate(ids.shape[0])
         self.vectors[slots] = vectors
-        if self.metric is Metric.COSINE:
-            self.inv_norm[slots] = 1.0 / norms
+        self.inv_norm[slots] = inv_norm
         self.slot_ids[slots] = ids
         self.ids.assign(ids, slots)
         leaves, sqdist = self.tree.route(self._prepared(slots))
@@ -117,8 +113,7 @@ class CuratorIndex:
 
     def upsert(self, ids: np.ndarray, vectors: np.ndarray, tenant: str) -> Change:
         """Insert new ids; give existing ones the new vector, keeping their tenants (and adding `tenant`)."""
-        if self.metric is Metric.COSINE and np.any(np.linalg.norm(vectors, axis=1) == 0):
-            raise InvalidArgumentError("cosine metric: a vector of length zero has no direction")
+        inv_norm = self.metric.inverse_norms(vectors)  # checks every vector before anything changes
         known = self.ids.lookup(ids)
         old = known >= 0
         change = Change()
@@ -127,8 +122,7 @@ class CuratorIndex:
             tenants, origin = self.tenancy.access.gather(slots)
             self.tenancy.remove(slots)  # out of every sub-tree: the vector may land in another leaf
             self.vectors[slots] = vectors[old]
-            if self.metric is Metric.COSINE:
-                self.inv_norm[slots] = 1.0 / np.linalg.norm(vectors[old], axis=1)
+            self.inv_norm[slots] = inv_norm[old]
             self.tenancy.place(slots, self.tree.route(self._prepared(slots))[0])
             order = np.argsort(tenants, kind="stable")
             for group in np.split(order, np.flatnonzero(np.diff(tenants[order])) + 1):
@@ -225,7 +219,7 @@ class CuratorIndex:
             index._trained_count = int(tree["trained_count"])
         n = ids.size
         if n:
-            inv_norm = 1.0 / np.linalg.norm(vectors, axis=1) if metric is Metric.COSINE else np.ones(n, np.float32)
+            inv_norm = metric.inverse_norms(vectors)
             prepared = vectors * inv_norm[:, None] if metric is Metric.COSINE else vectors
             leaves = index.tree.route(prepared)[0]
             order = np.argsort(leaves, kind="stable")

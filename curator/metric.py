@@ -2,7 +2,8 @@
 
 Every metric is reported as a distance, smaller is better, so results sort the same way:
 - "l2": squared Euclidean distance ||q - x||^2
-- "cosine": 1 - cos(q, x); vectors are normalised once at the edge and then compared by dot product
+- "cosine": 1 - cos(q, x); vectors are stored as given, with their inverse norms beside them, and
+  compared by dot product scaled by those
 - "ip": -<q, x>, the negated inner product
 """
 
@@ -33,14 +34,20 @@ class Metric(IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
+    def inverse_norms(self, vectors: np.ndarray) -> np.ndarray:
+        """1 / |x| per row for cosine (a zero vector is an error), ones for the other metrics."""
+        if self is not Metric.COSINE:
+            return np.ones(vectors.shape[0], np.float32)
+        norms = np.linalg.norm(vectors, axis=1)
+        if (norms == 0).any():
+            raise InvalidArgumentError("cosine metric: a vector of length zero has no direction")
+        return (1.0 / norms).astype(np.float32)
+
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
-        """Vectors as the index stores and compares them (unit length for cosine)."""
+        """Vectors as the index compares them (unit length for cosine)."""
         if self is not Metric.COSINE:
             return vectors
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        if np.any(norms == 0):
-            raise InvalidArgumentError("cosine metric: a vector of length zero has no direction")
-        return (vectors / norms).astype(np.float32, copy=False)
+        return (vectors * self.inverse_norms(vectors)[:, None]).astype(np.float32, copy=False)
 
 
 _BY_NAME = {"l2": Metric.L2, "cosine": Metric.COSINE, "ip": Metric.IP}

@@ -7,6 +7,7 @@ make a million series. Busiest is tracked with a bounded space-saving counter.
 
 import threading
 import time
+from pathlib import Path
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -79,8 +80,6 @@ class _DatabaseCollector:
                 memory.add_metric([name, part], size)
         yield from (vectors, tenants, memory)
         if self.data_path:
-            from pathlib import Path
-
             size = sum(f.stat().st_size for f in Path(self.data_path).rglob("*") if f.is_file())
             yield GaugeMetricFamily("curator_storage_bytes", "bytes in the data directory", value=size)
         if self.tenants is not None:

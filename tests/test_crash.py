@@ -91,11 +91,6 @@ def crash_cycles(tmp_path: Path, cycles: int, durability: str) -> dict:
                 stats["in_flight_applied"] += 1
             elif with_in_flight is not None:
                 stats["in_flight_lost"] += 1
-                if os.environ.get("CRASH_DEBUG"):
-                    for name, m in (("acked", expected), ("in-flight", with_in_flight)):
-                        diff = {i: (actual.access.get(i), m.access.get(i)) for i in set(actual.access) | set(m.access)
-                                if actual.access.get(i) != m.access.get(i)}
-                        print(cycle, name, len(diff), list(diff.items())[:4])
             assert stored == set(expected.access), (
                 f"cycle {cycle}: {len(set(expected.access) - stored)} acknowledged ids missing, "
                 f"{len(stored - set(expected.access))} never-issued ids present")

@@ -3,7 +3,6 @@ what it serves. Prometheus comes from Debian's `prometheus` package (installed b
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -13,15 +12,10 @@ import numpy as np
 import pytest
 
 import curator
+from benchmarks.measure import free_port
 from curator_server.app import CuratorServer, ServerConfig
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian package prometheus missing")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -56,7 +50,7 @@ def test_promtool_accepts_the_metrics(serving):
 
 
 def test_a_real_prometheus_scrapes_the_server(serving, tmp_path):
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: curator\n"
                       f"    static_configs:\n      - targets: ['127.0.0.1:{serving.metrics_port}']\n")

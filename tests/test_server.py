@@ -3,7 +3,6 @@ metrics, fuzzed requests, `curator serve` as a process with graceful SIGTERM, an
 generated code being current."""
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 import curator
 from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
+from benchmarks.measure import free_port
 from curator_server.app import CuratorServer, ServerConfig
 from curator_server.auth import digest_of
 from curator_server.service import Limits
@@ -159,14 +159,8 @@ def test_fuzzed_requests_get_defined_codes_and_the_server_keeps_serving(secured,
     channel.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_curator_serve_process_drains_on_sigterm_and_keeps_data(tmp_path):
-    port, metrics = _free_port(), _free_port()
+    port, metrics = free_port(), free_port()
     command = [sys.executable, "-m", "curator_server", "serve", "--data", str(tmp_path / "d"), "--port", str(port),
                "--metrics-port", str(metrics)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -242,7 +236,7 @@ def test_tls(tmp_path):
 
 
 def test_idempotent_calls_retry_until_the_server_is_up(tmp_path):
-    port = _free_port()
+    port = free_port()
     db = curator.connect(f"127.0.0.1:{port}", timeout=5, retries=8)
     servers = []
 
