@@ -18,6 +18,7 @@ from curator_proto.v1 import curator_pb2_grpc as rpc
 from . import service
 from .auth import KeyRing
 from .metrics import Metrics, MetricsInterceptor
+from .streams import OpenStreams
 
 log = logging.getLogger("curator.server")
 VERSION = "0.1.0"
@@ -34,7 +35,9 @@ class ServerConfig:
     keys: str | None = None  # TOML file of API keys; None: open mode
     tls_cert: str | None = None
     tls_key: str | None = None
-    workers: int = 8
+    workers: int = 16
+    max_streams: int | None = None  # open search streams; None: half the workers
+    stream_idle_seconds: float = 30.0
     limits: service.Limits = field(default_factory=service.Limits)
     tenant_metrics_top: int = 0  # per-tenant request counts for the busiest N tenants (0: off)
     grace_seconds: float = 10.0
@@ -60,7 +63,8 @@ class CuratorServer:
         rpc.add_CollectionsServicer_to_server(service.CollectionsService(*args), self.grpc)
         rpc.add_TenantsServicer_to_server(service.TenantsService(*args), self.grpc)
         rpc.add_VectorsServiceServicer_to_server(service.VectorsService(*args), self.grpc)
-        rpc.add_SearchServicer_to_server(service.SearchService(*args), self.grpc)
+        self.streams = OpenStreams(config.max_streams or max(1, config.workers // 2), config.stream_idle_seconds)
+        rpc.add_SearchServicer_to_server(service.SearchService(*args, self.streams, self.metrics.observe), self.grpc)
         info = {"version": VERSION, "data": config.data, "durability": config.durability}
         rpc.add_AdminServicer_to_server(service.AdminService(*args, info), self.grpc)
         self.health = health.HealthServicer()
@@ -99,7 +103,9 @@ class CuratorServer:
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
-        self.grpc.stop(self.config.grace_seconds).wait()
+        stopped = self.grpc.stop(self.config.grace_seconds)  # refuses new calls from here on
+        self.streams.cancel_all()  # clients finish their searches with unary calls, or elsewhere
+        stopped.wait()
         self.db.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

@@ -20,7 +20,9 @@ def main(argv=None) -> int:
     serve.add_argument("--durability", choices=["sync", "batch", "none"], default="sync")
     serve.add_argument("--keys", default=None, help="TOML file of API keys (none: open mode)")
     serve.add_argument("--tls-cert"), serve.add_argument("--tls-key")
-    serve.add_argument("--workers", type=int, default=8)
+    serve.add_argument("--workers", type=int, default=16, help="threads serving calls")
+    serve.add_argument("--max-streams", type=int, default=None,
+                       help="open search streams, each holding a worker (default: half the workers)")
     serve.add_argument("--max-message-bytes", type=int, default=64 << 20)
     serve.add_argument("--max-batch", type=int, default=100_000)
     serve.add_argument("--max-k", type=int, default=1_000)
@@ -45,6 +47,7 @@ def main(argv=None) -> int:
     config = ServerConfig(
         data=args.data, host=args.host, port=args.port, metrics_port=args.metrics_port, durability=args.durability,
         keys=args.keys, tls_cert=args.tls_cert, tls_key=args.tls_key, workers=args.workers,
+        max_streams=args.max_streams,
         limits=Limits(args.max_message_bytes, args.max_batch, args.max_k), tenant_metrics_top=args.tenant_metrics_top)
     CuratorServer(config).serve_forever()
     return 0

@@ -4,6 +4,7 @@ and pack the answer. Engine errors become status codes here, and only here."""
 import functools
 import json
 import logging
+import time
 
 import grpc
 import numpy as np
@@ -20,6 +21,7 @@ from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 
 from .auth import KeyRing, Principal
+from .streams import OpenStreams
 
 log = logging.getLogger("curator.server")
 
@@ -227,8 +229,11 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
 
 
 class SearchService(_Base, rpc.SearchServicer):
-    @handler
-    def Search(self, request, principal):
+    def __init__(self, db, keys: KeyRing, limits: Limits, streams: OpenStreams, observe):
+        super().__init__(db, keys, limits)
+        self.streams, self.observe = streams, observe  # observe(method, code, seconds, tenant): metrics
+
+    def _search(self, request, principal) -> pb.SearchResponse:
         principal.require_tenant(request.tenant)
         self.limits.k(request.k)
         col = self.db.collection(request.collection)
@@ -237,6 +242,36 @@ class SearchService(_Base, rpc.SearchServicer):
             raise InvalidArgumentError(f"Search takes one query, got {query.shape[0]}; use SearchBatch")
         ids, dists = col.search(query[0], k=int(request.k), tenant=request.tenant, ef=request.ef or None)
         return pb.SearchResponse(ids=ids.tolist(), distances=dists.tolist())
+
+    @handler
+    def Search(self, request, principal):
+        return self._search(request, principal)
+
+    def SearchStream(self, requests, context):
+        """One reply per request, errors in the reply; the key is checked once, when the stream opens."""
+        try:
+            principal = self.keys.principal(context)
+            self.streams.open(context)
+        except CuratorError as error:
+            context.set_trailing_metadata(((wire.ERROR_KEY, type(error).__name__),))
+            context.abort(grpc.StatusCode[error.code], str(error))
+        try:
+            for request in requests:
+                self.streams.busy(context)
+                start = time.perf_counter()
+                try:
+                    reply, code = pb.SearchStreamReply(result=self._search(request, principal)), "OK"
+                except CuratorError as error:
+                    reply, code = pb.SearchStreamReply(error=wire.failure(error)), error.code
+                except Exception:  # a bug: log it, answer INTERNAL for this query, keep the stream
+                    log.exception("internal error in SearchStream")
+                    reply, code = pb.SearchStreamReply(error=pb.Failure(
+                        code="INTERNAL", message="internal error in SearchStream; see the server log")), "INTERNAL"
+                self.observe("SearchStream", grpc.StatusCode[code], time.perf_counter() - start, request.tenant)
+                self.streams.idle(context)
+                yield reply
+        finally:
+            self.streams.close(context)
 
     @handler
     def SearchBatch(self, request, principal):

@@ -43,8 +43,8 @@ def test_promtool_accepts_the_metrics(serving):
     text = _metrics(serving)
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert 'curator_requests_total{code="NOT_FOUND",method="Search"} 1.0' in text
-    assert 'curator_request_seconds_bucket{le="0.001",method="Search"}' in text
+    assert 'curator_requests_total{code="NOT_FOUND",method="SearchStream"} 1.0' in text
+    assert 'curator_request_seconds_bucket{le="0.001",method="SearchStream"}' in text
     tenant_lines = [line for line in text.splitlines() if line.startswith("curator_tenant_requests_total")]
     assert len(tenant_lines) == 3 and any('tenant="_other"' in line for line in tenant_lines)  # capped at top 2
 
@@ -58,7 +58,7 @@ def test_a_real_prometheus_scrapes_the_server(serving, tmp_path):
         ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        query = urllib.parse.quote('sum(curator_requests_total{job="curator",method="Search"})')
+        query = urllib.parse.quote('sum(curator_requests_total{job="curator",method="SearchStream"})')
         value = None
         for _ in range(120):
             time.sleep(0.5)

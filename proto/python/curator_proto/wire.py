@@ -32,3 +32,14 @@ def unpack(message: pb.Vectors, what: str = "vectors") -> np.ndarray:
             f"{what}: {len(message.data)} bytes is not a whole number of rows of {message.dim} float32 "
             f"({row} bytes each)")
     return np.frombuffer(message.data, dtype="<f4").reshape(-1, message.dim).astype(np.float32)
+
+
+def failure(error: errors.CuratorError) -> pb.Failure:
+    """An engine error as a message (streams carry errors in their replies, not in a status)."""
+    return pb.Failure(code=error.code, type=type(error).__name__, message=str(error))
+
+
+def exception(code: str, type_name: str | None, message: str) -> Exception:
+    """The engine's exception for an error that crossed the wire: by class name, else by status code."""
+    cls = ERROR_CLASSES.get(type_name) or DEFAULT_BY_CODE.get(code)
+    return cls(message) if cls else errors.CuratorError(f"{code}: {message}")

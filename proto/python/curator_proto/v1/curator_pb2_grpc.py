@@ -973,6 +973,11 @@ class SearchStub(object):
                 request_serializer=curator_dot_v1_dot_curator__pb2.SearchBatchRequest.SerializeToString,
                 response_deserializer=curator_dot_v1_dot_curator__pb2.SearchBatchResponse.FromString,
                 _registered_method=True)
+        self.SearchStream = channel.stream_stream(
+                '/curator.v1.Search/SearchStream',
+                request_serializer=curator_dot_v1_dot_curator__pb2.SearchRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.SearchStreamReply.FromString,
+                _registered_method=True)
 
 
 class SearchServicer(object):
@@ -992,6 +997,17 @@ class SearchServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchStream(self, request_iterator, context):
+        """Single searches over one long-lived stream: each request is answered, in order, by one reply
+        holding its result or its error (an error does not end the stream). The same answers as
+        Search without a call's setup per query; the API key is checked once, when the stream opens.
+        A server at its limit of open streams refuses with RESOURCE_EXHAUSTED and closes streams
+        idle for long (CANCELLED): clients then use Search.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1004,6 +1020,11 @@ def add_SearchServicer_to_server(servicer, server):
                     servicer.SearchBatch,
                     request_deserializer=curator_dot_v1_dot_curator__pb2.SearchBatchRequest.FromString,
                     response_serializer=curator_dot_v1_dot_curator__pb2.SearchBatchResponse.SerializeToString,
+            ),
+            'SearchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SearchStream,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.SearchRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.SearchStreamReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1062,6 +1083,33 @@ class Search(object):
             '/curator.v1.Search/SearchBatch',
             curator_dot_v1_dot_curator__pb2.SearchBatchRequest.SerializeToString,
             curator_dot_v1_dot_curator__pb2.SearchBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/curator.v1.Search/SearchStream',
+            curator_dot_v1_dot_curator__pb2.SearchRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.SearchStreamReply.FromString,
             options,
             channel_credentials,
             insecure,

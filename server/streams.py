@@ -1,0 +1,62 @@
+"""The server's open search streams: a cap on how many, and closing the ones left idle.
+
+The blocking gRPC server gives each open stream a worker thread for as long as it lives, so
+streams must never take every worker: past `limit` open streams a new one is refused
+(RESOURCE_EXHAUSTED) and its client searches with unary calls instead. A stream idle for
+`idle_seconds` is cancelled to give its thread back; so is every stream when the server stops,
+so that a drain does not wait for clients that keep streams open.
+"""
+
+import threading
+import time
+
+import grpc
+
+from curator.errors import ResourceExhaustedError
+
+
+class OpenStreams:
+    def __init__(self, limit: int, idle_seconds: float):
+        self.limit, self.idle_seconds = limit, idle_seconds
+        self._last_used: dict[grpc.ServicerContext, float] = {}
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="curator-stream-reaper", daemon=True)
+        self._reaper.start()
+
+    def open(self, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            if len(self._last_used) >= self.limit or self._closing.is_set():
+                raise ResourceExhaustedError(f"{len(self._last_used)} search streams are open, the server's "
+                                             f"limit (max_streams={self.limit}); use unary Search")
+            self._last_used[context] = time.monotonic()
+
+    # one dict store each: no lock on the per-query path
+    def busy(self, context: grpc.ServicerContext) -> None:
+        self._last_used[context] = float("inf")  # a long search is not idleness
+
+    def idle(self, context: grpc.ServicerContext) -> None:
+        self._last_used[context] = time.monotonic()
+
+    def close(self, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            self._last_used.pop(context, None)
+
+    def __len__(self) -> int:
+        return len(self._last_used)
+
+    def cancel_all(self) -> None:
+        """Refuse new streams and end the open ones (the server is stopping)."""
+        self._closing.set()
+        with self._lock:
+            contexts = list(self._last_used)
+        for context in contexts:
+            context.cancel()
+
+    def _reap(self) -> None:
+        while not self._closing.wait(min(1.0, self.idle_seconds / 4)):
+            cutoff = time.monotonic() - self.idle_seconds
+            with self._lock:
+                idle = [c for c, used in self._last_used.items() if used < cutoff]
+            for context in idle:
+                context.cancel()

@@ -1,0 +1,163 @@
+"""The SDK's search stream (client/stream.py, server/streams.py): the same answers and errors as
+unary Search, a cap on open streams with a fallback, idle streams closed and reopened, deadlines
+kept while the server does not answer, and garbage on the stream answered without ending it."""
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+import curator
+from benchmarks.measure import free_port
+from curator_proto import wire
+from curator_proto.v1 import curator_pb2 as pb
+from curator_proto.v1 import curator_pb2_grpc as rpc
+from curator_server.app import CuratorServer, ServerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def served(**config):
+    server = CuratorServer(ServerConfig(data=":memory:", port=0, **config)).start()
+    col = curator.connect(server.address).create_collection("c", dim=4)
+    col.insert(np.arange(200), np.random.default_rng(0).random((200, 4)), tenant="t")
+    return server
+
+
+def requests_by_method(server) -> dict[str, float]:
+    counts = {}
+    for family in server.metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == "curator_requests_total":
+                counts[sample.labels["method"]] = counts.get(sample.labels["method"], 0) + sample.value
+    return counts
+
+
+def test_stream_and_unary_give_the_same_answers_and_errors():
+    server = served()
+    try:
+        db = curator.connect(server.address)
+        col, channel = db.collection("c"), db._channel
+        query = np.array([0.2, 0.4, 0.6, 0.8], np.float32)
+        call = col._calls.search(query, 7, "t", None)
+        streamed, unary = channel.search(call), channel.run(call)
+        np.testing.assert_array_equal(streamed[0], unary[0])
+        np.testing.assert_array_equal(streamed[1], unary[1])
+        for bad, error in ((col._calls.search(query, 7, "nobody", None), curator.NotFoundError),):
+            with pytest.raises(error):
+                channel.search(bad)
+            with pytest.raises(error):
+                channel.run(bad)
+        assert len(server.streams) == 1  # the error did not end the stream
+        assert col.search(query, k=3, tenant="t")[0].size == 3
+        assert requests_by_method(server)["SearchStream"] == 3
+    finally:
+        server.stop()
+
+
+def test_past_the_stream_limit_searches_fall_back_to_unary_calls():
+    server = served(max_streams=1)
+    try:
+        db = curator.connect(server.address)
+        col = db.collection("c")
+        expected = col.search(np.ones(4), k=5, tenant="t")[0]  # this thread holds the one stream
+        results, failures = [], []
+
+        def search():
+            try:
+                results.append(col.search(np.ones(4), k=5, tenant="t")[0])
+            except Exception as error:  # noqa: BLE001 - reported below
+                failures.append(error)
+
+        threads = [threading.Thread(target=search) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not failures and len(results) == 3
+        assert all(np.array_equal(r, expected) for r in results)
+        counts = requests_by_method(server)
+        assert counts["Search"] == 3 and counts["SearchStream"] == 1
+    finally:
+        server.stop()
+
+
+def test_idle_streams_are_closed_and_reopened():
+    server = served(stream_idle_seconds=0.3)
+    try:
+        col = curator.connect(server.address).collection("c")
+        first = col.search(np.ones(4), k=5, tenant="t")[0]
+        assert len(server.streams) == 1
+        deadline = time.monotonic() + 10
+        while len(server.streams) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(server.streams) == 0  # the server took its thread back
+        np.testing.assert_array_equal(col.search(np.ones(4), k=5, tenant="t")[0], first)  # unary, once
+        np.testing.assert_array_equal(col.search(np.ones(4), k=5, tenant="t")[0], first)  # a new stream
+        assert len(server.streams) == 1
+    finally:
+        server.stop()
+
+
+def test_a_search_stream_keeps_its_deadline_when_the_server_stops_answering(tmp_path):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "curator_server", "serve", "--data", ":memory:",
+                                "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        db = curator.connect(f"127.0.0.1:{port}", timeout=1.0, retries=50)
+        db.list_collections()  # retried until the server is up
+        col = db.create_collection("c", dim=4)
+        col.insert(np.arange(10), np.ones((10, 4)), tenant="t")
+        col.search(np.ones(4), k=3, tenant="t")  # the stream is open
+        process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(curator.CuratorError, match="DEADLINE_EXCEEDED"):
+                col.search(np.ones(4), k=3, tenant="t")
+        finally:
+            process.send_signal(signal.SIGCONT)
+        assert col.search(np.ones(4), k=3, tenant="t")[0].size == 3  # served again
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_garbage_on_a_stream_is_answered_and_the_stream_goes_on():
+    server = served()
+    try:
+        channel = grpc.insecure_channel(server.address)
+        good = pb.SearchRequest(collection="c", query=wire.pack(np.ones(4, np.float32)), k=3, tenant="t")
+        garbage = [pb.SearchRequest(collection="c", query=pb.Vectors(dim=4, data=b"\x01\x02\x03"), k=3, tenant="t"),
+                   pb.SearchRequest(collection="c", query=pb.Vectors(dim=0, data=b""), k=3, tenant="t"),
+                   pb.SearchRequest(collection="nope", query=good.query, k=3, tenant="t"),
+                   pb.SearchRequest(collection="c", query=good.query, k=0, tenant="t"),
+                   pb.SearchRequest(collection="c", query=good.query, k=2**31, tenant="t"),
+                   pb.SearchRequest(collection="c", query=pb.Vectors(dim=4, data=np.array(
+                       [np.nan, 1, 2, 3], "<f4").tobytes()), k=3, tenant="t")]
+        sent = [r for bad in garbage for r in (bad, good)]
+        replies = list(rpc.SearchStub(channel).SearchStream(iter(sent), timeout=30))
+        assert len(replies) == len(sent)
+        for request, reply in zip(sent, replies):
+            if request is good:
+                assert reply.HasField("result") and len(reply.result.ids) == 3
+            else:
+                assert reply.error.code in {"INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED"}, reply
+                assert reply.error.message
+    finally:
+        server.stop()
+
+
+def test_stopping_the_server_ends_open_streams_without_waiting_for_the_grace_period():
+    server = served(grace_seconds=600)
+    col = curator.connect(server.address).collection("c")
+    col.search(np.ones(4), k=3, tenant="t")
+    assert len(server.streams) == 1
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    stopper.join(timeout=120)
+    assert not stopper.is_alive()  # with the stream left open, stop would wait out its 600 s grace
