@@ -20,6 +20,23 @@ from collections.abc import Sequence
 import numpy as np
 
 
+class SearchResult(tuple):
+    """(ids, distances), which unpacks like a pair, and the plan that found them."""
+
+    def __new__(cls, ids: np.ndarray, distances: np.ndarray, plan: str):
+        result = super().__new__(cls, (ids, distances))
+        result.plan = plan
+        return result
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self[0]
+
+    @property
+    def distances(self) -> np.ndarray:
+        return self[1]
+
+
 class Collection(ABC):
     """Vectors of one dimension and metric, shared between tenants."""
 
@@ -28,13 +45,27 @@ class Collection(ABC):
     metric: str
 
     @abstractmethod
-    def insert(self, ids, vectors, *, tenant: str) -> None:
-        """Store new vectors (ids must be new) and grant them to `tenant`, their owner. All or nothing."""
+    def insert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
+        """Store new vectors (ids must be new) and grant them to `tenant`, their owner. All or nothing.
+
+        `payloads`: one dict of metadata per vector (see `curator.payloads` for the types)."""
 
     @abstractmethod
-    def upsert(self, ids, vectors, *, tenant: str) -> None:
+    def upsert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
         """Insert new ids for `tenant`; existing ids get the new vector, keep their tenants and are
-        granted to `tenant` too. All or nothing."""
+        granted to `tenant` too. All or nothing. `payloads` replace the existing ones; None keeps them."""
+
+    @abstractmethod
+    def set_payloads(self, ids, payloads: list[dict] | dict) -> None:
+        """Replace the payloads of these vectors (a list, one per id, or one dict for all)."""
+
+    @abstractmethod
+    def get_payloads(self, ids) -> list[dict]:
+        """The payloads of these vectors ({} for none)."""
+
+    @abstractmethod
+    def payload_schema(self) -> dict[str, str]:
+        """Field -> type (keyword, keywords, integer, float, bool), fixed by each field's first value."""
 
     @abstractmethod
     def grant(self, ids, *, tenant: str) -> int:
@@ -86,17 +117,21 @@ class Collection(ABC):
         """Remove a tenant, its grants, and the vectors only it could see."""
 
     @abstractmethod
-    def search(self, query, k: int = 10, *, tenant: str, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The k nearest vectors `tenant` may see: (ids, distances), best first, min(k, count) long.
+    def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
+               ef: int | None = None) -> "SearchResult":
+        """The k nearest vectors `tenant` may see (every vector when None) whose payloads match
+        `filter` (`curator.filters`): (ids, distances), best first, min(k, matches) long; the
+        result's `plan` says how it was found (exact, tree or graph).
 
         `ef` is the recall knob (about the number of candidates examined): larger is more exact
         and slower; ef >= 4 * count(tenant) is an exact search.
         """
 
     @abstractmethod
-    def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str], ef: int | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """Many queries, each for its own tenant: (ids, distances) of shape (nq, k), padded with -1 / inf."""
+    def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str] | None = None,
+                     filter: dict | None = None, ef: int | None = None) -> "SearchResult":
+        """Many queries, each for its own tenant, one filter for all: (ids, distances) of shape
+        (nq, k), padded with -1 / inf."""
 
     @abstractmethod
     def train(self, sample=None) -> None:

@@ -13,7 +13,7 @@ from dataclasses import fields
 import numpy as np
 
 from . import validate
-from .api import Collection, Database
+from .api import Collection, Database, SearchResult
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StorageError
 from .index import Change, CuratorIndex, IndexConfig
 from .metric import Metric
@@ -65,13 +65,15 @@ class EmbeddedCollection(Collection):
             ticket.wait()
         return change
 
-    def insert(self, ids, vectors, *, tenant: str) -> None:
+    def insert(self, ids, vectors, *, tenant: str, payloads=None) -> None:
         ids, vectors, tenant = self._new_vectors(ids, vectors, tenant)
-        self._write(lambda: self.index.insert(ids, vectors, tenant))
+        payloads = validate.payloads(payloads, ids.size)
+        self._write(lambda: self.index.insert(ids, vectors, tenant, payloads))
 
-    def upsert(self, ids, vectors, *, tenant: str) -> None:
+    def upsert(self, ids, vectors, *, tenant: str, payloads=None) -> None:
         ids, vectors, tenant = self._new_vectors(ids, vectors, tenant)
-        self._write(lambda: self.index.upsert(ids, vectors, tenant))
+        payloads = validate.payloads(payloads, ids.size)
+        self._write(lambda: self.index.upsert(ids, vectors, tenant, payloads))
 
     def _new_vectors(self, ids, vectors, tenant):
         ids = validate.ids(ids)
@@ -79,6 +81,22 @@ class EmbeddedCollection(Collection):
         if vectors.shape[0] != ids.shape[0]:
             raise InvalidArgumentError(f"{ids.shape[0]} ids but {vectors.shape[0]} vectors; they must pair up")
         return ids, vectors, validate.name(tenant, "tenant")
+
+    def set_payloads(self, ids, payloads) -> None:
+        ids = validate.ids(ids)
+        if isinstance(payloads, dict):
+            payloads = [payloads] * ids.size
+        payloads = validate.payloads(payloads, ids.size)
+        self._write(lambda: self.index.set_payloads(ids, payloads))
+
+    def get_payloads(self, ids) -> list[dict]:
+        ids = validate.ids(ids)
+        with self._lock:
+            return self.index.get_payloads(ids)
+
+    def payload_schema(self) -> dict[str, str]:
+        with self._lock:
+            return self.index.payloads.schema()
 
     def grant(self, ids, *, tenant: str) -> int:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
@@ -138,7 +156,8 @@ class EmbeddedCollection(Collection):
         tenant = validate.name(tenant, "tenant")
         self._write(lambda: self.index.drop_tenant(tenant))
 
-    def search(self, query, k: int = 10, *, tenant: str, ef: int | None = None):
+    def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
+               ef: int | None = None) -> SearchResult:
         # The common case (one contiguous float32 vector) skips the copying checks; the compiled
         # search checks it for NaN and infinity itself.
         if not (isinstance(query, np.ndarray) and query.dtype == np.float32 and query.shape == (self.dim,)
@@ -148,22 +167,38 @@ class EmbeddedCollection(Collection):
                 raise InvalidArgumentError(f"search takes one query, got {query.shape[0]}; use search_batch")
             query = query[0]
         k = validate.k(k)
-        if type(tenant) is not str:
+        if tenant is not None and type(tenant) is not str:
             validate.name(tenant, "tenant")
         ef = validate.ef(ef, self.index.config.ef)
         with self._lock:
-            return self.index.search_one(query, k, tenant, ef)
+            if filter is None and tenant is not None:
+                return SearchResult(*self.index.search_one(query, k, tenant, ef), "tree")
+            return SearchResult(*self.index.search_planned(query, k, tenant, filter, ef))
 
-    def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str], ef: int | None = None):
+    def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str] | None = None,
+                     filter: dict | None = None, ef: int | None = None) -> SearchResult:
         queries = validate.vectors(queries, self.dim)
+        nq = queries.shape[0]
         k = validate.k(k)
-        if isinstance(tenants, str):
-            tenants = [tenants] * queries.shape[0]
-        tenants = [validate.name(t, "tenant") for t in tenants]
-        if len(tenants) != queries.shape[0]:
-            raise InvalidArgumentError(f"{queries.shape[0]} queries but {len(tenants)} tenants; give one per query")
+        if tenants is None or isinstance(tenants, str):
+            tenants = [tenants] * nq
+        tenants = [None if t is None else validate.name(t, "tenant") for t in tenants]
+        if len(tenants) != nq:
+            raise InvalidArgumentError(f"{nq} queries but {len(tenants)} tenants; give one per query")
+        ef = validate.ef(ef, self.index.config.ef)
         with self._lock:
-            return self.index.search(queries, k, tenants, validate.ef(ef, self.index.config.ef), parallel=True)
+            if filter is None and None not in tenants:  # every query a tenant's: one compiled call
+                return SearchResult(*self.index.search(queries, k, tenants, ef, parallel=True), ["tree"] * nq)
+            if filter is not None:
+                self.index.check_filter(filter)
+            ids = np.full((nq, k), -1, np.int64)
+            dists = np.full((nq, k), np.inf, np.float32)
+            plans = []
+            for i in range(nq):  # one planned search per query: each may take its own plan
+                found, distances, plan = self.index.search_planned(queries[i], k, tenants[i], filter, ef)
+                ids[i, : found.size], dists[i, : found.size] = found, distances
+                plans.append(plan)
+            return SearchResult(ids, dists, plans)
 
     def train(self, sample=None) -> None:
         if sample is not None:

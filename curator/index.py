@@ -14,15 +14,19 @@ vectors (at most `train_sample` of them); it is trained again when the collectio
 
 import contextlib
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numba
 import numpy as np
 
+from . import filters
 from . import search as kernels
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from .graph import Graph
 from .idmap import IdMap
 from .metric import Metric
+from .payloads import Payloads
 from .tenancy import TenantSubtrees
 from .tree import ClusteringTree, TreeShape
 
@@ -35,19 +39,22 @@ class Change:
     """What one write did, in the user's ids, for a journal to persist.
 
     `written`: new vectors; `regranted`: vectors whose set of tenants changed and which live on;
-    `deleted`: vectors gone; `tenants_added` / `tenants_dropped`: tenant numbers; `retrained`:
-    the shared tree was (re)trained.
+    `deleted`: vectors gone; `payloads`: vectors whose payload was written; `tenants_added` /
+    `tenants_dropped`: tenant numbers; `retrained`: the shared tree was (re)trained.
     """
 
     written: np.ndarray = field(default_factory=lambda: _NO_IDS)
     regranted: np.ndarray = field(default_factory=lambda: _NO_IDS)
     deleted: np.ndarray = field(default_factory=lambda: _NO_IDS)
+    payloads: np.ndarray = field(default_factory=lambda: _NO_IDS)
     tenants_added: list[int] = field(default_factory=list)
     tenants_dropped: list[int] = field(default_factory=list)
     retrained: bool = False
 
 
 _NO_IDS = np.zeros(0, np.int64)
+_ALL = np.zeros(0, np.uint8)  # no filter: every slot of the tenant is a candidate
+_UNUSABLE = "the query holds NaN or infinity (or is zero under cosine); only finite values are allowed"
 
 
 @dataclass(frozen=True)
@@ -59,10 +66,27 @@ class IndexConfig:
     train_sample: int = 100_000
     retrain_growth: float = 2.0
     drift_limit: float = 2.0
+    # The HNSW graph over the whole collection: "auto" builds it the first time a search plans
+    # it and keeps it from then on; True keeps it from the start; False never builds one.
+    hnsw: bool | str = "auto"
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef: int = 64
+    # The planner: an exact scan when at most `exact_limit` vectors are allowed; the tenant's
+    # sub-tree when at least `tree_min_fraction` of the tenant's vectors match the filter; the
+    # graph when at least `graph_min_fraction` of the collection is allowed (below that a graph
+    # search meets too few allowed nodes to keep its recall); else an exact scan.
+    exact_limit: int = 4096
+    tree_min_fraction: float = 0.1
+    graph_min_fraction: float = 0.02
 
     def __post_init__(self):
         if self.split_limit < 2 or self.ef < 1 or self.train_size < 1:
             raise InvalidArgumentError("split_limit must be >= 2, ef and train_size >= 1")
+        if self.hnsw not in (True, False, "auto"):
+            raise InvalidArgumentError(f"hnsw must be true, false or \"auto\", got {self.hnsw!r}")
+        if self.hnsw_m < 2 or self.hnsw_ef_construction < 1 or self.hnsw_ef < 1 or self.exact_limit < 0:
+            raise InvalidArgumentError("hnsw_m must be >= 2, hnsw_ef_construction and hnsw_ef >= 1, exact_limit >= 0")
         if self.tree.branching < 2 or self.tree.leaf_size < 1:
             raise InvalidArgumentError("branching must be >= 2 and leaf_size >= 1")
 
@@ -85,10 +109,16 @@ class CuratorIndex:
         self._trained_count = 0
         self._drift_sum = 0.0
         self._drift_n = 0
+        self.payloads = Payloads(self.vectors.shape[0])
+        self.graph: Graph | None = None
+        self.version = 0  # counts writes: cached masks of an older version are stale
+        self._masks: OrderedDict = OrderedDict()
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def insert(self, ids: np.ndarray, vectors: np.ndarray, tenant: str) -> Change:
+    def insert(self, ids: np.ndarray, vectors: np.ndarray, tenant: str, payloads: list | None = None) -> Change:
+        if payloads is not None:
+            self.payloads.check(payloads)
         known = self.ids.lookup(ids)
         if (known >= 0).any():
             dup = ids[known >= 0]
@@ -104,19 +134,31 @@ class CuratorIndex:
         leaves, sqdist = self.tree.route(self._prepared(slots))
         self.tenancy.place(slots, leaves)
         change = Change(written=ids)
+        self.version += 1
+        if payloads is not None:
+            self.payloads.write(slots, payloads)
+            change.payloads = ids
+        if self.graph is not None:
+            self.graph.add(slots, self._prepared(slots))
         self.tenancy.grant(slots, self._tenant(tenant, create=True, change=change))
         if self.tree.trained:
             self._drift_sum += float(sqdist.sum())
             self._drift_n += slots.size
         change.retrained = self._maybe_train()
+        if self.graph is None and self.config.hnsw is True:
+            self._build_graph()
         return change
 
-    def upsert(self, ids: np.ndarray, vectors: np.ndarray, tenant: str) -> Change:
-        """Insert new ids; give existing ones the new vector, keeping their tenants (and adding `tenant`)."""
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, tenant: str, payloads: list | None = None) -> Change:
+        """Insert new ids; give existing ones the new vector, keeping their tenants (and adding `tenant`).
+        Given payloads replace the existing ones; None keeps them."""
         inv_norm = self.metric.inverse_norms(vectors)  # checks every vector before anything changes
+        if payloads is not None:
+            self.payloads.check(payloads)
         known = self.ids.lookup(ids)
         old = known >= 0
         change = Change()
+        self.version += 1
         if old.any():
             slots = known[old]
             tenants, origin = self.tenancy.access.gather(slots)
@@ -124,6 +166,11 @@ class CuratorIndex:
             self.vectors[slots] = vectors[old]
             self.inv_norm[slots] = inv_norm[old]
             self.tenancy.place(slots, self.tree.route(self._prepared(slots))[0])
+            if self.graph is not None:
+                self.graph.add(slots, self._prepared(slots))
+            if payloads is not None:
+                self.payloads.write(slots, [p for p, o in zip(payloads, old.tolist()) if o])
+                change.payloads = ids[old]
             order = np.argsort(tenants, kind="stable")
             for group in np.split(order, np.flatnonzero(np.diff(tenants[order])) + 1):
                 if group.size:
@@ -131,8 +178,10 @@ class CuratorIndex:
             self.tenancy.grant(slots, self._tenant(tenant, create=True, change=change))
             change.written = ids[old]
         if not old.all():
-            fresh = self.insert(ids[~old], vectors[~old], tenant)
+            new_payloads = None if payloads is None else [p for p, o in zip(payloads, old.tolist()) if not o]
+            fresh = self.insert(ids[~old], vectors[~old], tenant, new_payloads)
             change.written = np.concatenate([change.written, fresh.written])
+            change.payloads = np.concatenate([change.payloads, fresh.payloads])
             change.tenants_added = sorted(set(change.tenants_added) | set(fresh.tenants_added))
             change.retrained = fresh.retrained
         return change
@@ -144,7 +193,18 @@ class CuratorIndex:
         self._tenant(tenant, create=True, change=change)
         return change
 
+    def set_payloads(self, ids: np.ndarray, payloads: list) -> Change:
+        self.payloads.check(payloads)
+        slots = self._slots(ids)
+        self.version += 1
+        self.payloads.write(slots, payloads)
+        return Change(payloads=ids)
+
+    def get_payloads(self, ids: np.ndarray) -> list[dict]:
+        return self.payloads.read(self._slots(ids))
+
     def grant(self, ids: np.ndarray, tenant: str) -> Change:
+        self.version += 1
         change = Change()
         granted = self.tenancy.grant(self._slots(ids), self._tenant(tenant, create=True, change=change))
         change.regranted = self.slot_ids[granted]
@@ -152,6 +212,7 @@ class CuratorIndex:
 
     def revoke(self, ids: np.ndarray, tenant: str) -> Change:
         slots = self._slots(ids)
+        self.version += 1
         revoked, orphans = self.tenancy.revoke(slots, self._tenant(tenant))
         change = Change(regranted=self.slot_ids[np.setdiff1d(revoked, orphans)], deleted=self.slot_ids[orphans])
         self._release(orphans)
@@ -159,12 +220,14 @@ class CuratorIndex:
 
     def delete(self, ids: np.ndarray) -> Change:
         slots = self._slots(ids)
+        self.version += 1
         self.tenancy.remove(slots)
         self._release(slots)
         return Change(deleted=ids)
 
     def drop_tenant(self, tenant: str) -> Change:
         t = self._tenant(tenant)
+        self.version += 1
         affected, orphans = self.tenancy.drop(t)
         change = Change(regranted=self.slot_ids[np.setdiff1d(affected, orphans)], deleted=self.slot_ids[orphans],
                         tenants_dropped=[t])
@@ -199,6 +262,10 @@ class CuratorIndex:
         self.n_slots = n
         self._free_slots = np.zeros(0, np.int64)
         self.ids = IdMap.of(self.slot_ids[:n], np.arange(n))
+        self.payloads.permute(old, n)
+        if self.graph is not None:
+            self.graph.renumber(old, self.vectors.shape[0])
+        self.version += 1
         self.tenancy.rebuild(tree, old, leaves[order])
         self.tree = tree
         self._trained_count = max(slots.size, sample.shape[0], 1)
@@ -234,6 +301,10 @@ class CuratorIndex:
         index.tenant_numbers = {name: t for t, name in enumerate(names) if name is not None}
         pair_slots = index.ids.lookup(stored["pair_ids"])
         index.tenancy.load(len(names), pair_slots, stored["pair_tenants"])
+        if len(stored["payloads"]):
+            index.payloads.write(index.ids.lookup(stored["payload_ids"]), stored["payloads"])
+        if config.hnsw is True and n:
+            index._build_graph()
         return index
 
     @property
@@ -279,20 +350,146 @@ class CuratorIndex:
         return sorted(self.tenant_numbers)
 
     def search_one(self, query: np.ndarray, k: int, tenant: str, ef: int) -> tuple[np.ndarray, np.ndarray]:
-        """One query (a contiguous float32 vector of the right dimension): the short path."""
+        """One query (a contiguous float32 vector of the right dimension) of one tenant, no filter:
+        the short path, one compiled call."""
         t = self._tenant(tenant)
         self.tenancy.ensure(t)
         tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
         ids, dists, usable = kernels.search_one(
             query, k, ef, int(self.metric), t, directory.data, directory.start, directory.size,
             tenancy.shortlist_node, self.tree.centroids, members.data, members.start, members.size,
-            self.vectors, self.inv_norm, self.slot_ids)
+            self.vectors, self.inv_norm, _ALL, self.slot_ids)
         if not usable:
-            raise InvalidArgumentError("the query holds NaN or infinity (or is zero under cosine); only finite values are allowed")
+            raise InvalidArgumentError(_UNUSABLE)
         return ids, dists
 
+    def search_planned(self, query: np.ndarray, k: int, tenant: str | None, where, ef: int):
+        """One query under the planner: (ids, distances, plan). `where` is a filter spec or None.
+
+        Plans: "exact" scans every allowed vector (few are allowed); "tree" scans the tenant's
+        sub-tree, skipping vectors the filter rejects (a broad filter within the tenant); "graph"
+        searches the HNSW graph accepting only allowed vectors (broad, or no tenant). Whatever
+        the plan, the answer holds min(k, allowed) vectors: a graph search that comes back short
+        is completed by an exact scan."""
+        if tenant is not None and where is None:
+            return (*self.search_one(query, k, tenant, ef), "tree")
+        prepared = self._prepared_query(query)
+        allowed, n_allowed, tenant_size = self._allowed(tenant, where)
+        cfg = self.config
+        if n_allowed <= cfg.exact_limit:
+            plan = "exact"
+        elif tenant is not None and (n_allowed >= cfg.tree_min_fraction * tenant_size or cfg.hnsw is False):
+            plan = "tree"
+        elif cfg.hnsw is not False and n_allowed >= cfg.graph_min_fraction * len(self.ids):
+            plan = "graph"
+        elif tenant is not None:
+            plan = "tree"
+        else:
+            plan = "exact"
+        if plan == "tree":
+            t = self._tenant(tenant)
+            self.tenancy.ensure(t)
+            tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
+            slots = np.empty(k, np.int64)
+            dists = np.empty(k, np.float32)
+            found = kernels.search_tenant(
+                prepared, k, ef, int(self.metric), t, directory.data, directory.start, directory.size,
+                tenancy.shortlist_node, self.tree.centroids, members.data, members.start, members.size,
+                self.vectors, self.inv_norm, allowed.view(np.uint8), slots, dists)
+            return self.slot_ids[slots[:found]], dists[:found], plan
+        if plan == "graph":
+            slots, dists = self._graph_search(prepared, k, allowed, n_allowed)
+            if slots.size >= min(k, n_allowed):
+                return self.slot_ids[slots], dists, plan
+            plan = "exact"  # the graph came back short (a very narrow filter): finish exactly
+        slots, dists = self._exact(prepared, k, np.flatnonzero(allowed))
+        return self.slot_ids[slots], dists, plan
+
+    def _prepared_query(self, query: np.ndarray) -> np.ndarray:
+        if not np.isfinite(query).all():
+            raise InvalidArgumentError(_UNUSABLE)
+        if self.metric is Metric.COSINE:
+            norm = float(np.linalg.norm(query))
+            if norm == 0:
+                raise InvalidArgumentError(_UNUSABLE)
+            return (query / norm).astype(np.float32)
+        return np.ascontiguousarray(query, np.float32)
+
+    def _allowed(self, tenant: str | None, where) -> tuple[np.ndarray, int, int]:
+        """Mask over slots of what this query may return, its count, and the tenant's size."""
+        n = self.n_slots
+        key = (self.version, tenant, None if where is None else filters.canonical(where))
+        cached = self._masks.get(key)
+        if cached is not None:
+            self._masks.move_to_end(key)
+            return cached
+        if tenant is None:
+            mask = self.slot_ids[:n] >= 0
+            tenant_size = int(mask.sum())
+        else:
+            t = self._tenant(tenant)
+            mask = np.zeros(n, bool)
+            mask[self.tenancy.slots_of(t)] = True
+            tenant_size = int(self.tenancy.count[t])
+        if where is not None:
+            mask &= filters.matches(filters.parse(where, self.payloads.schema()), self.payloads, n)
+        cached = (mask, int(np.count_nonzero(mask)), tenant_size)
+        self._masks[key] = cached
+        while len(self._masks) > 16:
+            self._masks.popitem(last=False)
+        return cached
+
+    def check_filter(self, where) -> None:
+        filters.parse(where, self.payloads.schema())
+
+    def _exact(self, prepared: np.ndarray, k: int, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Best k of `slots` by exact distance (smaller is better)."""
+        if slots.size == 0:
+            return slots, np.zeros(0, np.float32)
+        rows = self.vectors[slots]
+        if self.metric is Metric.L2:
+            d = ((rows - prepared) ** 2).sum(axis=1)
+        elif self.metric is Metric.COSINE:
+            d = 1.0 - (rows @ prepared) * self.inv_norm[slots]
+        else:
+            d = -(rows @ prepared)
+        d = d.astype(np.float32)
+        if slots.size > k:
+            top = np.argpartition(d, k - 1)[:k]
+        else:
+            top = np.arange(slots.size)
+        order = top[np.argsort(d[top], kind="stable")]
+        return slots[order], d[order]
+
+    def _graph_search(self, prepared, k, allowed, n_allowed):
+        if self.graph is None:
+            self._build_graph()
+        elif self.graph.needs_rebuild:
+            self._build_graph()
+        live = max(self.graph.n_live, 1)
+        # a narrower filter needs a wider beam to meet k allowed nodes
+        ef = int(min(self.config.hnsw_ef * max(1.0, (live / max(n_allowed, 1)) ** 0.5), 4096))
+        whole = n_allowed == live and self.graph.dead == 0
+        slots, scores = self.graph.search(prepared, k, ef, None if whole else allowed)
+        if self.metric is Metric.L2:
+            dists = scores
+        elif self.metric is Metric.COSINE:
+            dists = 1.0 - scores
+        else:
+            dists = -scores
+        return slots, dists.astype(np.float32)
+
+    def _build_graph(self) -> None:
+        cfg = self.config
+        self.graph = Graph(self.dim, self.metric, cfg.hnsw_m, cfg.hnsw_ef_construction)
+        slots = self._live_slots()
+        for start in range(0, slots.size, 100_000):  # bounded temporary copies
+            part = slots[start : start + 100_000]
+            self.graph.add(part, self._prepared(part))
+
     def search(self, queries: np.ndarray, k: int, tenants: list[str], ef: int, parallel: bool):
-        """(ids, distances) of shape (nq, k), best first, padded with -1 / inf."""
+        """Tenant searches without filter: (ids, distances) of shape (nq, k), best first, padded
+        with -1 / inf."""
         numbers = np.fromiter((self._tenant(t) for t in tenants), np.int64, len(tenants))
         self.tenancy.ensure_all(numbers)
         if self.metric is Metric.COSINE:
@@ -309,7 +506,7 @@ class CuratorIndex:
             try:
                 kernel(queries, numbers, k, ef, int(self.metric), directory.data, directory.start,
                        directory.size, tenancy.shortlist_node, self.tree.centroids, members.data,
-                       members.start, members.size, self.vectors, self.inv_norm, slots, dists)
+                       members.start, members.size, self.vectors, self.inv_norm, _ALL, slots, dists)
             finally:
                 numba.set_parallel_chunksize(previous)
         ids = np.where(slots >= 0, self.slot_ids[slots], -1)
@@ -324,6 +521,8 @@ class CuratorIndex:
             "tenancy": self.tenancy.nbytes,
             "tree": self.tree.nbytes,
             "ids": self.ids.nbytes + self.slot_ids.nbytes + self.inv_norm.nbytes,
+            "payloads": self.payloads.nbytes,
+            "graph": self.graph.nbytes if self.graph is not None else 0,
         }
 
     # -- internals ---------------------------------------------------------------------------------
@@ -357,6 +556,7 @@ class CuratorIndex:
             self.vectors = _grow(self.vectors, grown, 0)
             self.inv_norm = _grow(self.inv_norm, grown, 1)
             self.slot_ids = _grow(self.slot_ids, grown, -1)
+            self.payloads.resize(grown)
         return np.concatenate([reused, fresh])
 
     def _release(self, slots: np.ndarray) -> None:
@@ -364,6 +564,9 @@ class CuratorIndex:
             return
         self.ids.discard(self.slot_ids[slots])
         self.slot_ids[slots] = -1
+        self.payloads.clear(slots)
+        if self.graph is not None:
+            self.graph.forget(slots)
         self._free_slots = np.concatenate([self._free_slots, slots])
 
     def _live_slots(self) -> np.ndarray:

@@ -56,8 +56,12 @@ def _sift_down_max(keys, vals, n, i):
 
 @numba.njit(cache=True, fastmath=True)
 def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
-                  centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots, out_dist):
-    """Fill out_slots/out_dist (length >= k) best first; returns how many results were found."""
+                  centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots, out_dist):
+    """Fill out_slots/out_dist (length >= k) best first; returns how many results were found.
+
+    `allowed`: empty, or a 0/1 byte per slot; then only allowed slots are candidates, and the
+    budget counts allowed candidates only, so a filter costs skipped members, never recall."""
+    filtered = allowed.size > 0
     m = dir_size[tenant]
     if m == 0:
         return 0
@@ -97,6 +101,10 @@ def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, short
             if j + AHEAD < size:
                 prefetch_row(vectors, mem_data[start + j + AHEAD])
             slot = mem_data[start + j]
+            if filtered:
+                if allowed[slot] == 0:
+                    continue
+                scanned += 1
             if metric == L2:
                 d = l2_row(q, vectors, slot)
             elif metric == COSINE:
@@ -115,7 +123,8 @@ def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, short
                 best_s[0] = slot
                 _sift_down_max(best_d, best_s, k, 0)
                 improved = True
-        scanned += size
+        if not filtered:
+            scanned += size
         if improved:
             improved_at = scanned
 
@@ -143,7 +152,7 @@ def _prepare_query(q, metric):
 
 @numba.njit(cache=True)
 def search_one(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
-               centroids, mem_data, mem_start, mem_size, vectors, inv_norm, slot_ids):
+               centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, slot_ids):
     """One query, end to end: (ids, distances) best first, or empty arrays and False if q is unusable."""
     prepared, usable = _prepare_query(q, metric)
     if not usable:
@@ -151,7 +160,7 @@ def search_one(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlis
     slots = np.empty(k, np.int64)
     dists = np.empty(k, np.float32)
     found = search_tenant(prepared, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
-                          centroids, mem_data, mem_start, mem_size, vectors, inv_norm, slots, dists)
+                          centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, slots, dists)
     ids = np.empty(found, np.int64)
     for i in range(found):
         ids[i] = slot_ids[slots[i]]
@@ -160,15 +169,15 @@ def search_one(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlis
 
 @numba.njit(cache=True)
 def search_batch_serial(queries, tenants, k, ef, metric, dir_data, dir_start, dir_size, shortlist_node,
-                        centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots, out_dist):
+                        centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots, out_dist):
     for i in range(queries.shape[0]):
         search_tenant(queries[i], k, ef, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
-                      centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots[i], out_dist[i])
+                      centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots[i], out_dist[i])
 
 
 @numba.njit(cache=True, parallel=True)
 def search_batch_parallel(queries, tenants, k, ef, metric, dir_data, dir_start, dir_size, shortlist_node,
-                          centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots, out_dist):
+                          centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots, out_dist):
     for i in numba.prange(queries.shape[0]):
         search_tenant(queries[i], k, ef, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
-                      centroids, mem_data, mem_start, mem_size, vectors, inv_norm, out_slots[i], out_dist[i])
+                      centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots[i], out_dist[i])

@@ -33,7 +33,7 @@ FORMAT = 1
 DURABILITY = ("sync", "batch", "none")
 
 _FORMAT_KEY = b"F"
-_COLLECTION, _VECTOR, _ACCESS, _TENANT, _TREE = b"C", b"V", b"A", b"T", b"R"
+_COLLECTION, _VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD = b"C", b"V", b"A", b"T", b"R", b"P"
 
 
 class DataDirectory:
@@ -112,7 +112,7 @@ class DataDirectory:
     def drop_collection(self, name: str, cid: int) -> None:
         batch = WriteBatch(raw_mode=True)
         batch.delete(_COLLECTION + name.encode())
-        for kind in (_VECTOR, _ACCESS, _TENANT, _TREE):
+        for kind in (_VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD):
             batch.delete_range(_prefix(kind, cid), _prefix(kind, cid + 1))
         self._wait(self.commit(batch))
 
@@ -127,7 +127,10 @@ class DataDirectory:
         tenants = {int.from_bytes(k[5:9], "big"): v.decode() for k, v in self._scan(_prefix(_TENANT, cid))}
         names = [tenants.get(t) for t in range(max(tenants, default=-1) + 1)]
         tree = self._db.get(_prefix(_TREE, cid))
+        payload_ids, payload_rows = self._scan_ids(_PAYLOAD, cid)
         return {
+            "payload_ids": payload_ids,
+            "payloads": [json.loads(row) for row in payload_rows],
             "ids": vector_ids,
             "vectors": vectors.copy(),
             "pair_ids": np.repeat(vector_ids, counts),
@@ -150,7 +153,15 @@ class DataDirectory:
             raw = tenants.astype(np.int32).tobytes()
             values = [raw[4 * a : 4 * b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
             _put_all(batch, _keys(_ACCESS, cid, changed), values)
-        for key in _keys(_VECTOR, cid, change.deleted) + _keys(_ACCESS, cid, change.deleted):
+        if change.payloads.size:
+            stored = index.get_payloads(change.payloads)
+            for key, payload in zip(_keys(_PAYLOAD, cid, change.payloads), stored):
+                if payload:
+                    batch.put(key, json.dumps(payload, separators=(",", ":")).encode())
+                else:
+                    batch.delete(key)
+        deleted = change.deleted
+        for key in _keys(_VECTOR, cid, deleted) + _keys(_ACCESS, cid, deleted) + _keys(_PAYLOAD, cid, deleted):
             batch.delete(key)
         for t in change.tenants_added:
             batch.put(_tenant_key(cid, t), index.tenant_names[t].encode())

@@ -99,3 +99,16 @@ def ef(value, default: int) -> int:
     if not 1 <= value <= MAX_EF:
         raise InvalidArgumentError(f"ef must be between 1 and {MAX_EF}, got {value}")
     return int(value)
+
+
+
+def payloads(values, n: int) -> list | None:
+    """None, or a list of n payload dicts (None entries mean no payload); types are checked by
+    the collection's payload schema (`curator.payloads`)."""
+    if values is None:
+        return None
+    if isinstance(values, dict) or not isinstance(values, (list, tuple)):
+        raise InvalidArgumentError(f"payloads must be a list of dicts, one per vector, got {type(values).__name__}")
+    if len(values) != n:
+        raise InvalidArgumentError(f"{n} vectors but {len(values)} payloads; give one per vector")
+    return list(values)

@@ -1,0 +1,93 @@
+"""An HNSW graph over a whole collection (faiss IndexHNSWFlat), for unfiltered and broad filtered search.
+
+The graph's nodes are numbered in the order vectors were added; `node_slot` maps a node to the
+vector store's slot (-1: the vector was deleted or changed, the node is dead). faiss HNSW cannot
+remove nodes, so a deleted vector's node stays in the graph as a waypoint that a search never
+returns: every search passes a selector bitmap of the nodes it may return (live, the tenant's,
+matching the filter), built with numpy and tested inside faiss's compiled search, never in Python
+per node. When dead nodes outnumber live ones the graph is rebuilt.
+
+The graph is built on first need (or when the collection is created with hnsw=True and vectors
+arrive), then kept in step with every write by the index.
+"""
+
+import faiss
+import numpy as np
+
+from .metric import Metric
+
+
+class Graph:
+    def __init__(self, dim: int, metric: Metric, m: int = 32, ef_construction: int = 80):
+        self.dim, self.metric, self.m, self.ef_construction = dim, metric, m, ef_construction
+        faiss_metric = faiss.METRIC_L2 if metric is Metric.L2 else faiss.METRIC_INNER_PRODUCT
+        self.index = faiss.IndexHNSWFlat(dim, m, faiss_metric)
+        self.index.hnsw.efConstruction = ef_construction
+        self.node_slot = np.zeros(0, np.int64)
+        self.slot_node = np.zeros(0, np.int64)
+        self.dead = 0
+
+    @property
+    def n_live(self) -> int:
+        return self.node_slot.size - self.dead
+
+    def add(self, slots: np.ndarray, prepared: np.ndarray) -> None:
+        """Add vectors (prepared for the metric: unit length under cosine) for these slots."""
+        if slots.size == 0:
+            return
+        self.forget(slots)  # a changed vector: its old node dies
+        first = self.node_slot.size
+        self.index.add(np.ascontiguousarray(prepared, np.float32))
+        self.node_slot = np.concatenate([self.node_slot, slots])
+        if slots.max() >= self.slot_node.size:
+            grown = np.full(max(int(slots.max()) + 1, self.slot_node.size * 3 // 2), -1, np.int64)
+            grown[: self.slot_node.size] = self.slot_node
+            self.slot_node = grown
+        self.slot_node[slots] = np.arange(first, first + slots.size)
+
+    def forget(self, slots: np.ndarray) -> None:
+        """The vectors of these slots are gone (or changing): their nodes die."""
+        slots = slots[slots < self.slot_node.size]
+        nodes = self.slot_node[slots]
+        nodes = nodes[nodes >= 0]
+        self.node_slot[nodes] = -1
+        self.slot_node[slots[self.slot_node[slots] >= 0]] = -1
+        self.dead += nodes.size
+
+    def renumber(self, old_slots: np.ndarray, n_slots: int) -> None:
+        """The store moved slot old_slots[i] to slot i (after training): follow it."""
+        new_of_old = np.full(max(self.slot_node.size, int(old_slots.max(initial=-1)) + 1), -1, np.int64)
+        new_of_old[old_slots] = np.arange(old_slots.size)
+        live = self.node_slot >= 0
+        self.node_slot[live] = new_of_old[self.node_slot[live]]
+        self.slot_node = np.full(max(n_slots, 1), -1, np.int64)
+        alive = np.flatnonzero(self.node_slot >= 0)
+        self.slot_node[self.node_slot[alive]] = alive
+
+    @property
+    def needs_rebuild(self) -> bool:
+        return self.dead > max(self.n_live, 1000)
+
+    def search(self, query: np.ndarray, k: int, ef: int, allowed: np.ndarray | None):
+        """Up to k (slots, scores) of allowed slots (a bool mask over slots; None: every live one).
+        Scores are faiss's: squared L2, or inner product (larger is better)."""
+        if allowed is None and self.dead == 0:
+            params = faiss.SearchParametersHNSW(efSearch=max(ef, k))
+            keep = None
+        else:
+            ok = self.node_slot >= 0
+            if allowed is not None:
+                ok[ok] = allowed[self.node_slot[ok]]
+            keep = np.packbits(ok, bitorder="little")
+            selector = faiss.IDSelectorBitmap(ok.size, faiss.swig_ptr(keep))
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(ef, k))
+        scores, nodes = self.index.search(query.reshape(1, -1), k, params=params)
+        del keep  # the selector read it during the search only
+        nodes, scores = nodes[0], scores[0]
+        found = nodes >= 0
+        return self.node_slot[nodes[found]], scores[found]
+
+    @property
+    def nbytes(self) -> int:
+        links = self.index.hnsw.neighbors.size() * 4
+        return links + self.index.ntotal * self.dim * 4 + self.node_slot.nbytes + self.slot_node.nbytes

@@ -1,0 +1,279 @@
+"""Payloads and filtered search: recall against brute force at every selectivity with and without a
+tenant, each plan exercised, results always within the filter and the tenant's access and
+min(k, matches) long (a hypothesis property against a reference evaluator), payloads durable and
+updatable, the graph kept in step with writes, and every malformed filter or payload refused."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import curator
+from benchmarks import data as D
+
+LANGS = ["en", "de", "fr", "es"]
+
+
+def payload(i: int) -> dict:
+    p = {"u": i % 1000, "lang": LANGS[i % 4], "score": (i * 7919 % 1000) / 10.0, "draft": i % 3 == 0,
+         "tags": [t for t, m in (("a", 2), ("b", 3), ("c", 5)) if i % m == 0]}
+    if i % 7 == 0:
+        del p["lang"]  # some vectors lack a field
+    return p
+
+
+@pytest.fixture(scope="module")
+def glove():
+    return D.glove(24_000)
+
+
+@pytest.fixture(scope="module")
+def loaded(glove):
+    """24k GloVe vectors (cosine) with payloads; tenant "all" owns all, "some" sees a third.
+    A small exact_limit and the graph on, so that every plan gets its turn."""
+    db = curator.open(":memory:")
+    col = db.create_collection("g", dim=50, metric="cosine", exact_limit=150, hnsw=True)
+    n = 20_000
+    col.insert(np.arange(n), glove[:n], tenant="all", payloads=[payload(i) for i in range(n)])
+    col.grant(np.arange(0, n, 3), tenant="some")
+    return col, glove[:n], glove[n:]
+
+
+def exact_top(vectors, query, mask, k):
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    d = 1 - unit @ (query / np.linalg.norm(query))
+    d[~mask] = np.inf
+    top = np.argsort(d, kind="stable")[:k]
+    return top[np.isfinite(d[top])]
+
+
+@pytest.mark.parametrize("selectivity", [0.001, 0.01, 0.1, 0.5])
+@pytest.mark.parametrize("tenant", [None, "all", "some"])
+def test_recall_at_every_selectivity(loaded, selectivity, tenant):
+    col, vectors, queries = loaded
+    n = vectors.shape[0]
+    where = {"u": {"lt": int(selectivity * 1000)}}
+    mask = np.arange(n) % 1000 < selectivity * 1000
+    if tenant == "some":
+        mask &= np.arange(n) % 3 == 0
+    recalls, plans = [], set()
+    for query in queries[:100]:
+        result = col.search(query, k=10, tenant=tenant, filter=where)
+        truth = exact_top(vectors, query, mask, 10)
+        assert result.ids.size == min(10, int(mask.sum()))
+        assert mask[result.ids].all()
+        assert np.all(np.diff(result.distances) >= -1e-6)
+        recalls.append(len(set(result.ids.tolist()) & set(truth.tolist())) / max(1, min(10, truth.size)))
+        plans.add(result.plan)
+    assert np.mean(recalls) >= 0.95, (np.mean(recalls), plans)
+
+
+def test_every_plan_runs(loaded):
+    col, _, queries = loaded
+    plans = {col.search(queries[0], k=10, tenant=t, filter={"u": {"lt": s}}).plan
+             for t in (None, "all", "some") for s in (1, 10, 100, 500)}
+    assert plans == {"exact", "tree", "graph"}
+
+
+def test_batch_search_matches_single_searches(loaded):
+    col, _, queries = loaded
+    where = {"lang": {"in": ["en", "de"]}, "draft": True}
+    batch = col.search_batch(queries[:20], k=5, tenants=["some"] * 10 + [None] * 10, filter=where)
+    for i in range(20):
+        single = col.search(queries[i], k=5, tenant="some" if i < 10 else None, filter=where)
+        assert single.ids.size == 5
+        np.testing.assert_array_equal(batch.ids[i], single.ids)
+        assert batch.plan[i] == single.plan
+    nothing = col.search_batch(queries[:2], k=5, tenants="some", filter={"draft": False})  # none match
+    assert (nothing.ids == -1).all() and np.isinf(nothing.distances).all()
+
+
+# -- the filter language, checked against a reference evaluator over the payload dicts ------------
+
+def holds(p: dict, where: dict) -> bool:
+    """What a filter means, written plainly over one payload dict."""
+    for key, spec in where.items():
+        if key == "and":
+            ok = all(holds(p, w) for w in spec)
+        elif key == "or":
+            ok = any(holds(p, w) for w in spec)
+        elif key == "not":
+            ok = not holds(p, spec)
+        else:
+            ops = spec if isinstance(spec, dict) else {"eq": spec}
+            value = p.get(key)
+            items = value if isinstance(value, list) else [value] if value is not None else []
+            ok = True
+            for op, arg in ops.items():
+                if op == "exists":
+                    ok &= (value is not None and items != []) == arg
+                elif op == "eq":
+                    ok &= arg in items
+                elif op == "ne":
+                    ok &= arg not in items
+                elif op == "in":
+                    ok &= any(a in items for a in arg)
+                elif op == "not_in":
+                    ok &= not any(a in items for a in arg)
+                else:
+                    ok &= value is not None and {"gt": value > arg, "gte": value >= arg, "lt": value < arg,
+                                                 "lte": value <= arg}[op]
+        if not ok:
+            return False
+    return True
+
+
+CONDITIONS = st.one_of(
+    st.builds(lambda v: {"u": {"lt": v}}, st.integers(0, 1000)),
+    st.builds(lambda a, b: {"u": {"gte": a, "lte": b}}, st.integers(0, 999), st.integers(0, 999)),
+    st.builds(lambda v: {"u": {"in": v}}, st.lists(st.integers(0, 999), max_size=5)),
+    st.builds(lambda v: {"lang": v}, st.sampled_from(LANGS + ["xx"])),
+    st.builds(lambda v: {"lang": {"not_in": v}}, st.lists(st.sampled_from(LANGS), max_size=3)),
+    st.builds(lambda v: {"lang": {"ne": v}}, st.sampled_from(LANGS)),
+    st.builds(lambda v: {"lang": {"exists": v}}, st.booleans()),
+    st.builds(lambda v: {"draft": v}, st.booleans()),
+    st.builds(lambda v: {"tags": {"in": v}}, st.lists(st.sampled_from("abcd"), max_size=3)),
+    st.builds(lambda v: {"tags": v}, st.sampled_from("abcd")),
+    st.builds(lambda v: {"score": {"gt": v}}, st.floats(0, 100)),
+)
+FILTERS = st.recursive(CONDITIONS, lambda inner: st.one_of(
+    st.builds(lambda fs: {"and": fs}, st.lists(inner, min_size=1, max_size=3)),
+    st.builds(lambda fs: {"or": fs}, st.lists(inner, min_size=1, max_size=3)),
+    st.builds(lambda f: {"not": f}, inner)), max_leaves=6)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A collection small enough that hypothesis can search it hundreds of times."""
+    db = curator.open(":memory:")
+    rng = np.random.default_rng(3)
+    n = 3000
+    col = db.create_collection("s", dim=8, exact_limit=100, train_size=500, hnsw=True, branching=4, leaf_size=32)
+    vectors = rng.standard_normal((n, 8)).astype(np.float32)
+    payloads = [payload(i) for i in range(n)]
+    col.insert(np.arange(n), vectors, tenant="a", payloads=payloads)
+    col.grant(np.arange(0, n, 2), tenant="b")
+    col.delete(np.arange(5, n, 50))  # some vectors gone: never returned
+    live = np.ones(n, bool)
+    live[5::50] = False
+    return col, vectors, payloads, live
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=FILTERS, tenant=st.sampled_from([None, "a", "b"]), k=st.integers(1, 40), seed=st.integers(0, 2**31))
+def test_results_satisfy_filter_and_access_and_count_min_k_matches(small, where, tenant, k, seed):
+    col, vectors, payloads, live = small
+    n = vectors.shape[0]
+    mask = live & np.fromiter((holds(p, where) for p in payloads), bool, n)
+    if tenant == "b":
+        mask &= np.arange(n) % 2 == 0
+    query = np.random.default_rng(seed).standard_normal(8).astype(np.float32)
+    result = col.search(query, k=k, tenant=tenant, filter=where)
+    assert result.ids.size == min(k, int(mask.sum())), (where, result.plan)
+    assert mask[result.ids].all(), (where, result.plan)
+    assert len(set(result.ids.tolist())) == result.ids.size
+
+
+# -- payloads: writes, updates, durability, and the graph in step ---------------------------------
+
+def test_payloads_are_durable_and_updatable(tmp_path):
+    path = str(tmp_path / "d")
+    with curator.open(path) as db:
+        col = db.create_collection("c", dim=3)
+        col.insert([1, 2, 3], np.eye(3), tenant="t", payloads=[{"year": 2020, "lang": "en"}, None, {"tags": ["x"]}])
+        col.set_payloads([2], [{"year": 2024}])
+        col.upsert([3], np.ones((1, 3)), tenant="t")  # no payloads given: kept
+        col.upsert([1], np.ones((1, 3)), tenant="t", payloads=[{"lang": "de"}])  # replaced
+        col.insert([4], np.ones((1, 3)), tenant="t", payloads=[{"year": 1999}])
+        col.delete([4])
+    with curator.open(path) as db:
+        col = db.collection("c")
+        assert col.get_payloads([1, 2, 3]) == [{"lang": "de"}, {"year": 2024}, {"tags": ["x"]}]
+        assert col.payload_schema() == {"lang": "keyword", "tags": "keywords", "year": "integer"}
+        assert col.search(np.ones(3), k=5, filter={"year": {"gte": 2000}}).ids.tolist() == [2]
+        col.insert([4], np.ones((1, 3)), tenant="t")  # the deleted id's payload did not come back
+        assert col.get_payloads([4]) == [{}]
+
+
+def test_the_graph_follows_inserts_deletes_upserts_and_retraining():
+    db = curator.open(":memory:")
+    col = db.create_collection("c", dim=4, hnsw=True, exact_limit=10, train_size=200, branching=4, leaf_size=16)
+    rng = np.random.default_rng(0)
+    col.insert(np.arange(150), rng.random((150, 4)), tenant="t", payloads=[{"v": 1}] * 150)
+    target = np.array([9.0, 9.0, 9.0, 9.0], np.float32)
+    col.insert([1000], target.reshape(1, 4), tenant="t", payloads=[{"v": 1}])
+    assert col.search(target, k=1).ids.tolist() == [1000]
+    assert col.search(target, k=1).plan == "graph"
+    col.delete([1000])
+    assert 1000 not in col.search(target, k=20).ids
+    col.upsert([7], target.reshape(1, 4), tenant="t")  # vector 7 moves to the target
+    assert col.search(target, k=1).ids.tolist() == [7]
+    col.insert(np.arange(2000, 2300), rng.random((300, 4)), tenant="t")  # retrains: slots renumbered
+    assert col.search(target, k=1).ids.tolist() == [7]
+    assert col.search(target, k=1, filter={"v": 1}).ids.tolist() == [7]
+    found = col.search(rng.random(4), k=450).ids
+    assert found.size == 450 and set(found.tolist()) == set(range(150)) | set(range(2000, 2300))
+
+
+# -- bad input: a clear error, nothing changed ------------------------------------------------------
+
+@pytest.mark.parametrize("where, words", [
+    ({"nope": 1}, "unknown field 'nope'"),
+    ({"lang": {"gt": "en"}}, "operator 'gt' does not apply to keyword field 'lang'"),
+    ({"u": {"lt": "ten"}}, "expected a number"),
+    ({"u": {"in": 5}}, "a list"),
+    ({"draft": {"eq": 1}}, "true or false"),
+    ({"lang": {"exists": "yes"}}, "true or false"),
+    ({"u": {"eq": 1.5}}, "an integer"),
+    ({"score": {"lt": float("nan")}}, "finite"),
+    ({}, "non-empty dict"),
+    ({"and": []}, "non-empty list"),
+    ({"or": {"u": 1}}, "non-empty list"),
+    ({"not": "u"}, "non-empty dict"),
+    ("u = 1", "non-empty dict"),
+    ({"u": {}}, "no operator"),
+    ({"u": {"near": 3}}, "operator 'near'"),
+])
+def test_malformed_filters_are_refused_with_what_was_wrong(small, where, words):
+    col, *_ = small
+    with pytest.raises(curator.InvalidArgumentError, match=words.replace("(", r"\(")):
+        col.search(np.ones(8), k=3, filter=where)
+    with pytest.raises(curator.InvalidArgumentError):
+        col.search_batch(np.ones((2, 8)), k=3, filter=where)
+
+
+def test_a_filter_nested_too_deep_is_refused(small):
+    col, *_ = small
+    where = {"u": 1}
+    for _ in range(40):
+        where = {"not": where}
+    with pytest.raises(curator.InvalidArgumentError, match="deeper"):
+        col.search(np.ones(8), k=3, filter=where)
+
+
+@pytest.mark.parametrize("payloads, words", [
+    ([{"u": "seven"}], "holds integer values"),
+    ([{"u": 1.5}], "holds integer values"),
+    ([{"nested": {"a": 1}}], "not a payload value"),
+    ([{"tags": ["a", 3]}], "holds keywords values"),
+    ([{"and": 1}], "field names"),
+    ([7], "must be a dict"),
+    ([{"score": float("inf")}], "not finite"),
+    ([{}, {}], "give one per vector"),
+])
+def test_bad_payloads_are_refused_and_change_nothing(payloads, words):
+    col = curator.open(":memory:").create_collection("c", dim=2)
+    col.insert([1], np.ones((1, 2)), tenant="t", payloads=[{"u": 1, "tags": ["a"], "score": 0.5}])
+    with pytest.raises(curator.InvalidArgumentError, match=words):
+        col.insert([2], np.ones((1, 2)), tenant="t", payloads=payloads)
+    with pytest.raises(curator.InvalidArgumentError, match=words):
+        col.set_payloads([1], payloads)
+    assert col.count() == 1 and col.get_payloads([1]) == [{"score": 0.5, "tags": ["a"], "u": 1}]
+
+
+def test_one_batch_may_not_give_a_new_field_two_types():
+    col = curator.open(":memory:").create_collection("c", dim=2)
+    with pytest.raises(curator.InvalidArgumentError, match="one type"):
+        col.insert([1, 2], np.ones((2, 2)), tenant="t", payloads=[{"f": "a"}, {"f": 1}])
+    col.insert([1, 2], np.ones((2, 2)), tenant="t", payloads=[{"f": 1}, {"f": 2.5}])  # numbers: float
+    assert col.payload_schema() == {"f": "float"}
