@@ -112,7 +112,8 @@ class CuratorIndex:
         self.payloads = Payloads(self.vectors.shape[0])
         self.graph: Graph | None = None
         self.version = 0  # counts writes: cached masks of an older version are stale
-        self._masks: OrderedDict = OrderedDict()
+        self._masks: OrderedDict = OrderedDict()  # (version, tenant, filter) -> allowed mask, count, tenant size
+        self._rows: OrderedDict = OrderedDict()  # the same key -> allowed slots and their rows, for scans
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -398,11 +399,11 @@ class CuratorIndex:
                 self.vectors, self.inv_norm, allowed.view(np.uint8), slots, dists)
             return self.slot_ids[slots[:found]], dists[:found], plan
         if plan == "graph":
-            slots, dists = self._graph_search(prepared, k, allowed, n_allowed)
+            slots, dists = self._graph_search(prepared, k, allowed, n_allowed, ef)
             if slots.size >= min(k, n_allowed):
                 return self.slot_ids[slots], dists, plan
             plan = "exact"  # the graph came back short (a very narrow filter): finish exactly
-        slots, dists = self._exact(prepared, k, np.flatnonzero(allowed))
+        slots, dists = self._exact(prepared, k, *self._candidates(tenant, where))
         return self.slot_ids[slots], dists, plan
 
     def _prepared_query(self, query: np.ndarray) -> np.ndarray:
@@ -442,33 +443,48 @@ class CuratorIndex:
     def check_filter(self, where) -> None:
         filters.parse(where, self.payloads.schema())
 
-    def _exact(self, prepared: np.ndarray, k: int, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Best k of `slots` by exact distance (smaller is better)."""
+    def _candidates(self, tenant, where) -> tuple[np.ndarray, np.ndarray]:
+        """The allowed slots and their rows ready for a scan (unit length under cosine), kept with
+        the cached mask while few enough: repeated filters then scan without gathering."""
+        key = (self.version, tenant, None if where is None else filters.canonical(where))
+        cached = self._rows.get(key)
+        if cached is not None:
+            return cached
+        slots = np.flatnonzero(self._allowed(tenant, where)[0])
+        rows = self._prepared(slots)
+        if rows.nbytes <= 8 << 20:
+            self._rows[key] = (slots, rows)
+            while len(self._rows) > 16:
+                self._rows.popitem(last=False)
+        return slots, rows
+
+    def _exact(self, prepared: np.ndarray, k: int, slots: np.ndarray, rows: np.ndarray):
+        """Best k of `slots` (whose prepared rows are `rows`) by exact distance, smaller first."""
         if slots.size == 0:
             return slots, np.zeros(0, np.float32)
-        rows = self.vectors[slots]
         if self.metric is Metric.L2:
             d = ((rows - prepared) ** 2).sum(axis=1)
         elif self.metric is Metric.COSINE:
-            d = 1.0 - (rows @ prepared) * self.inv_norm[slots]
+            d = 1.0 - rows @ prepared
         else:
             d = -(rows @ prepared)
-        d = d.astype(np.float32)
+        d = d.astype(np.float32, copy=False)
         if slots.size > k:
             top = np.argpartition(d, k - 1)[:k]
+            order = top[np.argsort(d[top], kind="stable")]
         else:
-            top = np.arange(slots.size)
-        order = top[np.argsort(d[top], kind="stable")]
+            order = np.argsort(d, kind="stable")
         return slots[order], d[order]
 
-    def _graph_search(self, prepared, k, allowed, n_allowed):
-        if self.graph is None:
-            self._build_graph()
-        elif self.graph.needs_rebuild:
+    def _graph_search(self, prepared, k, allowed, n_allowed, ef):
+        if self.graph is None or self.graph.needs_rebuild:
             self._build_graph()
         live = max(self.graph.n_live, 1)
-        # a narrower filter needs a wider beam to meet k allowed nodes
-        ef = int(min(self.config.hnsw_ef * max(1.0, (live / max(n_allowed, 1)) ** 0.5), 4096))
+        # The recall knob `ef` (candidates a tree search examines) maps onto the graph's beam as
+        # hnsw_ef * ef / (the collection's default ef); a narrower filter widens the beam, since
+        # fewer of the nodes it meets are allowed.
+        beam = ef * self.config.hnsw_ef / self.config.ef * max(1.0, (live / max(n_allowed, 1)) ** 0.5)
+        ef = int(min(max(beam, k), 8192))
         whole = n_allowed == live and self.graph.dead == 0
         slots, scores = self.graph.search(prepared, k, ef, None if whole else allowed)
         if self.metric is Metric.L2:
