@@ -191,14 +191,7 @@ class EmbeddedCollection(Collection):
                 return SearchResult(*self.index.search(queries, k, tenants, ef, parallel=True), ["tree"] * nq)
             if filter is not None:
                 self.index.check_filter(filter)
-            ids = np.full((nq, k), -1, np.int64)
-            dists = np.full((nq, k), np.inf, np.float32)
-            plans = []
-            for i in range(nq):  # one planned search per query: each may take its own plan
-                found, distances, plan = self.index.search_planned(queries[i], k, tenants[i], filter, ef)
-                ids[i, : found.size], dists[i, : found.size] = found, distances
-                plans.append(plan)
-            return SearchResult(ids, dists, plans)
+            return SearchResult(*self.index.search_planned_batch(queries, k, tenants, filter, ef))
 
     def train(self, sample=None) -> None:
         if sample is not None:

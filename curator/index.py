@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from . import filters
+from . import device, filters
 from . import search as kernels
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from .graph import Graph
@@ -376,17 +376,7 @@ class CuratorIndex:
             return (*self.search_one(query, k, tenant, ef), "tree")
         prepared = self._prepared_query(query)
         allowed, n_allowed, tenant_size = self._allowed(tenant, where)
-        cfg = self.config
-        if n_allowed <= cfg.exact_limit:
-            plan = "exact"
-        elif tenant is not None and (n_allowed >= cfg.tree_min_fraction * tenant_size or cfg.hnsw is False):
-            plan = "tree"
-        elif cfg.hnsw is not False and n_allowed >= cfg.graph_min_fraction * len(self.ids):
-            plan = "graph"
-        elif tenant is not None:
-            plan = "tree"
-        else:
-            plan = "exact"
+        plan = self._plan(tenant, n_allowed, tenant_size)
         if plan == "tree":
             t = self._tenant(tenant)
             self.tenancy.ensure(t)
@@ -405,6 +395,46 @@ class CuratorIndex:
             plan = "exact"  # the graph came back short (a very narrow filter): finish exactly
         slots, dists = self._exact(prepared, k, *self._candidates(tenant, where))
         return self.slot_ids[slots], dists, plan
+
+    def search_planned_batch(self, queries: np.ndarray, k: int, tenants: list, where, ef: int):
+        """Many queries under the planner: (ids, distances) of shape (nq, k) padded with -1 / inf,
+        and the plan of each. Queries of one tenant share their allowed set: when it is small
+        enough for an exact scan they are scanned together, as one matrix product (on the GPU
+        when there is one)."""
+        nq = queries.shape[0]
+        ids = np.full((nq, k), -1, np.int64)
+        dists = np.full((nq, k), np.inf, np.float32)
+        plans = [""] * nq
+        by_tenant: dict = {}
+        for i, tenant in enumerate(tenants):
+            by_tenant.setdefault(tenant, []).append(i)
+        for tenant, rows in by_tenant.items():  # a loop per tenant of the batch, not per query
+            rows = np.array(rows)
+            if where is not None or tenant is None:
+                allowed, n_allowed, tenant_size = self._allowed(tenant, where)
+                if self._plan(tenant, n_allowed, tenant_size) == "exact":
+                    prepared = np.stack([self._prepared_query(q) for q in queries[rows]])
+                    slots, candidates = self._candidates(tenant, where)
+                    if slots.size:
+                        top, d = device.exact_topk(prepared, candidates, k, self.metric)
+                        ids[rows, : top.shape[1]], dists[rows, : top.shape[1]] = self.slot_ids[slots[top]], d
+                    for i in rows.tolist():
+                        plans[i] = "exact"
+                    continue
+            for i in rows.tolist():
+                found, distances, plans[i] = self.search_planned(queries[i], k, tenant, where, ef)
+                ids[i, : found.size], dists[i, : found.size] = found, distances
+        return ids, dists, plans
+
+    def _plan(self, tenant: str | None, n_allowed: int, tenant_size: int) -> str:
+        cfg = self.config
+        if n_allowed <= cfg.exact_limit:
+            return "exact"
+        if tenant is not None and (n_allowed >= cfg.tree_min_fraction * tenant_size or cfg.hnsw is False):
+            return "tree"
+        if cfg.hnsw is not False and n_allowed >= cfg.graph_min_fraction * len(self.ids):
+            return "graph"
+        return "exact" if tenant is None else "tree"
 
     def _prepared_query(self, query: np.ndarray) -> np.ndarray:
         if not np.isfinite(query).all():

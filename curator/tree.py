@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from . import device
 from .metric import Metric
 
 MAX_DEPTH = 8
@@ -85,7 +86,7 @@ class ClusteringTree:
             kmeans = faiss.Kmeans(
                 dim, k, niter=shape.kmeans_iterations, seed=shape.seed + node,
                 spherical=metric is not Metric.L2, verbose=False,
-                min_points_per_centroid=1, max_points_per_centroid=256,
+                min_points_per_centroid=1, max_points_per_centroid=256, gpu=device.faiss_gpus() > 0,
             )
             kmeans.train(x)
             assign = _nearest(x, _flat_index(kmeans.centroids, metric))

@@ -277,3 +277,35 @@ def test_one_batch_may_not_give_a_new_field_two_types():
         col.insert([1, 2], np.ones((2, 2)), tenant="t", payloads=[{"f": "a"}, {"f": 1}])
     col.insert([1, 2], np.ones((2, 2)), tenant="t", payloads=[{"f": 1}, {"f": 2.5}])  # numbers: float
     assert col.payload_schema() == {"f": "float"}
+
+
+def test_batched_exact_scans_match_single_searches(loaded):
+    col, _, queries = loaded
+    where = {"u": {"in": [3, 4]}}  # 40 vectors: an exact scan, all queries of a tenant at once
+    batch = col.search_batch(queries[:30], k=10, tenants=[None, "all", "some"] * 10, filter=where)
+    assert set(batch.plan) == {"exact"}
+    for i in range(30):
+        single = col.search(queries[i], k=10, tenant=[None, "all", "some"][i % 3], filter=where)
+        np.testing.assert_array_equal(batch.ids[i, : single.ids.size], single.ids)
+        np.testing.assert_allclose(batch.distances[i, : single.ids.size], single.distances, atol=1e-5)
+        assert (batch.ids[i, single.ids.size :] == -1).all()
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_device_exact_topk_is_brute_force_on_the_cpu(metric):
+    from curator import device
+    from curator.metric import Metric
+
+    assert device.array_module() is np  # no GPU here: the same array code runs on numpy
+    rng = np.random.default_rng(1)
+    rows, queries = rng.standard_normal((300, 6)).astype(np.float32), rng.standard_normal((7, 6)).astype(np.float32)
+    m = Metric.parse(metric)
+    if m is Metric.COSINE:
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    top, dists = device.exact_topk(queries, rows, 12, m, xp=np)
+    for q, t, d in zip(queries, top, dists):
+        expected = {"l2": ((rows - q) ** 2).sum(1), "cosine": 1 - rows @ q, "ip": -(rows @ q)}[metric]
+        np.testing.assert_array_equal(t, np.argsort(expected, kind="stable")[:12])
+        np.testing.assert_allclose(d, np.sort(expected)[:12], rtol=1e-4, atol=1e-4)
+    assert device.exact_topk(queries, rows[:5], 12, m, xp=np)[0].shape == (7, 5)
