@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import grpc
 
+from curator.api import SearchResult
+
 from . import calls
 from .calls import Call, CollectionCalls
 from .remote import STUBS, backoff, channel_options, engine_error
@@ -40,11 +42,20 @@ class AsyncRemoteCollection:
         self._run, self._calls = channel.run, CollectionCalls(info)
         self.name, self.dim, self.metric = info.name, info.dim, info.metric
 
-    async def insert(self, ids, vectors, *, tenant: str) -> None:
-        await self._run(self._calls.insert(ids, vectors, tenant))
+    async def insert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
+        await self._run(self._calls.insert(ids, vectors, tenant, payloads))
 
-    async def upsert(self, ids, vectors, *, tenant: str) -> None:
-        await self._run(self._calls.insert(ids, vectors, tenant, upsert=True))
+    async def upsert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
+        await self._run(self._calls.insert(ids, vectors, tenant, payloads, upsert=True))
+
+    async def set_payloads(self, ids, payloads: list[dict] | dict) -> None:
+        await self._run(self._calls.set_payloads(ids, payloads))
+
+    async def get_payloads(self, ids) -> list[dict]:
+        return await self._run(self._calls.get_payloads(ids))
+
+    async def payload_schema(self) -> dict[str, str]:
+        return await self._run(self._calls.payload_schema())
 
     async def grant(self, ids, *, tenant: str) -> int:
         return await self._run(self._calls.grant(ids, tenant))
@@ -82,11 +93,13 @@ class AsyncRemoteCollection:
     async def drop_tenant(self, tenant: str) -> None:
         await self._run(self._calls.drop_tenant(tenant))
 
-    async def search(self, query, k: int = 10, *, tenant: str, ef: int | None = None):
-        return await self._run(self._calls.search(query, k, tenant, ef))
+    async def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
+                     ef: int | None = None) -> SearchResult:
+        return await self._run(self._calls.search(query, k, tenant, ef, filter))
 
-    async def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str], ef: int | None = None):
-        return await self._run(self._calls.search_batch(queries, k, tenants, ef))
+    async def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str] | None = None,
+                           filter: dict | None = None, ef: int | None = None) -> SearchResult:
+        return await self._run(self._calls.search_batch(queries, k, tenants, ef, filter))
 
     async def train(self, sample=None) -> None:
         await self._run(self._calls.train(sample))

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from curator import errors, validate
-from curator_proto import wire
+from curator.api import SearchResult
+from curator_proto import filters_wire, wire
 from curator_proto.v1 import curator_pb2 as pb
 
 
@@ -28,6 +29,17 @@ def _flags(reply) -> np.ndarray:
     return np.frombuffer(reply.flags, np.uint8).astype(bool)
 
 
+def _tenant(tenant: str | None) -> str:
+    """A tenant as the wire names it: "" for none (every vector of the collection)."""
+    if tenant is None:
+        return ""
+    return validate.name(tenant, "tenant")
+
+
+def _filter(spec: dict | None) -> pb.Filter | None:
+    return None if spec is None else filters_wire.pack_filter(spec)
+
+
 class CollectionCalls:
     def __init__(self, info: pb.CollectionInfo):
         self.name, self.dim, self.metric = info.name, info.dim, info.metric
@@ -38,10 +50,28 @@ class CollectionCalls:
     def _pack(self, vectors) -> pb.Vectors:
         return wire.pack(validate.vectors(vectors, self.dim))
 
-    def insert(self, ids, vectors, tenant, upsert=False) -> Call:
-        request = pb.InsertRequest(collection=self.name, ids=self._ids(ids), vectors=self._pack(vectors),
-                                   tenant=tenant, upsert=upsert)
+    def insert(self, ids, vectors, tenant, payloads=None, upsert=False) -> Call:
+        ids = self._ids(ids)
+        request = pb.InsertRequest(collection=self.name, ids=ids, vectors=self._pack(vectors), tenant=tenant,
+                                   upsert=upsert, payloads=filters_wire.pack_payloads(payloads, len(ids)))
         return Call("vectors", "Insert", request, idempotent=upsert)
+
+    def set_payloads(self, ids, payloads) -> Call:
+        ids = self._ids(ids)
+        if isinstance(payloads, dict):  # one for all
+            packed = [filters_wire.pack_payload(payloads)]
+        else:
+            packed = filters_wire.pack_payloads(payloads, len(ids))
+        request = pb.SetPayloadsRequest(collection=self.name, ids=ids, payloads=packed)
+        return Call("vectors", "SetPayloads", request, True)
+
+    def get_payloads(self, ids) -> Call:
+        return Call("vectors", "GetPayloads", pb.IdsRequest(collection=self.name, ids=self._ids(ids)), True,
+                    lambda r: filters_wire.unpack_payloads(r.payloads))
+
+    def payload_schema(self) -> Call:
+        return Call("vectors", "PayloadSchema", pb.CollectionRef(name=self.name), True,
+                    lambda r: dict(sorted(r.fields.items())))
 
     def grant(self, ids, tenant) -> Call:
         request = pb.GrantRequest(collection=self.name, ids=self._ids(ids), tenant=tenant)
@@ -86,31 +116,31 @@ class CollectionCalls:
     def drop_tenant(self, tenant) -> Call:
         return Call("tenants", "Drop", pb.TenantRef(collection=self.name, tenant=tenant), False)
 
-    def search(self, query, k, tenant, ef) -> Call:
+    def search(self, query, k, tenant: str | None, ef, filter: dict | None = None) -> Call:
         query = validate.vectors(query, self.dim)
         if query.shape[0] != 1:
             raise errors.InvalidArgumentError(f"search takes one query, got {query.shape[0]}; use search_batch")
-        request = pb.SearchRequest(collection=self.name, query=wire.pack(query), k=validate.k(k), tenant=tenant,
-                                   ef=validate.ef(ef, 0))
+        request = pb.SearchRequest(collection=self.name, query=wire.pack(query), k=validate.k(k),
+                                   tenant=_tenant(tenant), ef=validate.ef(ef, 0), filter=_filter(filter))
         return Call("search", "Search", request, True,
-                    lambda r: (np.array(r.ids, np.int64), np.array(r.distances, np.float32)))
+                    lambda r: SearchResult(np.array(r.ids, np.int64), np.array(r.distances, np.float32), r.plan))
 
-    def search_batch(self, queries, k, tenants: str | Sequence[str], ef) -> Call:
+    def search_batch(self, queries, k, tenants: str | Sequence[str] | None, ef, filter: dict | None = None) -> Call:
         queries = validate.vectors(queries, self.dim)
         k = validate.k(k)
-        if isinstance(tenants, str):
-            tenants = [tenants]  # one tenant for every query
+        if tenants is None or isinstance(tenants, str):
+            tenants = [_tenant(tenants)]  # one for every query ("": every vector)
         else:
-            tenants = list(tenants)
+            tenants = [_tenant(t) for t in tenants]
             if len(tenants) != queries.shape[0]:
                 raise errors.InvalidArgumentError(f"{queries.shape[0]} queries but {len(tenants)} tenants; "
                                                   "give one per query")
         request = pb.SearchBatchRequest(collection=self.name, queries=wire.pack(queries), k=k, tenants=tenants,
-                                        ef=validate.ef(ef, 0))
+                                        ef=validate.ef(ef, 0), filter=_filter(filter))
         shape = (queries.shape[0], k)
         return Call("search", "SearchBatch", request, True,
-                    lambda r: (np.array(r.ids, np.int64).reshape(shape),
-                               np.array(r.distances, np.float32).reshape(shape)))
+                    lambda r: SearchResult(np.array(r.ids, np.int64).reshape(shape),
+                                           np.array(r.distances, np.float32).reshape(shape), list(r.plans)))
 
     def train(self, sample) -> Call:
         request = pb.TrainRequest(collection=self.name)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from curator.api import Collection, Database
+from curator.api import Collection, Database, SearchResult
 from curator_proto import wire
 from curator_proto.v1 import curator_pb2_grpc as rpc
 
@@ -87,11 +87,20 @@ class RemoteCollection(Collection):
         self._run, self._search, self._calls = channel.run, channel.search, CollectionCalls(info)
         self.name, self.dim, self.metric = info.name, info.dim, info.metric
 
-    def insert(self, ids, vectors, *, tenant: str) -> None:
-        self._run(self._calls.insert(ids, vectors, tenant))
+    def insert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
+        self._run(self._calls.insert(ids, vectors, tenant, payloads))
 
-    def upsert(self, ids, vectors, *, tenant: str) -> None:
-        self._run(self._calls.insert(ids, vectors, tenant, upsert=True))
+    def upsert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
+        self._run(self._calls.insert(ids, vectors, tenant, payloads, upsert=True))
+
+    def set_payloads(self, ids, payloads: list[dict] | dict) -> None:
+        self._run(self._calls.set_payloads(ids, payloads))
+
+    def get_payloads(self, ids) -> list[dict]:
+        return self._run(self._calls.get_payloads(ids))
+
+    def payload_schema(self) -> dict[str, str]:
+        return self._run(self._calls.payload_schema())
 
     def grant(self, ids, *, tenant: str) -> int:
         return self._run(self._calls.grant(ids, tenant))
@@ -129,11 +138,13 @@ class RemoteCollection(Collection):
     def drop_tenant(self, tenant: str) -> None:
         self._run(self._calls.drop_tenant(tenant))
 
-    def search(self, query, k: int = 10, *, tenant: str, ef: int | None = None):
-        return self._search(self._calls.search(query, k, tenant, ef))
+    def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
+               ef: int | None = None) -> SearchResult:
+        return self._search(self._calls.search(query, k, tenant, ef, filter))
 
-    def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str], ef: int | None = None):
-        return self._run(self._calls.search_batch(queries, k, tenants, ef))
+    def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str] | None = None,
+                     filter: dict | None = None, ef: int | None = None) -> SearchResult:
+        return self._run(self._calls.search_batch(queries, k, tenants, ef, filter))
 
     def train(self, sample=None) -> None:
         self._run(self._calls.train(sample))

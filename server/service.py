@@ -16,7 +16,7 @@ from curator.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from curator_proto import wire
+from curator_proto import filters_wire, wire
 from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 
@@ -77,6 +77,15 @@ class _Base:
         for tenant in principal.tenants:
             seen |= collection.visible_to(ids, tenant=tenant)
         return seen
+
+    @staticmethod
+    def _tenant(tenant: str, principal: Principal) -> str | None:
+        """A tenant the key may act for, or None ("": every vector) for an admin key."""
+        if tenant:
+            principal.require_tenant(tenant)
+            return tenant
+        principal.require_admin("searching every tenant's vectors (name a tenant)")
+        return None
 
 
 class CollectionsService(_Base, rpc.CollectionsServicer):
@@ -144,16 +153,38 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
         col = self.db.collection(request.collection)
         ids = self._ids(request.ids)
         vectors = wire.unpack(request.vectors)
+        payloads = filters_wire.unpack_payloads(request.payloads) or None  # none given: keep (upsert)
         if request.upsert:
             if not principal.admin:  # a tenant key may overwrite only vectors its tenants can see
                 taken = col.contains(ids) & ~self._seen(col, ids, principal)
                 if taken.any():
                     raise AlreadyExistsError(f"{int(taken.sum())} id(s) already exist and are not yours to "
                                              f"overwrite, e.g. {ids[taken][:5].tolist()}")
-            col.upsert(ids, vectors, tenant=request.tenant)
+            col.upsert(ids, vectors, tenant=request.tenant, payloads=payloads)
         else:
-            col.insert(ids, vectors, tenant=request.tenant)
+            col.insert(ids, vectors, tenant=request.tenant, payloads=payloads)
         return pb.WriteResponse(changed=ids.size)
+
+    @handler
+    def SetPayloads(self, request, principal):
+        col = self.db.collection(request.collection)
+        ids = self._ids(request.ids, principal, col)
+        payloads = filters_wire.unpack_payloads(request.payloads)
+        if len(payloads) not in (1, ids.size):
+            raise InvalidArgumentError(f"{len(payloads)} payloads for {ids.size} ids; give one per id or one for all")
+        col.set_payloads(ids, payloads[0] if len(payloads) == 1 else payloads)
+        return pb.WriteResponse(changed=ids.size)
+
+    @handler
+    def GetPayloads(self, request, principal):
+        col = self.db.collection(request.collection)
+        payloads = col.get_payloads(self._ids(request.ids, principal, col))
+        return pb.PayloadsResponse(payloads=[filters_wire.pack_payload(p) for p in payloads])
+
+    @handler
+    def PayloadSchema(self, request, principal):
+        principal.require_admin("reading the payload schema (it names every tenant's fields)")
+        return pb.SchemaResponse(fields=self.db.collection(request.name).payload_schema())
 
     @handler
     def Get(self, request, principal):
@@ -233,15 +264,20 @@ class SearchService(_Base, rpc.SearchServicer):
         super().__init__(db, keys, limits)
         self.streams, self.observe = streams, observe  # observe(method, code, seconds, tenant): metrics
 
+    @staticmethod
+    def _filter(request) -> dict | None:
+        return filters_wire.unpack_filter(request.filter) if request.HasField("filter") else None
+
     def _search(self, request, principal) -> pb.SearchResponse:
-        principal.require_tenant(request.tenant)
+        tenant = self._tenant(request.tenant, principal)
         self.limits.k(request.k)
         col = self.db.collection(request.collection)
         query = wire.unpack(request.query, "query")
         if query.shape[0] != 1:
             raise InvalidArgumentError(f"Search takes one query, got {query.shape[0]}; use SearchBatch")
-        ids, dists = col.search(query[0], k=int(request.k), tenant=request.tenant, ef=request.ef or None)
-        return pb.SearchResponse(ids=ids.tolist(), distances=dists.tolist())
+        found = col.search(query[0], k=int(request.k), tenant=tenant, filter=self._filter(request),
+                           ef=request.ef or None)
+        return pb.SearchResponse(ids=found.ids.tolist(), distances=found.distances.tolist(), plan=found.plan)
 
     @handler
     def Search(self, request, principal):
@@ -275,16 +311,18 @@ class SearchService(_Base, rpc.SearchServicer):
 
     @handler
     def SearchBatch(self, request, principal):
-        tenants = list(request.tenants)
-        for tenant in set(tenants):
-            principal.require_tenant(tenant)
+        names = list(request.tenants)  # one per query, one for all, or none ("" or none: every vector)
+        for name in set(names) or {""}:
+            self._tenant(name, principal)
+        tenants = (names[0] or None) if len(names) == 1 else ([name or None for name in names] or None)
         self.limits.k(request.k)
         col = self.db.collection(request.collection)
         queries = wire.unpack(request.queries, "queries")
         self.limits.batch(queries.shape[0], "queries")
-        ids, dists = col.search_batch(queries, k=int(request.k), tenants=tenants[0] if len(tenants) == 1 else tenants,
-                                      ef=request.ef or None)
-        return pb.SearchBatchResponse(ids=ids.ravel().tolist(), distances=dists.ravel().tolist())
+        found = col.search_batch(queries, k=int(request.k), tenants=tenants, filter=self._filter(request),
+                                 ef=request.ef or None)
+        return pb.SearchBatchResponse(ids=found.ids.ravel().tolist(), distances=found.distances.ravel().tolist(),
+                                      plans=found.plan)
 
 
 class AdminService(_Base, rpc.AdminServicer):

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import curator
+from curator_proto import filters_wire
 from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 from benchmarks.measure import free_port
@@ -41,7 +42,8 @@ def secured(tmp_path):
     admin = curator.connect(server.address, api_key=KEYS["admin"])
     col = admin.create_collection("docs", dim=4)
     rng = np.random.default_rng(0)
-    col.insert(np.arange(100), rng.random((100, 4)), tenant="alice")
+    col.insert(np.arange(100), rng.random((100, 4)), tenant="alice",
+               payloads=[{"lang": ("en", "de")[i % 2], "year": 2000 + i, "tags": [f"t{i % 3}"]} for i in range(100)])
     col.insert(np.arange(100, 200), rng.random((100, 4)), tenant="bob")
     col.grant([150], tenant="alice")  # bob shares one vector with alice
     yield server
@@ -119,32 +121,57 @@ def test_health_and_reflection(secured):
 GARBAGE = st.builds(
     lambda dim, data, ids, k, tenant, ef: (dim, data, ids, k, tenant, ef),
     st.integers(0, 2**32 - 1) | st.sampled_from([0, 3, 4, 5]),
-    st.binary(max_size=200) | st.just(np.array([np.nan, 1, 2, 3], "<f4").tobytes()),
+    st.binary(max_size=200) | st.just(np.array([np.nan, 1, 2, 3], "<f4").tobytes())
+    | st.just(np.ones(4, "<f4").tobytes()),
     st.lists(st.integers(-2**63, 2**63 - 1), max_size=20),
-    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1) | st.integers(0, 60),
     st.sampled_from(["alice", "bob", "", "ghost", "x" * 300]),
     st.integers(0, 2**32 - 1),
 )
+VALUES = st.one_of(
+    st.builds(lambda s: pb.Value(keyword=s), st.sampled_from(["en", "de", ""])),
+    st.builds(lambda i: pb.Value(integer=i), st.integers(-2**63, 2**63 - 1)),
+    st.builds(lambda x: pb.Value(number=x), st.floats()),
+    st.builds(lambda b: pb.Value(flag=b), st.booleans()),
+    st.builds(lambda w: pb.Value(keywords=pb.StringList(values=w)),
+              st.lists(st.sampled_from(["t0", "t1"]), max_size=2)),
+    st.just(pb.Value()),
+)
+CONDITIONS = st.builds(
+    lambda field, op, values: pb.Filter(condition=pb.Condition(field=field, op=op, values=values)),
+    st.sampled_from(["lang", "year", "tags", "ghost", ""]),
+    st.sampled_from(filters_wire.OPERATORS + ("like", "")),
+    st.lists(VALUES, max_size=3),
+)
+FILTERS = st.none() | st.just(pb.Filter()) | st.recursive(CONDITIONS, lambda inner: st.one_of(
+    st.builds(lambda fs: pb.Filter(all=pb.FilterList(filters=fs)), st.lists(inner, max_size=3)),
+    st.builds(lambda fs: pb.Filter(any=pb.FilterList(filters=fs)), st.lists(inner, max_size=3)),
+    st.builds(lambda f: pb.Filter(negate=f), inner),
+), max_leaves=8)
 DEFINED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
            grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAUTHENTICATED,
            grpc.StatusCode.FAILED_PRECONDITION}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(case=GARBAGE, method=st.sampled_from(["Search", "SearchBatch", "Insert", "Grant", "Get", "Scroll"]))
-def test_fuzzed_requests_get_defined_codes_and_the_server_keeps_serving(secured, case, method):
+@given(case=GARBAGE, where=FILTERS,
+       method=st.sampled_from(["Search", "SearchBatch", "Insert", "Grant", "Get", "Scroll", "GetPayloads"]))
+def test_fuzzed_requests_get_defined_codes_and_the_server_keeps_serving(secured, case, where, method):
     dim, data, ids, k, tenant, ef = case
     channel = grpc.insecure_channel(secured.address)
     meta = (("authorization", f"Bearer {KEYS['admin']}"),)
     vectors = pb.Vectors(dim=dim, data=data)
     requests = {
-        "Search": (rpc.SearchStub(channel).Search, pb.SearchRequest(collection="docs", query=vectors, k=k, tenant=tenant, ef=ef)),
+        "Search": (rpc.SearchStub(channel).Search,
+                   pb.SearchRequest(collection="docs", query=vectors, k=k, tenant=tenant, ef=ef, filter=where)),
         "SearchBatch": (rpc.SearchStub(channel).SearchBatch,
-                        pb.SearchBatchRequest(collection="docs", queries=vectors, k=k, tenants=[tenant], ef=ef)),
+                        pb.SearchBatchRequest(collection="docs", queries=vectors, k=k, tenants=[tenant], ef=ef,
+                                              filter=where)),
         "Insert": (rpc.VectorsServiceStub(channel).Insert,
                    pb.InsertRequest(collection="docs", ids=ids, vectors=vectors, tenant=tenant, upsert=bool(k % 2))),
         "Grant": (rpc.VectorsServiceStub(channel).Grant, pb.GrantRequest(collection="docs", ids=ids, tenant=tenant)),
         "Get": (rpc.VectorsServiceStub(channel).Get, pb.IdsRequest(collection="docs", ids=ids)),
+        "GetPayloads": (rpc.VectorsServiceStub(channel).GetPayloads, pb.IdsRequest(collection="docs", ids=ids)),
         "Scroll": (rpc.VectorsServiceStub(channel).Scroll,
                    pb.ScrollRequest(collection="docs", tenant=tenant, after_id=ids[0] if ids else -1, limit=k)),
     }

@@ -505,6 +505,21 @@ class VectorsServiceStub(object):
                 request_serializer=curator_dot_v1_dot_curator__pb2.TrainRequest.SerializeToString,
                 response_deserializer=curator_dot_v1_dot_curator__pb2.Empty.FromString,
                 _registered_method=True)
+        self.SetPayloads = channel.unary_unary(
+                '/curator.v1.VectorsService/SetPayloads',
+                request_serializer=curator_dot_v1_dot_curator__pb2.SetPayloadsRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.GetPayloads = channel.unary_unary(
+                '/curator.v1.VectorsService/GetPayloads',
+                request_serializer=curator_dot_v1_dot_curator__pb2.IdsRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.PayloadsResponse.FromString,
+                _registered_method=True)
+        self.PayloadSchema = channel.unary_unary(
+                '/curator.v1.VectorsService/PayloadSchema',
+                request_serializer=curator_dot_v1_dot_curator__pb2.CollectionRef.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.SchemaResponse.FromString,
+                _registered_method=True)
 
 
 class VectorsServiceServicer(object):
@@ -583,6 +598,27 @@ class VectorsServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPayloads(self, request, context):
+        """Replace the payloads of stored ids (for a tenant key: ids its tenants can see).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPayloads(self, request, context):
+        """The payloads of these ids, in order (an empty Payload for none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PayloadSchema(self, request, context):
+        """Field -> type (keyword, keywords, integer, float, bool) of the collection's payloads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VectorsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -640,6 +676,21 @@ def add_VectorsServiceServicer_to_server(servicer, server):
                     servicer.Train,
                     request_deserializer=curator_dot_v1_dot_curator__pb2.TrainRequest.FromString,
                     response_serializer=curator_dot_v1_dot_curator__pb2.Empty.SerializeToString,
+            ),
+            'SetPayloads': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPayloads,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.SetPayloadsRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.WriteResponse.SerializeToString,
+            ),
+            'GetPayloads': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPayloads,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.IdsRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.PayloadsResponse.SerializeToString,
+            ),
+            'PayloadSchema': grpc.unary_unary_rpc_method_handler(
+                    servicer.PayloadSchema,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.CollectionRef.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.SchemaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -941,6 +992,87 @@ class VectorsService(object):
             '/curator.v1.VectorsService/Train',
             curator_dot_v1_dot_curator__pb2.TrainRequest.SerializeToString,
             curator_dot_v1_dot_curator__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPayloads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.VectorsService/SetPayloads',
+            curator_dot_v1_dot_curator__pb2.SetPayloadsRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPayloads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.VectorsService/GetPayloads',
+            curator_dot_v1_dot_curator__pb2.IdsRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.PayloadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PayloadSchema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.VectorsService/PayloadSchema',
+            curator_dot_v1_dot_curator__pb2.CollectionRef.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.SchemaResponse.FromString,
             options,
             channel_credentials,
             insecure,
