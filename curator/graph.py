@@ -68,21 +68,21 @@ class Graph:
     def needs_rebuild(self) -> bool:
         return self.dead > max(self.n_live, 1000)
 
-    def search(self, query: np.ndarray, k: int, ef: int, allowed: np.ndarray | None):
-        """Up to k (slots, scores) of allowed slots (a bool mask over slots; None: every live one).
-        Scores are faiss's: squared L2, or inner product (larger is better)."""
-        if allowed is None and self.dead == 0:
+    def bitmap(self, allowed: np.ndarray) -> np.ndarray:
+        """The selector bitmap of the live nodes whose slots are allowed (a bool mask over slots)."""
+        ok = self.node_slot >= 0
+        ok[ok] = allowed[self.node_slot[ok]]
+        return np.packbits(ok, bitorder="little")
+
+    def search(self, query: np.ndarray, k: int, ef: int, bitmap: np.ndarray | None):
+        """Up to k (slots, scores) among the nodes of `bitmap` (from `bitmap()`; None: every node,
+        when none is dead). Scores are faiss's: squared L2, or inner product (larger is better)."""
+        if bitmap is None:
             params = faiss.SearchParametersHNSW(efSearch=max(ef, k))
-            keep = None
         else:
-            ok = self.node_slot >= 0
-            if allowed is not None:
-                ok[ok] = allowed[self.node_slot[ok]]
-            keep = np.packbits(ok, bitorder="little")
-            selector = faiss.IDSelectorBitmap(ok.size, faiss.swig_ptr(keep))
+            selector = faiss.IDSelectorBitmap(self.node_slot.size, faiss.swig_ptr(bitmap))
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(ef, k))
         scores, nodes = self.index.search(query.reshape(1, -1), k, params=params)
-        del keep  # the selector read it during the search only
         nodes, scores = nodes[0], scores[0]
         found = nodes >= 0
         return self.node_slot[nodes[found]], scores[found]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from . import device, filters
+from . import device, filters, planner
 from . import search as kernels
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from .graph import Graph
@@ -72,13 +72,9 @@ class IndexConfig:
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
     hnsw_ef: int = 64
-    # The planner: an exact scan when at most `exact_limit` vectors are allowed; the tenant's
-    # sub-tree when at least `tree_min_fraction` of the tenant's vectors match the filter; the
-    # graph when at least `graph_min_fraction` of the collection is allowed (below that a graph
-    # search meets too few allowed nodes to keep its recall); else an exact scan.
-    exact_limit: int = 4096
-    tree_min_fraction: float = 0.1
-    graph_min_fraction: float = 0.02
+    # The planner (`planner.py`) scans exactly when at most `exact_limit` vectors are allowed,
+    # and otherwise picks the plan of least estimated cost.
+    exact_limit: int = 256
 
     def __post_init__(self):
         if self.split_limit < 2 or self.ef < 1 or self.train_size < 1:
@@ -112,8 +108,7 @@ class CuratorIndex:
         self.payloads = Payloads(self.vectors.shape[0])
         self.graph: Graph | None = None
         self.version = 0  # counts writes: cached masks of an older version are stale
-        self._masks: OrderedDict = OrderedDict()  # (version, tenant, filter) -> allowed mask, count, tenant size
-        self._rows: OrderedDict = OrderedDict()  # the same key -> allowed slots and their rows, for scans
+        self._allowed_sets: OrderedDict = OrderedDict()  # (version, tenant, filter) -> planner.Allowed
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -375,8 +370,8 @@ class CuratorIndex:
         if tenant is not None and where is None:
             return (*self.search_one(query, k, tenant, ef), "tree")
         prepared = self._prepared_query(query)
-        allowed, n_allowed, tenant_size = self._allowed(tenant, where)
-        plan = self._plan(tenant, n_allowed, tenant_size)
+        allowed = self._allowed(tenant, where)
+        plan = planner.choose(allowed, tenant, k, ef, self.config, len(self.ids), self.config.hnsw is not False)
         if plan == "tree":
             t = self._tenant(tenant)
             self.tenancy.ensure(t)
@@ -386,14 +381,14 @@ class CuratorIndex:
             found = kernels.search_tenant(
                 prepared, k, ef, int(self.metric), t, directory.data, directory.start, directory.size,
                 tenancy.shortlist_node, self.tree.centroids, members.data, members.start, members.size,
-                self.vectors, self.inv_norm, allowed.view(np.uint8), slots, dists)
+                self.vectors, self.inv_norm, allowed.mask.view(np.uint8), slots, dists)
             return self.slot_ids[slots[:found]], dists[:found], plan
         if plan == "graph":
-            slots, dists = self._graph_search(prepared, k, allowed, n_allowed, ef)
-            if slots.size >= min(k, n_allowed):
+            slots, dists = self._graph_search(prepared, k, allowed, ef)
+            if slots.size >= min(k, allowed.count):
                 return self.slot_ids[slots], dists, plan
             plan = "exact"  # the graph came back short (a very narrow filter): finish exactly
-        slots, dists = self._exact(prepared, k, *self._candidates(tenant, where))
+        slots, dists = self._exact(prepared, k, *self._candidates(allowed))
         return self.slot_ids[slots], dists, plan
 
     def search_planned_batch(self, queries: np.ndarray, k: int, tenants: list, where, ef: int):
@@ -411,10 +406,10 @@ class CuratorIndex:
         for tenant, rows in by_tenant.items():  # a loop per tenant of the batch, not per query
             rows = np.array(rows)
             if where is not None or tenant is None:
-                allowed, n_allowed, tenant_size = self._allowed(tenant, where)
-                if self._plan(tenant, n_allowed, tenant_size) == "exact":
+                allowed = self._allowed(tenant, where)
+                if planner.choose(allowed, tenant, k, ef, self.config, len(self.ids), self.config.hnsw is not False) == "exact":
                     prepared = np.stack([self._prepared_query(q) for q in queries[rows]])
-                    slots, candidates = self._candidates(tenant, where)
+                    slots, candidates = self._candidates(allowed)
                     if slots.size:
                         top, d = device.exact_topk(prepared, candidates, k, self.metric)
                         ids[rows, : top.shape[1]], dists[rows, : top.shape[1]] = self.slot_ids[slots[top]], d
@@ -426,16 +421,6 @@ class CuratorIndex:
                 ids[i, : found.size], dists[i, : found.size] = found, distances
         return ids, dists, plans
 
-    def _plan(self, tenant: str | None, n_allowed: int, tenant_size: int) -> str:
-        cfg = self.config
-        if n_allowed <= cfg.exact_limit:
-            return "exact"
-        if tenant is not None and (n_allowed >= cfg.tree_min_fraction * tenant_size or cfg.hnsw is False):
-            return "tree"
-        if cfg.hnsw is not False and n_allowed >= cfg.graph_min_fraction * len(self.ids):
-            return "graph"
-        return "exact" if tenant is None else "tree"
-
     def _prepared_query(self, query: np.ndarray) -> np.ndarray:
         if not np.isfinite(query).all():
             raise InvalidArgumentError(_UNUSABLE)
@@ -446,17 +431,17 @@ class CuratorIndex:
             return (query / norm).astype(np.float32)
         return np.ascontiguousarray(query, np.float32)
 
-    def _allowed(self, tenant: str | None, where) -> tuple[np.ndarray, int, int]:
-        """Mask over slots of what this query may return, its count, and the tenant's size."""
-        n = self.n_slots
-        key = (self.version, tenant, None if where is None else filters.canonical(where))
-        cached = self._masks.get(key)
+    def _allowed(self, tenant: str | None, where) -> planner.Allowed:
+        """What a query of `tenant` (None: any) with filter `where` may return, made once per
+        (tenant, filter) and kept until the next write."""
+        key = (self.version, tenant, None if where is None else repr(where))
+        cached = self._allowed_sets.get(key)
         if cached is not None:
-            self._masks.move_to_end(key)
             return cached
+        n = self.n_slots
         if tenant is None:
             mask = self.slot_ids[:n] >= 0
-            tenant_size = int(mask.sum())
+            tenant_size = len(self.ids)
         else:
             t = self._tenant(tenant)
             mask = np.zeros(n, bool)
@@ -464,29 +449,24 @@ class CuratorIndex:
             tenant_size = int(self.tenancy.count[t])
         if where is not None:
             mask &= filters.matches(filters.parse(where, self.payloads.schema()), self.payloads, n)
-        cached = (mask, int(np.count_nonzero(mask)), tenant_size)
-        self._masks[key] = cached
-        while len(self._masks) > 16:
-            self._masks.popitem(last=False)
-        return cached
+        allowed = self._allowed_sets[key] = planner.Allowed(mask, int(np.count_nonzero(mask)), tenant_size)
+        while len(self._allowed_sets) > 16:
+            self._allowed_sets.popitem(last=False)
+        return allowed
 
     def check_filter(self, where) -> None:
         filters.parse(where, self.payloads.schema())
 
-    def _candidates(self, tenant, where) -> tuple[np.ndarray, np.ndarray]:
-        """The allowed slots and their rows ready for a scan (unit length under cosine), kept with
-        the cached mask while few enough: repeated filters then scan without gathering."""
-        key = (self.version, tenant, None if where is None else filters.canonical(where))
-        cached = self._rows.get(key)
-        if cached is not None:
-            return cached
-        slots = np.flatnonzero(self._allowed(tenant, where)[0])
-        rows = self._prepared(slots)
-        if rows.nbytes <= 8 << 20:
-            self._rows[key] = (slots, rows)
-            while len(self._rows) > 16:
-                self._rows.popitem(last=False)
-        return slots, rows
+    def _candidates(self, allowed: planner.Allowed) -> tuple[np.ndarray, np.ndarray]:
+        """The allowed slots and their rows ready for a scan (unit length under cosine), kept
+        while small: repeated filters then scan without gathering."""
+        if allowed.candidates is not None:
+            return allowed.candidates
+        slots = np.flatnonzero(allowed.mask)
+        candidates = (slots, self._prepared(slots))
+        if candidates[1].nbytes <= 8 << 20:
+            allowed.candidates = candidates
+        return candidates
 
     def _exact(self, prepared: np.ndarray, k: int, slots: np.ndarray, rows: np.ndarray):
         """Best k of `slots` (whose prepared rows are `rows`) by exact distance, smaller first."""
@@ -506,17 +486,19 @@ class CuratorIndex:
             order = np.argsort(d, kind="stable")
         return slots[order], d[order]
 
-    def _graph_search(self, prepared, k, allowed, n_allowed, ef):
+    def _graph_search(self, prepared, k, allowed: planner.Allowed, ef):
         if self.graph is None or self.graph.needs_rebuild:
             self._build_graph()
-        live = max(self.graph.n_live, 1)
-        # The recall knob `ef` (candidates a tree search examines) maps onto the graph's beam as
-        # hnsw_ef * ef / (the collection's default ef); a narrower filter widens the beam, since
-        # fewer of the nodes it meets are allowed.
-        beam = ef * self.config.hnsw_ef / self.config.ef * max(1.0, (live / max(n_allowed, 1)) ** 0.5)
-        ef = int(min(max(beam, k), 8192))
-        whole = n_allowed == live and self.graph.dead == 0
-        slots, scores = self.graph.search(prepared, k, ef, None if whole else allowed)
+        graph = self.graph
+        beam = planner.graph_beam(ef, self.config.ef, self.config.hnsw_ef, allowed.count / max(graph.n_live, 1), k)
+        if allowed.count == graph.n_live and graph.dead == 0:
+            bitmap = None  # every node is allowed
+        elif allowed.bitmap is not None and allowed.bitmap[0] is graph:
+            bitmap = allowed.bitmap[1]
+        else:
+            bitmap = graph.bitmap(allowed.mask)
+            allowed.bitmap = (graph, bitmap)
+        slots, scores = graph.search(prepared, k, beam, bitmap)
         if self.metric is Metric.L2:
             dists = scores
         elif self.metric is Metric.COSINE:

@@ -197,9 +197,11 @@ def test_payloads_are_durable_and_updatable(tmp_path):
 
 def test_the_graph_follows_inserts_deletes_upserts_and_retraining():
     db = curator.open(":memory:")
-    col = db.create_collection("c", dim=4, hnsw=True, exact_limit=10, train_size=200, branching=4, leaf_size=16)
+    # a small, cheap graph, so that the planner picks it for a few hundred vectors
+    col = db.create_collection("c", dim=4, hnsw=True, hnsw_m=8, hnsw_ef=16, exact_limit=10, train_size=200,
+                               branching=4, leaf_size=16)
     rng = np.random.default_rng(0)
-    col.insert(np.arange(150), rng.random((150, 4)), tenant="t", payloads=[{"v": 1}] * 150)
+    col.insert(np.arange(600), rng.random((600, 4)), tenant="t", payloads=[{"v": 1}] * 600)
     target = np.array([9.0, 9.0, 9.0, 9.0], np.float32)
     col.insert([1000], target.reshape(1, 4), tenant="t", payloads=[{"v": 1}])
     assert col.search(target, k=1).ids.tolist() == [1000]
@@ -208,11 +210,13 @@ def test_the_graph_follows_inserts_deletes_upserts_and_retraining():
     assert 1000 not in col.search(target, k=20).ids
     col.upsert([7], target.reshape(1, 4), tenant="t")  # vector 7 moves to the target
     assert col.search(target, k=1).ids.tolist() == [7]
-    col.insert(np.arange(2000, 2300), rng.random((300, 4)), tenant="t")  # retrains: slots renumbered
-    assert col.search(target, k=1).ids.tolist() == [7]
-    assert col.search(target, k=1, filter={"v": 1}).ids.tolist() == [7]
-    found = col.search(rng.random(4), k=450).ids
-    assert found.size == 450 and set(found.tolist()) == set(range(150)) | set(range(2000, 2300))
+    col.insert(np.arange(2000, 2700), rng.random((700, 4)), tenant="t")  # retrains: slots renumbered
+    assert col.stats()["vectors"] == 1300
+    for where in (None, {"v": 1}):
+        result = col.search(target, k=1, filter=where)
+        assert result.ids.tolist() == [7] and result.plan == "graph"
+    found = col.search(rng.random(4), k=1300).ids
+    assert set(found.tolist()) == set(range(600)) | set(range(2000, 2700))
 
 
 # -- bad input: a clear error, nothing changed ------------------------------------------------------
