@@ -422,14 +422,10 @@ class CuratorIndex:
         return ids, dists, plans
 
     def _prepared_query(self, query: np.ndarray) -> np.ndarray:
-        if not np.isfinite(query).all():
+        prepared, usable = kernels.prepare_query(np.ascontiguousarray(query, np.float32), int(self.metric))
+        if not usable:
             raise InvalidArgumentError(_UNUSABLE)
-        if self.metric is Metric.COSINE:
-            norm = float(np.linalg.norm(query))
-            if norm == 0:
-                raise InvalidArgumentError(_UNUSABLE)
-            return (query / norm).astype(np.float32)
-        return np.ascontiguousarray(query, np.float32)
+        return prepared
 
     def _allowed(self, tenant: str | None, where) -> planner.Allowed:
         """What a query of `tenant` (None: any) with filter `where` may return, made once per
@@ -479,11 +475,7 @@ class CuratorIndex:
         else:
             d = -(rows @ prepared)
         d = d.astype(np.float32, copy=False)
-        if slots.size > k:
-            top = np.argpartition(d, k - 1)[:k]
-            order = top[np.argsort(d[top], kind="stable")]
-        else:
-            order = np.argsort(d, kind="stable")
+        order = kernels.smallest_k(d, k)
         return slots[order], d[order]
 
     def _graph_search(self, prepared, k, allowed: planner.Allowed, ef):

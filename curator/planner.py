@@ -16,7 +16,7 @@ The constants were measured on GloVe (50-d) on this project's 2-core machine
 (benchmarks/filtered.py); the plan is reported with every answer.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +31,7 @@ class Allowed:
     tenant_size: int  # the tenant's vectors, or the collection's when no tenant
     candidates: tuple | None = None  # (slots, rows prepared for the metric), for exact scans
     bitmap: tuple | None = None  # (graph, packed node bitmap), for graph searches
+    plans: dict = field(default_factory=dict)  # (k, ef) -> the plan chosen
 
 
 def graph_beam(ef: int, default_ef: int, hnsw_ef: int, fraction: float, k: int) -> int:
@@ -42,6 +43,13 @@ def graph_beam(ef: int, default_ef: int, hnsw_ef: int, fraction: float, k: int) 
 
 
 def choose(allowed: Allowed, tenant: str | None, k: int, ef: int, config, n_live: int, graph_ok: bool) -> str:
+    plan = allowed.plans.get((k, ef))
+    if plan is None:
+        plan = allowed.plans[(k, ef)] = _cheapest(allowed, tenant, k, ef, config, n_live, graph_ok)
+    return plan
+
+
+def _cheapest(allowed: Allowed, tenant: str | None, k: int, ef: int, config, n_live: int, graph_ok: bool) -> str:
     if allowed.count <= max(k, config.exact_limit):
         return "exact"
     costs = {"exact": float(allowed.count)}

@@ -136,7 +136,7 @@ def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, short
 
 
 @numba.njit(cache=True)
-def _prepare_query(q, metric):
+def prepare_query(q, metric):
     """A copy of q ready for the metric (unit length for cosine), and whether q is usable at all
     (finite, and not zero under cosine)."""
     total = 0.0
@@ -154,7 +154,7 @@ def _prepare_query(q, metric):
 def search_one(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
                centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, slot_ids):
     """One query, end to end: (ids, distances) best first, or empty arrays and False if q is unusable."""
-    prepared, usable = _prepare_query(q, metric)
+    prepared, usable = prepare_query(q, metric)
     if not usable:
         return np.empty(0, np.int64), np.empty(0, np.float32), False
     slots = np.empty(k, np.int64)
@@ -181,3 +181,25 @@ def search_batch_parallel(queries, tenants, k, ef, metric, dir_data, dir_start, 
     for i in numba.prange(queries.shape[0]):
         search_tenant(queries[i], k, ef, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
                       centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots[i], out_dist[i])
+
+
+@numba.njit(cache=True)
+def smallest_k(d, k):
+    """Indices of the k smallest values of d, ascending (a bounded max-heap: one pass, no sort
+    of the whole array), for exact scans of allowed vectors."""
+    n = d.shape[0]
+    k = min(k, n)
+    keys = np.empty(k, np.float32)
+    vals = np.empty(k, np.int64)
+    for i in range(k):
+        keys[i] = d[i]
+        vals[i] = i
+    for i in range(k // 2 - 1, -1, -1):
+        _sift_down_max(keys, vals, k, i)
+    for i in range(k, n):
+        if d[i] < keys[0]:
+            keys[0] = d[i]
+            vals[0] = i
+            _sift_down_max(keys, vals, k, 0)
+    order = np.argsort(keys, kind="mergesort")
+    return vals[order]
