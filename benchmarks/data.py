@@ -12,6 +12,11 @@ the data of their tenant. ``ground_truth`` gives the exact filtered top-k and
 ``recall_at_k`` scores results against it. Generated data sets and ground truths are
 cached as ``.npz`` files under ``<repo>/.cache/data/``, keyed by a hash of their
 parameters.
+
+For filtered search, ``glove_filtered`` gives all of GloVe with payload fields correlated
+(k-means cluster) and uncorrelated (uniform integer) with the vectors, filters over them at
+several selectivities, and queries that are perturbed base vectors (every vector is in the
+base set); ``as_tenants()`` views each filter as a tenant for ``ground_truth``.
 """
 
 from __future__ import annotations
@@ -63,9 +68,14 @@ class MultiTenantData:
 
 
 def _cache_path(kind: str, params: dict) -> Path:
+    return cache_file(kind, params, ".npz")
+
+
+def cache_file(kind: str, params: dict, suffix: str) -> Path:
+    """Where a cached artefact (data set, ground truth, built index) of these parameters lives."""
     key = json.dumps([kind, _FORMAT_VERSION, params], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return CACHE_DIR / f"{kind}-{digest}.npz"
+    return CACHE_DIR / f"{kind}-{digest}{suffix}"
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -425,6 +435,171 @@ def zipf_tenants(
     )
     name = "zipf_tenants-" + "-".join(f"{k}={v}" for k, v in params.items())
     return _cached_data("zipf_tenants", params, lambda: _build_zipf(**params, name=name))
+
+
+# ---------------------------------------------------------------------------
+# Filtered search: payload fields correlated and uncorrelated with the vectors
+
+U_RANGE = 1000  # the uncorrelated field `u` is uniform in [0, U_RANGE)
+SELECTIVITIES = (0.001, 0.01, 0.1, 0.5)
+FILTER_KINDS = ("uncorrelated", "correlated_near", "correlated_far")
+
+
+def cluster_label(c: int) -> str:
+    return f"c{c}"
+
+
+@dataclass(frozen=True, eq=False)
+class FilteredData:
+    """Vectors with two payload fields, filters over them, and a query set per filter.
+
+    ``u`` is independent of the vectors, so a filter on it picks rows scattered over the
+    space; ``cluster`` is the vector's k-means cluster, so a filter on a set of neighbouring
+    clusters picks one region of the space. Filter f matches the rows ``matching(f)`` and is
+    asked the queries ``queries[queries_of(f)]``. ``as_tenants()`` views each filter as a
+    tenant, so that ``ground_truth`` and ``recall_at_k`` apply unchanged.
+    """
+
+    name: str
+    vectors: np.ndarray  # (n, d) float32, row i has id i
+    u: np.ndarray  # int64 (n,)
+    cluster: np.ndarray  # int32 (n,)
+    filters: list[dict]  # name, kind, target and actual fraction, spec (a curator filter)
+    match_offsets: np.ndarray  # int64 (F+1,), CSR offsets into match_members
+    match_members: np.ndarray  # int64, the sorted rows each filter matches
+    queries: np.ndarray  # (nq, d) float32
+    query_filters: np.ndarray  # int32 (nq,)
+    query_sources: np.ndarray  # int64 (nq,): the row each query is a perturbation of
+
+    def matching(self, f: int) -> np.ndarray:
+        return self.match_members[self.match_offsets[f] : self.match_offsets[f + 1]]
+
+    def queries_of(self, f: int) -> np.ndarray:
+        return np.flatnonzero(self.query_filters == f)
+
+    def payloads(self, rows) -> list[dict]:
+        """The payload dicts of these rows, as a user would insert them."""
+        return [{"u": u, "cluster": cluster_label(c)}
+                for u, c in zip(self.u[rows].tolist(), self.cluster[rows].tolist())]
+
+    def as_tenants(self) -> MultiTenantData:
+        return MultiTenantData(self.name, self.vectors, [f["name"] for f in self.filters],
+                               self.match_offsets, self.match_members, self.queries, self.query_filters)
+
+
+def _kmeans(unit: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical k-means (faiss): unit centroids and the cluster of each row."""
+    import faiss
+
+    km = faiss.Kmeans(unit.shape[1], n_clusters, niter=20, seed=seed, spherical=True)
+    km.train(unit)
+    _, labels = km.index.search(unit, 1)
+    return km.centroids, labels[:, 0].astype(np.int32)
+
+
+def _cluster_region(rng, centroids: np.ndarray, sizes: np.ndarray, want: float, tries: int = 32) -> np.ndarray:
+    """Clusters taken in order of centroid similarity to a seed cluster until they cover about
+    `want` rows: one contiguous region of the space. Of a few random seeds, the closest to `want`."""
+    best, best_err = None, np.inf
+    for seed_cluster in rng.choice(len(sizes), min(tries, len(sizes)), replace=False):
+        order = np.argsort(-(centroids @ centroids[seed_cluster]), kind="stable")
+        covered = np.cumsum(sizes[order])
+        j = int(np.argmin(np.abs(covered - want)))
+        if abs(covered[j] - want) < best_err:
+            best, best_err = np.sort(order[: j + 1]), abs(covered[j] - want)
+    return best
+
+
+def _perturbed(rng, vectors: np.ndarray, rows: np.ndarray, noise: float) -> np.ndarray:
+    """vectors[rows] plus a random direction of length noise * |vector| each."""
+    x = vectors[rows].astype(np.float32)
+    z = _normalize(rng.standard_normal(x.shape).astype(np.float32))
+    return np.ascontiguousarray(x + noise * np.linalg.norm(x, axis=1, keepdims=True) * z)
+
+
+def _build_glove_filtered(n_vectors, n_queries, n_clusters, noise, seed, name) -> dict:
+    vectors = glove(n_vectors)
+    n = vectors.shape[0]
+    rng = np.random.default_rng([seed, 0])
+    u = rng.integers(0, U_RANGE, n)
+    centroids, cluster = _kmeans(_normalize(vectors), n_clusters, seed)
+    sizes = np.bincount(cluster, minlength=n_clusters)
+
+    filters, members, sources = [], [], []
+    uniform_sources = rng.integers(0, n, n_queries)  # one query set for every filter on u
+    for target in SELECTIVITIES:
+        lt = max(1, round(target * U_RANGE))
+        rows = np.flatnonzero(u < lt)
+        filters.append(dict(name=f"u<{lt}", kind="uncorrelated", target=target, spec={"u": {"lt": lt}}))
+        members.append(rows)
+        sources.append(uniform_sources)
+    for target in SELECTIVITIES:
+        chosen = _cluster_region(rng, centroids, sizes, target * n)
+        inside = np.isin(cluster, chosen)
+        rows = np.flatnonzero(inside)
+        spec = {"cluster": {"in": [cluster_label(c) for c in chosen.tolist()]}}
+        for kind, pool in (("correlated_near", rows), ("correlated_far", np.flatnonzero(~inside))):
+            filters.append(dict(name=f"{len(chosen)} clusters ({kind.split('_')[1]})", kind=kind,
+                                target=target, spec=spec))
+            members.append(rows)
+            sources.append(rng.choice(pool, n_queries, replace=pool.size < n_queries))
+    for f, rows in zip(filters, members):
+        f["fraction"] = rows.size / n
+        f["matches"] = int(rows.size)
+
+    offsets = np.zeros(len(members) + 1, np.int64)
+    np.cumsum([m.size for m in members], out=offsets[1:])
+    query_sources = np.concatenate(sources).astype(np.int64)
+    queries = _perturbed(np.random.default_rng([seed, 1]), vectors, query_sources, noise)
+    return dict(name=np.array(name), u=u, cluster=cluster, filters=np.array(json.dumps(filters)),
+                match_offsets=offsets, match_members=np.concatenate(members).astype(np.int64),
+                queries=queries, query_filters=np.repeat(np.arange(len(filters), dtype=np.int32), n_queries),
+                query_sources=query_sources)
+
+
+def glove_filtered(
+    n_vectors: int | None = None,
+    n_queries: int = 1000,
+    n_clusters: int = 1000,
+    noise: float = 0.5,
+    seed: int = 0,
+) -> FilteredData:
+    """GloVe vectors (the first n_vectors, all 400 000 when None) with payloads
+    ``{"u": int, "cluster": "c<k>"}`` and filters at each of ``SELECTIVITIES``:
+
+    * uncorrelated: ``{"u": {"lt": s * 1000}}``, u uniform in [0, 1000) independent of the vector;
+    * correlated: ``{"cluster": {"in": [...]}}`` over the n_clusters spherical k-means clusters,
+      taking neighbouring clusters (by centroid) until about s * n rows are covered, so that the
+      filter selects one region. Its queries come either from inside the region (``near``) or
+      from outside it (``far``).
+
+    Every vector is in the base set, so a query is a perturbed base vector: a random row (of the
+    whole set, of the region or of its complement) plus a random direction of length
+    noise * |row| (noise 0.5: cosine ~0.89 to its source, about as near as a typical
+    nearest neighbour). n_queries queries per filter kind and selectivity.
+    """
+    params = dict(n_vectors=n_vectors, n_queries=n_queries, n_clusters=n_clusters, noise=noise, seed=seed)
+    name = "glove_filtered-" + "-".join(f"{k}={v}" for k, v in params.items())
+    path = _cache_path("glove_filtered", params)
+    if path.exists():
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+    else:
+        arrays = _build_glove_filtered(**params, name=name)
+        _save_npz(path, **arrays)
+    # The vectors are GloVe's own rows: read again rather than cached twice.
+    return FilteredData(
+        name=str(arrays["name"]),
+        vectors=glove(n_vectors),
+        u=arrays["u"],
+        cluster=arrays["cluster"],
+        filters=json.loads(str(arrays["filters"])),
+        match_offsets=arrays["match_offsets"],
+        match_members=arrays["match_members"],
+        queries=arrays["queries"],
+        query_filters=arrays["query_filters"],
+        query_sources=arrays["query_sources"],
+    )
 
 
 # ---------------------------------------------------------------------------

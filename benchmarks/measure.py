@@ -1,5 +1,6 @@
 """Small measuring helpers shared by the benchmarks: resident memory, latency summaries, tables."""
 
+import contextlib
 import ctypes
 import gc
 import socket
@@ -54,3 +55,42 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_BLAS_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                 "scipy_openblas_set_num_threads", "openblas_set_num_threads64_")
+
+
+def _loaded_openblas() -> list[tuple[str, ctypes.CDLL, str]]:
+    """(path, library, setter name) of each OpenBLAS loaded in this process (numpy's, faiss's...)."""
+    with open("/proc/self/maps") as f:
+        paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+    found = []
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for setter in _BLAS_SETTERS:
+            if hasattr(lib, setter):
+                found.append((path, lib, setter))
+                break
+    return found
+
+
+@contextlib.contextmanager
+def blas_threads(n: int):
+    """Run the block with every loaded OpenBLAS at n threads, then put back what was there.
+
+    Single-query benchmarks mean one thread, BLAS included. On this 2-core machine a single-query
+    matrix-vector product through numpy's OpenBLAS with 2 threads was also measured ~30x slower
+    than with 1 (8 ms against 0.2 ms for 40 000 x 50), at random, depending on thread state."""
+    libs = _loaded_openblas()
+    before = []
+    for _, lib, setter in libs:
+        getter = getattr(lib, setter.replace("set_", "get_"), None)
+        before.append(getter() if getter is not None else None)
+        getattr(lib, setter)(n)
+    try:
+        yield [path for path, _, _ in libs]
+    finally:
+        for (_, lib, setter), old in zip(libs, before):
+            if old is not None:
+                getattr(lib, setter)(old)

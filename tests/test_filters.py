@@ -30,9 +30,9 @@ def glove():
 @pytest.fixture(scope="module")
 def loaded(glove):
     """24k GloVe vectors (cosine) with payloads; tenant "all" owns all, "some" sees a third.
-    A small exact_limit and the graph on, so that every plan gets its turn."""
+    A small exact_limit and a graph costed cheap, so that every plan gets its turn."""
     db = curator.open(":memory:")
-    col = db.create_collection("g", dim=50, metric="cosine", exact_limit=150, hnsw=True)
+    col = db.create_collection("g", dim=50, metric="cosine", exact_limit=150, hnsw=True, hnsw_visit_cost=3)
     n = 20_000
     col.insert(np.arange(n), glove[:n], tenant="all", payloads=[payload(i) for i in range(n)])
     col.grant(np.arange(0, n, 3), tenant="some")
@@ -148,7 +148,8 @@ def small():
     db = curator.open(":memory:")
     rng = np.random.default_rng(3)
     n = 3000
-    col = db.create_collection("s", dim=8, exact_limit=100, train_size=500, hnsw=True, branching=4, leaf_size=32)
+    col = db.create_collection("s", dim=8, exact_limit=100, train_size=500, hnsw=True, hnsw_visit_cost=1,
+                               branching=4, leaf_size=32)
     vectors = rng.standard_normal((n, 8)).astype(np.float32)
     payloads = [payload(i) for i in range(n)]
     col.insert(np.arange(n), vectors, tenant="a", payloads=payloads)
@@ -198,7 +199,7 @@ def test_payloads_are_durable_and_updatable(tmp_path):
 def test_the_graph_follows_inserts_deletes_upserts_and_retraining():
     db = curator.open(":memory:")
     # a small, cheap graph, so that the planner picks it for a few hundred vectors
-    col = db.create_collection("c", dim=4, hnsw=True, hnsw_m=8, hnsw_ef=16, exact_limit=10, train_size=200,
+    col = db.create_collection("c", dim=4, hnsw=True, hnsw_m=8, hnsw_ef=16, hnsw_visit_cost=1, exact_limit=10, train_size=200,
                                branching=4, leaf_size=16)
     rng = np.random.default_rng(0)
     col.insert(np.arange(600), rng.random((600, 4)), tenant="t", payloads=[{"v": 1}] * 600)
