@@ -49,6 +49,7 @@ bench: $(STAMP) system
 	$(PY) -m benchmarks.multitenant
 	$(PY) -m benchmarks.storage
 	$(PY) -m benchmarks.remote
+	$(PY) -m benchmarks.filtered
 
 # A longer crash soak than `make test` runs: make crash CYCLES=500
 CYCLES ?= 500
