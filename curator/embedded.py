@@ -171,8 +171,6 @@ class EmbeddedCollection(Collection):
             validate.name(tenant, "tenant")
         ef = validate.ef(ef, self.index.config.ef)
         with self._lock:
-            if filter is None and tenant is not None:
-                return SearchResult(*self.index.search_one(query, k, tenant, ef), "tree")
             return SearchResult(*self.index.search_planned(query, k, tenant, filter, ef))
 
     def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str] | None = None,
@@ -189,8 +187,6 @@ class EmbeddedCollection(Collection):
         with self._lock:
             if filter is None and None not in tenants:  # every query a tenant's: one compiled call
                 return SearchResult(*self.index.search(queries, k, tenants, ef, parallel=True), ["tree"] * nq)
-            if filter is not None:
-                self.index.check_filter(filter)
             return SearchResult(*self.index.search_planned_batch(queries, k, tenants, filter, ef))
 
     def train(self, sample=None) -> None:

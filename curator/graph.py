@@ -75,8 +75,9 @@ class Graph:
         return np.packbits(ok, bitorder="little")
 
     def search(self, query: np.ndarray, k: int, ef: int, bitmap: np.ndarray | None):
-        """Up to k (slots, scores) among the nodes of `bitmap` (from `bitmap()`; None: every node,
-        when none is dead). Scores are faiss's: squared L2, or inner product (larger is better)."""
+        """Up to k (slots, distances) among the nodes of `bitmap` (from `bitmap()`; None: every
+        node, when none is dead), best first; distances are smaller-is-better as everywhere
+        (`curator.metric`)."""
         if bitmap is None:
             params = faiss.SearchParametersHNSW(efSearch=max(ef, k))
         else:
@@ -85,7 +86,12 @@ class Graph:
         scores, nodes = self.index.search(query.reshape(1, -1), k, params=params)
         nodes, scores = nodes[0], scores[0]
         found = nodes >= 0
-        return self.node_slot[nodes[found]], scores[found]
+        scores = scores[found]  # faiss's: squared L2, or an inner product (larger is better)
+        if self.metric is Metric.COSINE:
+            scores = 1.0 - scores
+        elif self.metric is Metric.IP:
+            scores = -scores
+        return self.node_slot[nodes[found]], scores.astype(np.float32)
 
     @property
     def nbytes(self) -> int:

@@ -129,7 +129,8 @@ class CuratorIndex:
         self.inv_norm[slots] = inv_norm
         self.slot_ids[slots] = ids
         self.ids.assign(ids, slots)
-        leaves, sqdist = self.tree.route(self._prepared(slots))
+        prepared = self._prepared(slots)
+        leaves, sqdist = self.tree.route(prepared)
         self.tenancy.place(slots, leaves)
         change = Change(written=ids)
         self.version += 1
@@ -137,7 +138,7 @@ class CuratorIndex:
             self.payloads.write(slots, payloads)
             change.payloads = ids
         if self.graph is not None:
-            self.graph.add(slots, self._prepared(slots))
+            self.graph.add(slots, prepared)
         self.tenancy.grant(slots, self._tenant(tenant, create=True, change=change))
         if self.tree.trained:
             self._drift_sum += float(sqdist.sum())
@@ -163,9 +164,10 @@ class CuratorIndex:
             self.tenancy.remove(slots)  # out of every sub-tree: the vector may land in another leaf
             self.vectors[slots] = vectors[old]
             self.inv_norm[slots] = inv_norm[old]
-            self.tenancy.place(slots, self.tree.route(self._prepared(slots))[0])
+            prepared = self._prepared(slots)
+            self.tenancy.place(slots, self.tree.route(prepared)[0])
             if self.graph is not None:
-                self.graph.add(slots, self._prepared(slots))
+                self.graph.add(slots, prepared)
             if payloads is not None:
                 self.payloads.write(slots, [p for p, o in zip(payloads, old.tolist()) if o])
                 change.payloads = ids[old]
@@ -373,7 +375,7 @@ class CuratorIndex:
             return (*self.search_one(query, k, tenant, ef), "tree")
         prepared = self._prepared_query(query)
         allowed = self._allowed(tenant, where)
-        plan = planner.choose(allowed, tenant, k, ef, self.config, len(self.ids), self.config.hnsw is not False)
+        plan = planner.choose(allowed, tenant, k, ef, self.config, len(self.ids))
         if plan == "tree":
             t = self._tenant(tenant)
             self.tenancy.ensure(t)
@@ -409,7 +411,7 @@ class CuratorIndex:
             rows = np.array(rows)
             if where is not None or tenant is None:
                 allowed = self._allowed(tenant, where)
-                if planner.choose(allowed, tenant, k, ef, self.config, len(self.ids), self.config.hnsw is not False) == "exact":
+                if planner.choose(allowed, tenant, k, ef, self.config, len(self.ids)) == "exact":
                     prepared = np.stack([self._prepared_query(q) for q in queries[rows]])
                     slots, candidates = self._candidates(allowed)
                     if slots.size:
@@ -451,9 +453,6 @@ class CuratorIndex:
         while len(self._allowed_sets) > 16:
             self._allowed_sets.popitem(last=False)
         return allowed
-
-    def check_filter(self, where) -> None:
-        filters.parse(where, self.payloads.schema())
 
     def _candidates(self, allowed: planner.Allowed) -> tuple[np.ndarray, np.ndarray]:
         """The allowed slots and their rows ready for a scan (unit length under cosine), kept
@@ -498,14 +497,7 @@ class CuratorIndex:
         else:
             bitmap = graph.bitmap(allowed.mask)
             allowed.bitmap = (graph, bitmap)
-        slots, scores = graph.search(prepared, k, beam, bitmap)
-        if self.metric is Metric.L2:
-            dists = scores
-        elif self.metric is Metric.COSINE:
-            dists = 1.0 - scores
-        else:
-            dists = -scores
-        return slots, dists.astype(np.float32)
+        return graph.search(prepared, k, beam, bitmap)
 
     def _leaf_fraction(self, mask: np.ndarray) -> np.ndarray:
         """Per node of the shared tree, the fraction of the vectors in it (a leaf) that `mask` allows."""

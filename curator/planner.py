@@ -49,20 +49,20 @@ def graph_beam(ef: int, default_ef: int, hnsw_ef: int, fraction: float, k: int) 
     return int(min(max(beam, k), 16_384))
 
 
-def choose(allowed: Allowed, tenant: str | None, k: int, ef: int, config, n_live: int, graph_ok: bool) -> str:
+def choose(allowed: Allowed, tenant: str | None, k: int, ef: int, config, n_live: int) -> str:
     plan = allowed.plans.get((k, ef))
     if plan is None:
-        plan = allowed.plans[(k, ef)] = _cheapest(allowed, tenant, k, ef, config, n_live, graph_ok)
+        plan = allowed.plans[(k, ef)] = _cheapest(allowed, tenant, k, ef, config, n_live)
     return plan
 
 
-def _cheapest(allowed: Allowed, tenant: str | None, k: int, ef: int, config, n_live: int, graph_ok: bool) -> str:
+def _cheapest(allowed: Allowed, tenant: str | None, k: int, ef: int, config, n_live: int) -> str:
     if allowed.count <= max(k, config.exact_limit):
         return "exact"
     costs = {"exact": float(allowed.count)}
     if tenant is not None and allowed.tenant_size <= config.tree_max_tenant:
         costs["tree"] = TREE_READ * ef * allowed.tenant_size / allowed.count
-    if graph_ok:
+    if config.hnsw is not False:
         beam = graph_beam(ef, config.ef, config.hnsw_ef, allowed.count / max(n_live, 1), k)
         costs["graph"] = config.hnsw_visit_cost * config.hnsw_m * beam
     return min(costs, key=costs.get)

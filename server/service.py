@@ -40,6 +40,12 @@ class Limits:
             raise ResourceExhaustedError(f"k={k} exceeds the server's limit of {self.max_k} (max_k)")
 
 
+def abort(context, error: CuratorError) -> None:
+    """End a call with the engine error's status code, its class named in the trailing metadata."""
+    context.set_trailing_metadata(((wire.ERROR_KEY, type(error).__name__),))
+    context.abort(grpc.StatusCode[error.code], str(error))
+
+
 def handler(method):
     """Authenticate, run, and turn every engine error into its status code; nothing escapes."""
 
@@ -48,8 +54,7 @@ def handler(method):
         try:
             return method(self, request, self.keys.principal(context))
         except CuratorError as error:
-            context.set_trailing_metadata(((wire.ERROR_KEY, type(error).__name__),))
-            context.abort(grpc.StatusCode[error.code], str(error))
+            abort(context, error)
         except Exception:  # a bug: log it, answer INTERNAL, keep serving
             log.exception("internal error in %s", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the server log")
@@ -289,8 +294,7 @@ class SearchService(_Base, rpc.SearchServicer):
             principal = self.keys.principal(context)
             self.streams.open(context)
         except CuratorError as error:
-            context.set_trailing_metadata(((wire.ERROR_KEY, type(error).__name__),))
-            context.abort(grpc.StatusCode[error.code], str(error))
+            abort(context, error)
         try:
             for request in requests:
                 self.streams.busy(context)
