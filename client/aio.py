@@ -12,7 +12,7 @@ import grpc
 
 from curator.api import SearchResult
 
-from . import calls
+from . import cache_calls, calls
 from .calls import Call, CollectionCalls
 from .remote import STUBS, backoff, channel_options, engine_error
 
@@ -108,9 +108,50 @@ class AsyncRemoteCollection:
         return await self._run(self._calls.stats())
 
 
+class AsyncRemoteCache:
+    """`db.cache` of the asyncio SDK: the methods of `curator.cache.Cache`, each a coroutine."""
+
+    def __init__(self, channel: _AsyncChannel):
+        self._run = channel.run
+
+    async def lookup(self, tenant, prompt=None, *, embedding=None, category=None, model_settings=None,
+                     embedding_model=None):
+        return await self._run(cache_calls.lookup(tenant, prompt, embedding, category, model_settings, embedding_model))
+
+    async def store(self, tenant, prompt, answer, *, embedding=None, category=None, model_settings=None,
+                    embedding_model=None) -> int:
+        return await self._run(cache_calls.store(tenant, prompt, answer, embedding, category, model_settings,
+                                                 embedding_model))
+
+    async def complete(self, tenant, messages, *, category=None, params=None, embedding=None, embedding_model=None):
+        return await self._run(cache_calls.complete(tenant, messages, category, params, embedding, embedding_model))
+
+    async def invalidate(self, tenant, category=None) -> int:
+        return await self._run(cache_calls.invalidate(tenant, category))
+
+    async def feedback(self, tenant, entry_id, *, correct) -> None:
+        await self._run(cache_calls.feedback(tenant, entry_id, correct))
+
+    async def set_policy(self, category, tenant=None, **changes) -> dict:
+        return await self._run(cache_calls.set_policy(category, tenant, changes))
+
+    async def policy(self, category, tenant=None) -> dict:
+        return await self._run(cache_calls.policy(category, tenant))
+
+    async def train_classifier(self, examples, *, min_similarity=0.0) -> None:
+        await self._run(cache_calls.train_classifier(examples, min_similarity))
+
+    async def classify(self, prompt=None, *, embedding=None):
+        return await self._run(cache_calls.classify(prompt, embedding))
+
+    async def stats(self, tenant=None) -> dict:
+        return await self._run(cache_calls.stats(tenant))
+
+
 class AsyncRemoteDatabase:
     def __init__(self, channel: _AsyncChannel):
         self._channel = channel
+        self.cache = AsyncRemoteCache(channel)
 
     async def create_collection(self, name: str, dim: int, metric: str = "l2", **options) -> AsyncRemoteCollection:
         info = await self._channel.run(calls.create_collection(name, dim, metric, options))

@@ -16,11 +16,12 @@ from curator_proto import wire
 from curator_proto.v1 import curator_pb2_grpc as rpc
 
 from . import calls
+from .cache import RemoteCache
 from .calls import Call, CollectionCalls
 from .stream import StreamPool
 
 STUBS = {"collections": rpc.CollectionsStub, "tenants": rpc.TenantsStub, "vectors": rpc.VectorsServiceStub,
-         "search": rpc.SearchStub, "admin": rpc.AdminStub}
+         "search": rpc.SearchStub, "admin": rpc.AdminStub, "cache": rpc.CacheStub}
 
 
 def channel_options(max_message_bytes: int) -> list:
@@ -156,6 +157,11 @@ class RemoteCollection(Collection):
 class RemoteDatabase(Database):
     def __init__(self, channel: _Channel):
         self._channel = channel
+        self._cache = RemoteCache(channel.run)
+
+    @property
+    def cache(self) -> RemoteCache:
+        return self._cache
 
     def create_collection(self, name: str, dim: int, metric: str = "l2", **options) -> Collection:
         return RemoteCollection(self._channel, self._channel.run(calls.create_collection(name, dim, metric, options)))

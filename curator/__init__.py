@@ -15,6 +15,8 @@ from .errors import (
     ResourceExhaustedError,
     StorageError,
     UnauthenticatedError,
+    UpstreamError,
+    UpstreamTimeoutError,
 )
 from .metric import Metric
 from .validate import MAX_EF, MAX_K
@@ -22,20 +24,22 @@ from .validate import MAX_EF, MAX_K
 __all__ = [
     "open", "Database", "Collection", "Metric", "MAX_K", "MAX_EF",
     "CuratorError", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError",
-    "PermissionDeniedError", "ResourceExhaustedError", "StorageError", "UnauthenticatedError", "restore", "connect",
+    "PermissionDeniedError", "ResourceExhaustedError", "StorageError", "UnauthenticatedError",
+    "UpstreamError", "UpstreamTimeoutError", "restore", "connect",
 ]
 
 
-def open(path: str = ":memory:", *, durability: str = "sync") -> Database:  # noqa: A001 - like sqlite3
+def open(path: str = ":memory:", *, durability: str = "sync", cache: dict | None = None) -> Database:  # noqa: A001
     """Open a database: ":memory:" keeps everything in this process; a path opens (or creates) a
     data directory there. durability: "sync" (fsync before a write returns), "batch" (group
-    commit) or "none" (no fsync); see README."""
+    commit) or "none" (no fsync); see README. `cache`: the semantic cache's configuration
+    (`curator.cache.config`: embedding, upstream, load, policies)."""
     from .embedded import EmbeddedDatabase
     from .storage import DataDirectory
 
     if path == ":memory:":
-        return EmbeddedDatabase()
-    return EmbeddedDatabase(DataDirectory.open(path, durability))
+        return EmbeddedDatabase(cache=cache)
+    return EmbeddedDatabase(DataDirectory.open(path, durability), cache=cache)
 
 
 def connect(address: str, **options) -> Database:

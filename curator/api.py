@@ -157,6 +157,11 @@ class Database(ABC):
     @abstractmethod
     def drop_collection(self, name: str) -> None: ...
 
+    @property
+    @abstractmethod
+    def cache(self):
+        """The semantic cache (`curator.cache.Cache`) served beside the collections."""
+
     @abstractmethod
     def snapshot(self, path) -> None:
         """A consistent point-in-time copy of the data directory at `path` (on the server, when remote)."""

@@ -210,8 +210,10 @@ class EmbeddedCollection(Collection):
 class EmbeddedDatabase(Database):
     """Collections in this process: in memory only, or recorded in a data directory."""
 
-    def __init__(self, directory: DataDirectory | None = None):
+    def __init__(self, directory: DataDirectory | None = None, cache: dict | None = None):
         self._directory = directory
+        self._cache_config = cache
+        self._cache = None
         self._collections: dict[str, EmbeddedCollection] = {}
         self._cids: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -260,6 +262,19 @@ class EmbeddedDatabase(Database):
                 self._directory.drop_collection(name, self._cids[name])
             del self._collections[name]
             del self._cids[name]
+
+    @property
+    def cache(self):
+        """The semantic cache of this database (`curator.cache.Cache`), its entries in the same
+        data directory; built on first use from the `cache` configuration given to `open`."""
+        with self._lock:
+            if self._cache is None:
+                from .cache.config import build
+                from .cache.records import MemoryRecords
+
+                records = self._directory if self._directory is not None else MemoryRecords()
+                self._cache = build(self._cache_config, records)
+            return self._cache
 
     def snapshot(self, path) -> None:
         """A consistent copy of the data directory at `path`, taken while writes go on."""

@@ -55,6 +55,18 @@ class StorageError(CuratorError):
     code = "FAILED_PRECONDITION"
 
 
+class UpstreamError(CuratorError):
+    """The model behind the semantic cache failed or broke off its answer (nothing was cached)."""
+
+    code = "UNAVAILABLE"
+
+
+class UpstreamTimeoutError(CuratorError):
+    """The model behind the semantic cache did not answer in time (nothing was cached)."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
 ALL_ERRORS = (
     InvalidArgumentError,
     NotFoundError,
@@ -63,4 +75,6 @@ ALL_ERRORS = (
     ResourceExhaustedError,
     StorageError,
     UnauthenticatedError,
+    UpstreamError,
+    UpstreamTimeoutError,
 )

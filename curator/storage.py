@@ -174,6 +174,24 @@ class DataDirectory:
                 trained_count=np.int64(index.trained_count)))
         return self.commit(batch)
 
+    # -- records of other parts (the semantic cache keeps its entries and settings here) --------
+
+    def write_records(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes] = ()) -> None:
+        """Put and delete raw records in one atomic batch; returns once durable (per the mode)."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in puts:
+            batch.put(key, value)
+        for key in deletes:
+            batch.delete(key)
+        self._wait(self.commit(batch))
+
+    def read_record(self, key: bytes) -> bytes | None:
+        return self._db.get(key)
+
+    def scan_records(self, prefix: bytes):
+        """(key, value) of every record whose key starts with prefix, in key order."""
+        return self._scan(prefix)
+
     @staticmethod
     def _wait(ticket) -> None:
         if ticket is not None:

@@ -16,13 +16,14 @@ from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 
 from . import service
+from .cache_service import CacheService
 from .auth import KeyRing
-from .metrics import Metrics, MetricsInterceptor
+from .metrics import CacheMetrics, Metrics, MetricsInterceptor
 from .streams import OpenStreams
 
 log = logging.getLogger("curator.server")
 VERSION = "0.1.0"
-SERVICES = ("Collections", "Tenants", "VectorsService", "Search", "Admin")
+SERVICES = ("Collections", "Tenants", "VectorsService", "Search", "Admin", "Cache")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ServerConfig:
     limits: service.Limits = field(default_factory=service.Limits)
     tenant_metrics_top: int = 0  # per-tenant request counts for the busiest N tenants (0: off)
     grace_seconds: float = 10.0
+    cache: dict | None = None  # the semantic cache's configuration ([cache] of --cache-config)
 
 
 class CuratorServer:
@@ -50,9 +52,10 @@ class CuratorServer:
         if self.keys.open:
             log.warning("OPEN MODE: no API key file given; every caller is admin. Use --keys for anything "
                         "but local development.")
-        self.db = curator.open(config.data) if config.data == ":memory:" else curator.open(
-            config.data, durability=config.durability)
+        self.db = curator.open(config.data, cache=config.cache) if config.data == ":memory:" else curator.open(
+            config.data, durability=config.durability, cache=config.cache)
         self.metrics = Metrics(self.db, None if config.data == ":memory:" else config.data, config.tenant_metrics_top)
+        self.db.cache.observer = CacheMetrics(self.metrics.registry, self.db.cache)
         size = config.limits.max_message_bytes
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="curator-rpc"),
@@ -67,6 +70,7 @@ class CuratorServer:
         rpc.add_SearchServicer_to_server(service.SearchService(*args, self.streams, self.metrics.observe), self.grpc)
         info = {"version": VERSION, "data": config.data, "durability": config.durability}
         rpc.add_AdminServicer_to_server(service.AdminService(*args, info), self.grpc)
+        rpc.add_CacheServicer_to_server(CacheService(*args), self.grpc)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]

@@ -4,6 +4,8 @@ import argparse
 import logging
 import sys
 
+from curator.cache import config as cache_config
+
 from .app import CuratorServer, ServerConfig
 from .auth import digest_of, new_key
 from .service import Limits
@@ -26,6 +28,8 @@ def main(argv=None) -> int:
     serve.add_argument("--max-message-bytes", type=int, default=64 << 20)
     serve.add_argument("--max-batch", type=int, default=100_000)
     serve.add_argument("--max-k", type=int, default=1_000)
+    serve.add_argument("--cache-config", default=None,
+                       help="TOML file with the semantic cache's [cache] table (embedding, upstream, load, policies)")
     serve.add_argument("--tenant-metrics-top", type=int, default=0,
                        help="label request metrics with the N busiest tenants (0: off)")
     keygen = commands.add_parser("keygen", help="print a new API key and its entry for the keys file")
@@ -48,7 +52,8 @@ def main(argv=None) -> int:
         data=args.data, host=args.host, port=args.port, metrics_port=args.metrics_port, durability=args.durability,
         keys=args.keys, tls_cert=args.tls_cert, tls_key=args.tls_key, workers=args.workers,
         max_streams=args.max_streams,
-        limits=Limits(args.max_message_bytes, args.max_batch, args.max_k), tenant_metrics_top=args.tenant_metrics_top)
+        limits=Limits(args.max_message_bytes, args.max_batch, args.max_k), tenant_metrics_top=args.tenant_metrics_top,
+        cache=cache_config.read(args.cache_config) if args.cache_config else None)
     CuratorServer(config).serve_forever()
     return 0
 

@@ -119,3 +119,82 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+
+
+class CacheMetrics:
+    """The semantic cache's events as Prometheus series, per category (an `Observer` of the engine).
+
+    Categories come from callers, so their labels are capped: the first `max_categories` seen get
+    their own label, later ones are summed under "_other"."""
+
+    def __init__(self, registry: CollectorRegistry, cache, max_categories: int = 64):
+        self.cache, self.max_categories = cache, max_categories
+        self._labels: set[str] = set()
+        self._lock = threading.Lock()
+        self.lookups = Counter("curator_cache_lookups", "cache lookups by category and outcome "
+                               "(hit, relaxed_hit, miss, near_miss, ambiguous, bypassed)",
+                               ["category", "outcome"], registry=registry)
+        self.removals = Counter("curator_cache_removed_entries", "cache entries removed by category and why "
+                               "(evicted, expired)", ["category", "why"], registry=registry)
+        self.latency = Histogram("curator_cache_lookup_seconds", "cache lookup latency (with embedding) by category",
+                                 ["category"], registry=registry,
+                                 buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
+        self.similarity = Histogram("curator_cache_top1_similarity", "cosine similarity of the best entry per lookup",
+                                    ["category"], registry=registry,
+                                    buckets=(0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0))
+        registry.register(_CacheCollector(cache, self.label))
+
+    def label(self, category: str) -> str:
+        with self._lock:
+            if category in self._labels or len(self._labels) < self.max_categories:
+                self._labels.add(category)
+                return category
+        return OTHER
+
+    def lookup(self, category, lookup, seconds) -> None:
+        category = self.label(category)
+        if lookup.hit:
+            outcome = "relaxed_hit" if lookup.relaxed else "hit"
+        elif lookup.reason.startswith("near_miss"):
+            outcome = "near_miss"
+        elif lookup.reason in ("ambiguous", "bypassed"):
+            outcome = lookup.reason
+        else:
+            outcome = "miss"
+        self.lookups.labels(category, outcome).inc()
+        self.latency.labels(category).observe(seconds)
+        if lookup.similarity is not None:
+            self.similarity.labels(category).observe(lookup.similarity)
+
+    def removed(self, category, why, count) -> None:
+        self.removals.labels(self.label(category), why).inc(count)
+
+
+class _CacheCollector:
+    """The cache's sizes and economics, read at scrape time."""
+
+    def __init__(self, cache, label):
+        self.cache, self.label = cache, label
+
+    def collect(self):
+        stats = self.cache.stats()
+        families = {
+            "entries": GaugeMetricFamily("curator_cache_entries", "cache entries by category", labels=["category"]),
+            "bytes": GaugeMetricFamily("curator_cache_bytes", "prompt, answer and embedding bytes by category",
+                                       labels=["category"]),
+            "hit_rate": GaugeMetricFamily("curator_cache_hit_rate", "observed hit rate by category", labels=["category"]),
+            "break_even_hit_rate": GaugeMetricFamily("curator_cache_break_even_hit_rate",
+                                                     "hit rate at which the cache pays for its lookups",
+                                                     labels=["category"]),
+        }
+        totals: dict[tuple[str, str], float] = {}
+        for category, row in stats["categories"].items():
+            label = self.label(category)
+            for name in families:
+                if row.get(name) is not None:
+                    totals[(name, label)] = totals.get((name, label), 0.0) + row[name]
+        for (name, label), value in sorted(totals.items()):
+            families[name].add_metric([label], value)
+        yield from families.values()
+        yield GaugeMetricFamily("curator_cache_pressure", "upstream load pressure (0 none, 1 fully relaxed)",
+                                value=stats["load"]["pressure"])

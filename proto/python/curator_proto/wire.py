@@ -12,7 +12,10 @@ from curator_proto.v1 import curator_pb2 as pb
 
 ERROR_KEY = "curator-error"
 ERROR_CLASSES = {cls.__name__: cls for cls in errors.ALL_ERRORS}
-DEFAULT_BY_CODE = {cls.code: cls for cls in errors.ALL_ERRORS}
+# By code alone only where the code means one engine error: a bare UNAVAILABLE or DEADLINE_EXCEEDED
+# comes from the transport, not from the cache's upstream model.
+DEFAULT_BY_CODE = {cls.code: cls for cls in errors.ALL_ERRORS
+                   if cls not in (errors.UpstreamError, errors.UpstreamTimeoutError)}
 
 
 def pack(vectors: np.ndarray) -> pb.Vectors:

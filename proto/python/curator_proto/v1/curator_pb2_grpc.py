@@ -1372,3 +1372,488 @@ class Admin(object):
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CacheStub(object):
+    """-- the semantic cache ------------------------------------------------------------------------
+
+    A cache of LLM answers in front of a model, partitioned by tenant, category, embedding model
+    and model settings: a lookup never meets another tenant's entry. Similarities are cosine
+    similarities (1 = same direction). A tenant key acts only for its tenants; policies and the
+    classifier are admin-only to change. Upstream failures are UNAVAILABLE, upstream timeouts
+    DEADLINE_EXCEEDED; nothing is cached from either.
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Lookup = channel.unary_unary(
+                '/curator.v1.Cache/Lookup',
+                request_serializer=curator_dot_v1_dot_curator__pb2.CacheLookupRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.CacheLookupReply.FromString,
+                _registered_method=True)
+        self.Store = channel.unary_unary(
+                '/curator.v1.Cache/Store',
+                request_serializer=curator_dot_v1_dot_curator__pb2.CacheStoreRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.CacheStoreReply.FromString,
+                _registered_method=True)
+        self.Complete = channel.unary_unary(
+                '/curator.v1.Cache/Complete',
+                request_serializer=curator_dot_v1_dot_curator__pb2.CacheCompleteRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.CacheCompleteReply.FromString,
+                _registered_method=True)
+        self.Invalidate = channel.unary_unary(
+                '/curator.v1.Cache/Invalidate',
+                request_serializer=curator_dot_v1_dot_curator__pb2.CacheInvalidateRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.CacheCountReply.FromString,
+                _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/curator.v1.Cache/Feedback',
+                request_serializer=curator_dot_v1_dot_curator__pb2.CacheFeedbackRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.Empty.FromString,
+                _registered_method=True)
+        self.SetPolicy = channel.unary_unary(
+                '/curator.v1.Cache/SetPolicy',
+                request_serializer=curator_dot_v1_dot_curator__pb2.SetCachePolicyRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.CachePolicy.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/curator.v1.Cache/GetPolicy',
+                request_serializer=curator_dot_v1_dot_curator__pb2.GetCachePolicyRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.CachePolicyReply.FromString,
+                _registered_method=True)
+        self.TrainClassifier = channel.unary_unary(
+                '/curator.v1.Cache/TrainClassifier',
+                request_serializer=curator_dot_v1_dot_curator__pb2.TrainClassifierRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.Empty.FromString,
+                _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/curator.v1.Cache/Classify',
+                request_serializer=curator_dot_v1_dot_curator__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.ClassifyReply.FromString,
+                _registered_method=True)
+        self.CacheStats = channel.unary_unary(
+                '/curator.v1.Cache/CacheStats',
+                request_serializer=curator_dot_v1_dot_curator__pb2.CacheStatsRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.CacheStatsReply.FromString,
+                _registered_method=True)
+
+
+class CacheServicer(object):
+    """-- the semantic cache ------------------------------------------------------------------------
+
+    A cache of LLM answers in front of a model, partitioned by tenant, category, embedding model
+    and model settings: a lookup never meets another tenant's entry. Similarities are cosine
+    similarities (1 = same direction). A tenant key acts only for its tenants; policies and the
+    classifier are admin-only to change. Upstream failures are UNAVAILABLE, upstream timeouts
+    DEADLINE_EXCEEDED; nothing is cached from either.
+
+    """
+
+    def Lookup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Store(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Complete(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Invalidate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Feedback(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPolicy(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrainClassifier(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Classify(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CacheStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CacheServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Lookup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lookup,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.CacheLookupRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.CacheLookupReply.SerializeToString,
+            ),
+            'Store': grpc.unary_unary_rpc_method_handler(
+                    servicer.Store,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.CacheStoreRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.CacheStoreReply.SerializeToString,
+            ),
+            'Complete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Complete,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.CacheCompleteRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.CacheCompleteReply.SerializeToString,
+            ),
+            'Invalidate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Invalidate,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.CacheInvalidateRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.CacheCountReply.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.CacheFeedbackRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.Empty.SerializeToString,
+            ),
+            'SetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPolicy,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.SetCachePolicyRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.CachePolicy.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.GetCachePolicyRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.CachePolicyReply.SerializeToString,
+            ),
+            'TrainClassifier': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrainClassifier,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.TrainClassifierRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.Empty.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.ClassifyRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.ClassifyReply.SerializeToString,
+            ),
+            'CacheStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.CacheStats,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.CacheStatsRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.CacheStatsReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'curator.v1.Cache', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('curator.v1.Cache', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Cache(object):
+    """-- the semantic cache ------------------------------------------------------------------------
+
+    A cache of LLM answers in front of a model, partitioned by tenant, category, embedding model
+    and model settings: a lookup never meets another tenant's entry. Similarities are cosine
+    similarities (1 = same direction). A tenant key acts only for its tenants; policies and the
+    classifier are admin-only to change. Upstream failures are UNAVAILABLE, upstream timeouts
+    DEADLINE_EXCEEDED; nothing is cached from either.
+
+    """
+
+    @staticmethod
+    def Lookup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Cache/Lookup',
+            curator_dot_v1_dot_curator__pb2.CacheLookupRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.CacheLookupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Store(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Cache/Store',
+            curator_dot_v1_dot_curator__pb2.CacheStoreRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.CacheStoreReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Complete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Cache/Complete',
+            curator_dot_v1_dot_curator__pb2.CacheCompleteRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.CacheCompleteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Invalidate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Cache/Invalidate',
+            curator_dot_v1_dot_curator__pb2.CacheInvalidateRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.CacheCountReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Cache/Feedback',
+            curator_dot_v1_dot_curator__pb2.CacheFeedbackRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Cache/SetPolicy',
+            curator_dot_v1_dot_curator__pb2.SetCachePolicyRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.CachePolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Cache/GetPolicy',
+            curator_dot_v1_dot_curator__pb2.GetCachePolicyRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.CachePolicyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainClassifier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Cache/TrainClassifier',
+            curator_dot_v1_dot_curator__pb2.TrainClassifierRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Cache/Classify',
+            curator_dot_v1_dot_curator__pb2.ClassifyRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.ClassifyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CacheStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Cache/CacheStats',
+            curator_dot_v1_dot_curator__pb2.CacheStatsRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.CacheStatsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,506 @@
+"""The embedded semantic cache: lookups, stores and completions over partitioned HNSW graphs.
+
+Data flow of a lookup: embed the prompt (unless the caller brought an embedding) -> choose the
+category (caller, classifier, or default) -> resolve the policy (tenant override, category,
+default; relaxed by the upstream's load) -> search the one partition of (tenant, category,
+embedding model, model settings) for a few nearest entries -> drop expired ones -> the decision
+rule (threshold, ambiguity margin) -> fetch the body of the chosen entry -> near-miss guard -> hit.
+Only a hit reads the record store.
+
+Entries of one (tenant, category) form a group sharing the quota; a group's lock covers its
+partitions. Eviction picks victims by the policy (LRU or LFU) across the group's partitions.
+"""
+
+import hashlib
+import json
+import threading
+import time
+
+import numpy as np
+
+from .. import validate
+from ..errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from .api import Cache, Completion, Lookup
+from .calibrate import decide
+from .classifier import CentroidClassifier
+from .economics import Economics
+from .embedders import MAX_PROMPT_CHARS, LocalModel
+from .flight import SingleFlight
+from .guard import near_miss
+from .load import LoadMonitor, relaxed
+from .partition import Partition
+from .policy import DEFAULT_CATEGORY, Policies, Policy, category_name
+from .records import ENTRY, SETTING, MemoryRecords, decode_entry, encode_entry, entry_key
+from .upstream import STORABLE_FINISH, Upstream
+
+NEIGHBOURS = 10         # entries compared per lookup (the best, and its rivals for the ambiguity rule)
+EXPIRY_SWEEP_EVERY = 256  # stores between sweeps of expired entries
+_POLICIES_KEY, _CLASSIFIER_KEY = SETTING + b"policies", SETTING + b"classifier"
+_COUNTERS = ("lookups", "hits", "misses", "relaxed_hits", "ambiguous", "near_misses", "false_hits",
+             "stores", "evictions", "expirations", "bypassed")
+
+
+class Observer:
+    """Where the cache reports events (the server turns them into Prometheus metrics); no-ops here."""
+
+    def lookup(self, category: str, lookup: Lookup, seconds: float) -> None: ...
+
+    def removed(self, category: str, why: str, count: int) -> None: ...
+
+
+class _Group:
+    """The partitions of one (tenant, category) and their shared quota."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.partitions: dict[tuple[str, str], Partition] = {}  # (embedding model, settings key) -> partition
+
+    @property
+    def live(self) -> int:
+        return sum(p.live for p in self.partitions.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.bytes for p in self.partitions.values())
+
+
+def settings_key(model_settings: dict | None) -> str:
+    """A short stable key of the model settings an answer came from ("" for none)."""
+    if not model_settings:
+        return ""
+    if not isinstance(model_settings, dict):
+        raise InvalidArgumentError(f"model_settings must be a mapping, got {type(model_settings).__name__}")
+    try:
+        canonical = json.dumps(model_settings, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as error:
+        raise InvalidArgumentError(f"model_settings must be JSON values: {error}") from None
+    return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
+
+
+def answer_key(answer: str) -> int:
+    return int.from_bytes(hashlib.blake2b(answer.encode(), digest_size=8).digest(), "little")
+
+
+class SemanticCache(Cache):
+    def __init__(self, records=None, *, policies: Policies | None = None, embedder=None, upstream: Upstream | None = None,
+                 load: LoadMonitor | None = None, economics: Economics | None = None, observer: Observer | None = None,
+                 clock=time.time):
+        self._records = records if records is not None else MemoryRecords()
+        self._embedder = embedder if embedder is not None else LocalModel()
+        self.upstream = upstream
+        self.load = load or LoadMonitor()
+        self.economics = economics or Economics()
+        self.observer = observer or Observer()
+        self._clock = clock
+        self._lock = threading.Lock()       # the maps below; groups have their own locks
+        self._groups: dict[tuple[str, str], _Group] = {}
+        self._counters: dict[tuple[str, str], dict[str, int]] = {}
+        self._flight = SingleFlight()
+        self._stores_since_sweep = 0
+        stored = self._records.read_record(_POLICIES_KEY)
+        self._policies = policies or (Policies.from_dict(json.loads(stored)) if stored else Policies())
+        stored = self._records.read_record(_CLASSIFIER_KEY)
+        self._classifier = CentroidClassifier.from_dict(json.loads(stored)) if stored else None
+        self._next_id = self._reopen()
+
+    # -- the API -------------------------------------------------------------------------------
+
+    def lookup(self, tenant, prompt=None, *, embedding=None, category=None, model_settings=None,
+               embedding_model=None) -> Lookup:
+        start = time.perf_counter()
+        tenant = validate.name(tenant, "tenant")
+        prompt, embedding, model = self._prompt_and_embedding(prompt, embedding, embedding_model)
+        return self._timed_lookup(start, tenant, prompt, embedding, model, category, settings_key(model_settings))
+
+    def store(self, tenant, prompt, answer, *, embedding=None, category=None, model_settings=None,
+              embedding_model=None) -> int:
+        tenant = validate.name(tenant, "tenant")
+        if not isinstance(answer, str):
+            raise InvalidArgumentError(f"answer must be a string, got {type(answer).__name__}")
+        if prompt is None:
+            raise InvalidArgumentError("store needs the prompt text (it is returned with hits and used by the guard)")
+        prompt, embedding, model = self._prompt_and_embedding(prompt, embedding, embedding_model)
+        category, _ = self._category(category, embedding)
+        policy, _ = self._policy(tenant, category)
+        if not policy.cacheable or policy.max_entries == 0:
+            return -1
+        return self._store(tenant, category, policy, (model, settings_key(model_settings)), prompt, answer, embedding)
+
+    def complete(self, tenant, messages, *, category=None, params=None, embedding=None,
+                 embedding_model=None) -> Completion:
+        start = time.perf_counter()
+        if self.upstream is None:
+            raise InvalidArgumentError("this cache fronts no model: configure an upstream chat-completions URL")
+        tenant = validate.name(tenant, "tenant")
+        params = dict(params or {})
+        prompt, system = _render(messages)
+        settings = settings_key({**params, "system": system} if system else params)
+        prompt, embedding, model = self._prompt_and_embedding(prompt, embedding, embedding_model)
+        lookup = self._timed_lookup(start, tenant, prompt, embedding, model, category, settings)
+        if lookup.hit:
+            return Completion(lookup.answer, True, lookup, lookup.entry_id)
+        policy, _ = self._policy(tenant, lookup.category)
+
+        def ask_upstream():
+            self.load.started()
+            seconds = None
+            try:
+                answer = self.upstream.chat(messages, params)
+                seconds = answer.seconds
+            finally:
+                self.load.finished(seconds)
+            self.economics.upstream(lookup.category, answer.seconds)
+            entry = -1
+            if policy.cacheable and policy.max_entries != 0 and answer.finish_reason in STORABLE_FINISH:
+                entry = self._store(tenant, lookup.category, policy, (model, settings), prompt, answer.text, embedding)
+            return answer, entry
+
+        (answer, entry), leader = self._flight.run((tenant, lookup.category, model, settings, prompt), ask_upstream)
+        return Completion(answer.text, False, lookup, entry, answer.seconds, shared=not leader,
+                          extras={"finish_reason": answer.finish_reason})
+
+    def invalidate(self, tenant, category=None) -> int:
+        tenant = validate.name(tenant, "tenant")
+        with self._lock:
+            keys = [key for key in self._groups if key[0] == tenant and (category is None or key[1] == category)]
+            groups = [self._groups.pop(key) for key in keys]
+        removed = []
+        for group in groups:
+            with group.lock:
+                for partition in group.partitions.values():
+                    removed.append(partition.remove(partition.live_slots()))
+        ids = np.concatenate(removed) if removed else np.empty(0, np.int64)
+        self._records.write_records([], [entry_key(i) for i in ids.tolist()])
+        return int(ids.size)
+
+    def feedback(self, tenant, entry_id, *, correct) -> None:
+        tenant = validate.name(tenant, "tenant")
+        value = self._records.read_record(entry_key(entry_id)) if isinstance(entry_id, int) and entry_id >= 0 else None
+        meta = decode_entry(value)[0] if value is not None else None
+        if meta is None or meta["tenant"] != tenant:  # another tenant's entry is as unknown as a missing one
+            raise NotFoundError(f"tenant {tenant!r} has no cache entry {entry_id!r}")
+        if correct:
+            return
+        self._bump(tenant, meta["category"], "false_hits")
+        group = self._group(tenant, meta["category"], create=False)
+        if group is not None:
+            with group.lock:
+                partition = group.partitions.get((meta["model"], meta["settings"]))
+                if partition is not None:
+                    slots = np.flatnonzero(partition.entry_ids == entry_id)
+                    partition.remove(slots)
+        self._records.write_records([], [entry_key(entry_id)])
+
+    def set_policy(self, category, tenant=None, **changes) -> dict:
+        if tenant is not None:
+            validate.name(tenant, "tenant")
+        policy = self._policies.set(category, changes, tenant=tenant)
+        self._records.write_records([(_POLICIES_KEY, json.dumps(self._policies.as_dict()).encode())])
+        return policy.as_dict()
+
+    def policy(self, category, tenant=None) -> dict:
+        category = category_name(category)
+        configured = self._policies.resolve(tenant or "", category)
+        pressure = self.load.pressure()
+        effective = relaxed(configured, pressure)
+        return {"configured": configured.as_dict(), "effective": effective.as_dict(), "pressure": pressure}
+
+    def policies(self) -> dict:
+        return self._policies.as_dict()
+
+    def train_classifier(self, examples, *, min_similarity=0.0) -> None:
+        if not isinstance(examples, dict) or not examples:
+            raise InvalidArgumentError("examples must map each category to a list of example prompts")
+        labels, texts = [], []
+        for category, prompts in examples.items():
+            category_name(category)
+            if not prompts or not all(isinstance(p, str) and p for p in prompts):
+                raise InvalidArgumentError(f"category {category!r} needs at least one non-empty example prompt")
+            labels += [category] * len(prompts)
+            texts += list(prompts)
+        classifier = CentroidClassifier.fit(labels, self._embedder.embed(texts), min_similarity)
+        self._records.write_records([(_CLASSIFIER_KEY, json.dumps(classifier.as_dict()).encode())])
+        self._classifier = classifier
+
+    def classify(self, prompt=None, *, embedding=None) -> tuple[str, float]:
+        if self._classifier is None:
+            raise InvalidArgumentError("no classifier trained: call train_classifier with example prompts first")
+        _, embedding, _ = self._prompt_and_embedding(prompt, embedding, None)
+        category, score = self._classifier.classify(embedding)
+        return category or DEFAULT_CATEGORY, score
+
+    def stats(self, tenant=None) -> dict:
+        with self._lock:
+            counters = {key: dict(c) for key, c in self._counters.items() if tenant is None or key[0] == tenant}
+            groups = {key: g for key, g in self._groups.items() if tenant is None or key[0] == tenant}
+        categories: dict[str, dict] = {}
+        for (_, category), counts in counters.items():
+            row = categories.setdefault(category, dict.fromkeys(_COUNTERS, 0) | {"entries": 0, "bytes": 0})
+            for name, value in counts.items():
+                row[name] += value
+        for (_, category), group in groups.items():
+            row = categories.setdefault(category, dict.fromkeys(_COUNTERS, 0) | {"entries": 0, "bytes": 0})
+            with group.lock:
+                row["entries"] += group.live
+                row["bytes"] += group.bytes
+        economics = self.economics.report()
+        for category, row in categories.items():
+            row.update(economics.get(category, {}))
+        return {"categories": categories, "load": self.load.snapshot(),
+                "entries": sum(r["entries"] for r in categories.values()),
+                "bytes": sum(r["bytes"] for r in categories.values())}
+
+    def expire(self) -> int:
+        """Remove every entry past its category's TTL now; returns how many."""
+        now = self._clock()
+        pressure = self.load.pressure()
+        with self._lock:
+            groups = list(self._groups.items())
+        total = 0
+        for (tenant, category), group in groups:
+            ttl = relaxed(self._policies.resolve(tenant, category), pressure).ttl
+            with group.lock:
+                ids = [p.remove(p.expired(now, ttl)) for p in group.partitions.values()]
+            ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
+            if ids.size:
+                self._records.write_records([], [entry_key(i) for i in ids.tolist()])
+                self._bump(tenant, category, "expirations", ids.size)
+                self.observer.removed(category, "expired", int(ids.size))
+                total += ids.size
+        return int(total)
+
+    @property
+    def memory_bytes(self) -> int:
+        with self._lock:
+            groups = list(self._groups.values())
+        return sum(p.memory_bytes for g in groups for p in list(g.partitions.values()))
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _timed_lookup(self, start, tenant, prompt, embedding, model, category, settings) -> Lookup:
+        category, source = self._category(category, embedding)
+        policy, base = self._policy(tenant, category)
+        lookup = self._lookup(tenant, category, source, policy, base, (model, settings), prompt, embedding)
+        self._count(tenant, category, lookup)
+        self.observer.lookup(category, lookup, time.perf_counter() - start)
+        return lookup
+
+    def _lookup(self, tenant, category, source, policy: Policy, base: Policy, key, prompt, embedding) -> Lookup:
+        def miss(reason, similarity=None):
+            return Lookup(False, reason, category, source, policy.min_similarity, similarity)
+
+        if not policy.cacheable:
+            return miss("not_cacheable")
+        if policy.auto_bypass and self.economics.should_bypass(category):
+            return miss("bypassed")
+        search_start = time.perf_counter()
+        group = self._group(tenant, category, create=False)
+        partition = group.partitions.get(key) if group is not None else None
+        if partition is None:
+            self.economics.lookup(category, False, time.perf_counter() - search_start)
+            return miss("empty")
+        now = self._clock()
+        with group.lock:
+            slots, similarities = partition.nearest(embedding, NEIGHBOURS)
+            if slots.size and policy.ttl is not None:
+                stale = now - partition.created[slots] > policy.ttl
+                if stale.any():
+                    self._expire_slots(tenant, category, partition, slots[stale])
+                    slots, similarities = slots[~stale], similarities[~stale]
+            if slots.size == 0:
+                self.economics.lookup(category, False, time.perf_counter() - search_start)
+                return miss("empty")
+            best_similarity = float(similarities[0])
+            chosen = decide(similarities, partition.answer_keys[slots], policy.min_similarity, policy.ambiguity_margin)
+            if chosen is None:
+                self.economics.lookup(category, False, time.perf_counter() - search_start)
+                reason = "below_threshold" if best_similarity < policy.min_similarity else "ambiguous"
+                return miss(reason, best_similarity)
+            slot = int(slots[chosen])
+            entry_id = int(partition.entry_ids[slot])
+            created = float(partition.created[slot])
+        fetch_start = time.perf_counter()
+        value = self._records.read_record(entry_key(entry_id))
+        if value is None:  # removed between the search and the fetch
+            return miss("empty", best_similarity)
+        meta, _ = decode_entry(value)
+        similarity = float(similarities[chosen])
+        if policy.guard and prompt is not None:
+            conflict = near_miss(prompt, meta["prompt"])
+            if conflict is not None:
+                self.economics.lookup(category, False, time.perf_counter() - search_start)
+                return miss(f"near_miss:{conflict}", similarity)
+        self.economics.lookup(category, True, fetch_start - search_start, time.perf_counter() - fetch_start)
+        with group.lock:
+            if partition.entry_ids[slot] == entry_id:
+                partition.touch(slot, now)
+        return Lookup(True, "hit", category, source, policy.min_similarity, similarity, meta["answer"],
+                      meta["prompt"], now - created, entry_id, relaxed=similarity < base.min_similarity)
+
+    def _store(self, tenant, category, policy: Policy, key, prompt, answer, embedding) -> int:
+        now = self._clock()
+        meta = {"tenant": tenant, "category": category, "model": key[0], "settings": key[1], "created": now,
+                "prompt": prompt, "answer": answer}
+        record = encode_entry(meta, embedding)
+        size = len(record)
+        if policy.max_bytes is not None and size > policy.max_bytes:
+            raise ResourceExhaustedError(f"entry of {size} bytes exceeds category {category!r}'s quota of "
+                                         f"{policy.max_bytes} bytes")
+        group = self._group(tenant, category, create=True)
+        with group.lock:
+            partition = group.partitions.get(key)
+            if partition is None:
+                partition = group.partitions[key] = Partition(embedding.shape[0])
+            elif partition.dim != embedding.shape[0]:
+                raise InvalidArgumentError(f"embedding of dimension {embedding.shape[0]} given; this cache's "
+                                           f"entries for model {key[0]!r} have dimension {partition.dim}")
+            with self._lock:
+                entry_id = self._next_id
+                self._next_id += 1
+            evicted = self._victims(group, policy, extra_entries=1, extra_bytes=size)
+            evicted_ids = [p.remove(slots) for p, slots in evicted]
+            # the record first: a crash between the two leaves a record that reopening restores
+            self._records.write_records([(entry_key(entry_id), record)],
+                                        [entry_key(i) for ids in evicted_ids for i in ids.tolist()])
+            partition.add(np.array([entry_id]), embedding[None, :], np.array([now]), np.array([size]),
+                          np.array([answer_key(answer)], np.uint64))
+        n_evicted = sum(ids.size for ids in evicted_ids)
+        if n_evicted:
+            self._bump(tenant, category, "evictions", n_evicted)
+            self.observer.removed(category, "evicted", n_evicted)
+        self._bump(tenant, category, "stores")
+        self._stores_since_sweep += 1
+        if self._stores_since_sweep >= EXPIRY_SWEEP_EVERY:
+            self._stores_since_sweep = 0
+            self.expire()
+        return entry_id
+
+    @staticmethod
+    def _victims(group: _Group, policy: Policy, extra_entries: int, extra_bytes: int) -> list:
+        """(partition, slots) to evict so the group fits its quota with one more entry."""
+        over_entries = 0 if policy.max_entries is None else group.live + extra_entries - policy.max_entries
+        over_bytes = 0 if policy.max_bytes is None else group.bytes + extra_bytes - policy.max_bytes
+        if over_entries <= 0 and over_bytes <= 0:
+            return []
+        candidates = []  # (score, partition, slot, bytes) of every live entry, cheapest to lose first
+        for partition in group.partitions.values():
+            slots = partition.live_slots()
+            primary = partition.uses[slots] if policy.eviction == "lfu" else partition.last_used[slots]
+            candidates.append((primary.astype(np.float64), partition.last_used[slots], slots,
+                               partition.nbytes[slots], np.full(slots.size, id(partition))))
+        primary, secondary, slots, sizes, owners = (np.concatenate(c) for c in zip(*candidates))
+        order = np.lexsort((secondary, primary))
+        freed_entries = np.arange(1, order.size + 1)
+        freed_bytes = np.cumsum(sizes[order])
+        enough = (freed_entries >= over_entries) & (freed_bytes >= over_bytes)
+        n = int(np.argmax(enough)) + 1 if enough.any() else order.size
+        chosen = order[:n]
+        by_owner = {id(p): p for p in group.partitions.values()}
+        return [(by_owner[o], slots[chosen][owners[chosen] == o]) for o in np.unique(owners[chosen]).tolist()]
+
+    def _expire_slots(self, tenant, category, partition: Partition, slots) -> None:
+        ids = partition.remove(slots)
+        self._records.write_records([], [entry_key(i) for i in ids.tolist()])
+        self._bump(tenant, category, "expirations", ids.size)
+        self.observer.removed(category, "expired", int(ids.size))
+
+    def _prompt_and_embedding(self, prompt, embedding, embedding_model):
+        if prompt is not None:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InvalidArgumentError("prompt must be a non-empty string")
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise ResourceExhaustedError(f"prompt of {len(prompt)} characters; at most {MAX_PROMPT_CHARS} allowed")
+        if embedding is None:
+            if prompt is None:
+                raise InvalidArgumentError("give the prompt text, its embedding, or both")
+            if embedding_model is not None and embedding_model != self._embedder.name:
+                raise InvalidArgumentError(f"this cache embeds text with {self._embedder.name!r}; for "
+                                           f"{embedding_model!r} give the embedding")
+            return prompt, self._embedder.embed([prompt])[0], self._embedder.name
+        vector = np.asarray(embedding, dtype=np.float32)
+        if vector.ndim != 1 or vector.size == 0:
+            raise InvalidArgumentError(f"embedding must be one vector, got shape {vector.shape}")
+        if not np.isfinite(vector).all():
+            raise InvalidArgumentError("embedding contains NaN or infinity")
+        norm = float(np.linalg.norm(vector))
+        if norm == 0.0:
+            raise InvalidArgumentError("embedding is all zeros; it has no direction to compare")
+        model = embedding_model or self._embedder.name
+        if model == self._embedder.name and vector.size != self._embedder.dim:
+            raise InvalidArgumentError(f"embedding of dimension {vector.size}; {model} embeddings have "
+                                       f"{self._embedder.dim} (name another embedding_model for other models)")
+        return prompt, vector / norm, model
+
+    def _category(self, category, embedding) -> tuple[str, str]:
+        if category is not None:
+            return category_name(category), "caller"
+        if self._classifier is not None:
+            chosen, _ = self._classifier.classify(embedding)
+            if chosen is not None:
+                return chosen, "classifier"
+        return DEFAULT_CATEGORY, "default"
+
+    def _policy(self, tenant, category) -> tuple[Policy, Policy]:
+        base = self._policies.resolve(tenant, category)
+        return relaxed(base, self.load.pressure()), base
+
+    def _group(self, tenant, category, *, create) -> _Group | None:
+        with self._lock:
+            group = self._groups.get((tenant, category))
+            if group is None and create:
+                group = self._groups[(tenant, category)] = _Group()
+            return group
+
+    def _count(self, tenant, category, lookup: Lookup) -> None:
+        with self._lock:
+            counts = self._counters.setdefault((tenant, category), dict.fromkeys(_COUNTERS, 0))
+            counts["lookups"] += 1
+            counts["hits" if lookup.hit else "misses"] += 1
+            if lookup.relaxed:
+                counts["relaxed_hits"] += 1
+            if lookup.reason == "ambiguous":
+                counts["ambiguous"] += 1
+            elif lookup.reason.startswith("near_miss"):
+                counts["near_misses"] += 1
+            elif lookup.reason == "bypassed":
+                counts["bypassed"] += 1
+
+    def _bump(self, tenant, category, name, by=1) -> None:
+        with self._lock:
+            counts = self._counters.setdefault((tenant, category), dict.fromkeys(_COUNTERS, 0))
+            counts[name] += int(by)
+
+    def _reopen(self) -> int:
+        """Rebuild the partitions from the stored entries; returns the next entry id."""
+        rows: dict[tuple, list] = {}
+        last = -1
+        for key, value in self._records.scan_records(ENTRY):
+            meta, embedding = decode_entry(value, with_embedding=True)
+            entry_id = int.from_bytes(key[1:], "big")
+            last = max(last, entry_id)
+            rows.setdefault((meta["tenant"], meta["category"], meta["model"], meta["settings"]), []).append(
+                (entry_id, embedding, meta["created"], len(value), answer_key(meta["answer"])))
+        for (tenant, category, model, settings), entries in rows.items():
+            ids, embeddings, created, sizes, answers = zip(*entries)
+            group = self._group(tenant, category, create=True)
+            partition = group.partitions[(model, settings)] = Partition(len(embeddings[0]), capacity=len(ids))
+            partition.add(np.array(ids), np.stack(embeddings), np.array(created), np.array(sizes),
+                          np.array(answers, np.uint64))
+        return last + 1
+
+
+def _render(messages) -> tuple[str, str]:
+    """(the prompt to match: the conversation without system messages, the system messages)."""
+    if not isinstance(messages, list) or not messages:
+        raise InvalidArgumentError("messages must be a non-empty list of {role, content}")
+    prompt, system = [], []
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or \
+                message.get("role") not in ("system", "user", "assistant"):
+            raise InvalidArgumentError(f"each message needs a role (system, user or assistant) and text content; "
+                                       f"got {message!r:.200}")
+        (system if message["role"] == "system" else prompt).append(
+            message["content"] if message["role"] == "user" else f"[{message['role']}] {message['content']}")
+    if not prompt:
+        raise InvalidArgumentError("messages hold no user message to answer")
+    return "\n".join(prompt), "\n".join(system)

@@ -1,0 +1,139 @@
+"""One partition of the semantic cache: the entries of one (tenant, category, embedding model,
+model settings), as an in-memory HNSW graph over their prompt embeddings plus flat arrays.
+
+Isolation is by construction: a lookup searches exactly one partition, so it cannot meet another
+tenant's entry. The partition holds no bodies (prompts and answers live in the record store); per
+entry it keeps only what a lookup, an expiry sweep or an eviction needs to decide without them:
+the entry id, creation and last-use times, use count, size in bytes and a key of the answer.
+
+Labels in the graph are slots of the arrays; a removed entry's slot is marked deleted in the
+graph and reused by the next add (hnswlib's replace_deleted), so a partition does not grow with
+churn. Not thread-safe by itself: the cache holds `lock` around every call.
+"""
+
+import threading
+
+import hnswlib
+import numpy as np
+
+GRAPH_M = 16
+GRAPH_EF_CONSTRUCTION = 100
+GRAPH_EF_SEARCH = 64
+
+
+class Partition:
+    def __init__(self, dim: int, capacity: int = 64):
+        self.dim = dim
+        self.lock = threading.Lock()
+        self._graph = hnswlib.Index(space="ip", dim=dim)
+        self._graph.init_index(max_elements=capacity, ef_construction=GRAPH_EF_CONSTRUCTION, M=GRAPH_M,
+                               allow_replace_deleted=True)
+        self._graph.set_ef(GRAPH_EF_SEARCH)
+        self.entry_ids = np.full(capacity, -1, np.int64)   # slot -> entry id; -1: free
+        self.created = np.zeros(capacity)
+        self.last_used = np.zeros(capacity)
+        self.uses = np.zeros(capacity, np.int64)
+        self.nbytes = np.zeros(capacity, np.int64)
+        self.answer_keys = np.zeros(capacity, np.uint64)
+        self._slots_used = 0          # slots ever handed out (graph elements, live or deleted)
+        self._free: list[int] = []    # deleted slots, reused first
+        self.live = 0
+        self.bytes = 0
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def add(self, entry_ids: np.ndarray, embeddings: np.ndarray, created: np.ndarray,
+            nbytes: np.ndarray, answer_keys: np.ndarray) -> np.ndarray:
+        """Add entries; returns their slots."""
+        n = len(entry_ids)
+        reused = [self._free.pop() for _ in range(min(n, len(self._free)))]
+        fresh = np.arange(self._slots_used, self._slots_used + n - len(reused))
+        self._reserve(self._slots_used + fresh.size)
+        self._slots_used += fresh.size
+        slots = np.concatenate([np.asarray(reused, np.int64), fresh]).astype(np.int64)
+        if reused:
+            self._graph.add_items(embeddings[: len(reused)], slots[: len(reused)], replace_deleted=True)
+        if fresh.size:
+            self._graph.add_items(embeddings[len(reused):], fresh)
+        self.entry_ids[slots] = entry_ids
+        self.created[slots] = created
+        self.last_used[slots] = created
+        self.uses[slots] = 0
+        self.nbytes[slots] = nbytes
+        self.answer_keys[slots] = answer_keys
+        self.live += n
+        self.bytes += int(np.sum(nbytes))
+        return slots
+
+    def remove(self, slots: np.ndarray) -> np.ndarray:
+        """Remove entries by slot (each once); returns their entry ids."""
+        slots = np.unique(np.asarray(slots, np.int64))
+        slots = slots[self.entry_ids[slots] >= 0]
+        for slot in slots.tolist():
+            self._graph.mark_deleted(slot)
+        self._free.extend(slots.tolist())
+        removed = self.entry_ids[slots].copy()
+        self.entry_ids[slots] = -1
+        self.live -= slots.size
+        self.bytes -= int(self.nbytes[slots].sum())
+        return removed
+
+    def touch(self, slot: int, now: float) -> None:
+        self.last_used[slot] = now
+        self.uses[slot] += 1
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def nearest(self, embedding: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slots of up to m nearest live entries and their cosine similarities, best first."""
+        m = min(m, self.live)
+        if m == 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        try:
+            labels, distances = self._graph.knn_query(embedding, k=m, num_threads=1)
+        except RuntimeError:  # fewer than m reachable past deleted nodes: ask for what is there
+            labels, distances = self._graph.knn_query(embedding, k=1, num_threads=1)
+        return labels[0].astype(np.int64), 1.0 - distances[0]  # ip space: distance = 1 - dot
+
+    def expired(self, now: float, ttl: float | None) -> np.ndarray:
+        """Slots of live entries older than ttl."""
+        if ttl is None or self.live == 0:
+            return np.empty(0, np.int64)
+        used = slice(0, self._slots_used)
+        return np.flatnonzero((self.entry_ids[used] >= 0) & (now - self.created[used] > ttl))
+
+    def victims(self, n: int, eviction: str) -> np.ndarray:
+        """The n live slots to evict first: least recently used, or least used (then oldest use)."""
+        live = np.flatnonzero(self.entry_ids[: self._slots_used] >= 0)
+        n = min(n, live.size)
+        if n == 0:
+            return live[:0]
+        if eviction == "lfu":
+            order = np.lexsort((self.last_used[live], self.uses[live]))
+        else:
+            order = np.argsort(self.last_used[live], kind="stable")
+        return live[order[:n]]
+
+    def live_slots(self) -> np.ndarray:
+        return np.flatnonzero(self.entry_ids[: self._slots_used] >= 0)
+
+    @property
+    def memory_bytes(self) -> int:
+        """The graph's vectors and links, and the per-entry arrays (an estimate from hnswlib's layout)."""
+        per_element = 4 * self.dim + 8 + 4 * (2 * GRAPH_M + 1) + 8
+        arrays = self.entry_ids.nbytes * 6
+        return len(self.entry_ids) * per_element + arrays
+
+    # -- growing -------------------------------------------------------------------------------
+
+    def _reserve(self, needed: int) -> None:
+        capacity = len(self.entry_ids)
+        if needed <= capacity:
+            return
+        grown = max(needed, 2 * capacity)
+        self._graph.resize_index(grown)
+        for name in ("entry_ids", "created", "last_used", "uses", "nbytes", "answer_keys"):
+            old = getattr(self, name)
+            new = np.full(grown, -1, old.dtype) if name == "entry_ids" else np.zeros(grown, old.dtype)
+            new[:capacity] = old
+            setattr(self, name, new)
