@@ -317,3 +317,72 @@ def test_concurrent_clients(tmp_path):
         assert all(col.count(tenant=f"t{w}") == 300 for w in range(6))
     finally:
         server.stop()
+
+
+def test_a_key_never_reaches_another_tenants_cache(secured):
+    alice = curator.connect(secured.address, api_key=KEYS["alice"]).cache
+    bob = curator.connect(secured.address, api_key=KEYS["bob"]).cache
+    admin = curator.connect(secured.address, api_key=KEYS["admin"]).cache
+    vector = np.ones(8, np.float32)
+    entry = alice.store("alice", "alice's question", "alice's answer", embedding=vector, category="c",
+                        embedding_model="test-8d")
+    assert alice.lookup("alice", embedding=vector, category="c", embedding_model="test-8d").hit
+    for call in (lambda: bob.lookup("alice", embedding=vector, category="c", embedding_model="test-8d"),
+                 lambda: bob.store("alice", "q", "planted", embedding=vector, category="c", embedding_model="test-8d"),
+                 lambda: bob.invalidate("alice"),
+                 lambda: bob.feedback("alice", entry, correct=False),
+                 lambda: bob.stats("alice"),
+                 lambda: bob.stats(),
+                 lambda: bob.set_policy("c", min_similarity=0.0),
+                 lambda: bob.train_classifier({"c": ["x"]})):
+        with pytest.raises(curator.PermissionDeniedError):
+            call()
+    with pytest.raises(curator.NotFoundError):  # bob's own tenant knows no such entry
+        bob.feedback("bob", entry, correct=False)
+    assert bob.lookup("bob", embedding=vector, category="c", embedding_model="test-8d").reason == "empty"
+    admin.set_policy("c", min_similarity=0.5)
+    assert alice.policy("c")["configured"]["min_similarity"] == 0.5
+    assert alice.lookup("alice", embedding=vector, category="c", embedding_model="test-8d").answer == "alice's answer"
+    assert admin.stats()["entries"] == 1
+
+
+POLICY_NUMBERS = st.none() | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, 1.0, -1.0, 2.0])
+POLICIES = st.builds(
+    lambda sim, ttl, entries, eviction, floor: pb.CachePolicy(
+        **{k: v for k, v in dict(min_similarity=sim, ttl=ttl, max_entries=entries, eviction=eviction,
+                                 min_similarity_floor=floor, relaxable=floor is not None).items() if v is not None}),
+    POLICY_NUMBERS, POLICY_NUMBERS, st.none() | st.integers(-2**63, 2**63 - 1),
+    st.none() | st.sampled_from(["lru", "lfu", "fifo", ""]), POLICY_NUMBERS)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=GARBAGE, policy=POLICIES, text=st.sampled_from(["", "what is 5 + 5", "\x00" * 5, "é" * 40]),
+       category=st.sampled_from(["", "c", "x" * 300]), settings_json=st.sampled_from(["", "{}", "[1]", "{", '{"m": 1}']),
+       method=st.sampled_from(["Lookup", "Store", "SetPolicy", "Invalidate", "Feedback"]))
+def test_fuzzed_cache_requests_get_defined_codes_and_the_server_keeps_serving(
+        secured, case, policy, text, category, settings_json, method):
+    dim, data, ids, _, tenant, _ = case
+    channel = grpc.insecure_channel(secured.address)
+    stub = rpc.CacheStub(channel)
+    meta = (("authorization", f"Bearer {KEYS['admin']}"),)
+    prompt = pb.Prompt(text=text, embedding=pb.Vectors(dim=dim, data=data), embedding_model="fuzz")
+    requests = {
+        "Lookup": (stub.Lookup, pb.CacheLookupRequest(tenant=tenant, prompt=prompt, category=category,
+                                                      model_settings_json=settings_json)),
+        "Store": (stub.Store, pb.CacheStoreRequest(tenant=tenant, prompt=prompt, answer=text, category=category,
+                                                   model_settings_json=settings_json)),
+        "SetPolicy": (stub.SetPolicy, pb.SetCachePolicyRequest(category=category, tenant=tenant, changes=policy)),
+        "Invalidate": (stub.Invalidate, pb.CacheInvalidateRequest(tenant=tenant, category=category)),
+        "Feedback": (stub.Feedback, pb.CacheFeedbackRequest(tenant=tenant, entry_id=ids[0] if ids else -1)),
+    }
+    call, request = requests[method]
+    try:
+        call(request, metadata=meta, timeout=10)
+    except grpc.RpcError as error:
+        assert error.code() in DEFINED, f"{method} answered {error.code()}: {error.details()}"
+    ok = pb.Prompt(text="ok", embedding=pb.Vectors(dim=4, data=np.ones(4, "<f4").tobytes()), embedding_model="fuzz-ok")
+    whole = pb.CachePolicy(min_similarity=0.5, no_ttl=True, max_entries=-1, max_bytes=-1, cacheable=True)
+    stub.SetPolicy(pb.SetCachePolicyRequest(category="ok", changes=whole), metadata=meta, timeout=10)
+    stub.Store(pb.CacheStoreRequest(tenant="alice", prompt=ok, answer="fine", category="ok"), metadata=meta, timeout=10)
+    assert stub.Lookup(pb.CacheLookupRequest(tenant="alice", prompt=ok, category="ok"), metadata=meta, timeout=10).hit
+    channel.close()
