@@ -498,3 +498,12 @@ def test_break_even_is_reported_and_a_category_that_does_not_pay_is_bypassed(tmp
     assert row["lookup_cost_s"] > 0 and row["upstream_cost_s"] > row["lookup_cost_s"]
     reasons = [lookup(cache, "acme", unit(300 + i), category="chat").reason for i in range(10)]
     assert reasons.count("bypassed") == 8 and reasons.count("bypassed") < len(reasons)  # probes still look
+
+
+def test_a_default_change_that_breaks_an_override_is_refused_whole(db):
+    cache = db.cache
+    cache.set_policy(None, ttl=100.0)
+    cache.set_policy("code", ttl_ceiling=200.0, relaxable=True)  # inherits ttl 100 from the default
+    with pytest.raises(InvalidArgumentError, match="ttl_ceiling"):
+        cache.set_policy(None, ttl=500.0)  # would put code's ceiling below its ttl
+    assert cache.policy("other")["configured"]["ttl"] == 100.0

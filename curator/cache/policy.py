@@ -118,10 +118,11 @@ class Policies:
             if category is None:
                 if tenant is not None:
                     raise InvalidArgumentError("a tenant override names its category")
-                self._default = self._default.merged(changes)
+                default = self._default.merged(changes)
                 for fields in (*self._categories.values(), *self._tenants.values()):
-                    self._default.merged(fields)  # every override must still be valid on the new default
-                return self._default
+                    default.merged(fields)  # every override must still be valid on the new default
+                self._default = default
+                return default
             category = category_name(category)
             key = (tenant, category)
             table, slot = (self._categories, category) if tenant is None else (self._tenants, key)
