@@ -30,6 +30,13 @@ def serving(tmp_path):
         col.search(np.ones(3), k=2, tenant="a")
     with pytest.raises(curator.NotFoundError):
         col.search(np.ones(3), k=2, tenant="nobody")
+    cache, vector = db.cache, np.ones(4, np.float32)
+    cache.set_policy("faq", min_similarity=0.9, max_entries=1)
+    for answer in ("first", "second"):  # the second store evicts the first
+        cache.store("a", f"q {answer}", answer, embedding=vector, category="faq", embedding_model="t")
+    for _ in range(3):
+        cache.lookup("a", embedding=vector, category="faq", embedding_model="t")
+    cache.lookup("a", embedding=-vector, category="faq", embedding_model="t")
     yield server
     db.close()
     server.stop()
@@ -45,6 +52,12 @@ def test_promtool_accepts_the_metrics(serving):
     assert result.returncode == 0, result.stdout + result.stderr
     assert 'curator_requests_total{code="NOT_FOUND",method="SearchStream"} 1.0' in text
     assert 'curator_request_seconds_bucket{le="0.001",method="SearchStream"}' in text
+    assert 'curator_cache_lookups_total{category="faq",outcome="hit"} 3.0' in text
+    assert 'curator_cache_lookups_total{category="faq",outcome="miss"} 1.0' in text
+    assert 'curator_cache_removed_entries_total{category="faq",why="evicted"} 1.0' in text
+    assert 'curator_cache_entries{category="faq"} 1.0' in text
+    assert 'curator_cache_top1_similarity_bucket{category="faq",le="0.0"} 1.0' in text  # the opposite vector: -1
+    assert 'curator_cache_lookup_seconds_count{category="faq"} 4.0' in text
     tenant_lines = [line for line in text.splitlines() if line.startswith("curator_tenant_requests_total")]
     assert len(tenant_lines) == 3 and any('tenant="_other"' in line for line in tenant_lines)  # capped at top 2
 
