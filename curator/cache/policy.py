@@ -104,11 +104,19 @@ class Policies:
         self._default = default or Policy()
         self._categories: dict[str, dict] = {}        # category -> changed fields
         self._tenants: dict[tuple[str, str], dict] = {}  # (tenant, category) -> changed fields
+        self._resolved: dict[tuple[str, str], Policy] = {}  # memo of resolve(), emptied by every change
 
     def resolve(self, tenant: str, category: str) -> Policy:
+        key = (tenant, category)
+        policy = self._resolved.get(key)
+        if policy is not None:
+            return policy
         with self._lock:
-            changes = {**self._categories.get(category, {}), **self._tenants.get((tenant, category), {})}
-            return self._default.merged(changes) if changes else self._default
+            changes = {**self._categories.get(category, {}), **self._tenants.get(key, {})}
+            policy = self._default.merged(changes) if changes else self._default
+            if len(self._resolved) < 100_000:
+                self._resolved[key] = policy
+            return policy
 
     def set(self, category: str | None, changes: dict, tenant: str | None = None) -> Policy:
         """Change the default (category None), a category, or a tenant's view of a category."""
@@ -122,6 +130,7 @@ class Policies:
                 for fields in (*self._categories.values(), *self._tenants.values()):
                     default.merged(fields)  # every override must still be valid on the new default
                 self._default = default
+                self._resolved.clear()
                 return default
             category = category_name(category)
             key = (tenant, category)
@@ -130,6 +139,7 @@ class Policies:
             base = {} if tenant is None else self._categories.get(category, {})
             policy = self._default.merged({**base, **merged})  # validates the whole result
             table[slot] = merged
+            self._resolved.clear()
             return policy
 
     def reset(self, category: str, tenant: str | None = None) -> None:
@@ -139,6 +149,7 @@ class Policies:
                 self._categories.pop(category, None)
             else:
                 self._tenants.pop((tenant, category), None)
+            self._resolved.clear()
 
     def categories(self) -> list[str]:
         with self._lock:
