@@ -11,7 +11,7 @@ METRICS_PORT ?= 9464
 
 NODE_STAMP := tests/node/node_modules/.installed-stamp
 
-.PHONY: run demo test bench crash proto system clean
+.PHONY: run demo test bench load soak crash proto system clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,20 @@ bench: $(STAMP) system
 	$(PY) -m benchmarks.storage
 	$(PY) -m benchmarks.remote
 	$(PY) -m benchmarks.filtered
+
+# Load tests against a server the harness starts on loopback (benchmarks/load; results in
+# benchmarks/results/): ramps to the highest rate held with p99 under 50 ms, search-only and mixed.
+load: $(STAMP) system
+	$(PY) -m benchmarks.load ramp --mix search --out benchmarks/results/load_ramp_search
+	$(PY) -m benchmarks.load ramp --mix mixed --out benchmarks/results/load_ramp_mixed
+
+# A soak: the mixed load at a fixed rate, server memory and open files sampled, every
+# acknowledged write read back at the end: make soak SOAK_RATE=150 SOAK_SECONDS=600
+SOAK_RATE ?= 150
+SOAK_SECONDS ?= 600
+soak: $(STAMP) system
+	$(PY) -m benchmarks.load soak --mix mixed --rate $(SOAK_RATE) --duration $(SOAK_SECONDS) \
+	  --out benchmarks/results/load_soak
 
 # A longer crash soak than `make test` runs: make crash CYCLES=500
 CYCLES ?= 500

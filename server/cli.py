@@ -36,6 +36,11 @@ def main(argv=None) -> int:
     keygen.add_argument("--name", required=True)
     keygen.add_argument("--tenant", action="append", default=[])
     keygen.add_argument("--admin", action="store_true")
+    commands.add_parser("loadtest", add_help=False,
+                        help="drive a server like production traffic: run, ramp, soak (curator loadtest -h)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["loadtest"]:
+        return _loadtest(argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "keygen":
@@ -56,6 +61,22 @@ def main(argv=None) -> int:
         cache=cache_config.read(args.cache_config) if args.cache_config else None)
     CuratorServer(config).serve_forever()
     return 0
+
+
+def _loadtest(argv: list[str]) -> int:
+    """The load-test harness lives in the source checkout's benchmarks/load, beside this package."""
+    try:
+        from benchmarks.load.cli import main as loadtest
+    except ModuleNotFoundError:
+        from pathlib import Path
+
+        checkout = Path(__file__).resolve().parent.parent
+        if not (checkout / "benchmarks" / "load").is_dir():
+            print("curator loadtest needs a source checkout of Curator (benchmarks/load)", file=sys.stderr)
+            return 2
+        sys.path.insert(0, str(checkout))
+        from benchmarks.load.cli import main as loadtest
+    return loadtest(argv)
 
 
 if __name__ == "__main__":

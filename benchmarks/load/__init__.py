@@ -1,0 +1,15 @@
+"""The load-test harness: drive a Curator server over gRPC like production traffic, find where it
+breaks, and soak it.
+
+- `workload`: the operations (registered with the server methods they are counted under), their
+  mix, Zipf-hot tenants, writes to ids each client owns (`ledger`);
+- `driver`: worker processes running closed- or open-loop phases, measured with mergeable
+  log-bucket histograms (`histogram`);
+- `ramp`, `soak`: the two long procedures; `verify`: reading back every acknowledged write;
+- `dataset`, `server`: the data loaded and the server started when no --target is given;
+- `server_metrics`: the server's own request counts, checked against the clients';
+- `report`: terminal text, JSON and PNG plots; `cli`: `curator loadtest` / `python -m benchmarks.load`.
+
+It never sends traffic anywhere but the address it is given (loopback when it starts the server),
+and every phase is bounded in time.
+"""

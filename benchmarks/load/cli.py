@@ -1,0 +1,196 @@
+"""`curator loadtest` / `python -m benchmarks.load`: run, ramp or soak a Curator server.
+
+    python -m benchmarks.load run  --rate 500 --duration 30 --mix mixed
+    python -m benchmarks.load ramp --mix search --p99-ms 50 --out benchmarks/results/load_ramp_search
+    python -m benchmarks.load soak --rate 300 --duration 600 --out benchmarks/results/soak
+    python -m benchmarks.load run  --target 127.0.0.1:50051 --metrics-url http://127.0.0.1:9464/metrics --clients 8
+
+Without --target the harness starts `curator serve` itself on a fresh temporary data directory
+and loads the chosen data set; with --target it loads the data set into --collection unless that
+collection exists already (then it is reused as it is).
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from . import dataset
+from .driver import ClientSettings, Phase, WorkerPool
+from .histogram import Histogram
+from .ramp import run_ramp
+from .report import client_calls, phase_summary, plot, text, write_json
+from .server import ManagedServer
+from .server_metrics import compare, scrape_requests, served_between
+from .soak import run_soak
+from .verify import read_back
+from .workload import OPERATIONS, PRESETS, WorkloadSpec, parse_mix
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("server")
+    g.add_argument("--target", help="host:port of a running server (default: start one on loopback)")
+    g.add_argument("--metrics-url", help="its Prometheus endpoint, to check counts (with --target)")
+    g.add_argument("--server-pid", type=int, help="its pid, for the soak's memory samples (with --target)")
+    g.add_argument("--api-key")
+    g.add_argument("--collection", default="loadtest")
+    g.add_argument("--durability", choices=["sync", "batch", "none"], default="sync",
+                   help="of the server the harness starts")
+    g.add_argument("--server-workers", type=int, default=16, help="threads of the server the harness starts")
+    g = common.add_argument_group("data")
+    g.add_argument("--dataset", choices=dataset.DATASETS, default="wordnet")
+    g.add_argument("--vectors", type=int, help="size of the zipf data set (GloVe rows)")
+    g.add_argument("--tenants", type=int, help="tenants of the zipf data set")
+    g = common.add_argument_group("load")
+    g.add_argument("--mix", default="mixed", help=f"a preset ({', '.join(PRESETS)}) or op=weight,... "
+                                                 f"over {', '.join(OPERATIONS)}")
+    g.add_argument("--zipf", type=float, default=1.0, help="exponent of tenant popularity (0: uniform)")
+    g.add_argument("--k", type=int, default=10)
+    g.add_argument("--write-batch", type=int, default=10, help="ids per upsert and grant (deletes: half)")
+    g.add_argument("--id-slots", type=int, default=256, help="ids each client writes to")
+    g.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="load processes")
+    g.add_argument("--open-threads", type=int, default=16, help="most calls in flight per process, open loop")
+    g.add_argument("--timeout", type=float, default=10.0, help="deadline of each call (s)")
+    g.add_argument("--unary", action="store_true", help="single searches as unary calls, not the search stream")
+    g.add_argument("--warmup", type=float, default=5.0, help="seconds of closed-loop load before measuring")
+    g.add_argument("--seed", type=int, default=0)
+    g = common.add_argument_group("output")
+    g.add_argument("--out", help="write OUT.json and OUT.png (default: ./loadtest-COMMAND)")
+    g.add_argument("--verify", action="store_true", help="read back every acknowledged write at the end")
+    g.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    parser = argparse.ArgumentParser(prog="curator loadtest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", parents=[common], help="one closed- or open-loop run")
+    how = run.add_mutually_exclusive_group(required=True)
+    how.add_argument("--clients", type=int, help="closed loop: this many concurrent callers")
+    how.add_argument("--rate", type=float, help="open loop: this many calls per second")
+    run.add_argument("--duration", type=float, default=30.0)
+    ramp = commands.add_parser("ramp", parents=[common], help="raise the rate until p99 or errors cross a limit")
+    ramp.add_argument("--start-rate", type=float, default=100.0)
+    ramp.add_argument("--factor", type=float, default=1.25, help="each step's rate over the last one's")
+    ramp.add_argument("--max-rate", type=float, default=100_000.0)
+    ramp.add_argument("--step-seconds", type=float, default=10.0)
+    ramp.add_argument("--p99-ms", type=float, default=50.0)
+    ramp.add_argument("--max-error-rate", type=float, default=0.001)
+    ramp.add_argument("--retries", type=int, default=1, help="runs of a failed step before the ramp stops")
+    soak = commands.add_parser("soak", parents=[common], help="a fixed rate for a long time; memory, errors, read-back")
+    soak.add_argument("--rate", type=float, required=True)
+    soak.add_argument("--duration", type=float, default=600.0)
+    soak.add_argument("--sample-seconds", type=float, default=5.0)
+    soak.add_argument("--max-growth-pct", type=float, default=10.0, help="RSS growth after settling called flat")
+    return parser
+
+
+def _progress(quiet: bool):
+    def show(result, second: int) -> None:
+        hists = result.per_second.get(second, {})
+        calls = sum(h.count for h in hists.values())
+        errors = sum(result.errors_per_second.get(second, {}).values())
+        merged = Histogram()
+        for h in hists.values():
+            merged.add(h)
+        by_op = " ".join(f"{n} {h.count}" for n, h in sorted(hists.items()))
+        print(f"[{result.phase.label}] {second + 1:>4} s  {calls + errors:>6} calls/s  "
+              f"p50 {merged.percentile(50) * 1e3:7.2f} ms  p99 {merged.percentile(99) * 1e3:7.2f} ms  "
+              f"errors {errors}  ({by_op})", file=sys.stderr, flush=True)
+    return None if quiet else show
+
+
+def _say(args, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    mix = parse_mix(args.mix)
+    data = dataset.build(args.dataset, args.vectors, args.tenants)
+    report = {"title": f"curator loadtest {args.command}: {args.mix} on {args.dataset}", "command": args.command,
+              "config": {k: v for k, v in vars(args).items() if k != "api_key"}, "mix": mix,
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "load_average_at_start": os.getloadavg()},  # other work on the machine skews figures
+              "data": {"name": data.name, "vectors": int(data.vectors.shape[0]), "tenants": data.n_tenants,
+                       "pairs": data.n_pairs}}
+    server = None
+    if args.target:
+        address, metrics_url, pid = args.target, args.metrics_url, args.server_pid
+    else:
+        _say(args, f"starting curator serve (durability {args.durability}) on a temporary data directory")
+        server = ManagedServer(args.durability, args.server_workers).start()
+        address, metrics_url, pid = server.address, server.metrics_url, server.pid
+    report["server"] = {"address": address, "started_by_harness": server is not None, "pid": pid,
+                        "durability": args.durability if server else None}
+    try:
+        _measure(args, report, data, mix, address, metrics_url, pid)
+    finally:
+        if server is not None:
+            server.stop()
+    report["machine"]["load_average_at_end"] = os.getloadavg()
+    out = Path(args.out or f"loadtest-{args.command}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(report, out.with_suffix(".json"))
+    plot(report, out.with_suffix(".png"))
+    print(text(report))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    return 0 if healthy(report) else 1
+
+
+def _measure(args, report: dict, data, mix: dict, address: str, metrics_url: str | None, pid: int | None) -> None:
+    """Load the data if needed, run the command's phases, check counts and read back; into `report`."""
+    import curator
+
+    db = curator.connect(address, api_key=args.api_key)
+    try:
+        if args.collection in db.list_collections():
+            _say(args, f"reusing the existing collection {args.collection!r}")
+        else:
+            _say(args, f"loading {data.name} into {args.collection!r}")
+            report["data"]["load"] = dataset.load(db, args.collection, data)
+        settings = ClientSettings(address, args.collection, dataset.for_workers(data),
+                                  WorkloadSpec(mix, args.zipf, args.k, args.write_batch, args.id_slots, seed=args.seed),
+                                  args.api_key, args.timeout, not args.unary, args.open_threads)
+        _say(args, f"starting {args.workers} load processes")
+        pool = WorkerPool(settings, args.workers)
+        progress = _progress(args.quiet)
+        try:
+            run_start = time.monotonic()
+            if args.warmup > 0:
+                pool.run(Phase("warm-up", "closed", args.warmup, clients=2 * args.workers, record=False), progress)
+            before = scrape_requests(metrics_url) if metrics_url else None
+            if args.command == "run":
+                phase = (Phase(f"{args.clients} clients", "closed", args.duration, clients=args.clients) if args.clients
+                         else Phase(f"{args.rate:.0f}/s", "open", args.duration, rate=args.rate))
+                report["phases"] = [phase_summary(pool.run(phase, progress), run_start)]
+            elif args.command == "ramp":
+                report["phases"], report["ramp"] = run_ramp(
+                    pool, args.start_rate, args.factor, args.step_seconds, args.max_rate, args.p99_ms,
+                    args.max_error_rate, run_start, progress, args.retries)
+            else:
+                step, report["soak"] = run_soak(pool, args.rate, args.duration, pid, run_start, progress,
+                                                args.sample_seconds, max_growth_pct=args.max_growth_pct)
+                report["phases"] = [step]
+            if before is not None:
+                served = served_between(before, scrape_requests(metrics_url))
+                report["server_served"] = served
+                report["server_check"] = compare(client_calls(report["phases"]), served)
+            if args.verify or args.command == "soak":
+                _say(args, "reading back every acknowledged write")
+                report["read_back"] = read_back(db.collection(args.collection), pool.ledgers(), data.vectors)
+        finally:
+            pool.close()
+    finally:
+        db.close()
+
+
+def healthy(report: dict) -> bool:
+    """No failed calls, the server's counts match, every write read back, memory flat (soak)."""
+    ok = all(p["error_rate"] == 0 for p in report["phases"]) if report["command"] != "ramp" else True
+    ok &= all(row["match"] for row in report.get("server_check", []))
+    ok &= report.get("read_back", {}).get("ok", True)
+    memory = (report.get("soak") or {}).get("memory")
+    return ok and (memory is None or memory["flat"])

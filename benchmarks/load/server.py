@@ -1,0 +1,79 @@
+"""A Curator server that the load test starts itself: `curator serve` as its own process, on a
+fresh temporary data directory and free loopback ports, stopped (SIGTERM, drained) and removed
+at the end. Its pid is what the soak samples for memory and open files."""
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import curator
+
+from ..measure import free_port
+
+ROOT = Path(__file__).absolute().parent.parent.parent  # the checkout (not resolved: it may be linked)
+
+
+class ManagedServer:
+    def __init__(self, durability: str = "sync", workers: int = 16, extra_args: tuple[str, ...] = ()):
+        self.durability, self.workers, self.extra_args = durability, workers, extra_args
+        self.process: subprocess.Popen | None = None
+        self.directory: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def start(self, ready_seconds: float = 120.0) -> "ManagedServer":
+        self.directory = tempfile.mkdtemp(prefix="curator-load-")
+        self.port, self.metrics_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        self.log_path = Path(self.directory) / "server.log"
+        command = [sys.executable, "-m", "curator_server", "serve", "--data", str(Path(self.directory) / "data"),
+                   "--port", str(self.port), "--metrics-port", str(self.metrics_port),
+                   "--durability", self.durability, "--workers", str(self.workers), *self.extra_args]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_ready(ready_seconds)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, ready_seconds: float) -> None:
+        db = curator.connect(self.address, timeout=2, retries=0)
+        deadline = time.monotonic() + ready_seconds
+        try:
+            while True:
+                try:
+                    db.list_collections()
+                    return
+                except curator.CuratorError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        tail = self.log_path.read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"the server did not start; its log ends:\n{tail}") from None
+                    time.sleep(0.1)
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,50 @@
+"""What the server says it served: `curator_requests_total{method,code}` from its Prometheus
+endpoint, and the check of a run's own counts against it (by operation, through the server
+methods each operation is registered with)."""
+
+import urllib.request
+from collections import defaultdict
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .workload import OPERATIONS
+
+
+def scrape_requests(url: str, timeout: float = 10.0) -> dict[tuple[str, str], float]:
+    """(method, code) -> requests served so far."""
+    with urllib.request.urlopen(url, timeout=timeout) as reply:
+        text = reply.read().decode()
+    counts = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "curator_requests":
+            continue
+        for sample in family.samples:
+            if sample.name == "curator_requests_total":
+                counts[(sample.labels["method"], sample.labels["code"])] = sample.value
+    return counts
+
+
+def served_between(before: dict, after: dict) -> dict[str, dict[str, int]]:
+    """method -> code -> requests served between two scrapes."""
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for (method, code), value in after.items():
+        delta = int(round(value - before.get((method, code), 0.0)))
+        if delta:
+            out[method][code] = delta
+    return dict(out)
+
+
+def compare(client_counts: dict[str, int], served: dict[str, dict[str, int]]) -> list[dict]:
+    """Per group of server methods: calls the load clients made against requests the server counted.
+
+    Operations sharing methods (plain and filtered search both go over SearchStream) are summed."""
+    groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for name in client_counts:
+        groups[OPERATIONS[name].methods].append(name)
+    rows = []
+    for methods, names in groups.items():
+        sent = sum(client_counts[n] for n in names)
+        counted = sum(sum(served.get(m, {}).values()) for m in methods)
+        rows.append({"methods": list(methods), "operations": sorted(names), "sent": sent, "served": counted,
+                     "match": sent == counted})
+    return rows
