@@ -4,6 +4,7 @@ blocking and asyncio SDKs, as `calls.py` is for collections."""
 import json
 
 from curator.cache.api import Completion
+from curator.cache.policy import Policy
 from curator.errors import InvalidArgumentError
 from curator_proto import cache_wire, wire
 from curator_proto.v1 import curator_pb2 as pb
@@ -26,8 +27,7 @@ def store(tenant, prompt, answer, embedding, category, model_settings, embedding
 
 def _completion(reply) -> Completion:
     return Completion(reply.answer, reply.cached, cache_wire.lookup_from_wire(reply.lookup), reply.entry_id,
-                      reply.upstream_seconds, reply.shared,
-                      extras={"finish_reason": reply.finish_reason} if reply.finish_reason else {})
+                      reply.upstream_seconds, reply.shared, reply.finish_reason)
 
 
 def complete(tenant, messages, category, params, embedding, embedding_model) -> Call:
@@ -59,8 +59,6 @@ def set_policy(category, tenant, changes) -> Call:
 
 
 def _whole_policy(message) -> dict:
-    from curator.cache.policy import Policy
-
     return Policy().merged(cache_wire.policy_from_wire(message)).as_dict()
 
 

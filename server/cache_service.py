@@ -49,7 +49,7 @@ class CacheService(_Base, rpc.CacheServicer):
         return pb.CacheCompleteReply(
             answer=completion.answer, cached=completion.cached, lookup=cache_wire.lookup_to_wire(completion.lookup),
             entry_id=completion.entry_id, upstream_seconds=completion.upstream_seconds, shared=completion.shared,
-            finish_reason=completion.extras.get("finish_reason", ""))
+            finish_reason=completion.finish_reason)
 
     @handler
     def Invalidate(self, request, principal):

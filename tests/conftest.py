@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -7,26 +9,33 @@ import curator
 SMALL_TREE = dict(branching=4, leaf_size=16, split_limit=8, train_size=64, kmeans_iterations=5)
 
 
-@pytest.fixture(params=["memory", "durable", "remote"])
-def db(request, tmp_path):
-    """The same API tests run on an in-memory database, on a data directory, and through a real
-    gRPC server on loopback (on a data directory) with the Python SDK."""
-    if request.param == "remote":
+@contextlib.contextmanager
+def database(kind: str, tmp_path, cache: dict | None = None, **connect_options):
+    """A database of one kind: "memory", "durable" (a data directory) or "remote" (a real gRPC
+    server on loopback, on a data directory, through the Python SDK). `database.engine` is the
+    embedded database behind it, for checks of internal invariants."""
+    if kind == "remote":
         from curator_server.app import CuratorServer, ServerConfig
 
-        server = CuratorServer(ServerConfig(data=str(tmp_path / "data"), port=0)).start()
-        database = curator.connect(server.address)
-        database.engine = server.db  # what the server serves, for checks of internal invariants
+        server = CuratorServer(ServerConfig(data=str(tmp_path / "data"), port=0, cache=cache)).start()
+        remote = curator.connect(server.address, **connect_options)
+        remote.engine = server.db
         try:
-            yield database
+            yield remote
         finally:
-            database.close()
+            remote.close()
             server.stop()
         return
-    path = ":memory:" if request.param == "memory" else str(tmp_path / "data")
-    with curator.open(path) as database:
-        database.engine = database
-        yield database
+    with curator.open(":memory:" if kind == "memory" else str(tmp_path / "data"), cache=cache) as embedded:
+        embedded.engine = embedded
+        yield embedded
+
+
+@pytest.fixture(params=["memory", "durable", "remote"])
+def db(request, tmp_path):
+    """The same API tests run on an in-memory database, on a data directory, and remote."""
+    with database(request.param, tmp_path) as opened:
+        yield opened
 
 
 def engine(db, col):

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import curator
 from curator import InvalidArgumentError, NotFoundError, UpstreamError, UpstreamTimeoutError
+from tests.conftest import database
 from tests.upstream import Upstream
 
 MODEL = "unit-test-16d"
@@ -54,22 +55,8 @@ def cache_config(upstream, **upstream_options) -> dict:
 
 @pytest.fixture(params=["memory", "durable", "remote"])
 def db(request, tmp_path, upstream):
-    config = cache_config(upstream)
-    if request.param == "remote":
-        from curator_server.app import CuratorServer, ServerConfig
-
-        server = CuratorServer(ServerConfig(data=str(tmp_path / "data"), port=0, cache=config)).start()
-        database = curator.connect(server.address, retries=0)
-        database.engine = server.db
-        try:
-            yield database
-        finally:
-            database.close()
-            server.stop()
-        return
-    with curator.open(":memory:" if request.param == "memory" else str(tmp_path / "data"), cache=config) as database:
-        database.engine = database
-        yield database
+    with database(request.param, tmp_path, cache=cache_config(upstream), retries=0) as opened:
+        yield opened
 
 
 def store(cache, tenant, seed_or_vector, answer, category="code", prompt=None, **kw):
@@ -132,6 +119,7 @@ def test_ambiguity_margin_refuses_a_best_entry_with_a_close_rival(db):
     store(cache, "acme", at_similarity(v, 0.93, seed=2), "answer B")
     result = lookup(cache, "acme", v)
     assert not result.hit and result.reason == "ambiguous"
+    assert cache.stats("acme")["categories"]["code"]["ambiguous"] == 1
     cache.set_policy("code", ambiguity_margin=0.0)
     assert lookup(cache, "acme", v).answer == "answer A"
 
@@ -143,6 +131,7 @@ def test_near_miss_guard_refuses_a_different_number(db):
     store(cache, "acme", v, "done", category="banking", prompt="transfer 50 dollars to my savings account")
     result = lookup(cache, "acme", v, category="banking", prompt="transfer 500 dollars to my savings account")
     assert not result.hit and result.reason == "near_miss:number"
+    assert cache.stats("acme")["categories"]["banking"]["near_misses"] == 1
     assert lookup(cache, "acme", v, category="banking", prompt="move 50 dollars into my savings account").hit
     cache.set_policy("banking", guard=False)
     assert lookup(cache, "acme", v, category="banking", prompt="transfer 500 dollars to my savings account").hit

@@ -5,7 +5,7 @@ suite runs against each. Similarities are cosine similarities (1 = the same dire
 """
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class Completion:
     entry_id: int = -1             # the entry that answered, or the new one; -1 when not stored
     upstream_seconds: float = 0.0  # the model's time (0 on a hit)
     shared: bool = False           # answered by an identical concurrent request's upstream call
-    extras: dict = field(default_factory=dict)
+    finish_reason: str = ""        # the upstream's (stop, length), when it answered
 
 
 class Cache(ABC):

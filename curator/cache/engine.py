@@ -38,6 +38,7 @@ EXPIRY_SWEEP_EVERY = 256  # stores between sweeps of expired entries
 _POLICIES_KEY, _CLASSIFIER_KEY = SETTING + b"policies", SETTING + b"classifier"
 _COUNTERS = ("lookups", "hits", "misses", "relaxed_hits", "ambiguous", "near_misses", "false_hits",
              "stores", "evictions", "expirations", "bypassed")
+_REASON_COUNTERS = {"ambiguous": "ambiguous", "near_miss": "near_misses", "bypassed": "bypassed"}
 
 
 class Observer:
@@ -157,7 +158,7 @@ class SemanticCache(Cache):
 
         (answer, entry), leader = self._flight.run((tenant, lookup.category, model, settings, prompt), ask_upstream)
         return Completion(answer.text, False, lookup, entry, answer.seconds, shared=not leader,
-                          extras={"finish_reason": answer.finish_reason})
+                          finish_reason=answer.finish_reason)
 
     def invalidate(self, tenant, category=None) -> int:
         tenant = validate.name(tenant, "tenant")
@@ -234,12 +235,16 @@ class SemanticCache(Cache):
             counters = {key: dict(c) for key, c in self._counters.items() if tenant is None or key[0] == tenant}
             groups = {key: g for key, g in self._groups.items() if tenant is None or key[0] == tenant}
         categories: dict[str, dict] = {}
+
+        def row_of(category):
+            return categories.setdefault(category, dict.fromkeys(_COUNTERS, 0) | {"entries": 0, "bytes": 0})
+
         for (_, category), counts in counters.items():
-            row = categories.setdefault(category, dict.fromkeys(_COUNTERS, 0) | {"entries": 0, "bytes": 0})
+            row = row_of(category)
             for name, value in counts.items():
                 row[name] += value
         for (_, category), group in groups.items():
-            row = categories.setdefault(category, dict.fromkeys(_COUNTERS, 0) | {"entries": 0, "bytes": 0})
+            row = row_of(category)
             with group.lock:
                 row["entries"] += group.live
                 row["bytes"] += group.bytes
@@ -289,6 +294,10 @@ class SemanticCache(Cache):
         def miss(reason, similarity=None):
             return Lookup(False, reason, category, source, policy.min_similarity, similarity)
 
+        def searched_miss(reason, similarity=None):  # a miss that cost a search: counts toward break-even
+            self.economics.lookup(category, False, time.perf_counter() - search_start)
+            return miss(reason, similarity)
+
         if not policy.cacheable:
             return miss("not_cacheable")
         if policy.auto_bypass and self.economics.should_bypass(category):
@@ -297,8 +306,7 @@ class SemanticCache(Cache):
         group = self._group(tenant, category, create=False)
         partition = group.partitions.get(key) if group is not None else None
         if partition is None:
-            self.economics.lookup(category, False, time.perf_counter() - search_start)
-            return miss("empty")
+            return searched_miss("empty")
         now = self._clock()
         with group.lock:
             slots, similarities = partition.nearest(embedding, NEIGHBOURS)
@@ -308,28 +316,25 @@ class SemanticCache(Cache):
                     self._expire_slots(tenant, category, partition, slots[stale])
                     slots, similarities = slots[~stale], similarities[~stale]
             if slots.size == 0:
-                self.economics.lookup(category, False, time.perf_counter() - search_start)
-                return miss("empty")
+                return searched_miss("empty")
             best_similarity = float(similarities[0])
             chosen = decide(similarities, partition.answer_keys[slots], policy.min_similarity, policy.ambiguity_margin)
             if chosen is None:
-                self.economics.lookup(category, False, time.perf_counter() - search_start)
                 reason = "below_threshold" if best_similarity < policy.min_similarity else "ambiguous"
-                return miss(reason, best_similarity)
+                return searched_miss(reason, best_similarity)
             slot = int(slots[chosen])
             entry_id = int(partition.entry_ids[slot])
             created = float(partition.created[slot])
         fetch_start = time.perf_counter()
         value = self._records.read_record(entry_key(entry_id))
         if value is None:  # removed between the search and the fetch
-            return miss("empty", best_similarity)
+            return searched_miss("empty", best_similarity)
         meta, _ = decode_entry(value)
         similarity = float(similarities[chosen])
         if policy.guard and prompt is not None:
             conflict = near_miss(prompt, meta["prompt"])
             if conflict is not None:
-                self.economics.lookup(category, False, time.perf_counter() - search_start)
-                return miss(f"near_miss:{conflict}", similarity)
+                return searched_miss(f"near_miss:{conflict}", similarity)
         self.economics.lookup(category, True, fetch_start - search_start, time.perf_counter() - fetch_start)
         with group.lock:
             if partition.entry_ids[slot] == entry_id:
@@ -382,12 +387,13 @@ class SemanticCache(Cache):
         over_bytes = 0 if policy.max_bytes is None else group.bytes + extra_bytes - policy.max_bytes
         if over_entries <= 0 and over_bytes <= 0:
             return []
-        candidates = []  # (score, partition, slot, bytes) of every live entry, cheapest to lose first
-        for partition in group.partitions.values():
+        partitions = list(group.partitions.values())
+        candidates = []  # (ordering keys, slot, bytes, owner) of every live entry
+        for owner, partition in enumerate(partitions):
             slots = partition.live_slots()
             primary = partition.uses[slots] if policy.eviction == "lfu" else partition.last_used[slots]
             candidates.append((primary.astype(np.float64), partition.last_used[slots], slots,
-                               partition.nbytes[slots], np.full(slots.size, id(partition))))
+                               partition.nbytes[slots], np.full(slots.size, owner)))
         primary, secondary, slots, sizes, owners = (np.concatenate(c) for c in zip(*candidates))
         order = np.lexsort((secondary, primary))
         freed_entries = np.arange(1, order.size + 1)
@@ -395,8 +401,7 @@ class SemanticCache(Cache):
         enough = (freed_entries >= over_entries) & (freed_bytes >= over_bytes)
         n = int(np.argmax(enough)) + 1 if enough.any() else order.size
         chosen = order[:n]
-        by_owner = {id(p): p for p in group.partitions.values()}
-        return [(by_owner[o], slots[chosen][owners[chosen] == o]) for o in np.unique(owners[chosen]).tolist()]
+        return [(partitions[o], slots[chosen][owners[chosen] == o]) for o in np.unique(owners[chosen]).tolist()]
 
     def _expire_slots(self, tenant, category, partition: Partition, slots) -> None:
         ids = partition.remove(slots)
@@ -452,18 +457,14 @@ class SemanticCache(Cache):
             return group
 
     def _count(self, tenant, category, lookup: Lookup) -> None:
+        reason = lookup.reason.split(":")[0]
+        names = ["lookups", "hits" if lookup.hit else "misses"]
+        names += ["relaxed_hits"] if lookup.relaxed else []
+        names += [_REASON_COUNTERS[reason]] if reason in _REASON_COUNTERS else []
         with self._lock:
             counts = self._counters.setdefault((tenant, category), dict.fromkeys(_COUNTERS, 0))
-            counts["lookups"] += 1
-            counts["hits" if lookup.hit else "misses"] += 1
-            if lookup.relaxed:
-                counts["relaxed_hits"] += 1
-            if lookup.reason == "ambiguous":
-                counts["ambiguous"] += 1
-            elif lookup.reason.startswith("near_miss"):
-                counts["near_misses"] += 1
-            elif lookup.reason == "bypassed":
-                counts["bypassed"] += 1
+            for name in names:
+                counts[name] += 1
 
     def _bump(self, tenant, category, name, by=1) -> None:
         with self._lock:

@@ -8,10 +8,8 @@ the entry id, creation and last-use times, use count, size in bytes and a key of
 
 Labels in the graph are slots of the arrays; a removed entry's slot is marked deleted in the
 graph and reused by the next add (hnswlib's replace_deleted), so a partition does not grow with
-churn. Not thread-safe by itself: the cache holds `lock` around every call.
+churn. Not thread-safe by itself: the cache holds its group's lock around every call.
 """
-
-import threading
 
 import hnswlib
 import numpy as np
@@ -24,7 +22,6 @@ GRAPH_EF_SEARCH = 64
 class Partition:
     def __init__(self, dim: int, capacity: int = 64):
         self.dim = dim
-        self.lock = threading.Lock()
         self._graph = hnswlib.Index(space="ip", dim=dim)
         self._graph.init_index(max_elements=capacity, ef_construction=GRAPH_EF_CONSTRUCTION, M=GRAPH_M,
                                allow_replace_deleted=True)
@@ -87,13 +84,13 @@ class Partition:
     def nearest(self, embedding: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
         """Slots of up to m nearest live entries and their cosine similarities, best first."""
         m = min(m, self.live)
-        if m == 0:
-            return np.empty(0, np.int64), np.empty(0, np.float32)
-        try:
-            labels, distances = self._graph.knn_query(embedding, k=m, num_threads=1)
-        except RuntimeError:  # fewer than m reachable past deleted nodes: ask for what is there
-            labels, distances = self._graph.knn_query(embedding, k=1, num_threads=1)
-        return labels[0].astype(np.int64), 1.0 - distances[0]  # ip space: distance = 1 - dot
+        while m > 0:
+            try:
+                labels, distances = self._graph.knn_query(embedding, k=m, num_threads=1)
+                return labels[0].astype(np.int64), 1.0 - distances[0]  # ip space: distance = 1 - dot
+            except RuntimeError:  # fewer than m reachable past deleted nodes: ask for fewer
+                m //= 2
+        return np.empty(0, np.int64), np.empty(0, np.float32)
 
     def expired(self, now: float, ttl: float | None) -> np.ndarray:
         """Slots of live entries older than ttl."""

@@ -151,10 +151,6 @@ class Policies:
                 self._tenants.pop((tenant, category), None)
             self._resolved.clear()
 
-    def categories(self) -> list[str]:
-        with self._lock:
-            return sorted(self._categories)
-
     def as_dict(self) -> dict:
         """The whole configuration, as stored and as `load` reads it."""
         with self._lock:

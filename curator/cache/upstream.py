@@ -9,7 +9,6 @@ returned, so it can never be cached.
 """
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -41,14 +40,14 @@ class Upstream:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 text, finish = _read_stream(response) if self.stream else _read_whole(response)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise UpstreamTimeoutError(f"upstream {self.base_url} gave no answer within {self.timeout:g} s "
                                        "(nothing was cached)") from None
         except urllib.error.HTTPError as error:
             detail = error.read(500).decode(errors="replace")
             raise UpstreamError(f"upstream {self.base_url} answered HTTP {error.code}: {detail}") from None
         except urllib.error.URLError as error:
-            if isinstance(error.reason, (TimeoutError, socket.timeout)):
+            if isinstance(error.reason, TimeoutError):
                 raise UpstreamTimeoutError(f"upstream {self.base_url} gave no answer within {self.timeout:g} s") from None
             raise UpstreamError(f"upstream {self.base_url} unreachable: {error.reason}") from None
         except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
