@@ -1,5 +1,5 @@
 """The semantic cache, embedded (in memory and on a data directory) and remote (a real server on
-loopback), against a real OpenAI-compatible upstream on loopback (tests/upstream.py).
+loopback), against a real OpenAI-compatible upstream on loopback (benchmarks/stand_in_llm.py).
 
 Most tests bring their own embeddings (a 16-d test model) so that similarities are exact and the
 tests fast; tests/test_cache_model.py runs the real MiniLM model."""
@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import curator
+from benchmarks.stand_in_llm import StandInLLM
 from curator import InvalidArgumentError, NotFoundError, UpstreamError, UpstreamTimeoutError
 from tests.conftest import database
-from tests.upstream import Upstream
 
 MODEL = "unit-test-16d"
 DIM = 16
@@ -36,7 +36,7 @@ def at_similarity(v: np.ndarray, similarity: float, seed: int = 99) -> np.ndarra
 
 @pytest.fixture(scope="module")
 def upstream():
-    server = Upstream()
+    server = StandInLLM()
     yield server
     server.close()
 

@@ -5,7 +5,7 @@ OpenAI-compatible /v1/embeddings endpoint."""
 import pytest
 
 import curator
-from tests.upstream import EMBEDDING_DIM, Upstream
+from benchmarks.stand_in_llm import EMBEDDING_DIM, StandInLLM
 
 EXAMPLES = {
     "banking": ["what is my checking account balance", "transfer money to my savings account",
@@ -66,7 +66,7 @@ def test_the_classifier_survives_a_restart(tmp_path):
 
 
 def test_an_openai_compatible_embedding_endpoint():
-    upstream = Upstream()
+    upstream = StandInLLM()
     try:
         config = {"embedding": {"url": upstream.url, "model": "bag-of-words", "dim": EMBEDDING_DIM}}
         with curator.open(":memory:", cache=config) as database:

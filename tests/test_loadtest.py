@@ -1,58 +1,60 @@
 """The load-test harness (benchmarks/load) against a real server on loopback: a short open-loop
-run of the mixed workload has every operation, no errors, counts equal to what the server's
-Prometheus endpoint says it served, and every acknowledged write reads back. Plus the pieces
-the figures rest on: histogram percentiles, the tenant law, the mix."""
+run of the mixed workload, with the server and the stand-in model behind its cache started by
+the harness itself, has every operation, no errors, counts equal to what the server's
+Prometheus endpoint says it served, cache completions that partly hit and partly reach the
+model, and every acknowledged write reads back. Plus the pieces the figures rest on: histogram
+percentiles, the tenant law, the mix; and the clear error when a target server has no model."""
 
 import json
 
 import numpy as np
 import pytest
 
-import curator
-from benchmarks.load import cli, dataset
+from benchmarks.load import cli
 from benchmarks.load.histogram import Histogram
-from benchmarks.load.server_metrics import compare, scrape_requests, served_between
-from benchmarks.load.workload import OPERATIONS, ZipfTenants, parse_mix
+from benchmarks.load.ramp import passes
+from benchmarks.load.server_metrics import compare
+from benchmarks.load.workload import OPERATIONS, ZipfTenants, needs_upstream, parse_mix
 from curator_server.app import CuratorServer, ServerConfig
 
 SMALL = ["--dataset", "zipf", "--vectors", "2000", "--tenants", "20"]
 
 
 def test_a_short_run_has_every_operation_no_errors_and_the_servers_counts(tmp_path):
-    server = CuratorServer(ServerConfig(data=str(tmp_path / "data"), port=0, metrics_port=0)).start()
-    metrics = f"http://127.0.0.1:{server.metrics_port}/metrics"
-    try:
-        data = dataset.build("zipf", 2000, 20)
-        db = curator.connect(server.address)
-        dataset.load(db, "loadtest", data)
-        col = db.collection("loadtest")  # compile the server's search paths before the load starts
-        col.search(data.vectors[0], k=10, tenant="t0")
-        col.search(data.vectors[0], k=10, tenant="t0", filter={"year": {"gte": 2020}})
-        db.close()
-        before = scrape_requests(metrics)
-        code = cli.main(["run", "--target", server.address, "--metrics-url", metrics, *SMALL, "--mix", "mixed",
-                         "--rate", "150", "--duration", "3", "--warmup", "0", "--workers", "2", "--open-threads", "4",
-                         "--timeout", "60", "--verify", "--quiet", "--out", str(tmp_path / "run")])
-        after = scrape_requests(metrics)
-    finally:
-        server.stop()
+    # No --target: the harness starts the stand-in model, then `curator serve --cache-config` pointing at it.
+    code = cli.main(["run", *SMALL, "--mix", "mixed", "--rate", "150", "--duration", "3", "--warmup", "1",
+                     "--workers", "2", "--open-threads", "4", "--timeout", "60", "--upstream-latency-ms", "5",
+                     "--verify", "--quiet", "--out", str(tmp_path / "run")])
     report = json.loads((tmp_path / "run.json").read_text())
+    assert report["server"]["started_by_harness"] and report["upstream"]["stand_in"]
     ops = report["phases"][0]["ops"]
     assert set(ops) == set(OPERATIONS)  # the mixed preset exercises every registered operation
     for name, op in ops.items():
         assert op["calls"] > 0 and op["errors"] == {}, name
         assert op["ok"] == op["calls"] and op["p50_ms"] is not None
-    served = served_between(before, after)
+    served = report["server_served"]  # the server's curator_requests_total, between the phase's start and end
     rows = compare({name: op["calls"] for name, op in ops.items()}, served)
     assert {tuple(r["methods"]) for r in rows} == {op.methods for op in OPERATIONS.values()}
     for row in rows:
         assert row["sent"] == row["served"], row
         assert all(set(served.get(m, {})) <= {"OK"} for m in row["methods"])  # served without errors
     assert report["server_check"] == rows  # the harness's own check agrees
+    # New questions reached the model (each once); repeated ones were answered by the cache.
+    assert 0 < report["upstream"]["calls"] < ops["cache_complete"]["calls"]
     assert report["read_back"]["ok"] and report["read_back"]["live_checked"] > 0
     assert report["read_back"]["deleted_checked"] > 0 and report["read_back"]["uncertain"] == 0
     assert code == 0
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_target_server_without_a_model_is_refused_with_what_to_configure(tmp_path):
+    server = CuratorServer(ServerConfig(data=":memory:", port=0, metrics_port=0)).start()
+    try:
+        with pytest.raises(SystemExit, match=r"(?s)front a model.*--cache-config"):
+            cli.main(["run", "--target", server.address, *SMALL, "--mix", "cache_complete=1", "--rate", "10",
+                      "--duration", "1", "--quiet", "--out", str(tmp_path / "run")])
+    finally:
+        server.stop()
 
 
 def test_histogram_percentiles_are_within_two_percent_of_numpy():
@@ -82,3 +84,12 @@ def test_tenants_follow_the_zipf_law_and_the_mix_is_checked():
         parse_mix("search=1,no_such_operation=1")
     with pytest.raises(ValueError, match="upsert"):
         parse_mix("search=1,delete=1")  # deletes act on the client's own writes
+    assert needs_upstream(parse_mix("mixed")) and needs_upstream(parse_mix("cache"))
+    assert not needs_upstream(parse_mix("search"))
+
+
+def test_the_ramp_judges_the_databases_latency_not_the_models():
+    step = {"calls": 100, "error_rate": 0.0, "unsent": 0, "throughput": 100.0, "target_rate": 100.0,
+            "all": {"p99_ms": 60.0}, "without_model": {"p99_ms": 12.0}}  # completes waited 50 ms for the model
+    assert passes(step, 50.0, 0.001) == (True, "ok")
+    assert not passes({**step, "without_model": None}, 50.0, 0.001)[0]  # a mix of model calls only: all of them

@@ -7,9 +7,12 @@ breaks, and soak it.
   log-bucket histograms (`histogram`);
 - `ramp`, `soak`: the two long procedures; `verify`: reading back every acknowledged write;
 - `dataset`, `server`: the data loaded and the server started when no --target is given;
+- `questions`: what cache_complete asks (repeats that hit, new questions that reach the model);
+  `upstream`: the stand-in model behind the cache of a server the harness starts
+  (`benchmarks/stand_in_llm.py`), or the check that a --target server's cache has a model;
 - `server_metrics`: the server's own request counts, checked against the clients';
 - `report`: terminal text, JSON and PNG plots; `cli`: `curator loadtest` / `python -m benchmarks.load`.
 
-It never sends traffic anywhere but the address it is given (loopback when it starts the server),
-and every phase is bounded in time.
+It never sends traffic anywhere but the address it is given (loopback when it starts the server,
+and the stand-in model then listens on loopback too), and every phase is bounded in time.
 """

@@ -8,16 +8,27 @@
 Without --target the harness starts `curator serve` itself on a fresh temporary data directory
 and loads the chosen data set; with --target it loads the data set into --collection unless that
 collection exists already (then it is reused as it is).
+
+cache_complete (in the mixed and cache presets) needs a model behind the server's cache. Without
+--target the harness first starts a stand-in OpenAI-compatible model on loopback, answering after
+--upstream-latency-ms, and starts the server with a --cache-config pointing at it. With --target
+the server's upstream is the operator's to configure (`curator serve --cache-config FILE`, its
+[cache.upstream] url): the harness checks with one completion that there is one, then sends its
+cache misses there. --cache-repeat of the completions repeat an earlier question (cache hits);
+the rest are new and reach the model.
 """
 
 import argparse
+import contextlib
 import os
 import platform
+import secrets
 import sys
 import time
 from pathlib import Path
 
-from . import dataset
+from ..stand_in_llm import StandInLLM
+from . import dataset, upstream
 from .driver import ClientSettings, Phase, WorkerPool
 from .histogram import Histogram
 from .ramp import run_ramp
@@ -26,13 +37,14 @@ from .server import ManagedServer
 from .server_metrics import compare, scrape_requests, served_between
 from .soak import run_soak
 from .verify import read_back
-from .workload import OPERATIONS, PRESETS, WorkloadSpec, parse_mix
+from .workload import OPERATIONS, PRESETS, WorkloadSpec, needs_upstream, parse_mix
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("server")
-    g.add_argument("--target", help="host:port of a running server (default: start one on loopback)")
+    g.add_argument("--target", help="host:port of a running server (default: start one on loopback); for "
+                                    "cache_complete its cache's upstream model is yours to configure")
     g.add_argument("--metrics-url", help="its Prometheus endpoint, to check counts (with --target)")
     g.add_argument("--server-pid", type=int, help="its pid, for the soak's memory samples (with --target)")
     g.add_argument("--api-key")
@@ -40,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--durability", choices=["sync", "batch", "none"], default="sync",
                    help="of the server the harness starts")
     g.add_argument("--server-workers", type=int, default=16, help="threads of the server the harness starts")
+    g = common.add_argument_group("cache model (cache_complete)")
+    g.add_argument("--upstream-latency-ms", type=float, default=50.0,
+                   help="how long the stand-in model takes per answer (the harness starts it, with the "
+                        "server, only without --target)")
+    g.add_argument("--cache-repeat", type=float, default=0.4,
+                   help="share of cache_complete calls repeating an earlier question (hits); the rest miss")
+    g.add_argument("--upstream-model", default="stand-in", help="the model name cache_complete sends upstream")
     g = common.add_argument_group("data")
     g.add_argument("--dataset", choices=dataset.DATASETS, default="wordnet")
     g.add_argument("--vectors", type=int, help="size of the zipf data set (GloVe rows)")
@@ -75,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     ramp.add_argument("--factor", type=float, default=1.25, help="each step's rate over the last one's")
     ramp.add_argument("--max-rate", type=float, default=100_000.0)
     ramp.add_argument("--step-seconds", type=float, default=10.0)
-    ramp.add_argument("--p99-ms", type=float, default=50.0)
+    ramp.add_argument("--p99-ms", type=float, default=50.0,
+                      help="limit on the p99 of the calls that do not wait for the cache's model")
     ramp.add_argument("--max-error-rate", type=float, default=0.001)
     ramp.add_argument("--retries", type=int, default=1, help="runs of a failed step before the ramp stops")
     soak = commands.add_parser("soak", parents=[common], help="a fixed rate for a long time; memory, errors, read-back")
@@ -107,7 +127,12 @@ def _say(args, message: str) -> None:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.cache_repeat <= 1.0:
+        parser.error(f"--cache-repeat is a share in [0, 1], got {args.cache_repeat:g}")
+    if not args.upstream_latency_ms >= 0.0:
+        parser.error(f"--upstream-latency-ms must be >= 0, got {args.upstream_latency_ms:g}")
     mix = parse_mix(args.mix)
     data = dataset.build(args.dataset, args.vectors, args.tenants)
     report = {"title": f"curator loadtest {args.command}: {args.mix} on {args.dataset}", "command": args.command,
@@ -116,20 +141,25 @@ def main(argv=None) -> int:
                           "load_average_at_start": os.getloadavg()},  # other work on the machine skews figures
               "data": {"name": data.name, "vectors": int(data.vectors.shape[0]), "tenants": data.n_tenants,
                        "pairs": data.n_pairs}}
-    server = None
-    if args.target:
-        address, metrics_url, pid = args.target, args.metrics_url, args.server_pid
-    else:
-        _say(args, f"starting curator serve (durability {args.durability}) on a temporary data directory")
-        server = ManagedServer(args.durability, args.server_workers).start()
-        address, metrics_url, pid = server.address, server.metrics_url, server.pid
-    report["server"] = {"address": address, "started_by_harness": server is not None, "pid": pid,
-                        "durability": args.durability if server else None}
-    try:
-        _measure(args, report, data, mix, address, metrics_url, pid)
-    finally:
-        if server is not None:
-            server.stop()
+    with contextlib.ExitStack() as running:  # stops the server, then the stand-in model
+        server = model = None
+        if args.target:
+            address, metrics_url, pid = args.target, args.metrics_url, args.server_pid
+        else:
+            cache_config = None
+            if needs_upstream(mix):
+                model = running.enter_context(StandInLLM(delay=args.upstream_latency_ms / 1e3))
+                cache_config = upstream.cache_config(model.url, args.timeout)
+                _say(args, f"starting a stand-in model at {model.url} ({args.upstream_latency_ms:g} ms an answer)")
+            _say(args, f"starting curator serve (durability {args.durability}) on a temporary data directory")
+            server = running.enter_context(ManagedServer(args.durability, args.server_workers, cache_config=cache_config))
+            address, metrics_url, pid = server.address, server.metrics_url, server.pid
+        report["server"] = {"address": address, "started_by_harness": server is not None, "pid": pid,
+                            "durability": args.durability if server else None}
+        if needs_upstream(mix):
+            report["upstream"] = {"stand_in": model is not None, "url": model.url if model else None,
+                                  "latency_ms": args.upstream_latency_ms if model else None}
+        _measure(args, report, data, mix, address, metrics_url, pid, model)
     report["machine"]["load_average_at_end"] = os.getloadavg()
     out = Path(args.out or f"loadtest-{args.command}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,20 +170,26 @@ def main(argv=None) -> int:
     return 0 if healthy(report) else 1
 
 
-def _measure(args, report: dict, data, mix: dict, address: str, metrics_url: str | None, pid: int | None) -> None:
-    """Load the data if needed, run the command's phases, check counts and read back; into `report`."""
+def _measure(args, report: dict, data, mix: dict, address: str, metrics_url: str | None, pid: int | None,
+             model: StandInLLM | None) -> None:
+    """Load the data if needed, run the command's phases, check counts and read back; into `report`.
+    `model`: the stand-in behind the server's cache, when the harness started one (its calls are counted)."""
     import curator
 
+    workload_data = dataset.for_workers(data)
     db = curator.connect(address, api_key=args.api_key)
     try:
+        if needs_upstream(mix) and model is None:
+            upstream.check(db, workload_data.tenant_names[0], args.upstream_model, data.vectors.shape[1])
         if args.collection in db.list_collections():
             _say(args, f"reusing the existing collection {args.collection!r}")
         else:
             _say(args, f"loading {data.name} into {args.collection!r}")
             report["data"]["load"] = dataset.load(db, args.collection, data)
-        settings = ClientSettings(address, args.collection, dataset.for_workers(data),
-                                  WorkloadSpec(mix, args.zipf, args.k, args.write_batch, args.id_slots, seed=args.seed),
-                                  args.api_key, args.timeout, not args.unary, args.open_threads)
+        spec = WorkloadSpec(mix, args.zipf, args.k, args.write_batch, args.id_slots, cache_repeat=args.cache_repeat,
+                            upstream_model=args.upstream_model, seed=args.seed, run=secrets.randbits(31))
+        settings = ClientSettings(address, args.collection, workload_data, spec, args.api_key, args.timeout,
+                                  not args.unary, args.open_threads)
         _say(args, f"starting {args.workers} load processes")
         pool = WorkerPool(settings, args.workers)
         progress = _progress(args.quiet)
@@ -162,6 +198,7 @@ def _measure(args, report: dict, data, mix: dict, address: str, metrics_url: str
             if args.warmup > 0:
                 pool.run(Phase("warm-up", "closed", args.warmup, clients=2 * args.workers, record=False), progress)
             before = scrape_requests(metrics_url) if metrics_url else None
+            model_calls_before = model.calls if model is not None else 0
             if args.command == "run":
                 phase = (Phase(f"{args.clients} clients", "closed", args.duration, clients=args.clients) if args.clients
                          else Phase(f"{args.rate:.0f}/s", "open", args.duration, rate=args.rate))
@@ -174,6 +211,8 @@ def _measure(args, report: dict, data, mix: dict, address: str, metrics_url: str
                 step, report["soak"] = run_soak(pool, args.rate, args.duration, pid, run_start, progress,
                                                 args.sample_seconds, max_growth_pct=args.max_growth_pct)
                 report["phases"] = [step]
+            if model is not None:
+                report["upstream"]["calls"] = model.calls - model_calls_before
             if before is not None:
                 served = served_between(before, scrape_requests(metrics_url))
                 report["server_served"] = served

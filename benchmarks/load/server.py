@@ -1,6 +1,7 @@
 """A Curator server that the load test starts itself: `curator serve` as its own process, on a
 fresh temporary data directory and free loopback ports, stopped (SIGTERM, drained) and removed
-at the end. Its pid is what the soak samples for memory and open files."""
+at the end. Its pid is what the soak samples for memory and open files. `cache_config` is the
+text of its `--cache-config` file (TOML), written into that directory."""
 
 import shutil
 import subprocess
@@ -17,8 +18,10 @@ ROOT = Path(__file__).absolute().parent.parent.parent  # the checkout (not resol
 
 
 class ManagedServer:
-    def __init__(self, durability: str = "sync", workers: int = 16, extra_args: tuple[str, ...] = ()):
+    def __init__(self, durability: str = "sync", workers: int = 16, extra_args: tuple[str, ...] = (),
+                 cache_config: str | None = None):
         self.durability, self.workers, self.extra_args = durability, workers, extra_args
+        self.cache_config = cache_config
         self.process: subprocess.Popen | None = None
         self.directory: str | None = None
 
@@ -35,6 +38,10 @@ class ManagedServer:
         command = [sys.executable, "-m", "curator_server", "serve", "--data", str(Path(self.directory) / "data"),
                    "--port", str(self.port), "--metrics-port", str(self.metrics_port),
                    "--durability", self.durability, "--workers", str(self.workers), *self.extra_args]
+        if self.cache_config is not None:
+            config = Path(self.directory) / "cache.toml"
+            config.write_text(self.cache_config)
+            command += ["--cache-config", str(config)]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:

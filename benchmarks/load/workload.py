@@ -9,6 +9,10 @@ semantic cache lookup, is one more registered function:
     def cache_lookup(ctx):
         ctx.db.cache.lookup(...)
 
+An operation that needs a model behind the cache (`needs_upstream`: cache_complete) works only
+against a server whose cache has an upstream configured; the harness provides one when it starts
+the server itself (`upstream.py`).
+
 Tenants are drawn by a Zipf law over a fixed random order of the data set's tenants: a few hot
 tenants take most calls, as in production. Writes go to ids that the calling client owns (its
 `Ledger` range), so every acknowledged write can be read back exactly at the end of a run.
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .ledger import Ledger
+from .questions import Questions
 
 ID_BASE = 1 << 40  # load-test ids start here, far above any data set row
 LANGS = ("en", "de", "fr", "es")
@@ -53,7 +58,10 @@ class WorkloadSpec:
     write_batch: int = 10  # ids per upsert, grant or delete call
     id_slots: int = 256  # ids each client owns: bounds the live set, so a soak reaches a steady state
     query_noise: float = 0.1  # searches use a member vector of the tenant plus this much Gaussian noise
+    cache_repeat: float = 0.4  # share of cache_complete calls repeating an earlier question (hits)
+    upstream_model: str = "stand-in"  # the model cache_complete asks for (sent to the upstream)
     seed: int = 0
+    run: int = 0  # tells this run's new cache questions from an earlier run's against the same server
 
 
 class Skip(Exception):
@@ -66,23 +74,29 @@ class Operation:
     run: Callable[["Context"], None]
     methods: tuple[str, ...]  # server methods one call is counted under (any one of them)
     needs_writes: bool = False  # acts on ids this client wrote: the mix must contain a write
+    needs_upstream: bool = False  # the server's cache must front a model (an upstream)
 
 
 OPERATIONS: dict[str, Operation] = {}
 
 
-def operation(name: str, *methods: str, needs_writes: bool = False):
+def operation(name: str, *methods: str, needs_writes: bool = False, needs_upstream: bool = False):
     def register(fn):
-        OPERATIONS[name] = Operation(name, fn, methods, needs_writes)
+        OPERATIONS[name] = Operation(name, fn, methods, needs_writes, needs_upstream)
         return fn
     return register
 
 
+def needs_upstream(mix: dict[str, float]) -> bool:
+    return any(OPERATIONS[name].needs_upstream for name, share in mix.items() if share > 0)
+
+
 PRESETS = {
     "search": {"search": 0.8, "search_filtered": 0.2},
-    "mixed": {"search": 0.5, "search_filtered": 0.1, "upsert": 0.15, "grant": 0.1, "delete": 0.05,
-              "cache_lookup": 0.07, "cache_store": 0.03},
-    "cache": {"cache_lookup": 0.8, "cache_store": 0.2},
+    "mixed": {"search": 0.45, "search_filtered": 0.1, "upsert": 0.15, "grant": 0.1, "delete": 0.05,
+              "cache_lookup": 0.07, "cache_store": 0.03, "cache_complete": 0.05},
+    # Applications mostly go through complete(); lookup + store is the path of those calling the model themselves.
+    "cache": {"cache_complete": 0.5, "cache_lookup": 0.4, "cache_store": 0.1},
 }
 
 
@@ -153,10 +167,13 @@ class Context:
     tenants: ZipfTenants
     rng: np.random.Generator = None
     ledger: Ledger = field(default_factory=Ledger)
+    questions: Questions = None
 
     def __post_init__(self):
         if self.rng is None:
             self.rng = np.random.default_rng([self.spec.seed, self.client])
+        if self.questions is None:
+            self.questions = Questions(self.data.vectors.shape[1], self.client, self.spec.run, self.spec.seed)
         names, shares = list(self.spec.mix), np.array(list(self.spec.mix.values()))
         self._ops = [OPERATIONS[n] for n in names]
         self._cdf = np.cumsum(shares)
@@ -272,3 +289,19 @@ def cache_lookup(ctx: Context) -> None:
     t, name = ctx.tenant()
     ctx.db.cache.lookup(name, embedding=ctx.query_near(t), embedding_model=CACHE_MODEL,
                         category=CACHE_CATEGORIES[int(ctx.rng.integers(len(CACHE_CATEGORIES)))])
+
+
+@operation("cache_complete", "Complete", needs_upstream=True)
+def cache_complete(ctx: Context) -> None:
+    """A repeated question (a hit) with probability `cache_repeat`, else a new one (a miss: the
+    upstream answers and the cache stores it, after which this client may repeat it)."""
+    question = ctx.questions.repeat() if ctx.rng.random() < ctx.spec.cache_repeat else None
+    new = question is None
+    if new:
+        _, name = ctx.tenant()
+        question = ctx.questions.new(name, CACHE_CATEGORIES[int(ctx.rng.integers(len(CACHE_CATEGORIES)))])
+    ctx.db.cache.complete(question.tenant, question.messages(), category=question.category,
+                          params={"model": ctx.spec.upstream_model}, embedding=question.embedding,
+                          embedding_model=CACHE_MODEL)
+    if new:
+        ctx.questions.remember(question)

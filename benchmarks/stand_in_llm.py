@@ -1,8 +1,11 @@
-"""A small, real OpenAI-compatible chat-completions server for the cache's tests (HTTP on loopback).
+"""A stand-in LLM: a small, real OpenAI-compatible server on loopback (HTTP, a thread per request).
 
-It also serves /v1/embeddings (a bag-of-words stand-in). It answers "answer <n> to: <last user message>" and counts the calls it received. Its behaviour
-is switched per test: `delay` (seconds before answering), `status` (an HTTP error instead of an
-answer), `break_stream` (a streamed answer cut off before its end), `finish_reason`.
+The semantic cache's tests and the load-test harness put it where a real model would be: it
+serves /v1/chat/completions (whole or streamed answers) and /v1/embeddings (a bag-of-words
+stand-in). It answers "answer <n> to: <last user message>" after `delay` seconds, as a real model
+takes its time, and counts the chat calls it received. Tests switch its behaviour per test:
+`delay`, `status` (an HTTP error instead of an answer), `break_stream` (a streamed answer cut off
+before its end), `finish_reason`. It listens on 127.0.0.1 only and never calls anything itself.
 """
 
 import json
@@ -23,9 +26,16 @@ def bag_of_words(text: str) -> list[float]:
     return vector
 
 
-class Upstream:
-    def __init__(self):
-        self.delay, self.status, self.break_stream, self.finish_reason = 0.0, 200, False, "stop"
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the cache opens a connection per call: bursts of misses must not be refused
+
+
+class StandInLLM:
+    def __init__(self, delay: float = 0.0):
+        if not delay >= 0:
+            raise ValueError(f"delay must be a number of seconds >= 0, got {delay!r}")
+        self.delay, self.status, self.break_stream, self.finish_reason = float(delay), 200, False, "stop"
         self.calls = 0
         self._lock = threading.Lock()
         upstream = self
@@ -77,8 +87,7 @@ class Upstream:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_port}/v1"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -86,3 +95,9 @@ class Upstream:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
