@@ -48,7 +48,7 @@ TARGET_RECALL = 0.95
 STOP_RECALL = 0.995
 # Curator's ef: candidates a tree search examines (the collection default is 2048); the graph plan
 # scales its beam from it.
-CURATOR_EF = [1024, 2048, 4096, 8192, 16384]
+CURATOR_EF = [1024, 1536, 2048, 3072, 4096, 8192, 16384]
 HNSWLIB_EF = [16, 64, 256]
 FAISS_EF = [16, 64, 256, 1024, 4096]
 HNSWLIB_QUERIES = 100

@@ -1,11 +1,12 @@
 """An HNSW graph over a whole collection (faiss IndexHNSWFlat), for unfiltered and broad filtered search.
 
-The graph's nodes are numbered in the order vectors were added; `node_slot` maps a node to the
-vector store's slot (-1: the vector was deleted or changed, the node is dead). faiss HNSW cannot
-remove nodes, so a deleted vector's node stays in the graph as a waypoint that a search never
-returns: every search passes a selector bitmap of the nodes it may return (live, the tenant's,
-matching the filter), built with numpy and tested inside faiss's compiled search, never in Python
-per node. When dead nodes outnumber live ones the graph is rebuilt.
+faiss builds and grows the graph; searches run in `graph_search.py`, compiled, on faiss's arrays
+read in place. The graph's nodes are numbered in the order vectors were added; `node_slot` maps
+a node to the vector store's slot (-1: the vector was deleted or changed, the node is dead).
+faiss HNSW cannot remove nodes, so a deleted vector's node stays in the graph as a waypoint that
+a search never returns: every search passes a bitmap of the nodes it may return (live, the
+tenant's, matching the filter), built with numpy and tested inside the compiled search, never in
+Python per node. When dead nodes outnumber live ones the graph is rebuilt.
 
 The graph is built on first need (or when the collection is created with hnsw=True and vectors
 arrive), then kept in step with every write by the index.
@@ -14,7 +15,10 @@ arrive), then kept in step with every write by the index.
 import faiss
 import numpy as np
 
+from . import graph_search
 from .metric import Metric
+
+_EVERY_NODE = np.zeros(0, np.uint8)
 
 
 class Graph:
@@ -26,6 +30,9 @@ class Graph:
         self.node_slot = np.zeros(0, np.int64)
         self.slot_node = np.zeros(0, np.int64)
         self.dead = 0
+        self._arrays = None  # faiss's arrays as numpy views; remade after every add (they move)
+        self._visited = np.zeros(0, np.uint8)  # per node: the stamp of the last search that met it
+        self._stamp = 0
 
     @property
     def n_live(self) -> int:
@@ -38,6 +45,7 @@ class Graph:
         self.forget(slots)  # a changed vector: its old node dies
         first = self.node_slot.size
         self.index.add(np.ascontiguousarray(prepared, np.float32))
+        self._arrays = None
         self.node_slot = np.concatenate([self.node_slot, slots])
         if slots.max() >= self.slot_node.size:
             grown = np.full(max(int(slots.max()) + 1, self.slot_node.size * 3 // 2), -1, np.int64)
@@ -77,23 +85,40 @@ class Graph:
     def search(self, query: np.ndarray, k: int, ef: int, bitmap: np.ndarray | None):
         """Up to k (slots, distances) among the nodes of `bitmap` (from `bitmap()`; None: every
         node, when none is dead), best first; distances are smaller-is-better as everywhere
-        (`curator.metric`)."""
-        if bitmap is None:
-            params = faiss.SearchParametersHNSW(efSearch=max(ef, k))
-        else:
-            selector = faiss.IDSelectorBitmap(self.node_slot.size, faiss.swig_ptr(bitmap))
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(ef, k))
-        scores, nodes = self.index.search(query.reshape(1, -1), k, params=params)
-        nodes, scores = nodes[0], scores[0]
-        found = nodes >= 0
-        scores = scores[found]  # faiss's: squared L2, or an inner product (larger is better)
-        if self.metric is Metric.COSINE:
-            scores = 1.0 - scores
-        elif self.metric is Metric.IP:
-            scores = -scores
-        return self.node_slot[nodes[found]], scores.astype(np.float32)
+        (`curator.metric`). `query` is prepared for the metric, as the graph's vectors are."""
+        vectors, neighbors, offsets, cum = self._views()
+        nodes = np.empty(k, np.int32)
+        dists = np.empty(k, np.float32)
+        found = graph_search.search(
+            query, k, ef, int(self.metric), vectors, neighbors, offsets, cum, self._entry, self._max_level,
+            _EVERY_NODE if bitmap is None else bitmap, self._visited, self._next_stamp(), nodes, dists)
+        return self.node_slot[nodes[:found]], dists[:found]
+
+    def _views(self):
+        """faiss's vectors and links as numpy arrays over its own memory (valid until the next add)."""
+        if self._arrays is None:
+            hnsw, n = self.index.hnsw, self.index.ntotal
+            storage = faiss.downcast_index(self.index.storage)
+            vectors = faiss.rev_swig_ptr(storage.codes.data(), storage.codes.size()).view(np.float32)
+            self._arrays = (vectors.reshape(n, self.dim) if n else np.zeros((0, self.dim), np.float32),
+                            faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size()),
+                            faiss.rev_swig_ptr(hnsw.offsets.data(), hnsw.offsets.size()).view(np.int64),
+                            faiss.vector_to_array(hnsw.cum_nneighbor_per_level).astype(np.int64))
+            self._entry, self._max_level = int(hnsw.entry_point), int(hnsw.max_level)
+            if self._visited.size < n:
+                self._visited = np.zeros(max(n, self._visited.size * 3 // 2), np.uint8)
+                self._stamp = 0
+        return self._arrays
+
+    def _next_stamp(self) -> int:
+        self._stamp += 1
+        if self._stamp == 256:  # a byte per node keeps the table in cache; start the stamps over
+            self._visited[:] = 0
+            self._stamp = 1
+        return self._stamp
 
     @property
     def nbytes(self) -> int:
         links = self.index.hnsw.neighbors.size() * 4
-        return links + self.index.ntotal * self.dim * 4 + self.node_slot.nbytes + self.slot_node.nbytes
+        return (links + self.index.ntotal * self.dim * 4 + self.node_slot.nbytes + self.slot_node.nbytes
+                + self._visited.nbytes)

@@ -483,13 +483,7 @@ class CuratorIndex:
         if self.graph is None or self.graph.needs_rebuild:
             self._build_graph()
         graph = self.graph
-        fraction = allowed.count / max(graph.n_live, 1)
-        if fraction < 1:
-            if allowed.leaf_fraction is None:
-                allowed.leaf_fraction = self._leaf_fraction(allowed.mask)
-            leaf = int(self.tree.route(prepared.reshape(1, -1))[0][0])
-            fraction = planner.local_fraction(allowed, leaf, fraction)
-        beam = planner.graph_beam(ef, self.config.ef, self.config.hnsw_ef, fraction, k)
+        beam = planner.graph_beam(ef, self.config.ef, self.config.hnsw_ef, k)
         if allowed.count == graph.n_live and graph.dead == 0:
             bitmap = None  # every node is allowed
         elif allowed.bitmap is not None and allowed.bitmap[0] is graph:
@@ -498,14 +492,6 @@ class CuratorIndex:
             bitmap = graph.bitmap(allowed.mask)
             allowed.bitmap = (graph, bitmap)
         return graph.search(prepared, k, beam, bitmap)
-
-    def _leaf_fraction(self, mask: np.ndarray) -> np.ndarray:
-        """Per node of the shared tree, the fraction of the vectors in it (a leaf) that `mask` allows."""
-        n = mask.size
-        leaf = self.tenancy.leaf_of[:n]
-        nodes = self.tree.n_nodes
-        live = np.bincount(leaf[self.slot_ids[:n] >= 0], minlength=nodes)
-        return np.bincount(leaf[mask], minlength=nodes) / np.maximum(live, 1)
 
     def _build_graph(self) -> None:
         cfg = self.config
