@@ -373,9 +373,11 @@ class CuratorIndex:
         is completed by an exact scan."""
         if tenant is not None and where is None:
             return (*self.search_one(query, k, tenant, ef), "tree")
-        prepared = self._prepared_query(query)
         allowed = self._allowed(tenant, where)
         plan = planner.choose(allowed, tenant, k, ef, self.config, len(self.ids))
+        if plan == "exact":
+            return (*self._exact(query, k, allowed), plan)
+        prepared = self._prepared_query(query)
         if plan == "tree":
             t = self._tenant(tenant)
             self.tenancy.ensure(t)
@@ -387,13 +389,10 @@ class CuratorIndex:
                 tenancy.shortlist_node, self.tree.centroids, members.data, members.start, members.size,
                 self.vectors, self.inv_norm, allowed.mask.view(np.uint8), slots, dists)
             return self.slot_ids[slots[:found]], dists[:found], plan
-        if plan == "graph":
-            slots, dists = self._graph_search(prepared, k, allowed, ef)
-            if slots.size >= min(k, allowed.count):
-                return self.slot_ids[slots], dists, plan
-            plan = "exact"  # the graph came back short (a very narrow filter): finish exactly
-        slots, dists = self._exact(prepared, k, *self._candidates(allowed))
-        return self.slot_ids[slots], dists, plan
+        slots, dists = self._graph_search(prepared, k, allowed, ef)
+        if slots.size >= min(k, allowed.count):
+            return self.slot_ids[slots], dists, plan
+        return (*self._exact(query, k, allowed), "exact")  # the graph came back short: finish exactly
 
     def search_planned_batch(self, queries: np.ndarray, k: int, tenants: list, where, ef: int):
         """Many queries under the planner: (ids, distances) of shape (nq, k) padded with -1 / inf,
@@ -465,19 +464,13 @@ class CuratorIndex:
             allowed.candidates = candidates
         return candidates
 
-    def _exact(self, prepared: np.ndarray, k: int, slots: np.ndarray, rows: np.ndarray):
-        """Best k of `slots` (whose prepared rows are `rows`) by exact distance, smaller first."""
-        if slots.size == 0:
-            return slots, np.zeros(0, np.float32)
-        if self.metric is Metric.L2:
-            d = ((rows - prepared) ** 2).sum(axis=1)
-        elif self.metric is Metric.COSINE:
-            d = 1.0 - rows @ prepared
-        else:
-            d = -(rows @ prepared)
-        d = d.astype(np.float32, copy=False)
-        order = kernels.smallest_k(d, k)
-        return slots[order], d[order]
+    def _exact(self, query: np.ndarray, k: int, allowed: planner.Allowed) -> tuple[np.ndarray, np.ndarray]:
+        """Best k allowed vectors by exact distance, smaller first: one compiled call."""
+        slots, rows = self._candidates(allowed)
+        ids, dists, usable = kernels.exact_one(query, k, int(self.metric), rows, slots, self.slot_ids)
+        if not usable:
+            raise InvalidArgumentError(_UNUSABLE)
+        return ids, dists
 
     def _graph_search(self, prepared, k, allowed: planner.Allowed, ef):
         if self.graph is None or self.graph.needs_rebuild:

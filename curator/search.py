@@ -11,7 +11,9 @@ after 4*ef candidates. It never ends before k results are found: every vector t 
 exactly one of its shortlists, so a search returns min(k, |t|) results, and never a vector t
 may not see. With ef >= 4|t| the search is exact.
 
-One query is one compiled call; a batch is one compiled call that runs its queries in parallel."""
+One query is one compiled call; a batch is one compiled call that runs its queries in parallel.
+`exact_one` is the exact plan's single query (`planner.py`): a scan of a filter's few allowed
+vectors, also one compiled call."""
 
 import numba
 import numpy as np
@@ -183,23 +185,34 @@ def search_batch_parallel(queries, tenants, k, ef, metric, dir_data, dir_start, 
                       centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots[i], out_dist[i])
 
 
-@numba.njit(cache=True)
-def smallest_k(d, k):
-    """Indices of the k smallest values of d, ascending (a bounded max-heap: one pass, no sort
-    of the whole array), for exact scans of allowed vectors."""
-    n = d.shape[0]
+@numba.njit(cache=True, fastmath=True)
+def exact_one(q, k, metric, rows, slots, slot_ids):
+    """One query scanned exactly over `rows` (prepared for the metric; row i is slot slots[i]),
+    end to end in one call: (ids, distances) best first, or empty arrays and False if q is
+    unusable. For the few allowed vectors of a narrow filter, where a query's fixed costs are
+    most of its time."""
+    prepared, usable = prepare_query(q, metric)
+    if not usable:
+        return np.empty(0, np.int64), np.empty(0, np.float32), False
+    n = rows.shape[0]
     k = min(k, n)
     keys = np.empty(k, np.float32)
     vals = np.empty(k, np.int64)
     for i in range(k):
-        keys[i] = d[i]
+        keys[i] = distance_row(prepared, rows, i, metric)
         vals[i] = i
     for i in range(k // 2 - 1, -1, -1):
         _sift_down_max(keys, vals, k, i)
     for i in range(k, n):
-        if d[i] < keys[0]:
-            keys[0] = d[i]
+        d = distance_row(prepared, rows, i, metric)
+        if d < keys[0]:
+            keys[0] = d
             vals[0] = i
             _sift_down_max(keys, vals, k, 0)
     order = np.argsort(keys, kind="mergesort")
-    return vals[order]
+    ids = np.empty(k, np.int64)
+    dists = np.empty(k, np.float32)
+    for i in range(k):
+        ids[i] = slot_ids[slots[vals[order[i]]]]
+        dists[i] = keys[order[i]]
+    return ids, dists, True
