@@ -38,6 +38,11 @@ def _q(*values):
         (lambda c: c.search(np.ones(4), k=3, tenant="a", ef=0), InvalidArgumentError, "ef must be between"),
         (lambda c: c.search(np.ones(3), k=3, tenant="a"), InvalidArgumentError, "dimension 4 expected, got 3"),
         (lambda c: c.search(_q(np.nan, 1, 1, 1), k=3, tenant="a"), InvalidArgumentError, "NaN"),
+        # the same query refused by every plan: the exact scan (no tenant, or a filter) too
+        (lambda c: c.search(_q(np.nan, 1, 1, 1), k=3), InvalidArgumentError, "NaN"),
+        (lambda c: c.search_batch(np.stack([_q(1, 1, 1, 1), _q(np.inf, 1, 1, 1)]), k=3), InvalidArgumentError,
+         "infinity"),
+        (lambda c: c.search(_q(0, 0, 0, 0), k=3), InvalidArgumentError, "zero under cosine"),
         (lambda c: c.search(np.ones(4), k=3, tenant="nobody"), NotFoundError, "unknown tenant 'nobody'"),
         (lambda c: c.search_batch(np.ones((2, 4)), k=3, tenants=["a"]), InvalidArgumentError, "one per query"),
         (lambda c: c.search_batch(np.ones((0, 4)), k=3, tenants=[]), InvalidArgumentError, "empty batch"),
