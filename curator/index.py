@@ -71,7 +71,7 @@ class IndexConfig:
     hnsw: bool | str = "auto"
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    hnsw_ef: int = 64
+    hnsw_ef: int = 96  # the graph beam at the default ef: recall@10 ~0.96 unfiltered on GloVe 400k
     hnsw_visit_cost: float = 20.0  # a graph neighbour visit, in in-order vector reads (planner.py)
     # The planner (`planner.py`) scans exactly when at most `exact_limit` vectors are allowed,
     # and otherwise picks the plan of least estimated cost.
