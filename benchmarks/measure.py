@@ -19,11 +19,13 @@ def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
-def timed_loop(fn, items) -> np.ndarray:
-    """Seconds each call fn(item) took, one call at a time."""
+def timed_loop(fn, items, gap: float = 0.0) -> np.ndarray:
+    """Seconds each call fn(item) took, one call at a time (`gap` seconds of sleep before each)."""
     out = np.empty(len(items))
     clock = time.perf_counter
     for i, item in enumerate(items):
+        if gap:
+            time.sleep(gap)
         start = clock()
         fn(item)
         out[i] = clock() - start

@@ -4,3 +4,7 @@ It adapts requests to the same `Database` API that embedded users call, takes ea
 tenants from its API key, enforces the configured limits, and exposes health, reflection and
 Prometheus metrics. It holds no index logic of its own.
 """
+
+from curator_proto.tcp import prefer_classic_tcp
+
+prefer_classic_tcp()  # before grpc is first imported (see curator_proto/tcp.py)

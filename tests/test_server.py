@@ -2,6 +2,7 @@
 metrics, fuzzed requests, `curator serve` as a process with graceful SIGTERM, and the contract's
 generated code being current."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -386,3 +387,19 @@ def test_fuzzed_cache_requests_get_defined_codes_and_the_server_keeps_serving(
     stub.Store(pb.CacheStoreRequest(tenant="alice", prompt=ok, answer="fine", category="ok"), metadata=meta, timeout=10)
     assert stub.Lookup(pb.CacheLookupRequest(tenant="alice", prompt=ok, category="ok"), metadata=meta, timeout=10).hit
     channel.close()
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, "-event_engine_client,-event_engine_listener"),  # the classic TCP stack (curator_proto/tcp.py)
+    ({"CURATOR_GRPC_TCP": "event_engine"}, None),  # opted out
+    ({"GRPC_EXPERIMENTS": "mine"}, "mine"),  # the process chose: left alone
+])
+@pytest.mark.parametrize("package", ["curator_client", "curator_server"])
+def test_server_and_sdk_ask_for_the_classic_tcp_stack_unless_told_otherwise(package, env, expected):
+    clean = {k: v for k, v in os.environ.items() if k not in ("GRPC_EXPERIMENTS", "CURATOR_GRPC_TCP")}
+    shown = subprocess.run([sys.executable, "-c", f"import os, {package}; print(os.environ.get('GRPC_EXPERIMENTS'))"],
+                           env={**clean, **env}, capture_output=True, text=True, check=True).stdout.strip()
+    assert shown == str(expected)
+    late = subprocess.run([sys.executable, "-c", f"import grpc, os, {package}; print(os.environ.get('GRPC_EXPERIMENTS'))"],
+                          env={**clean, **env}, capture_output=True, text=True, check=True).stdout.strip()
+    assert late == str(env.get("GRPC_EXPERIMENTS"))  # grpc already imported: too late, nothing set
