@@ -448,7 +448,8 @@ class CuratorIndex:
             tenant_size = int(self.tenancy.count[t])
         if where is not None:
             mask &= filters.matches(filters.parse(where, self.payloads.schema()), self.payloads, n)
-        allowed = self._allowed_sets[key] = planner.Allowed(mask, int(np.count_nonzero(mask)), tenant_size)
+        allowed = planner.Allowed(mask, int(np.count_nonzero(mask)), tenant_size, row_bytes=4 * self.dim)
+        self._allowed_sets[key] = allowed
         while len(self._allowed_sets) > 16:
             self._allowed_sets.popitem(last=False)
         return allowed
@@ -460,7 +461,7 @@ class CuratorIndex:
             return allowed.candidates
         slots = np.flatnonzero(allowed.mask)
         candidates = (slots, self._prepared(slots))
-        if candidates[1].nbytes <= 8 << 20:
+        if candidates[1].nbytes <= planner.KEPT_ROWS_BYTES:
             allowed.candidates = candidates
         return candidates
 

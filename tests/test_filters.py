@@ -314,3 +314,14 @@ def test_device_exact_topk_is_brute_force_on_the_cpu(metric):
         np.testing.assert_array_equal(t, np.argsort(expected, kind="stable")[:12])
         np.testing.assert_allclose(d, np.sort(expected)[:12], rtol=1e-4, atol=1e-4)
     assert device.exact_topk(queries, rows[:5], 12, m, xp=np)[0].shape == (7, 5)
+
+
+@pytest.mark.parametrize("row_bytes, plan", [(4, "exact"), (200, "graph")])
+def test_the_planner_counts_rows_gathered_anew_for_each_query(row_bytes, plan):
+    """200k allowed of 400k, a wide beam: kept rows (800 KB) scan cheaper than the walk; rows too
+    large to keep (40 MB, gathered from the store for every query) do not."""
+    from curator import planner
+    from curator.index import IndexConfig
+
+    allowed = planner.Allowed(np.ones(400_000, bool), 200_000, 400_000, row_bytes=row_bytes)
+    assert planner.choose(allowed, None, 10, 8192, IndexConfig(), 400_000) == plan
