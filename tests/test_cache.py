@@ -496,3 +496,43 @@ def test_a_default_change_that_breaks_an_override_is_refused_whole(db):
     with pytest.raises(InvalidArgumentError, match="ttl_ceiling"):
         cache.set_policy(None, ttl=500.0)  # would put code's ceiling below its ttl
     assert cache.policy("other")["configured"]["ttl"] == 100.0
+
+
+def test_a_partition_scans_exactly_while_small_and_becomes_a_graph_past_graph_from():
+    """Small partitions cost a matrix, not a 2.5 MB hnswlib index; past GRAPH_FROM slots the same
+    entries move into a graph. Either way removed entries are never returned and their slots are
+    reused."""
+    from curator.cache.partition import GRAPH_FROM, Partition
+
+    rng = np.random.default_rng(3)
+    unit = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)  # noqa: E731
+    vectors = unit(rng.normal(size=(GRAPH_FROM + 500, 16)))
+    part = Partition(16)
+
+    def add(rows):
+        return part.add(rows.astype(np.int64), vectors[rows], np.zeros(rows.size), np.ones(rows.size, np.int64),
+                        np.zeros(rows.size, np.uint64))
+
+    slots = add(np.arange(600))
+    removed = part.remove(slots[::3])  # entry ids 0, 3, 6, ...
+    live = np.setdiff1d(np.arange(600), removed)
+    queries = unit(rng.normal(size=(50, 16)))
+    for q in queries:  # a matrix: exact
+        found, sims = part.nearest(q, 10)
+        expected = live[np.argsort(-(vectors[live] @ q))[:10]]
+        assert part.entry_ids[found].tolist() == expected.tolist()
+        np.testing.assert_allclose(sims, np.sort(vectors[expected] @ q)[::-1], rtol=1e-5)
+    assert part._graph is None
+    reused = add(np.arange(600, 600 + removed.size))
+    assert set(reused.tolist()) == set(slots[::3].tolist())  # freed slots first
+    add(np.arange(600 + removed.size, GRAPH_FROM + 500))
+    assert part._graph is not None and part._vectors is None
+    part.remove(part.live_slots()[:100])
+    live_ids = set(part.entry_ids[part.live_slots()].tolist())
+    hits = 0
+    for q in queries:  # a graph: approximate, but never a removed entry
+        found, _ = part.nearest(q, 10)
+        assert set(part.entry_ids[found].tolist()) <= live_ids
+        ids = np.array(sorted(live_ids))
+        hits += len(set(part.entry_ids[found].tolist()) & set(ids[np.argsort(-(vectors[ids] @ q))[:10]].tolist()))
+    assert hits / (10 * len(queries)) >= 0.9
