@@ -466,12 +466,10 @@ class CuratorIndex:
         return candidates
 
     def _exact(self, query: np.ndarray, k: int, allowed: planner.Allowed) -> tuple[np.ndarray, np.ndarray]:
-        """Best k allowed vectors by exact distance, smaller first: one compiled call."""
+        """Best k allowed vectors by exact distance, smaller first."""
+        prepared = self._prepared_query(query)
         slots, rows = self._candidates(allowed)
-        ids, dists, usable = kernels.exact_one(query, k, int(self.metric), rows, slots, self.slot_ids)
-        if not usable:
-            raise InvalidArgumentError(_UNUSABLE)
-        return ids, dists
+        return kernels.exact_one(prepared, k, int(self.metric), rows, slots, self.slot_ids)
 
     def _graph_search(self, prepared, k, allowed: planner.Allowed, ef):
         if self.graph is None or self.graph.needs_rebuild:

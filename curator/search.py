@@ -186,14 +186,11 @@ def search_batch_parallel(queries, tenants, k, ef, metric, dir_data, dir_start, 
 
 
 @numba.njit(cache=True, fastmath=True)
-def exact_one(q, k, metric, rows, slots, slot_ids):
-    """One query scanned exactly over `rows` (prepared for the metric; row i is slot slots[i]),
-    end to end in one call: (ids, distances) best first, or empty arrays and False if q is
-    unusable. For the few allowed vectors of a narrow filter, where a query's fixed costs are
-    most of its time."""
-    prepared, usable = prepare_query(q, metric)
-    if not usable:
-        return np.empty(0, np.int64), np.empty(0, np.float32), False
+def exact_one(prepared, k, metric, rows, slots, slot_ids):
+    """One query (already prepared: `prepare_query`, called apart, since a callee compiled for a
+    fastmath caller would fold its NaN check away) scanned exactly over `rows` (prepared for the
+    metric; row i is slot slots[i]) in one call: (ids, distances) best first. For the few allowed
+    vectors of a narrow filter, where a query's fixed costs are most of its time."""
     n = rows.shape[0]
     k = min(k, n)
     keys = np.empty(k, np.float32)
@@ -215,4 +212,4 @@ def exact_one(q, k, metric, rows, slots, slot_ids):
     for i in range(k):
         ids[i] = slot_ids[slots[vals[order[i]]]]
         dists[i] = keys[order[i]]
-    return ids, dists, True
+    return ids, dists

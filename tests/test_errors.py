@@ -81,3 +81,15 @@ def test_bad_collections(db):
         db.collection("zz")
     with pytest.raises(InvalidArgumentError, match="unknown durability 'always'"):
         curator.open("/tmp/never-created", durability="always")
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_a_nan_query_is_refused_under_every_metric_after_every_plan_compiled(db, metric):
+    """A compiled callee built for a fastmath caller loses its NaN check (numba compiles it with
+    the caller's flags): after an exact-plan search has compiled, a NaN must still be refused."""
+    col = db.create_collection(f"n{metric}", dim=4, metric=metric)
+    col.insert(np.arange(10), np.random.default_rng(1).random((10, 4), np.float32), tenant="a")
+    col.search(_q(1, 2, 3, 4), k=3)  # the exact plan (no tenant)
+    for search in (lambda q: col.search(q, k=3, tenant="a"), lambda q: col.search(q, k=3)):
+        with pytest.raises(InvalidArgumentError, match="NaN or infinity"):
+            search(_q(np.nan, 1, 2, 3))
