@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 from .distance import distance_row
+from .heaps import push_max, push_min, sift_down_max, sift_down_min
 from .prefetch import prefetch_row
 
 AHEAD = 4  # neighbours whose vectors are requested before they are scored
@@ -31,55 +32,6 @@ AHEAD = 4  # neighbours whose vectors are requested before they are scored
 @numba.njit(cache=True, inline="always")
 def _allowed(bitmap, node):
     return bitmap.size == 0 or (bitmap[node >> 3] >> (node & 7)) & 1
-
-
-@numba.njit(cache=True, inline="always")
-def _push_min(keys, vals, n, key, val):
-    """Push onto a min-heap of n items (capacity already checked); returns the new size."""
-    i = n
-    while i > 0:
-        parent = (i - 1) >> 1
-        if keys[parent] <= key:
-            break
-        keys[i] = keys[parent]
-        vals[i] = vals[parent]
-        i = parent
-    keys[i] = key
-    vals[i] = val
-    return n + 1
-
-
-@numba.njit(cache=True, inline="always")
-def _push_max(keys, vals, n, key, val):
-    i = n
-    while i > 0:
-        parent = (i - 1) >> 1
-        if keys[parent] >= key:
-            break
-        keys[i] = keys[parent]
-        vals[i] = vals[parent]
-        i = parent
-    keys[i] = key
-    vals[i] = val
-    return n + 1
-
-
-@numba.njit(cache=True, inline="always")
-def _sift_down(keys, vals, n, i, smaller_first):
-    key, val = keys[i], vals[i]
-    while True:
-        child = 2 * i + 1
-        if child >= n:
-            break
-        if child + 1 < n and ((keys[child + 1] < keys[child]) == smaller_first):
-            child += 1
-        if (keys[child] >= key) if smaller_first else (keys[child] <= key):
-            break
-        keys[i] = keys[child]
-        vals[i] = vals[child]
-        i = child
-    keys[i] = key
-    vals[i] = val
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -111,10 +63,10 @@ def search(q, k, ef, metric, vectors, neighbors, offsets, cum, entry, max_level,
     cand_n = np.empty(capacity, np.int32)
     res_d = np.empty(ef, np.float32)
     res_n = np.empty(ef, np.int32)
-    n_cand = _push_min(cand_d, cand_n, 0, d_current, current)
+    n_cand = push_min(cand_d, cand_n, 0, d_current, current)
     n_res = 0
     if _allowed(bitmap, current):
-        n_res = _push_max(res_d, res_n, 0, d_current, current)
+        n_res = push_max(res_d, res_n, 0, d_current, current)
     visited[current] = stamp
     degree = cum[1]
     fresh = np.empty(degree, np.int32)
@@ -124,7 +76,7 @@ def search(q, k, ef, metric, vectors, neighbors, offsets, cum, entry, max_level,
             break
         n_cand -= 1
         cand_d[0], cand_n[0] = cand_d[n_cand], cand_n[n_cand]
-        _sift_down(cand_d, cand_n, n_cand, 0, True)
+        sift_down_min(cand_d, cand_n, n_cand, 0)
         begin = offsets[near]
         n_new = 0
         for p in range(begin, begin + degree):  # the unvisited neighbours, marked
@@ -150,13 +102,13 @@ def search(q, k, ef, metric, vectors, neighbors, offsets, cum, entry, max_level,
                     grown_d[:n_cand] = cand_d[:n_cand]
                     grown_n[:n_cand] = cand_n[:n_cand]
                     cand_d, cand_n = grown_d, grown_n
-                n_cand = _push_min(cand_d, cand_n, n_cand, d, node)
+                n_cand = push_min(cand_d, cand_n, n_cand, d, node)
                 if _allowed(bitmap, node):
                     if n_res < ef:
-                        n_res = _push_max(res_d, res_n, n_res, d, node)
+                        n_res = push_max(res_d, res_n, n_res, d, node)
                     else:
                         res_d[0], res_n[0] = d, node
-                        _sift_down(res_d, res_n, n_res, 0, False)
+                        sift_down_max(res_d, res_n, n_res, 0)
 
     order = np.argsort(res_d[:n_res])
     found = min(k, n_res)

@@ -19,41 +19,10 @@ import numba
 import numpy as np
 
 from .distance import COSINE, L2, distance_row, dot_row, l2_row
+from .heaps import sift_down_max, sift_down_min
 from .prefetch import prefetch_row
 
 AHEAD = 32  # candidates whose vectors are requested before they are scored
-
-
-@numba.njit(cache=True, fastmath=True, inline="always")
-def _sift_down_min(keys, vals, n, i):
-    while True:
-        left = 2 * i + 1
-        if left >= n:
-            return
-        j = left
-        if left + 1 < n and keys[left + 1] < keys[left]:
-            j = left + 1
-        if keys[j] >= keys[i]:
-            return
-        keys[i], keys[j] = keys[j], keys[i]
-        vals[i], vals[j] = vals[j], vals[i]
-        i = j
-
-
-@numba.njit(cache=True, fastmath=True, inline="always")
-def _sift_down_max(keys, vals, n, i):
-    while True:
-        left = 2 * i + 1
-        if left >= n:
-            return
-        j = left
-        if left + 1 < n and keys[left + 1] > keys[left]:
-            j = left + 1
-        if keys[j] <= keys[i]:
-            return
-        keys[i], keys[j] = keys[j], keys[i]
-        vals[i], vals[j] = vals[j], vals[i]
-        i = j
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -77,7 +46,7 @@ def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, short
         order_list[i] = l
         order_key[i] = distance_row(q, centroids, shortlist_node[l], metric)
     for i in range(m // 2 - 1, -1, -1):
-        _sift_down_min(order_key, order_list, m, i)
+        sift_down_min(order_key, order_list, m, i)
 
     best_d = np.full(k, np.inf, np.float32)  # max-heap of the best k so far
     best_s = np.full(k, -1, np.int64)
@@ -91,7 +60,7 @@ def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, short
         remaining -= 1
         order_key[0] = order_key[remaining]
         order_list[0] = order_list[remaining]
-        _sift_down_min(order_key, order_list, remaining, 0)
+        sift_down_min(order_key, order_list, remaining, 0)
         start = mem_start[l]
         size = mem_size[l]
         if remaining > 0:  # the next shortlist is now on top of the heap: start loading it
@@ -119,11 +88,11 @@ def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, short
                 found += 1
                 if found == k:
                     for i in range(k // 2 - 1, -1, -1):
-                        _sift_down_max(best_d, best_s, k, i)
+                        sift_down_max(best_d, best_s, k, i)
             elif d < best_d[0]:
                 best_d[0] = d
                 best_s[0] = slot
-                _sift_down_max(best_d, best_s, k, 0)
+                sift_down_max(best_d, best_s, k, 0)
                 improved = True
         if not filtered:
             scanned += size
@@ -199,13 +168,13 @@ def exact_one(prepared, k, metric, rows, slots, slot_ids):
         keys[i] = distance_row(prepared, rows, i, metric)
         vals[i] = i
     for i in range(k // 2 - 1, -1, -1):
-        _sift_down_max(keys, vals, k, i)
+        sift_down_max(keys, vals, k, i)
     for i in range(k, n):
         d = distance_row(prepared, rows, i, metric)
         if d < keys[0]:
             keys[0] = d
             vals[0] = i
-            _sift_down_max(keys, vals, k, 0)
+            sift_down_max(keys, vals, k, 0)
     order = np.argsort(keys, kind="mergesort")
     ids = np.empty(k, np.int64)
     dists = np.empty(k, np.float32)
