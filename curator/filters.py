@@ -19,7 +19,6 @@ and returns a tree of `Condition`, `All`, `Any`, `Not`; `matches` evaluates one 
 columns as a boolean mask over slots, one numpy operation per condition.
 """
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,9 +60,24 @@ class Not:
     part: object
 
 
-def canonical(spec) -> str:
-    """A stable text for a filter (the cache key of its matches)."""
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+def key(spec):
+    """A hashable key that is equal for two filters exactly when they are the same data, types
+    included (1, 1.0 and True are different filters: one of them may be of the wrong type for its
+    field). The cache key of a filter's matches: a long "in" list is frozen as a tuple, at about
+    half of repr's cost (an "in" of 480 keywords: 7-14 us against 21-25 us here)."""
+    kind = type(spec)
+    if kind is dict:
+        return dict, tuple([(name, key(value)) for name, value in spec.items()])
+    if kind is list or kind is tuple:
+        items = tuple(spec)
+        try:
+            hash(items)
+        except TypeError:  # holds dicts or lists: freeze each
+            return list, tuple(map(key, items))
+        return list, items, tuple(map(type, items))
+    if kind in (str, int, float, bool) or spec is None:
+        return kind, spec
+    return kind, repr(spec)  # anything else (parse will say what is wrong with it), hashable
 
 
 def parse(spec, schema: dict[str, str], depth: int = 0):

@@ -375,9 +375,9 @@ class CuratorIndex:
             return (*self.search_one(query, k, tenant, ef), "tree")
         allowed = self._allowed(tenant, where)
         plan = planner.choose(allowed, tenant, k, ef, self.config, len(self.ids))
-        prepared = self._prepared_query(query)
         if plan == "exact":
-            return (*self._exact(prepared, k, allowed), plan)
+            return (*self._exact(query, k, allowed), plan)
+        prepared = self._prepared_query(query)
         if plan == "tree":
             t = self._tenant(tenant)
             self.tenancy.ensure(t)
@@ -392,7 +392,7 @@ class CuratorIndex:
         slots, dists = self._graph_search(prepared, k, allowed, ef)
         if slots.size >= min(k, allowed.count):
             return self.slot_ids[slots], dists, plan
-        return (*self._exact(prepared, k, allowed), "exact")  # the graph came back short: finish exactly
+        return (*self._exact(query, k, allowed), "exact")  # the graph came back short: finish exactly
 
     def search_planned_batch(self, queries: np.ndarray, k: int, tenants: list, where, ef: int):
         """Many queries under the planner: (ids, distances) of shape (nq, k) padded with -1 / inf,
@@ -433,7 +433,7 @@ class CuratorIndex:
     def _allowed(self, tenant: str | None, where) -> planner.Allowed:
         """What a query of `tenant` (None: any) with filter `where` may return, made once per
         (tenant, filter) and kept until the next write."""
-        key = (self.version, tenant, None if where is None else repr(where))
+        key = (self.version, tenant, None if where is None else filters.key(where))
         cached = self._allowed_sets.get(key)
         if cached is not None:
             return cached
@@ -465,10 +465,14 @@ class CuratorIndex:
             allowed.candidates = candidates
         return candidates
 
-    def _exact(self, prepared: np.ndarray, k: int, allowed: planner.Allowed) -> tuple[np.ndarray, np.ndarray]:
-        """Best k allowed vectors by exact distance (to a query prepared for the metric), smaller first."""
+    def _exact(self, query: np.ndarray, k: int, allowed: planner.Allowed) -> tuple[np.ndarray, np.ndarray]:
+        """Best k allowed vectors by exact distance, smaller first."""
         slots, rows = self._candidates(allowed)
-        return kernels.exact_one(prepared, k, int(self.metric), rows, slots, self.slot_ids)
+        ids, dists, usable = kernels.exact_one(query, k, int(self.metric),
+                                               rows, slots, self.slot_ids)
+        if not usable:
+            raise InvalidArgumentError(_UNUSABLE)
+        return ids, dists
 
     def _graph_search(self, prepared, k, allowed: planner.Allowed, ef):
         if self.graph is None or self.graph.needs_rebuild:

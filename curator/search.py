@@ -154,12 +154,23 @@ def search_batch_parallel(queries, tenants, k, ef, metric, dir_data, dir_start, 
                       centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots[i], out_dist[i])
 
 
+@numba.njit(cache=True)
+def exact_one(q, k, metric, rows, slots, slot_ids):
+    """One query scanned exactly over `rows` (prepared for the metric; row i is slot slots[i]) in
+    one call: (ids, distances) best first, or empty arrays and False if q is unusable. For the few
+    allowed vectors of a narrow filter, where a query's fixed costs are most of its time.
+
+    Not fastmath itself: the query's NaN check must not be folded away (a fastmath caller would
+    impose its flags on an inlined `prepare_query`); only the scan below is."""
+    prepared, usable = prepare_query(q, metric)
+    if not usable:
+        return np.empty(0, np.int64), np.empty(0, np.float32), False
+    ids, dists = _exact_scan(prepared, k, metric, rows, slots, slot_ids)
+    return ids, dists, True
+
+
 @numba.njit(cache=True, fastmath=True)
-def exact_one(prepared, k, metric, rows, slots, slot_ids):
-    """One query (already prepared: `prepare_query`, called apart, since a callee compiled for a
-    fastmath caller would fold its NaN check away) scanned exactly over `rows` (prepared for the
-    metric; row i is slot slots[i]) in one call: (ids, distances) best first. For the few allowed
-    vectors of a narrow filter, where a query's fixed costs are most of its time."""
+def _exact_scan(prepared, k, metric, rows, slots, slot_ids):
     n = rows.shape[0]
     k = min(k, n)
     keys = np.empty(k, np.float32)

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import curator
+from curator import filters
 from benchmarks import data as D
 
 LANGS = ["en", "de", "fr", "es"]
@@ -245,6 +246,29 @@ def test_malformed_filters_are_refused_with_what_was_wrong(small, where, words):
         col.search(np.ones(8), k=3, filter=where)
     with pytest.raises(curator.InvalidArgumentError):
         col.search_batch(np.ones((2, 8)), k=3, filter=where)
+
+
+@pytest.mark.parametrize("valid, wrong", [
+    ({"draft": {"eq": True}}, {"draft": {"eq": 1}}),  # equal in Python (True == 1), not in type
+    ({"u": {"in": [1, 2]}}, {"u": {"in": [True, 2]}}),
+    ({"or": [{"draft": False}, {"u": 3}]}, {"or": [{"draft": 0}, {"u": 3}]}),
+])
+def test_a_wrongly_typed_filter_is_refused_after_its_valid_twin_ran(small, valid, wrong):
+    """Matches are kept per filter; a filter equal to a kept one as Python values, but of a wrong
+    type, must still be refused, not answered from the kept matches."""
+    col, *_ = small
+    col.search(np.ones(8), k=3, filter=valid)
+    with pytest.raises(curator.InvalidArgumentError):
+        col.search(np.ones(8), k=3, filter=wrong)
+
+
+def test_filter_keys_tell_filters_apart_as_data():
+    same = [{"u": {"in": ["a", "b"]}}, {"u": {"in": ("a", "b")}}]
+    assert filters.key(same[0]) == filters.key(same[1])
+    different = [{"u": 1}, {"u": 1.0}, {"u": True}, {"u": [1]}, {"u": {"in": [1, 2]}}, {"u": {"in": [1, 2.0]}},
+                 {"or": [{"u": 1}]}, {"or": [{"u": True}]}, {"u": {1, 2}}, {"u": {"in": [{"a": 1}]}}]
+    keys = [filters.key(w) for w in different]
+    assert len(set(keys)) == len(different)  # hashable, and none equal to another
 
 
 def test_a_filter_nested_too_deep_is_refused(small):
