@@ -41,7 +41,7 @@ import curator
 
 from . import data as D
 from .baselines import ExactScan, FaissHnswSelector, HnswlibFilter
-from .measure import blas_threads, latency_summary, markdown_table, rss_bytes
+from .measure import blas_threads, latency_summary, markdown_table, rss_bytes, timed_loop
 
 K = 10
 TARGET_RECALL = 0.95
@@ -50,13 +50,15 @@ TARGET_RECALL = 0.95
 STOP_RECALL = 0.995
 # Curator's ef: candidates a tree search examines (the collection default is 2048); the graph plan
 # scales its beam from it.
-CURATOR_EF = [1024, 1280, 1536, 2048, 3072, 4096, 8192, 16384]
+CURATOR_EF = [256, 512, 768, 1024, 1280, 1536, 2048, 3072, 4096, 8192, 16384]
 HNSWLIB_EF = [16, 32, 64, 128, 256]
 FAISS_EF = [16, 64, 256, 1024, 4096]
 HNSWLIB_SECONDS = 8.0
 MAX_SECONDS = 10.0  # per method, filter and knob: a slow setting is measured on fewer queries
 REPEAT_BUDGET = 1.5  # passes are repeated while they took less than this in all, and the fastest counts
 MAX_PASSES = 10
+RETIME_ROUNDS = 6  # each method's best setting is timed again in this many alternating rounds...
+RETIME_PASS_SECONDS = 0.5  # ...when a pass over every query takes at most this
 INSERT_BATCH = 10_000
 RESULTS = Path(__file__).parent / "results"
 
@@ -139,6 +141,37 @@ def sweep(method: str, variant: str, search, knobs, set_knob, queries, truth, al
         if row["recall"] >= STOP_RECALL:
             break
     return rows
+
+
+def retime(rows: list[dict], runners: dict, queries: np.ndarray) -> None:
+    """Time each method's best setting again, in alternating passes over the same queries, and keep
+    each one's fastest pass. This machine's speed drifts by tens of percent from one minute to the
+    next, so a fast method timed alone in a slow minute would lose to a rival timed in a fast one;
+    in alternation both meet the same minutes. Only settings that answered every query with a
+    pass of at most RETIME_PASS_SECONDS: a longer pass is already an average over time."""
+    contenders = []
+    for method, (search, set_knob) in runners.items():
+        best = best_row([r for r in rows if r["method"] == method])
+        if best and best["queries"] == len(queries) and len(queries) / best["qps"] <= RETIME_PASS_SECONDS:
+            contenders.append((best, search, set_knob))
+    if len(contenders) < 2:
+        return
+    fastest = {id(row): None for row, _, _ in contenders}
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(RETIME_ROUNDS):
+            for row, search, set_knob in contenders:
+                set_knob(row["knob"])
+                seconds = timed_loop(search, queries)
+                if fastest[id(row)] is None or seconds.sum() < fastest[id(row)].sum():
+                    fastest[id(row)] = seconds
+    finally:
+        gc.enable()
+    for row, _, _ in contenders:
+        row.update(latency_summary(fastest[id(row)]), retimed=True)
+    print("    re-timed in alternation: " + ", ".join(f"{row['method']} {row['qps']:,.0f}"
+                                                     for row, _, _ in contenders), flush=True)
 
 
 def knob_text(row) -> str:
@@ -228,6 +261,9 @@ def best_row(rows: list[dict]) -> dict | None:
     if not rows:
         return None
     ok = [r for r in rows if r["recall"] >= TARGET_RECALL]
+    retimed = [r for r in ok if r.get("retimed")]  # chosen before, and timed again (`retime`)
+    if retimed:
+        return retimed[0]
     return max(ok, key=lambda r: r["qps"]) if ok else max(rows, key=lambda r: (r["recall"], r["qps"]))
 
 
@@ -353,7 +389,7 @@ def bench_filter(data, truth, fi, f, col, indexes, began) -> list[dict]:
           f"{f['matches']:,} matches", flush=True)
     allowed = np.zeros(data.vectors.shape[0], bool)
     allowed[data.matching(fi)] = True
-    found = []
+    found, runners = [], {}
     if col is not None:
         spec, knob = f["spec"], {"ef": None}
 
@@ -371,6 +407,7 @@ def bench_filter(data, truth, fi, f, col, indexes, began) -> list[dict]:
         found += sweep("Curator", "filter", plain, CURATOR_EF, set_ef, queries, ftruth, allowed)
         found += sweep("Curator (tenant)", "tenant + filter", with_tenant, CURATOR_EF, set_ef, queries, ftruth,
                        allowed)
+        runners = {"Curator": (plain, set_ef), "Curator (tenant)": (with_tenant, set_ef)}
     for key, knobs, cap, seconds in (("hnswlib", HNSWLIB_EF, None, HNSWLIB_SECONDS),
                                     ("faiss", FAISS_EF, None, MAX_SECONDS),
                                     ("exact", [None], None, MAX_SECONDS)):
@@ -378,8 +415,10 @@ def bench_filter(data, truth, fi, f, col, indexes, began) -> list[dict]:
         if index is None:
             continue
         index.restrict(data.matching(fi))
-        found += sweep(index.name, "", lambda q, index=index: (index.search(q, K), None), knobs,
-                       index.set_knob, queries, ftruth, allowed, cap, seconds)
+        search = lambda q, index=index: (index.search(q, K), None)  # noqa: E731
+        found += sweep(index.name, "", search, knobs, index.set_knob, queries, ftruth, allowed, cap, seconds)
+        runners[index.name] = (search, index.set_knob)
+    retime(found, runners, queries)
     for r in found:
         r.update(filter=fi, kind=f["kind"], target=f["target"], fraction=f["fraction"])
     return found
@@ -405,7 +444,7 @@ def write_report(args, data, n_queries, builds, rows, summary, methods, missing,
     stem = "filtered_quick" if args.quick else "filtered"
     n = data.vectors.shape[0]
     for r in rows:
-        r["knob_text"] = knob_text(r)
+        r["knob_text"] = knob_text(r) + (" ↻" if r.get("retimed") else "")
         r["plans_text"] = ", ".join(f"{p} {c}" for p, c in r.get("plans", {}).items())
     build_rows = [{"method": m, **b, "cached": "yes (time of the cached build)" if b.get("cached") else "no"}
                   for m, b in builds.items()]
@@ -432,7 +471,11 @@ def write_report(args, data, n_queries, builds, rows, summary, methods, missing,
         f"{HNSWLIB_SECONDS:.0f} s per setting; any setting stops after about "
         f"{MAX_SECONDS:.0f} s (smaller query counts are shown). faiss: the IDSelectorBitmap is built "
         "once per filter, not per query. Best baseline: the fastest of hnswlib, faiss and exact scan "
-        f"reaching recall {TARGET_RECALL}.",
+        f"reaching recall {TARGET_RECALL}. Each setting's QPS is its fastest pass over the queries (up to "
+        f"{MAX_PASSES} passes while they are short); then each method's chosen setting, where a pass over "
+        f"every query takes at most {RETIME_PASS_SECONDS} s, is timed again in {RETIME_ROUNDS} rounds of "
+        "alternating passes, the fastest pass of each counting, so that rivals meet the same moments of "
+        "this shared machine (re-timed rows are marked ↻ in the table of every setting).",
         "",
     ]
     if missing:
