@@ -6,6 +6,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass, field
 
+import faiss
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -45,6 +46,16 @@ class ServerConfig:
     cache: dict | None = None  # the semantic cache's configuration ([cache] of --cache-config)
 
 
+def _one_openmp_thread() -> None:
+    """An RPC worker's faiss calls run on the worker alone. OpenMP gives every thread that starts
+    a parallel region its own team of threads, which spin a while after each region: calls
+    landing on different workers kept several teams spinning on the same cores, and upserts over
+    gRPC ran at half the speed of the same upserts made from one thread (measured: a server's
+    1 000-vector upsert 40-49 ms against 22-26 ms embedded). The workers' own concurrency uses
+    the cores instead."""
+    faiss.omp_set_num_threads(1)
+
+
 class CuratorServer:
     def __init__(self, config: ServerConfig):
         self.config = config
@@ -58,7 +69,8 @@ class CuratorServer:
         self.db.cache.observer = CacheMetrics(self.metrics.registry, self.db.cache)
         size = config.limits.max_message_bytes
         self.grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="curator-rpc"),
+            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="curator-rpc",
+                                       initializer=_one_openmp_thread),
             interceptors=[MetricsInterceptor(self.metrics)],
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
         )
