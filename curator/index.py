@@ -468,8 +468,7 @@ class CuratorIndex:
     def _exact(self, query: np.ndarray, k: int, allowed: planner.Allowed) -> tuple[np.ndarray, np.ndarray]:
         """Best k allowed vectors by exact distance, smaller first."""
         slots, rows = self._candidates(allowed)
-        ids, dists, usable = kernels.exact_one(query, k, int(self.metric),
-                                               rows, slots, self.slot_ids)
+        ids, dists, usable = kernels.exact_one(query, k, int(self.metric), rows, slots, self.slot_ids)
         if not usable:
             raise InvalidArgumentError(_UNUSABLE)
         return ids, dists
