@@ -4,16 +4,17 @@
 
 The server runs as its own process (`curator serve`) on loopback; embedded use runs the same
 calls in this process. Search: GloVe x WordNet tenants, the same 1 000 queries one at a time,
-k=10, default ef, embedded and remote (the SDK's search stream, and unary calls) in turns, best
-of 5 passes each: p50 / p99 latency and the remote overhead. Embedded searches run back to back,
+k=10, default ef, embedded and remote (the SDK's search stream, and unary calls; the asyncio SDK's
+the same two ways) in turns, best of 5 passes each: p50 / p99 latency and the remote overhead. Embedded searches run back to back,
 and also paced as remote ones are (a sleep of PACE before each): a remote search reaches the
 engine after half a millisecond of gRPC work, with the CPU's caches cooled meanwhile, and the
 paced figure shows what the engine itself costs then. The gRPC TCP stack is the SDK's and
-server's default (classic, curator_proto/tcp.py) unless CURATOR_GRPC_TCP=event_engine is set. Upserts: 100 000 GloVe vectors in
-batches of 1 000 into a data directory (sync durability) both ways: vectors/s and the ratio.
+server's default (classic, curator_proto/tcp.py) unless CURATOR_GRPC_TCP=event_engine is set.
+Upserts: 100 000 GloVe vectors in batches of 1 000 into a data directory (sync durability) both ways: vectors/s and the ratio.
 Writes benchmarks/results/remote.md and remote.json (remote_event_engine.* with the EventEngine stack).
 """
 
+import asyncio
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import curator
+from curator_client import aio
 
 from . import data as D
 from .measure import free_port, timed_loop
@@ -57,6 +59,17 @@ def upsert_rate(col, vectors: np.ndarray, batch: int = 1000) -> float:
     return vectors.shape[0] / (time.perf_counter() - start)
 
 
+async def timed_async(search, items) -> np.ndarray:
+    """timed_loop for a coroutine function: seconds each awaited search(item) took."""
+    out = np.empty(len(items))
+    clock = time.perf_counter
+    for i, item in enumerate(items):
+        start = clock()
+        await search(item)
+        out[i] = clock() - start
+    return out
+
+
 def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = D.glove_wordnet()
@@ -83,12 +96,23 @@ def main() -> None:
         unary = curator.connect(address, search_stream=False)
         cols = {"embedded": local.collection("glove"), "embedded, paced": local.collection("glove"),
                 "remote": remote.collection("glove"), "remote, unary calls": unary.collection("glove")}
-        passes = {label: [] for label in cols}
+        loop = asyncio.new_event_loop()  # the asyncio SDK's channels live in this loop
+        async_dbs = [loop.run_until_complete(aio.connect(address, search_stream=stream)) for stream in (True, False)]
+        async_cols = {label: loop.run_until_complete(db.collection("glove"))
+                      for label, db in zip(("remote asyncio", "remote asyncio, unary calls"), async_dbs)}
+        passes = {label: [] for label in (*cols, *async_cols)}
         for _ in range(5):  # in turns, so that the machine's mood is shared
             for label, col in cols.items():
                 col.search(data.queries[0], k=10, tenant=names[0])
                 passes[label].append(timed_loop(lambda i: col.search(data.queries[i], k=10, tenant=names[i]),
                                                 range(len(names)), gap=PACE if label.endswith("paced") else 0.0))
+            for label, col in async_cols.items():
+                search = lambda i, col=col: col.search(data.queries[i], k=10, tenant=names[i])  # noqa: E731
+                loop.run_until_complete(search(0))
+                passes[label].append(loop.run_until_complete(timed_async(search, range(len(names)))))
+        for db in async_dbs:
+            loop.run_until_complete(db.close())
+        loop.close()
         for label, runs in passes.items():
             seconds = min(runs, key=np.sum)
             results[f"search_{label}"] = {"p50_ms": float(np.percentile(seconds, 50) * 1e3),
@@ -96,7 +120,7 @@ def main() -> None:
                                           "qps": len(seconds) / seconds.sum()}
         embedded = results["search_embedded"]["p50_ms"]
         paced = results["search_embedded, paced"]["p50_ms"]
-        for label in ("remote", "remote, unary calls"):
+        for label in ("remote", "remote, unary calls", "remote asyncio", "remote asyncio, unary calls"):
             results[f"search_{label}_overhead_p50_ms"] = results[f"search_{label}"]["p50_ms"] - embedded
             results[f"search_{label}_overhead_over_paced_p50_ms"] = results[f"search_{label}"]["p50_ms"] - paced
         results["grpc_tcp"] = "event engine" if os.environ.get("CURATOR_GRPC_TCP") == "event_engine" else "classic"
@@ -112,14 +136,17 @@ def main() -> None:
              f"server in its own process on loopback; gRPC TCP stack: {results['grpc_tcp']}; embedded "
              f"paced: a {PACE * 1e3:.1f} ms sleep before each search.", "",
              "| | p50 ms | p99 ms | QPS |", "|---|---|---|---|"]
-    for label in ("embedded", "embedded, paced", "remote", "remote, unary calls"):
+    for label in ("embedded", "embedded, paced", "remote", "remote, unary calls", "remote asyncio",
+                  "remote asyncio, unary calls"):
         r = results[f"search_{label}"]
         lines.append(f"| search, {label} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['qps']:,.0f} |")
     lines += ["", f"Remote overhead at p50: {results['search_remote_overhead_p50_ms']:.3f} ms over the search "
                   f"stream ({results['search_remote_over_embedded_p50']:.2f}x embedded), "
                   f"{results['search_remote, unary calls_overhead_p50_ms']:.3f} ms with unary calls; over embedded "
                   f"paced: {results['search_remote_overhead_over_paced_p50_ms']:.3f} ms (stream), "
-                  f"{results['search_remote, unary calls_overhead_over_paced_p50_ms']:.3f} ms (unary).", "",
+                  f"{results['search_remote, unary calls_overhead_over_paced_p50_ms']:.3f} ms (unary). The asyncio "
+                  f"SDK: {results['search_remote asyncio_overhead_p50_ms']:.3f} ms over its stream, "
+                  f"{results['search_remote asyncio, unary calls_overhead_p50_ms']:.3f} ms with unary calls.", "",
               "Upserts, batches of 1 000 GloVe vectors into a data directory (sync): "
               f"embedded {rates['embedded']:,.0f} vectors/s, remote {rates['remote']:,.0f} vectors/s "
               f"({results['upsert_remote_over_embedded']:.2f}x)."]

@@ -11,18 +11,36 @@ from collections.abc import Sequence
 import grpc
 
 from curator.api import SearchResult
+from curator_proto import wire
 
 from . import cache_calls, calls
+from .aio_stream import AsyncSearchStream
 from .calls import Call, CollectionCalls
 from .remote import STUBS, backoff, channel_options, engine_error
 
 
 class _AsyncChannel:
-    def __init__(self, channel: grpc.aio.Channel, api_key: str | None, timeout: float, retries: int):
+    def __init__(self, channel: grpc.aio.Channel, api_key: str | None, timeout: float, retries: int,
+                 search_stream: bool = True):
         self.channel = channel
         self.stubs = {name: stub(channel) for name, stub in STUBS.items()}
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout, self.retries = timeout, retries
+        self.stream = AsyncSearchStream(self.stubs["search"], self.metadata, timeout) if search_stream else None
+
+    async def search(self, call: Call):
+        """A single search over the channel's SearchStream; as a unary call when it cannot take it."""
+        reply = await self.stream.ask(call.request) if self.stream else None
+        if reply is None:
+            return await self.run(call)
+        if reply.HasField("error"):
+            raise wire.exception(reply.error.code, reply.error.type, reply.error.message)
+        return call.parse(reply.result)
+
+    async def close(self) -> None:
+        if self.stream:
+            self.stream.close()
+        await self.channel.close()
 
     async def run(self, call: Call):
         method = getattr(self.stubs[call.service], call.method)
@@ -39,7 +57,7 @@ class _AsyncChannel:
 
 class AsyncRemoteCollection:
     def __init__(self, channel: _AsyncChannel, info):
-        self._run, self._calls = channel.run, CollectionCalls(info)
+        self._run, self._search, self._calls = channel.run, channel.search, CollectionCalls(info)
         self.name, self.dim, self.metric = info.name, info.dim, info.metric
 
     async def insert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
@@ -95,7 +113,7 @@ class AsyncRemoteCollection:
 
     async def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
                      ef: int | None = None) -> SearchResult:
-        return await self._run(self._calls.search(query, k, tenant, ef, filter))
+        return await self._search(self._calls.search(query, k, tenant, ef, filter))
 
     async def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str] | None = None,
                            filter: dict | None = None, ef: int | None = None) -> SearchResult:
@@ -173,7 +191,7 @@ class AsyncRemoteDatabase:
         return await self._channel.run(calls.server_info())
 
     async def close(self) -> None:
-        await self._channel.channel.close()
+        await self._channel.close()
 
     async def __aenter__(self):
         return self
@@ -183,10 +201,11 @@ class AsyncRemoteDatabase:
 
 
 async def connect(address: str, *, api_key: str | None = None, timeout: float = 30.0, retries: int = 3,
-                  root_certificates: bytes | None = None, max_message_bytes: int = 64 << 20) -> AsyncRemoteDatabase:
+                  root_certificates: bytes | None = None, max_message_bytes: int = 64 << 20,
+                  search_stream: bool = True) -> AsyncRemoteDatabase:
     options = channel_options(max_message_bytes)
     if root_certificates is not None:
         channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options)
     else:
         channel = grpc.aio.insecure_channel(address, options)
-    return AsyncRemoteDatabase(_AsyncChannel(channel, api_key, timeout, retries))
+    return AsyncRemoteDatabase(_AsyncChannel(channel, api_key, timeout, retries, search_stream))

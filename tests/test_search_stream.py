@@ -1,7 +1,9 @@
-"""The SDK's search stream (client/stream.py, server/streams.py): the same answers and errors as
-unary Search, a cap on open streams with a fallback, idle streams closed and reopened, deadlines
-kept while the server does not answer, and garbage on the stream answered without ending it."""
+"""The SDKs' search streams (client/stream.py, client/aio_stream.py, server/streams.py): the same
+answers and errors as unary Search, a cap on open streams with a fallback, idle streams closed
+and reopened, deadlines kept while the server does not answer, and garbage on the stream
+answered without ending it."""
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -161,3 +163,85 @@ def test_stopping_the_server_ends_open_streams_without_waiting_for_the_grace_per
     stopper.start()
     stopper.join(timeout=120)
     assert not stopper.is_alive()  # with the stream left open, stop would wait out its 600 s grace
+
+
+# -- the asyncio SDK's stream (client/aio_stream.py) ----------------------------------------------
+
+def run_async(session):
+    """Run `session(aio)`, a coroutine function given the asyncio SDK, to its end."""
+    from curator_client import aio
+
+    return asyncio.run(session(aio))
+
+
+def test_async_stream_and_unary_give_the_same_answers_and_errors_and_a_busy_stream_falls_back():
+    server = served()
+    query = np.array([0.2, 0.4, 0.6, 0.8], np.float32)
+
+    async def session(aio):
+        async with await aio.connect(server.address) as db, await aio.connect(server.address,
+                                                                                 search_stream=False) as unary:
+            col, plain = await db.collection("c"), await unary.collection("c")
+            streamed, called = await col.search(query, k=7, tenant="t"), await plain.search(query, k=7, tenant="t")
+            np.testing.assert_array_equal(streamed[0], called[0])
+            np.testing.assert_array_equal(streamed[1], called[1])
+            for search in (col.search, plain.search):
+                with pytest.raises(curator.NotFoundError):
+                    await search(query, k=7, tenant="nobody")
+            many = await asyncio.gather(*(col.search(query, k=7, tenant="t") for _ in range(20)))
+            assert all(np.array_equal(m[0], streamed[0]) for m in many)
+
+    try:
+        run_async(session)
+        counts = requests_by_method(server)
+        # stream: the first search, the error, and at least the first of the 20 at once; the rest
+        # of those found the stream busy and went as unary calls
+        assert counts["SearchStream"] >= 3 and counts["Search"] >= 2
+        assert counts["SearchStream"] + counts["Search"] == 2 + 2 + 20
+    finally:
+        server.stop()
+
+
+def test_async_searches_past_the_stream_limit_or_after_idle_closing_are_answered():
+    server = served(max_streams=1, stream_idle_seconds=0.3)
+    try:
+        expected = curator.connect(server.address).collection("c").search(np.ones(4), k=5, tenant="t")[0]
+
+        async def session(aio):
+            async with await aio.connect(server.address) as db:
+                col = await db.collection("c")
+                for _ in range(3):  # the blocking client's thread held the one stream, then the idle reaper
+                    np.testing.assert_array_equal((await col.search(np.ones(4), k=5, tenant="t"))[0], expected)
+                    await asyncio.sleep(0.5)
+
+        run_async(session)
+    finally:
+        server.stop()
+
+
+def test_an_async_search_stream_keeps_its_deadline_when_the_server_stops_answering():
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "curator_server", "serve", "--data", ":memory:",
+                                "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        blocking = curator.connect(f"127.0.0.1:{port}", timeout=1.0, retries=50)
+        blocking.list_collections()  # retried until the server is up
+        blocking.create_collection("c", dim=4).insert(np.arange(10), np.ones((10, 4)), tenant="t")
+
+        async def session(aio):
+            async with await aio.connect(f"127.0.0.1:{port}", timeout=1.0) as db:
+                col = await db.collection("c")
+                await col.search(np.ones(4), k=3, tenant="t")  # the stream is open
+                process.send_signal(signal.SIGSTOP)
+                try:
+                    with pytest.raises(curator.CuratorError, match="DEADLINE_EXCEEDED"):
+                        await col.search(np.ones(4), k=3, tenant="t")
+                finally:
+                    process.send_signal(signal.SIGCONT)
+                await asyncio.sleep(0.2)
+                assert (await col.search(np.ones(4), k=3, tenant="t"))[0].size == 3  # served again
+
+        run_async(session)
+    finally:
+        process.kill()
+        process.wait()
