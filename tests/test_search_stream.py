@@ -107,26 +107,35 @@ def test_idle_streams_are_closed_and_reopened():
         server.stop()
 
 
-def test_a_search_stream_keeps_its_deadline_when_the_server_stops_answering(tmp_path):
+@pytest.fixture
+def stoppable():
+    """A server in its own process (to be stopped with SIGSTOP), with collection "c" of 10
+    vectors of tenant "t": (address, process)."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "curator_server", "serve", "--data", ":memory:",
                                 "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
     try:
-        db = curator.connect(f"127.0.0.1:{port}", timeout=1.0, retries=50)
+        db = curator.connect(address, timeout=1.0, retries=50)
         db.list_collections()  # retried until the server is up
-        col = db.create_collection("c", dim=4)
-        col.insert(np.arange(10), np.ones((10, 4)), tenant="t")
-        col.search(np.ones(4), k=3, tenant="t")  # the stream is open
-        process.send_signal(signal.SIGSTOP)
-        try:
-            with pytest.raises(curator.CuratorError, match="DEADLINE_EXCEEDED"):
-                col.search(np.ones(4), k=3, tenant="t")
-        finally:
-            process.send_signal(signal.SIGCONT)
-        assert col.search(np.ones(4), k=3, tenant="t")[0].size == 3  # served again
+        db.create_collection("c", dim=4).insert(np.arange(10), np.ones((10, 4)), tenant="t")
+        yield address, process
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_search_stream_keeps_its_deadline_when_the_server_stops_answering(stoppable):
+    address, process = stoppable
+    col = curator.connect(address, timeout=1.0).collection("c")
+    col.search(np.ones(4), k=3, tenant="t")  # the stream is open
+    process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(curator.CuratorError, match="DEADLINE_EXCEEDED"):
+            col.search(np.ones(4), k=3, tenant="t")
+    finally:
+        process.send_signal(signal.SIGCONT)
+    assert col.search(np.ones(4), k=3, tenant="t")[0].size == 3  # served again
 
 
 def test_garbage_on_a_stream_is_answered_and_the_stream_goes_on():
@@ -219,29 +228,20 @@ def test_async_searches_past_the_stream_limit_or_after_idle_closing_are_answered
         server.stop()
 
 
-def test_an_async_search_stream_keeps_its_deadline_when_the_server_stops_answering():
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "curator_server", "serve", "--data", ":memory:",
-                                "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        blocking = curator.connect(f"127.0.0.1:{port}", timeout=1.0, retries=50)
-        blocking.list_collections()  # retried until the server is up
-        blocking.create_collection("c", dim=4).insert(np.arange(10), np.ones((10, 4)), tenant="t")
+def test_an_async_search_stream_keeps_its_deadline_when_the_server_stops_answering(stoppable):
+    address, process = stoppable
 
-        async def session(aio):
-            async with await aio.connect(f"127.0.0.1:{port}", timeout=1.0) as db:
-                col = await db.collection("c")
-                await col.search(np.ones(4), k=3, tenant="t")  # the stream is open
-                process.send_signal(signal.SIGSTOP)
-                try:
-                    with pytest.raises(curator.CuratorError, match="DEADLINE_EXCEEDED"):
-                        await col.search(np.ones(4), k=3, tenant="t")
-                finally:
-                    process.send_signal(signal.SIGCONT)
-                await asyncio.sleep(0.2)
-                assert (await col.search(np.ones(4), k=3, tenant="t"))[0].size == 3  # served again
+    async def session(aio):
+        async with await aio.connect(address, timeout=1.0) as db:
+            col = await db.collection("c")
+            await col.search(np.ones(4), k=3, tenant="t")  # the stream is open
+            process.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(curator.CuratorError, match="DEADLINE_EXCEEDED"):
+                    await col.search(np.ones(4), k=3, tenant="t")
+            finally:
+                process.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.2)
+            assert (await col.search(np.ones(4), k=3, tenant="t"))[0].size == 3  # served again
 
-        run_async(session)
-    finally:
-        process.kill()
-        process.wait()
+    run_async(session)
