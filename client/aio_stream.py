@@ -1,10 +1,12 @@
 """Single searches over one open SearchStream per channel (the asyncio SDK's fast path).
 
 As in the blocking SDK (`stream.py`), a message on an open stream costs less than a unary call:
-measured here (benchmarks/remote.py), p50 0.46 against 0.79 ms a search. One search at a time uses the stream; a search
-that finds it busy with another coroutine's, or finds no stream (the server refused one, closed
-an idle one, or went away), is made as a unary Search call with that call's retries, and the
-stream is asked for again later. A search on the stream keeps the channel's deadline.
+measured here (benchmarks/remote.py), p50 0.46 against 0.79 ms a search. One search at a time
+uses the stream; a search that finds it busy with another coroutine's, or finds no stream (the
+server refused one, closed an idle one, or went away), is made as a unary Search call with that
+call's retries, and the stream is asked for again later. A search on the stream keeps the
+channel's deadline. A search cancelled or timed out halfway ends the stream: its late reply
+must never be read as the next search's.
 """
 
 import asyncio
@@ -35,6 +37,9 @@ class AsyncSearchStream:
             async with asyncio.timeout(self._timeout):
                 await self._call.write(request)
                 reply = await self._call.read()
+        except asyncio.CancelledError:
+            self._drop(0.0)
+            raise
         except TimeoutError:
             self._drop(RETRY_AFTER)
             raise wire.exception("DEADLINE_EXCEEDED", None, f"no reply within the {self._timeout} s deadline") from None

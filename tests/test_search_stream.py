@@ -245,3 +245,26 @@ def test_an_async_search_stream_keeps_its_deadline_when_the_server_stops_answeri
             assert (await col.search(np.ones(4), k=3, tenant="t"))[0].size == 3  # served again
 
     run_async(session)
+
+
+def test_an_async_search_cancelled_halfway_never_hands_its_reply_to_the_next():
+    server = served()
+    near = np.array([0.9, 0.1, 0.1, 0.1], np.float32)
+    far = np.array([0.1, 0.1, 0.1, 0.9], np.float32)
+
+    async def session(aio):
+        async with await aio.connect(server.address) as db:
+            col = await db.collection("c")
+            expected = (await col.search(far, k=5, tenant="t"))[0]
+            for i in range(40):  # cancel at different points of the exchange
+                task = asyncio.ensure_future(col.search(near, k=5, tenant="t"))
+                for _ in range(i % 8):
+                    await asyncio.sleep(0)
+                await asyncio.sleep(0.0001 * (i // 8))
+                task.cancel()
+                np.testing.assert_array_equal((await col.search(far, k=5, tenant="t"))[0], expected)
+
+    try:
+        run_async(session)
+    finally:
+        server.stop()
