@@ -62,6 +62,4 @@ class AsyncSearchStream:
         self._retry_at = time.monotonic() + retry_in
 
     def close(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
+        self._drop(0.0)

@@ -411,7 +411,7 @@ class CuratorIndex:
             if where is not None or tenant is None:
                 allowed = self._allowed(tenant, where)
                 if planner.choose(allowed, tenant, k, ef, self.config, len(self.ids)) == "exact":
-                    prepared = np.stack([self._prepared_query(q) for q in queries[rows]])
+                    prepared = self.metric.prepare(queries[rows])  # finite: checked by the caller
                     slots, candidates = self._candidates(allowed)
                     if slots.size:
                         top, d = device.exact_topk(prepared, candidates, k, self.metric)

@@ -1,4 +1,5 @@
 import contextlib
+import threading
 
 import numpy as np
 import pytest
@@ -60,3 +61,21 @@ def brute_force(vectors: np.ndarray, query: np.ndarray, metric: str, k: int) -> 
         d = -(vectors @ query)
     order = np.argsort(d, kind="stable")[:k]
     return order, d[order]
+
+
+def concurrently(call, args: list[tuple]) -> tuple[list, list]:
+    """call(*a) for every a in args, each in its own thread, all at once: (results, errors)."""
+    results, errors = [], []
+
+    def run(*a):
+        try:
+            results.append(call(*a))
+        except Exception as error:  # noqa: BLE001 - returned to the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=a) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors

@@ -4,7 +4,6 @@ loopback), against a real OpenAI-compatible upstream on loopback (benchmarks/sta
 Most tests bring their own embeddings (a 16-d test model) so that similarities are exact and the
 tests fast; tests/test_cache_model.py runs the real MiniLM model."""
 
-import threading
 import time
 
 import numpy as np
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 import curator
 from benchmarks.stand_in_llm import StandInLLM
 from curator import InvalidArgumentError, NotFoundError, UpstreamError, UpstreamTimeoutError
-from tests.conftest import database
+from tests.conftest import concurrently, database
 
 MODEL = "unit-test-16d"
 DIM = 16
@@ -394,19 +393,7 @@ def test_complete_calls_upstream_on_a_miss_then_serves_from_the_cache(db, llm):
 
 def test_concurrent_identical_misses_make_one_upstream_call(db, llm):
     llm.delay = 0.5
-    results, errors = [], []
-
-    def ask():
-        try:
-            results.append(complete(db.cache, "what is a monad", unit(81)))
-        except Exception as error:  # noqa: BLE001 - collected for the assertion
-            errors.append(error)
-
-    threads = [threading.Thread(target=ask) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = concurrently(lambda: complete(db.cache, "what is a monad", unit(81)), [()] * 6)
     assert not errors and llm.calls == 1
     assert {r.answer for r in results} == {"answer 1 to: what is a monad"}
     assert sum(not r.shared for r in results) == 1

@@ -21,6 +21,7 @@ from curator_proto import wire
 from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 from curator_server.app import CuratorServer, ServerConfig
+from tests.conftest import concurrently
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,19 +70,7 @@ def test_past_the_stream_limit_searches_fall_back_to_unary_calls():
         db = curator.connect(server.address)
         col = db.collection("c")
         expected = col.search(np.ones(4), k=5, tenant="t")[0]  # this thread holds the one stream
-        results, failures = [], []
-
-        def search():
-            try:
-                results.append(col.search(np.ones(4), k=5, tenant="t")[0])
-            except Exception as error:  # noqa: BLE001 - reported below
-                failures.append(error)
-
-        threads = [threading.Thread(target=search) for _ in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results, failures = concurrently(lambda: col.search(np.ones(4), k=5, tenant="t")[0], [()] * 3)
         assert not failures and len(results) == 3
         assert all(np.array_equal(r, expected) for r in results)
         counts = requests_by_method(server)

@@ -26,6 +26,7 @@ from benchmarks.measure import free_port
 from curator_server.app import CuratorServer, ServerConfig
 from curator_server.auth import digest_of
 from curator_server.service import Limits
+from tests.conftest import concurrently
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789", "admin": "key-admin-0123456789"}
@@ -286,32 +287,22 @@ def test_idempotent_calls_retry_until_the_server_is_up(tmp_path):
 
 def test_concurrent_clients(tmp_path):
     """Many callers at once, reads and writes mixed: every call succeeds and nothing is lost."""
-    import threading
-
     server = CuratorServer(ServerConfig(data=str(tmp_path / "d"), port=0, workers=8)).start()
     try:
         db = curator.connect(server.address)
         db.create_collection("c", dim=8, train_size=500)
-        failures = []
 
         def worker(w):
-            try:
-                col = curator.connect(server.address).collection("c")
-                rng = np.random.default_rng(w)
-                for i in range(30):
-                    ids = np.arange(w * 10_000 + i * 10, w * 10_000 + i * 10 + 10)
-                    col.insert(ids, rng.random((10, 8)), tenant=f"t{w}")
-                    col.grant(ids[:3], tenant="shared")
-                    found, _ = col.search(rng.random(8), k=5, tenant=f"t{w}")
-                    assert set(found.tolist()) <= set(range(w * 10_000, w * 10_000 + 300))
-            except Exception as error:  # noqa: BLE001 - collected and reported below
-                failures.append(error)
+            col = curator.connect(server.address).collection("c")
+            rng = np.random.default_rng(w)
+            for i in range(30):
+                ids = np.arange(w * 10_000 + i * 10, w * 10_000 + i * 10 + 10)
+                col.insert(ids, rng.random((10, 8)), tenant=f"t{w}")
+                col.grant(ids[:3], tenant="shared")
+                found, _ = col.search(rng.random(8), k=5, tenant=f"t{w}")
+                assert set(found.tolist()) <= set(range(w * 10_000, w * 10_000 + 300))
 
-        threads = [threading.Thread(target=worker, args=(w,)) for w in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _, failures = concurrently(worker, [(w,) for w in range(6)])
         assert not failures, failures[:3]
         col = db.collection("c")
         assert col.count() == 6 * 300 and col.count(tenant="shared") == 6 * 90
