@@ -36,6 +36,11 @@ def _tenant(tenant: str | None) -> str:
     return validate.name(tenant, "tenant")
 
 
+def _search_result(reply: pb.SearchResponse) -> SearchResult:
+    n = len(reply.ids)
+    return SearchResult(np.fromiter(reply.ids, np.int64, n), np.fromiter(reply.distances, np.float32, n), reply.plan)
+
+
 def _filter(spec: dict | None) -> pb.Filter | None:
     return None if spec is None else filters_wire.pack_filter(spec)
 
@@ -116,14 +121,21 @@ class CollectionCalls:
     def drop_tenant(self, tenant) -> Call:
         return Call("tenants", "Drop", pb.TenantRef(collection=self.name, tenant=tenant), False)
 
-    def search(self, query, k, tenant: str | None, ef, filter: dict | None = None) -> Call:
+    def _query(self, query) -> bytes:
+        """One query as float32 bytes. A float32 vector of the right shape goes as it is: the
+        server refuses NaN and infinity in it with the same InvalidArgumentError."""
+        if type(query) is np.ndarray and query.dtype == np.float32 and query.shape == (self.dim,):
+            return query.tobytes()
         query = validate.vectors(query, self.dim)
         if query.shape[0] != 1:
             raise errors.InvalidArgumentError(f"search takes one query, got {query.shape[0]}; use search_batch")
-        request = pb.SearchRequest(collection=self.name, query=wire.pack(query), k=validate.k(k),
-                                   tenant=_tenant(tenant), ef=validate.ef(ef, 0), filter=_filter(filter))
-        return Call("search", "Search", request, True,
-                    lambda r: SearchResult(np.array(r.ids, np.int64), np.array(r.distances, np.float32), r.plan))
+        return query.tobytes()
+
+    def search(self, query, k, tenant: str | None, ef, filter: dict | None = None) -> Call:
+        request = pb.SearchRequest(collection=self.name, k=validate.k(k), tenant=_tenant(tenant),
+                                   ef=validate.ef(ef, 0), filter=_filter(filter))
+        request.query.dim, request.query.data = self.dim, self._query(query)
+        return Call("search", "Search", request, True, _search_result)
 
     def search_batch(self, queries, k, tenants: str | Sequence[str] | None, ef, filter: dict | None = None) -> Call:
         queries = validate.vectors(queries, self.dim)

@@ -47,7 +47,7 @@ class _Channel:
         self.stubs = {name: stub(channel) for name, stub in STUBS.items()}
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout, self.retries = timeout, retries
-        self.streams = StreamPool(self.stubs["search"], self.metadata, timeout) if search_stream else None
+        self.streams = StreamPool(channel, self.metadata, timeout) if search_stream else None
 
     def search(self, call: Call):
         """A single search over this thread's SearchStream; as a unary call when there is none."""

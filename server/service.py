@@ -277,11 +277,8 @@ class SearchService(_Base, rpc.SearchServicer):
         tenant = self._tenant(request.tenant, principal)
         self.limits.k(request.k)
         col = self.db.collection(request.collection)
-        query = wire.unpack(request.query, "query")
-        if query.shape[0] != 1:
-            raise InvalidArgumentError(f"Search takes one query, got {query.shape[0]}; use SearchBatch")
-        found = col.search(query[0], k=int(request.k), tenant=tenant, filter=self._filter(request),
-                           ef=request.ef or None)
+        found = col.search(wire.unpack_one(request.query), k=int(request.k), tenant=tenant,
+                           filter=self._filter(request), ef=request.ef or None)
         return pb.SearchResponse(ids=found.ids.tolist(), distances=found.distances.tolist(), plan=found.plan)
 
     @handler

@@ -37,6 +37,17 @@ def unpack(message: pb.Vectors, what: str = "vectors") -> np.ndarray:
     return np.frombuffer(message.data, dtype="<f4").reshape(-1, message.dim).astype(np.float32)
 
 
+def unpack_one(message: pb.Vectors, what: str = "query") -> np.ndarray:
+    """One (dim,) float32 vector from a Vectors message that holds exactly one.
+
+    A copy, not a view of the message's bytes: the engine's compiled code takes writable arrays,
+    and a read-only one would be compiled for anew."""
+    if message.dim and len(message.data) == message.dim * 4:
+        return np.frombuffer(message.data, dtype="<f4").copy()
+    n = unpack(message, what).shape[0]  # raises InvalidArgumentError for a malformed message
+    raise errors.InvalidArgumentError(f"{what}: one vector expected, got {n}; use SearchBatch for several")
+
+
 def failure(error: errors.CuratorError) -> pb.Failure:
     """An engine error as a message (streams carry errors in their replies, not in a status)."""
     return pb.Failure(code=error.code, type=type(error).__name__, message=str(error))
