@@ -42,6 +42,12 @@ PACE = 0.0005  # seconds between paced embedded searches, about a remote search'
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def start_floor() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.floor", str(port)], cwd=ROOT)
+    return process, f"127.0.0.1:{port}"
+
+
 def start_server(data_dir: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "curator_server", "serve", "--data", data_dir,
@@ -75,8 +81,12 @@ async def timed_async(search, items) -> np.ndarray:
     return out
 
 
-def client_process(conn, address: str, asyncio_sdk: bool) -> None:
-    """One SDK's searches in a process of their own: (label, pass) requests in, seconds out."""
+FLOOR = "gRPC floor (the SDK's stream, a no-op server)"
+
+
+def client_process(conn, address: str, asyncio_sdk: bool, floor_address: str | None = None) -> None:
+    """One SDK's searches in a process of their own: labels of passes in, each pass's seconds out.
+    The blocking SDK's process also times its stream against the no-op server of benchmarks.floor."""
     data = D.glove_wordnet()
     names = [D.tenant_label(int(t)) for t in data.query_tenants]
     if asyncio_sdk:
@@ -91,7 +101,8 @@ def client_process(conn, address: str, asyncio_sdk: bool) -> None:
             return loop.run_until_complete(timed_async(search, range(len(names))))
     else:
         dbs = [curator.connect(address, search_stream=stream) for stream in (True, False)]
-        cols = {label: db.collection("glove") for label, db in zip(("remote", "remote, unary calls"), dbs)}
+        dbs.append(curator.connect(floor_address, timeout=5, retries=10))
+        cols = {label: db.collection("glove") for label, db in zip(("remote", "remote, unary calls", FLOOR), dbs)}
 
         def one_pass(col) -> np.ndarray:
             col.search(data.queries[0], k=10, tenant=names[0])
@@ -112,6 +123,7 @@ def main() -> None:
     names = [D.tenant_label(int(t)) for t in data.query_tenants]
     workdir = tempfile.mkdtemp(prefix="curator-remote-")
     server, address = start_server(workdir + "/server")
+    floor, floor_address = start_floor()
     try:
         remote = curator.connect(address)
         local = curator.open(":memory:")
@@ -133,7 +145,8 @@ def main() -> None:
         clients = {}  # label -> the connection to the client process that runs it
         for asyncio_sdk in (False, True):
             ours, theirs = context.Pipe()
-            context.Process(target=client_process, args=(theirs, address, asyncio_sdk), daemon=True).start()
+            context.Process(target=client_process, args=(theirs, address, asyncio_sdk, floor_address),
+                            daemon=True).start()
             clients.update(dict.fromkeys(ours.recv(), ours))
         col = local.collection("glove")
         passes = {label: [] for label in ("embedded", "embedded, paced", *clients)}
@@ -159,10 +172,12 @@ def main() -> None:
             results[f"search_{label}_overhead_over_paced_p50_ms"] = results[f"search_{label}"]["p50_ms"] - paced
         results["grpc_tcp"] = "event engine" if os.environ.get("CURATOR_GRPC_TCP") == "event_engine" else "classic"
         results["search_remote_over_embedded_p50"] = results["search_remote"]["p50_ms"] / embedded
+        results["search_remote_over_floor_p50_ms"] = results["search_remote"]["p50_ms"] - results[f"search_{FLOOR}"]["p50_ms"]
         remote.close()
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        for process in (server, floor):
+            process.terminate()
+            process.wait(timeout=60)
         shutil.rmtree(workdir, ignore_errors=True)
     lines = ["# Remote client against embedded", "",
              "GloVe x WordNet (39k vectors, 420 tenants), 1 000 queries one at a time, k=10, default ef; "
@@ -170,7 +185,7 @@ def main() -> None:
              f"paced: a {PACE * 1e3:.1f} ms sleep before each search.", "",
              "| | p50 ms | p99 ms | QPS |", "|---|---|---|---|"]
     for label in ("embedded", "embedded, paced", "remote", "remote, unary calls", "remote asyncio",
-                  "remote asyncio, unary calls"):
+                  "remote asyncio, unary calls", FLOOR):
         r = results[f"search_{label}"]
         lines.append(f"| search, {label} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['qps']:,.0f} |")
     lines += ["", f"Remote overhead at p50: {results['search_remote_overhead_p50_ms']:.3f} ms over the search "
@@ -180,6 +195,9 @@ def main() -> None:
                   f"{results['search_remote, unary calls_overhead_over_paced_p50_ms']:.3f} ms (unary). The asyncio "
                   f"SDK: {results['search_remote asyncio_overhead_p50_ms']:.3f} ms over its stream, "
                   f"{results['search_remote asyncio, unary calls_overhead_p50_ms']:.3f} ms with unary calls.", "",
+              f"The gRPC floor: the blocking SDK's stream against a server that answers at once "
+              f"(benchmarks/floor.py) took {results[f'search_{FLOOR}']['p50_ms']:.3f} ms; Curator's server and "
+              f"engine added {results['search_remote_over_floor_p50_ms']:.3f} ms to it.", "",
               "Upserts, batches of 1 000 GloVe vectors into a data directory (sync): "
               f"embedded {rates['embedded']:,.0f} vectors/s, remote {rates['remote']:,.0f} vectors/s "
               f"({results['upsert_remote_over_embedded']:.2f}x)."]

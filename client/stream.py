@@ -41,6 +41,11 @@ except ImportError:  # pragma: no cover - depends on the grpcio release
 _OPENED, _HEADERS, _STATUS, _REPLY = "opened", "headers", "status", "reply"
 
 
+def drivable(channel: grpc.Channel) -> bool:
+    """Whether this grpcio lets the caller's thread drive a stream on `channel` (see above)."""
+    return cygrpc is not None and hasattr(getattr(channel, "_channel", None), "segregated_call")
+
+
 class StreamEnded(grpc.RpcError):
     """The stream ended (refused, cancelled, closed by the server, or the server went away)."""
 
@@ -177,7 +182,7 @@ class StreamPool:
         self._channel, self._metadata = channel, metadata
         self._local = threading.local()
         self.watchdog = Watchdog(timeout)
-        self.available = cygrpc is not None and hasattr(getattr(channel, "_channel", None), "segregated_call")
+        self.available = drivable(channel)
         if not self.available:
             log.warning("this grpcio (%s) cannot drive a search stream from the caller's thread; "
                         "single searches use unary calls", grpc.__version__)

@@ -85,13 +85,67 @@ def test_idle_streams_are_closed_and_reopened():
         col = curator.connect(server.address).collection("c")
         first = col.search(np.ones(4), k=5, tenant="t")[0]
         assert len(server.streams) == 1
-        deadline = time.monotonic() + 10
-        while len(server.streams) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(server.streams) == 0  # the server took its thread back
+        assert wait_for(lambda: len(server.streams) == 0)  # the server took its thread back
         np.testing.assert_array_equal(col.search(np.ones(4), k=5, tenant="t")[0], first)  # unary, once
         np.testing.assert_array_equal(col.search(np.ones(4), k=5, tenant="t")[0], first)  # a new stream
         assert len(server.streams) == 1
+    finally:
+        server.stop()
+
+
+def wait_for(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_nan_and_a_wrong_dimension_over_the_stream_are_refused_and_the_stream_goes_on():
+    server = served()
+    try:
+        col = curator.connect(server.address).collection("c")
+        good = col.search(np.ones(4, np.float32), k=3, tenant="t")[0]
+        for bad in (np.array([np.nan, 1, 2, 3], np.float32), np.array([np.inf, 1, 2, 3], np.float32)):
+            with pytest.raises(curator.InvalidArgumentError):  # refused by the server, sent as it was
+                col.search(bad, k=3, tenant="t")
+        with pytest.raises(curator.InvalidArgumentError):  # refused by the SDK
+            col.search(np.ones(5, np.float32), k=3, tenant="t")
+        np.testing.assert_array_equal(col.search(np.ones(4, np.float32), k=3, tenant="t")[0], good)
+        assert requests_by_method(server)["SearchStream"] == 4 and len(server.streams) == 1
+    finally:
+        server.stop()
+
+
+def test_closing_the_database_or_ending_the_thread_ends_its_streams_on_the_server():
+    server = served()
+    try:
+        db = curator.connect(server.address)
+        col = db.collection("c")
+        col.search(np.ones(4), k=3, tenant="t")
+        results, failures = concurrently(lambda: col.search(np.ones(4), k=3, tenant="t")[0], [()] * 2)
+        assert not failures and len(results) == 2
+        assert wait_for(lambda: len(server.streams) == 1)  # the threads' streams went with their threads
+        db.close()
+        assert wait_for(lambda: len(server.streams) == 0)
+    finally:
+        server.stop()
+
+
+def test_without_grpcios_segregated_calls_searches_go_as_unary_calls(monkeypatch):
+    from curator_client import stream
+
+    monkeypatch.setattr(stream, "drivable", lambda channel: False)  # as on a grpcio release that lacks them
+    server = served()
+    try:
+        col = curator.connect(server.address).collection("c")
+        unary = curator.connect(server.address, search_stream=False).collection("c")
+        for tenant in ("t", "t"):
+            np.testing.assert_array_equal(col.search(np.ones(4), k=5, tenant=tenant)[0],
+                                          unary.search(np.ones(4), k=5, tenant=tenant)[0])
+        with pytest.raises(curator.NotFoundError):
+            col.search(np.ones(4), k=5, tenant="nobody")
+        counts = requests_by_method(server)
+        assert "SearchStream" not in counts and counts["Search"] == 5
     finally:
         server.stop()
 
