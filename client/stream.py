@@ -182,17 +182,25 @@ class StreamPool:
         self._channel, self._metadata = channel, metadata
         self._local = threading.local()
         self.watchdog = Watchdog(timeout)
-        self.available = drivable(channel)
-        if not self.available:
-            log.warning("this grpcio (%s) cannot drive a search stream from the caller's thread; "
-                        "single searches use unary calls", grpc.__version__)
+        self.available = True
+        if not drivable(channel):
+            self._unavailable("no segregated calls")
 
     def get(self) -> SearchStream | None:
         stream = getattr(self._local, "stream", None)
         if stream is None and self.available and time.monotonic() >= getattr(self._local, "retry_at", 0.0):
-            stream = self._local.stream = SearchStream(self._channel, self._metadata)
+            try:
+                stream = self._local.stream = SearchStream(self._channel, self._metadata)
+            except (AttributeError, TypeError) as error:  # grpcio's private machinery changed shape
+                self._unavailable(error)
+                return None
             self.watchdog.watch(stream)
         return stream
+
+    def _unavailable(self, reason) -> None:
+        self.available = False
+        log.warning("this grpcio (%s) cannot drive a search stream from the caller's thread (%s); "
+                    "single searches use unary calls", grpc.__version__, reason)
 
     def failed(self, stream: SearchStream, error: grpc.RpcError) -> None:
         """Forget a stream that broke; ask for a new one now if the server only closed an idle one."""

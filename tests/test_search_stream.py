@@ -131,10 +131,18 @@ def test_closing_the_database_or_ending_the_thread_ends_its_streams_on_the_serve
         server.stop()
 
 
-def test_without_grpcios_segregated_calls_searches_go_as_unary_calls(monkeypatch):
+def _segregated_calls_changed_shape(*args):
+    raise TypeError("segregated_call() takes 7 positional arguments")
+
+
+@pytest.mark.parametrize("grpcio", ["without segregated calls", "with segregated calls of another shape"])
+def test_without_grpcios_segregated_calls_searches_go_as_unary_calls(monkeypatch, grpcio):
     from curator_client import stream
 
-    monkeypatch.setattr(stream, "drivable", lambda channel: False)  # as on a grpcio release that lacks them
+    if grpcio == "without segregated calls":
+        monkeypatch.setattr(stream, "drivable", lambda channel: False)
+    else:
+        monkeypatch.setattr(stream, "SearchStream", _segregated_calls_changed_shape)
     server = served()
     try:
         col = curator.connect(server.address).collection("c")
