@@ -35,7 +35,7 @@ import curator
 from curator_client import aio
 
 from . import data as D
-from .measure import free_port, timed_loop
+from .measure import free_port, latency_summary, timed_loop
 
 RESULTS = Path(__file__).parent / "results"
 PACE = 0.0005  # seconds between paced embedded searches, about a remote search's round trip
@@ -84,11 +84,17 @@ async def timed_async(search, items) -> np.ndarray:
 FLOOR = "gRPC floor (the SDK's stream, a no-op server)"
 
 
+def searcher(col, data):
+    """search(i): query i of `data` as its tenant, k=10 (a coroutine with the asyncio SDK)."""
+    names = [D.tenant_label(int(t)) for t in data.query_tenants]
+    return lambda i: col.search(data.queries[i], k=10, tenant=names[i])
+
+
 def client_process(conn, address: str, asyncio_sdk: bool, floor_address: str | None = None) -> None:
     """One SDK's searches in a process of their own: labels of passes in, each pass's seconds out.
     The blocking SDK's process also times its stream against the no-op server of benchmarks.floor."""
     data = D.glove_wordnet()
-    names = [D.tenant_label(int(t)) for t in data.query_tenants]
+    queries = range(len(data.queries))
     if asyncio_sdk:
         loop = asyncio.new_event_loop()
         dbs = [loop.run_until_complete(aio.connect(address, search_stream=stream)) for stream in (True, False)]
@@ -96,17 +102,18 @@ def client_process(conn, address: str, asyncio_sdk: bool, floor_address: str | N
                 for label, db in zip(("remote asyncio", "remote asyncio, unary calls"), dbs)}
 
         def one_pass(col) -> np.ndarray:
-            search = lambda i: col.search(data.queries[i], k=10, tenant=names[i])  # noqa: E731
+            search = searcher(col, data)
             loop.run_until_complete(search(0))
-            return loop.run_until_complete(timed_async(search, range(len(names))))
+            return loop.run_until_complete(timed_async(search, queries))
     else:
         dbs = [curator.connect(address, search_stream=stream) for stream in (True, False)]
         dbs.append(curator.connect(floor_address, timeout=5, retries=10))
         cols = {label: db.collection("glove") for label, db in zip(("remote", "remote, unary calls", FLOOR), dbs)}
 
         def one_pass(col) -> np.ndarray:
-            col.search(data.queries[0], k=10, tenant=names[0])
-            return timed_loop(lambda i: col.search(data.queries[i], k=10, tenant=names[i]), range(len(names)))
+            search = searcher(col, data)
+            search(0)
+            return timed_loop(search, queries)
     conn.send(list(cols))
     while (label := conn.recv()) is not None:
         conn.send(one_pass(cols[label]))
@@ -120,7 +127,6 @@ def client_process(conn, address: str, asyncio_sdk: bool, floor_address: str | N
 def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = D.glove_wordnet()
-    names = [D.tenant_label(int(t)) for t in data.query_tenants]
     workdir = tempfile.mkdtemp(prefix="curator-remote-")
     server, address = start_server(workdir + "/server")
     floor, floor_address = start_floor()
@@ -148,23 +154,20 @@ def main() -> None:
             context.Process(target=client_process, args=(theirs, address, asyncio_sdk, floor_address),
                             daemon=True).start()
             clients.update(dict.fromkeys(ours.recv(), ours))
-        col = local.collection("glove")
+        search = searcher(local.collection("glove"), data)
         passes = {label: [] for label in ("embedded", "embedded, paced", *clients)}
         for _ in range(5):  # in turns, so that the machine's mood is shared
             for label in ("embedded", "embedded, paced"):
-                col.search(data.queries[0], k=10, tenant=names[0])
-                passes[label].append(timed_loop(lambda i: col.search(data.queries[i], k=10, tenant=names[i]),
-                                                range(len(names)), gap=PACE if label.endswith("paced") else 0.0))
+                search(0)
+                passes[label].append(timed_loop(search, range(len(data.queries)),
+                                                gap=PACE if label.endswith("paced") else 0.0))
             for label, conn in clients.items():
                 conn.send(label)
                 passes[label].append(conn.recv())
         for conn in set(clients.values()):
             conn.send(None)
         for label, runs in passes.items():
-            seconds = min(runs, key=np.sum)
-            results[f"search_{label}"] = {"p50_ms": float(np.percentile(seconds, 50) * 1e3),
-                                          "p99_ms": float(np.percentile(seconds, 99) * 1e3),
-                                          "qps": len(seconds) / seconds.sum()}
+            results[f"search_{label}"] = latency_summary(min(runs, key=np.sum))
         embedded = results["search_embedded"]["p50_ms"]
         paced = results["search_embedded, paced"]["p50_ms"]
         for label in ("remote", "remote, unary calls", "remote asyncio", "remote asyncio, unary calls"):
