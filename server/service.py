@@ -8,6 +8,7 @@ import time
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from curator.errors import (
     AlreadyExistsError,
@@ -21,6 +22,7 @@ from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 
 from .auth import KeyRing, Principal
+from .exchange import Exchange
 from .streams import OpenStreams
 
 log = logging.getLogger("curator.server")
@@ -286,29 +288,44 @@ class SearchService(_Base, rpc.SearchServicer):
         return self._search(request, principal)
 
     def SearchStream(self, requests, context):
-        """One reply per request, errors in the reply; the key is checked once, when the stream opens."""
+        """One reply per request, errors in the reply; the key is checked once, when the stream opens.
+        A reply and the next request travel in one batch when grpcio lets `Exchange` drive the call."""
         try:
             principal = self.keys.principal(context)
             self.streams.open(context)
         except CuratorError as error:
             abort(context, error)
         try:
-            for request in requests:
-                self.streams.busy(context)
-                start = time.perf_counter()
+            exchange = Exchange.of(requests)
+            if exchange is None:
+                for request in requests:
+                    yield self._answer(request, principal, context)
+                return
+            request = next(requests, None)
+            while request is not None:
+                message = exchange.send(self._answer(request, principal, context).SerializeToString())
                 try:
-                    reply, code = pb.SearchStreamReply(result=self._search(request, principal)), "OK"
-                except CuratorError as error:
-                    reply, code = pb.SearchStreamReply(error=wire.failure(error)), error.code
-                except Exception:  # a bug: log it, answer INTERNAL for this query, keep the stream
-                    log.exception("internal error in SearchStream")
-                    reply, code = pb.SearchStreamReply(error=pb.Failure(
-                        code="INTERNAL", message="internal error in SearchStream; see the server log")), "INTERNAL"
-                self.observe("SearchStream", grpc.StatusCode[code], time.perf_counter() - start, request.tenant)
-                self.streams.idle(context)
-                yield reply
+                    request = None if message is None else pb.SearchRequest.FromString(message)
+                except DecodeError:
+                    abort(context, InvalidArgumentError("a SearchStream message was not a SearchRequest"))
         finally:
             self.streams.close(context)
+
+    def _answer(self, request, principal, context) -> pb.SearchStreamReply:
+        """One search of a stream: its result, or its error as a Failure (the stream goes on)."""
+        self.streams.busy(context)
+        start = time.perf_counter()
+        try:
+            reply, code = pb.SearchStreamReply(result=self._search(request, principal)), "OK"
+        except CuratorError as error:
+            reply, code = pb.SearchStreamReply(error=wire.failure(error)), error.code
+        except Exception:  # a bug: log it, answer INTERNAL for this query, keep the stream
+            log.exception("internal error in SearchStream")
+            reply, code = pb.SearchStreamReply(error=pb.Failure(
+                code="INTERNAL", message="internal error in SearchStream; see the server log")), "INTERNAL"
+        self.observe("SearchStream", grpc.StatusCode[code], time.perf_counter() - start, request.tenant)
+        self.streams.idle(context)
+        return reply
 
     @handler
     def SearchBatch(self, request, principal):

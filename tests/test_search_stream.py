@@ -1,7 +1,8 @@
-"""The SDKs' search streams (client/stream.py, client/aio_stream.py, server/streams.py): the same
-answers and errors as unary Search, a cap on open streams with a fallback, idle streams closed
-and reopened, deadlines kept while the server does not answer, and garbage on the stream
-answered without ending it."""
+"""The SDKs' search streams (client/stream.py, client/aio_stream.py, server/streams.py,
+server/exchange.py): the same answers and errors as unary Search, a cap on open streams with a
+fallback, idle streams closed and reopened, deadlines kept while the server does not answer, and
+garbage on the stream answered without ending it. The server's side runs both ways: a turn in one
+batch (`Exchange`) and, as with a grpcio of another shape, each reply yielded."""
 
 import asyncio
 import signal
@@ -42,7 +43,21 @@ def requests_by_method(server) -> dict[str, float]:
     return counts
 
 
-def test_stream_and_unary_give_the_same_answers_and_errors():
+@pytest.fixture(params=["one batch a turn", "replies yielded"])
+def turns(request, monkeypatch):
+    """How the server takes a stream's turns; yields a list that counts the exchanged replies."""
+    from curator_server import exchange
+
+    sent = []
+    if request.param == "replies yielded":
+        monkeypatch.setattr(exchange.Exchange, "of", classmethod(lambda cls, requests: None))
+    else:
+        real = exchange.Exchange.send
+        monkeypatch.setattr(exchange.Exchange, "send", lambda self, reply: sent.append(reply) or real(self, reply))
+    yield request.param, sent
+
+
+def test_stream_and_unary_give_the_same_answers_and_errors(turns):
     server = served()
     try:
         db = curator.connect(server.address)
@@ -60,6 +75,7 @@ def test_stream_and_unary_give_the_same_answers_and_errors():
         assert len(server.streams) == 1  # the error did not end the stream
         assert col.search(query, k=3, tenant="t")[0].size == 3
         assert requests_by_method(server)["SearchStream"] == 3
+        assert len(turns[1]) == (3 if turns[0] == "one batch a turn" else 0)
     finally:
         server.stop()
 
@@ -189,7 +205,7 @@ def test_a_search_stream_keeps_its_deadline_when_the_server_stops_answering(stop
     assert col.search(np.ones(4), k=3, tenant="t")[0].size == 3  # served again
 
 
-def test_garbage_on_a_stream_is_answered_and_the_stream_goes_on():
+def test_garbage_on_a_stream_is_answered_and_the_stream_goes_on(turns):
     server = served()
     try:
         channel = grpc.insecure_channel(server.address)
@@ -214,7 +230,7 @@ def test_garbage_on_a_stream_is_answered_and_the_stream_goes_on():
         server.stop()
 
 
-def test_stopping_the_server_ends_open_streams_without_waiting_for_the_grace_period():
+def test_stopping_the_server_ends_open_streams_without_waiting_for_the_grace_period(turns):
     server = served(grace_seconds=600)
     col = curator.connect(server.address).collection("c")
     col.search(np.ones(4), k=3, tenant="t")
@@ -223,6 +239,23 @@ def test_stopping_the_server_ends_open_streams_without_waiting_for_the_grace_per
     stopper.start()
     stopper.join(timeout=120)
     assert not stopper.is_alive()  # with the stream left open, stop would wait out its 600 s grace
+
+
+def test_bytes_that_are_no_search_request_end_the_stream_with_invalid_argument_and_the_server_serves_on():
+    server = served()
+    try:
+        channel = grpc.insecure_channel(server.address)
+        stream = channel.stream_stream("/curator.v1.Search/SearchStream")  # bytes in, bytes out
+        good = pb.SearchRequest(collection="c", query=wire.pack(np.ones(4, np.float32)), k=3, tenant="t")
+        replies = stream(iter([good.SerializeToString(), b"\xff\xff\xff not a SearchRequest"]), timeout=30)
+        assert len(pb.SearchStreamReply.FromString(next(replies)).result.ids) == 3
+        with pytest.raises(grpc.RpcError) as ended:
+            next(replies)
+        assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a SearchRequest" in ended.value.details()
+        assert curator.connect(server.address).collection("c").search(np.ones(4), k=3, tenant="t")[0].size == 3
+    finally:
+        server.stop()
 
 
 # -- the asyncio SDK's stream (client/aio_stream.py) ----------------------------------------------
