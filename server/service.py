@@ -17,6 +17,7 @@ from curator.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
+from curator.index import IndexConfig
 from curator_proto import filters_wire, wire
 from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
@@ -26,6 +27,8 @@ from .exchange import Exchange
 from .streams import OpenStreams
 
 log = logging.getLogger("curator.server")
+
+QUICK_EF = IndexConfig.ef  # stream searches up to this effort are answered on the polling thread
 
 
 class Limits:
@@ -289,14 +292,15 @@ class SearchService(_Base, rpc.SearchServicer):
 
     def SearchStream(self, requests, context):
         """One reply per request, errors in the reply; the key is checked once, when the stream opens.
-        A reply and the next request travel in one batch when grpcio lets `Exchange` drive the call."""
+        When grpcio lets `Exchange` drive the call, a reply and the next request travel in one
+        batch, and a quick search is answered on the polling thread (`_quick`)."""
         try:
             principal = self.keys.principal(context)
             self.streams.open(context)
         except CuratorError as error:
             abort(context, error)
         try:
-            exchange = Exchange.of(requests)
+            exchange = Exchange.of(requests, functools.partial(self._quick, principal, context))
             if exchange is None:
                 for request in requests:
                     yield self._answer(request, principal, context)
@@ -310,6 +314,18 @@ class SearchService(_Base, rpc.SearchServicer):
                     abort(context, InvalidArgumentError("a SearchStream message was not a SearchRequest"))
         finally:
             self.streams.close(context)
+
+    def _quick(self, principal, context, message: bytes) -> bytes | None:
+        """The reply to a stream request that cannot take long, or None to leave it to the
+        handler's thread: a tenant's search without a filter, at no more than the default effort
+        (bounded work; a filter may build a mask, and a search of every vector may build the graph)."""
+        try:
+            request = pb.SearchRequest.FromString(message)
+        except DecodeError:
+            return None  # the handler says what is wrong with it
+        if not request.tenant or request.HasField("filter") or request.ef > QUICK_EF:
+            return None
+        return self._answer(request, principal, context).SerializeToString()
 
     def _answer(self, request, principal, context) -> pb.SearchStreamReply:
         """One search of a stream: its result, or its error as a Failure (the stream goes on)."""

@@ -18,7 +18,7 @@ import pytest
 
 import curator
 from benchmarks.measure import free_port
-from curator_proto import wire
+from curator_proto import filters_wire, wire
 from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 from curator_server.app import CuratorServer, ServerConfig
@@ -45,16 +45,18 @@ def requests_by_method(server) -> dict[str, float]:
 
 @pytest.fixture(params=["one batch a turn", "replies yielded"])
 def turns(request, monkeypatch):
-    """How the server takes a stream's turns; yields a list that counts the exchanged replies."""
+    """How the server takes a stream's turns: (the way, a list of whether each request that
+    reached the polling thread was answered there)."""
     from curator_server import exchange
 
-    sent = []
+    answered = []
     if request.param == "replies yielded":
-        monkeypatch.setattr(exchange.Exchange, "of", classmethod(lambda cls, requests: None))
+        monkeypatch.setattr(exchange.Exchange, "of", classmethod(lambda cls, requests, quick: None))
     else:
-        real = exchange.Exchange.send
-        monkeypatch.setattr(exchange.Exchange, "send", lambda self, reply: sent.append(reply) or real(self, reply))
-    yield request.param, sent
+        real = exchange.Exchange._answered
+        monkeypatch.setattr(exchange.Exchange, "_answered",
+                            lambda self, message: answered.append(real(self, message)) or answered[-1])
+    yield request.param, answered
 
 
 def test_stream_and_unary_give_the_same_answers_and_errors(turns):
@@ -75,7 +77,8 @@ def test_stream_and_unary_give_the_same_answers_and_errors(turns):
         assert len(server.streams) == 1  # the error did not end the stream
         assert col.search(query, k=3, tenant="t")[0].size == 3
         assert requests_by_method(server)["SearchStream"] == 3
-        assert len(turns[1]) == (3 if turns[0] == "one batch a turn" else 0)
+        # the first request reaches the handler; the next two were quick on the polling thread
+        assert turns[1] == ([True, True] if turns[0] == "one batch a turn" else [])
     finally:
         server.stop()
 
@@ -203,6 +206,31 @@ def test_a_search_stream_keeps_its_deadline_when_the_server_stops_answering(stop
     finally:
         process.send_signal(signal.SIGCONT)
     assert col.search(np.ones(4), k=3, tenant="t")[0].size == 3  # served again
+
+
+def test_searches_that_are_not_quick_or_fail_to_be_are_answered_by_the_streams_handler(monkeypatch, turns):
+    from curator_server.service import QUICK_EF, SearchService
+
+    way, answered = turns
+    server = served()
+    try:
+        stub = rpc.SearchStub(grpc.insecure_channel(server.address))
+        query = pb.Vectors(dim=4, data=np.ones(4, np.float32).tobytes())
+        requests = [pb.SearchRequest(collection="c", query=query, k=3, tenant="t"),
+                    pb.SearchRequest(collection="c", query=query, k=3, tenant="t", ef=QUICK_EF + 1),
+                    pb.SearchRequest(collection="c", query=query, k=3),  # every vector: may build the graph
+                    pb.SearchRequest(collection="c", query=query, k=3, tenant="t",
+                                     filter=filters_wire.pack_filter({"missing": 1}))]  # may build a mask
+        expected = [stub.Search(r) for r in requests[:3]]
+        replies = list(stub.SearchStream(iter(requests), timeout=30))
+        assert [r.result for r in replies[:3]] == expected
+        assert replies[3].error.code == "INVALID_ARGUMENT" and "missing" in replies[3].error.message
+        assert answered == ([False, False, False] if way == "one batch a turn" else [])
+        monkeypatch.setattr(SearchService, "_quick", lambda *args: 1 / 0)  # a bug on the polling thread
+        replies = list(stub.SearchStream(iter(requests[:1] * 3), timeout=30))
+        assert [r.result for r in replies] == expected[:1] * 3  # the handler answered; the server lives on
+    finally:
+        server.stop()
 
 
 def test_garbage_on_a_stream_is_answered_and_the_stream_goes_on(turns):
