@@ -14,6 +14,9 @@ and also paced as remote ones are (a sleep of PACE before each): a remote search
 engine after a few hundred microseconds of gRPC work, with the CPU's caches cooled meanwhile, and the
 paced figure shows what the engine itself costs then. The gRPC TCP stack is the SDK's and
 server's default (classic, curator_proto/tcp.py) unless CURATOR_GRPC_TCP=event_engine is set.
+The floors under it are timed in the same turns (benchmarks/floor.py): gRPC's (the blocking
+SDK's stream against a server that does nothing) and the machine's (a TCP echo answering at
+once or after 60 us of work, which shows what waking an idle vCPU costs here).
 Upserts: 100 000 GloVe vectors in batches of 1 000 into a data directory (sync durability) both ways: vectors/s and the ratio.
 Writes benchmarks/results/remote.md and remote.json (remote_event_engine.* with the EventEngine stack).
 """
@@ -35,6 +38,7 @@ import curator
 from curator_client import aio
 
 from . import data as D
+from . import floor
 from .measure import free_port, latency_summary, timed_loop
 
 RESULTS = Path(__file__).parent / "results"
@@ -42,10 +46,17 @@ PACE = 0.0005  # seconds between paced embedded searches, about a remote search'
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_floor() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "benchmarks.floor", str(port)], cwd=ROOT)
-    return process, f"127.0.0.1:{port}"
+def start_floors() -> tuple[list[subprocess.Popen], str, int]:
+    """benchmarks.floor's no-op gRPC server and TCP echo: (processes, gRPC address, echo port)."""
+    grpc_port, echo_port = free_port(), free_port()
+    processes = [floor.start("grpc", grpc_port), floor.start("echo", echo_port)]
+    for _ in range(200):
+        try:
+            floor.echo_round_trips(echo_port, 0, n=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    return processes, f"127.0.0.1:{grpc_port}", echo_port
 
 
 def start_server(data_dir: str) -> tuple[subprocess.Popen, str]:
@@ -61,6 +72,10 @@ def start_server(data_dir: str) -> tuple[subprocess.Popen, str]:
         except curator.CuratorError:
             time.sleep(0.1)
     raise RuntimeError("the server did not start")
+
+
+def _halt_poll(ns: int | None) -> str:
+    return "not a haltpoll guest" if ns is None else "off" if ns == 0 else f"{ns / 1e3:.0f} us"
 
 
 def upsert_rate(col, vectors: np.ndarray, batch: int = 1000) -> float:
@@ -82,6 +97,8 @@ async def timed_async(search, items) -> np.ndarray:
 
 
 FLOOR = "gRPC floor (the SDK's stream, a no-op server)"
+WORK_US = 60  # microseconds the echo works before answering, about what a search costs the server
+ECHO = ("TCP echo, answered at once", f"TCP echo, answered after {WORK_US} us of work")
 
 
 def searcher(col, data):
@@ -129,7 +146,7 @@ def main() -> None:
     data = D.glove_wordnet()
     workdir = tempfile.mkdtemp(prefix="curator-remote-")
     server, address = start_server(workdir + "/server")
-    floor, floor_address = start_floor()
+    floors, floor_address, echo_port = start_floors()
     try:
         remote = curator.connect(address)
         local = curator.open(":memory:")
@@ -155,12 +172,14 @@ def main() -> None:
                             daemon=True).start()
             clients.update(dict.fromkeys(ours.recv(), ours))
         search = searcher(local.collection("glove"), data)
-        passes = {label: [] for label in ("embedded", "embedded, paced", *clients)}
+        passes = {label: [] for label in ("embedded", "embedded, paced", *ECHO, *clients)}
         for _ in range(5):  # in turns, so that the machine's mood is shared
             for label in ("embedded", "embedded, paced"):
                 search(0)
                 passes[label].append(timed_loop(search, range(len(data.queries)),
                                                 gap=PACE if label.endswith("paced") else 0.0))
+            for label, work_us in zip(ECHO, (0, WORK_US)):
+                passes[label].append(floor.echo_round_trips(echo_port, work_us))
             for label, conn in clients.items():
                 conn.send(label)
                 passes[label].append(conn.recv())
@@ -176,9 +195,12 @@ def main() -> None:
         results["grpc_tcp"] = "event engine" if os.environ.get("CURATOR_GRPC_TCP") == "event_engine" else "classic"
         results["search_remote_over_embedded_p50"] = results["search_remote"]["p50_ms"] / embedded
         results["search_remote_over_floor_p50_ms"] = results["search_remote"]["p50_ms"] - results[f"search_{FLOOR}"]["p50_ms"]
+        results["guest_halt_poll_ns"] = floor.guest_halt_poll_ns()
+        results["idle_wake_ms"] = (results[f"search_{ECHO[1]}"]["p50_ms"] - WORK_US / 1e3
+                                   - results[f"search_{ECHO[0]}"]["p50_ms"])
         remote.close()
     finally:
-        for process in (server, floor):
+        for process in (server, *floors):
             process.terminate()
             process.wait(timeout=60)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -188,9 +210,10 @@ def main() -> None:
              f"paced: a {PACE * 1e3:.1f} ms sleep before each search.", "",
              "| | p50 ms | p99 ms | QPS |", "|---|---|---|---|"]
     for label in ("embedded", "embedded, paced", "remote", "remote, unary calls", "remote asyncio",
-                  "remote asyncio, unary calls", FLOOR):
+                  "remote asyncio, unary calls", FLOOR, *ECHO):
         r = results[f"search_{label}"]
-        lines.append(f"| search, {label} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['qps']:,.0f} |")
+        what = label if label in ECHO else f"search, {label}"
+        lines.append(f"| {what} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['qps']:,.0f} |")
     lines += ["", f"Remote overhead at p50: {results['search_remote_overhead_p50_ms']:.3f} ms over the search "
                   f"stream ({results['search_remote_over_embedded_p50']:.2f}x embedded), "
                   f"{results['search_remote, unary calls_overhead_p50_ms']:.3f} ms with unary calls; over embedded "
@@ -201,6 +224,11 @@ def main() -> None:
               f"The gRPC floor: the blocking SDK's stream against a server that answers at once "
               f"(benchmarks/floor.py) took {results[f'search_{FLOOR}']['p50_ms']:.3f} ms; Curator's server and "
               f"engine added {results['search_remote_over_floor_p50_ms']:.3f} ms to it.", "",
+              f"The machine: a TCP round trip between two processes (benchmarks/floor.py) took "
+              f"{results[f'search_{ECHO[0]}']['p50_ms']:.3f} ms answered at once and "
+              f"{results[f'search_{ECHO[1]}']['p50_ms']:.3f} ms answered after {WORK_US} us of work: waiting "
+              f"that long cost {results['idle_wake_ms']:.3f} ms more (an idle vCPU woken through the host; "
+              f"guest halt polling: {_halt_poll(results['guest_halt_poll_ns'])}).", "",
               "Upserts, batches of 1 000 GloVe vectors into a data directory (sync): "
               f"embedded {rates['embedded']:,.0f} vectors/s, remote {rates['remote']:,.0f} vectors/s "
               f"({results['upsert_remote_over_embedded']:.2f}x)."]
