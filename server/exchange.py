@@ -101,7 +101,7 @@ class Exchange:
             return False
         with self._state.condition:
             if not _server._is_rpc_state_active(self._state):
-                return False  # ended meanwhile: the handler's thread learns it with no request
+                return False  # ended meanwhile: the handler's reply finds it so
             self._call.start_server_batch(
                 (cygrpc.SendMessageOperation(reply, 0), cygrpc.ReceiveMessageOperation(0)), self._done)
             return True
