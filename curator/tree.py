@@ -7,15 +7,22 @@ routing a vector to its leaf and mapping a leaf to an ancestor at any depth are 
 Nodes split by k-means (faiss) while they hold more than `leaf_size` training vectors, into at
 most `branching` children. A tree with only a root is the untrained state: one leaf holding
 everything, which makes each tenant's sub-tree a single shortlist searched exhaustively.
+
+Training must never hand faiss a vector whose squared norm overflows float32: its k-means then
+finds no nearest centroid for it and throws inside an OpenMP loop, which aborts the process (no
+exception reaches Python). `validate` refuses such vectors, but a data directory written before
+it did may hold some, so `train` leaves them out and `route` places them anywhere.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
 from . import device
-from .metric import Metric
+from .errors import CuratorError
+from .metric import Metric, within_norm_bound
 
 MAX_DEPTH = 8
 
@@ -70,9 +77,15 @@ class ClusteringTree:
 
     @classmethod
     def train(cls, sample: np.ndarray, metric: Metric, shape: TreeShape = TreeShape()) -> "ClusteringTree":
-        """Hierarchical k-means over `sample` (already prepared for the metric)."""
+        """Hierarchical k-means over `sample` (already prepared for the metric), less its rows
+        beyond `metric.MAX_SQUARED_NORM` (stored before that bound was enforced)."""
         sample = np.ascontiguousarray(sample, np.float32)
         dim = sample.shape[1]
+        usable = within_norm_bound(sample)
+        if not usable.all():
+            sample = sample[usable]
+        if sample.shape[0] == 0:
+            return cls.untrained(dim, metric)
         centroids = [sample.mean(axis=0)]
         parents = [0]
         pending = [(0, np.arange(sample.shape[0]), 0)]
@@ -88,7 +101,8 @@ class ClusteringTree:
                 spherical=metric is not Metric.L2, verbose=False,
                 min_points_per_centroid=1, max_points_per_centroid=256, gpu=device.faiss_gpus() > 0,
             )
-            kmeans.train(x)
+            with _native("k-means of the shared tree"):
+                kmeans.train(x)
             assign = _nearest(x, _flat_index(kmeans.centroids, metric))
             used = np.unique(assign)
             if used.size < 2:  # k-means could not separate these vectors (duplicates): keep a leaf
@@ -104,16 +118,24 @@ class ClusteringTree:
         return tree
 
     def route(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Leaf of each vector (the nearest leaf centroid) and its squared L2 distance to it.
+        """Leaf of each vector (the nearest leaf centroid) and its squared L2 distance to it, in
+        float64 (the sum over many vectors must not overflow).
 
         Nearest over all leaves, not greedy descent: a vector misplaced by an early wrong turn
-        would be missed by every search that ranks leaves by centroid distance.
+        would be missed by every search that ranks leaves by centroid distance. A vector stored
+        before the norm bound, whose distance to every centroid overflows, goes to the first leaf
+        (any one keeps it findable: it is in exactly one) at distance inf.
         """
         vectors = np.ascontiguousarray(vectors, np.float32)
         if not self.trained:
-            return np.zeros(vectors.shape[0], np.int32), ((vectors - self.centroids[0]) ** 2).sum(axis=1)
-        leaf = self.leaves[_nearest(vectors, self._leaf_index)]
-        return leaf.astype(np.int32), ((vectors - self.centroids[leaf]) ** 2).sum(axis=1)
+            leaf, centers = np.zeros(vectors.shape[0], np.int32), self.centroids[0]
+        else:
+            nearest = _nearest(vectors, self._leaf_index)  # -1 where no centroid was nearer than inf
+            leaf = self.leaves[np.maximum(nearest, 0)]
+            centers = self.centroids[leaf]
+        with np.errstate(over="ignore", invalid="ignore"):  # only rows stored before the bound overflow
+            sqdist = np.square(vectors - centers).sum(axis=1, dtype=np.float64)
+        return leaf.astype(np.int32), sqdist
 
     @property
     def nbytes(self) -> int:
@@ -122,10 +144,22 @@ class ClusteringTree:
 
 def _flat_index(centroids: np.ndarray, metric: Metric) -> faiss.Index:
     index = faiss.IndexFlatL2(centroids.shape[1]) if metric is Metric.L2 else faiss.IndexFlatIP(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, np.float32))
+    with _native("indexing the shared tree's centroids"):
+        index.add(np.ascontiguousarray(centroids, np.float32))
     return index
 
 
 def _nearest(x: np.ndarray, index: faiss.Index) -> np.ndarray:
-    _, assign = index.search(x, 1)
+    with _native("routing vectors through the shared tree"):
+        _, assign = index.search(x, 1)
     return assign[:, 0]
+
+
+@contextlib.contextmanager
+def _native(step: str):
+    """faiss's C++ exceptions arrive as RuntimeError; make them the engine's own error. (One thrown
+    inside faiss's OpenMP loops cannot arrive at all, it aborts: hence the clean sample in `train`.)"""
+    try:
+        yield
+    except RuntimeError as error:
+        raise CuratorError(f"{step} failed in faiss ({error}); the shared tree was left as it was") from error

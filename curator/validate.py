@@ -1,12 +1,14 @@
 """Checks at the edge of the engine: every argument a user passes is validated here, once.
 
 After these checks the engine trusts its inputs (contiguous float32 / int64 arrays of the right
-shape, finite values, sane k). Errors say what was wrong and what is allowed.
+shape, finite values whose squared norms and distances fit in float32, sane k). Errors say what
+was wrong and what is allowed.
 """
 
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .metric import MAX_NORM, within_norm_bound
 
 MAX_K = 10_000
 """Largest k a search accepts."""
@@ -64,9 +66,11 @@ def ids(values) -> np.ndarray:
 
 
 def vectors(values, dim: int) -> np.ndarray:
-    """A non-empty (n, dim) float32 array of finite values; a single vector becomes (1, dim)."""
+    """A non-empty (n, dim) float32 array of finite values and bounded norm (`metric.MAX_NORM`: the
+    distances between any two accepted vectors are finite in float32); a single vector becomes (1, dim)."""
     try:
-        arr = np.asarray(values, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf, refused below
+            arr = np.asarray(values, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"vectors must be numeric arrays: {exc}") from None
     if arr.ndim == 1:
@@ -77,10 +81,20 @@ def vectors(values, dim: int) -> np.ndarray:
         raise InvalidArgumentError("empty batch: at least one vector is required")
     if arr.shape[1] != dim:
         raise InvalidArgumentError(f"dimension {dim} expected, got {arr.shape[1]}")
-    if not np.isfinite(arr).all():
-        bad = int(np.flatnonzero(~np.all(np.isfinite(arr), axis=1))[0])
-        raise InvalidArgumentError(f"vector {bad} holds NaN or infinity; only finite values are allowed")
-    return np.ascontiguousarray(arr)
+    arr = np.ascontiguousarray(arr)
+    ok = within_norm_bound(arr)  # also False for a row with NaN or infinity
+    if not ok.all():
+        bad = int(np.flatnonzero(~ok)[0])
+        if not np.isfinite(arr[bad]).all():
+            raise InvalidArgumentError(
+                f"vector {bad} holds NaN or infinity (or a value beyond float32's range, ~3.4e38); "
+                "only finite values are allowed")
+        norm = float(np.sqrt(np.dot(arr[bad].astype(np.float64), arr[bad].astype(np.float64))))
+        raise InvalidArgumentError(
+            f"vector {bad} has length {norm:.3g}: its squared norm and distances would overflow float32; "
+            f"the length must stay below {MAX_NORM:.2g} (values below ~{MAX_NORM / np.sqrt(dim):.2g} each "
+            f"at dim {dim})")
+    return arr
 
 
 def k(value) -> int:
