@@ -1,12 +1,23 @@
 """The embedded implementation of the API: collections served from this process.
 
 Each call validates its arguments at the edge (`validate`), then runs on the collection's
-`CuratorIndex` under the collection's lock, so one collection may be used from many threads.
-With a data directory, every write is also recorded there (one atomic batch) before it returns;
-without one (":memory:") nothing outlives the process.
+`CuratorIndex`. One collection is used from many threads at once (see README, "Concurrency"):
+- reads (searches, gets, counts) share the index (`ReadWriteLock`) and run side by side, their
+  compiled kernels without the GIL; a read that must change the index (a tenant's sub-tree still
+  to build after opening, the HNSW graph) runs again alone;
+- writes take turns (`_writing`) and hold the index alone only while they change it; recording
+  the change (one atomic batch) and waiting for its fsync happen after readers are let back in;
+- the shared tree is retrained in the background (`Retraining`) when it is due, at most once per
+  `retrain_interval` seconds: k-means and the new layout are made beside the index in use, which
+  serves until the new one replaces it in one step. An explicit `train()` works the same way,
+  in the caller's thread.
+With a data directory, every write is also recorded there before it returns; without one
+(":memory:") nothing outlives the process.
 """
 
+import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import fields
 
@@ -15,10 +26,13 @@ import numpy as np
 from . import validate
 from .api import Collection, Database, SearchResult
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StorageError
-from .index import Change, CuratorIndex, IndexConfig
+from .index import Change, CuratorIndex, ExclusiveNeeded, IndexConfig
 from .metric import Metric
+from .rwlock import ReadWriteLock
 from .storage import DataDirectory
-from .tree import TreeShape
+from .tree import ClusteringTree, TreeShape
+
+log = logging.getLogger("curator")
 
 _TREE_OPTIONS = {f.name for f in fields(TreeShape)}
 _INDEX_OPTIONS = {f.name for f in fields(IndexConfig)} - {"tree"}
@@ -45,22 +59,68 @@ class EmbeddedCollection(Collection):
         self._directory = directory
         self._cid = cid
         self._failed: StorageError | None = None
-        self._lock = threading.RLock()
+        self._lock = ReadWriteLock()  # reads shared; a change to the index alone
+        self._writing = threading.Lock()  # one write (or retrain's layout) at a time; taken before _lock
+        index.exclusive = self._lock.held_exclusively
+        index.train_inline = False
+        self.retraining = Retraining(self)
+
+    def _read(self, read):
+        """Run a read beside other reads; one that must change the index runs again alone."""
+        with self._lock.shared():
+            try:
+                return read()
+            except ExclusiveNeeded:
+                pass
+        with self._writing, self._lock.exclusive():
+            return read()
 
     def _write(self, apply) -> Change:
         """Apply one write to the index and record it; returns once it is as durable as promised."""
-        with self._lock:
-            if self._failed is not None:
-                raise StorageError(f"collection {self.name!r} stopped taking writes after a storage failure "
-                                   f"({self._failed}); reopen the database to recover from its data directory")
-            change = apply()
-            ticket = None
-            if self._directory is not None:
-                try:
-                    ticket = self._directory.record(self._cid, change, self.index)
-                except StorageError as error:
-                    self._failed = error  # memory is ahead of the disk now: refuse until reopened
-                    raise
+        with self._writing:
+            self._check_failed()
+            with self._lock.exclusive():
+                change = apply()
+            ticket = self._record(change)
+        if ticket is not None:
+            ticket.wait()  # the fsync: outside every lock, shared with other writes waiting for one
+        if self.retraining.due():
+            self.retraining.start()
+        return change
+
+    def _record(self, change: Change):
+        """Record a change (the index is stable: the caller holds `_writing`)."""
+        if self._directory is None:
+            return None
+        try:
+            return self._directory.record(self._cid, change, self.index)
+        except StorageError as error:
+            self._failed = error  # memory is ahead of the disk now: refuse until reopened
+            raise
+
+    def _check_failed(self) -> None:
+        if self._failed is not None:
+            raise StorageError(f"collection {self.name!r} stopped taking writes after a storage failure "
+                               f"({self._failed}); reopen the database to recover from its data directory")
+
+    def _retrain(self, sample: np.ndarray | None) -> Change:
+        """Train the tree on `sample` (None: the stored vectors) and serve from it. Searches go on
+        throughout; writes wait only while the new layout is made."""
+        index = self.index
+        if sample is None:
+            with self._lock.shared():
+                sample = index.training_sample()
+        else:
+            sample = index.metric.prepare(sample)
+        tree = ClusteringTree.train(sample, index.metric, index.config.tree)  # no lock held
+        with self._writing:
+            self._check_failed()
+            with self._lock.exclusive():
+                index.build_all()  # sub-trees pending from opening: the layout reads them all
+            layout = index.retrained(tree, sample.shape[0])
+            with self._lock.exclusive():
+                change = index.adopt(layout)
+            ticket = self._record(change)
         if ticket is not None:
             ticket.wait()
         return change
@@ -91,12 +151,10 @@ class EmbeddedCollection(Collection):
 
     def get_payloads(self, ids) -> list[dict]:
         ids = validate.ids(ids)
-        with self._lock:
-            return self.index.get_payloads(ids)
+        return self._read(lambda: self.index.get_payloads(ids))
 
     def payload_schema(self) -> dict[str, str]:
-        with self._lock:
-            return self.index.payloads.schema()
+        return self._read(lambda: self.index.payloads.schema())
 
     def grant(self, ids, *, tenant: str) -> int:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
@@ -112,41 +170,34 @@ class EmbeddedCollection(Collection):
 
     def get(self, ids) -> np.ndarray:
         ids = validate.ids(ids)
-        with self._lock:
-            return self.index.get(ids)
+        return self._read(lambda: self.index.get(ids))
 
     def tenants_of(self, id_: int) -> list[str]:
         (id_,) = validate.ids([id_])
-        with self._lock:
-            return self.index.tenants_of(id_)
+        return self._read(lambda: self.index.tenants_of(id_))
 
     def contains(self, ids) -> np.ndarray:
         ids = validate.ids(ids)
-        with self._lock:
-            return self.index.ids.lookup(ids) >= 0
+        return self._read(lambda: self.index.ids.lookup(ids) >= 0)
 
     def visible_to(self, ids, *, tenant: str) -> np.ndarray:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
-        with self._lock:
-            return self.index.visible_to(ids, tenant)
+        return self._read(lambda: self.index.visible_to(ids, tenant))
 
     def count(self, tenant: str | None = None) -> int:
         if tenant is not None:
             tenant = validate.name(tenant, "tenant")
-        with self._lock:
-            return self.index.count(tenant)
+        return self._read(lambda: self.index.count(tenant))
 
     def scroll(self, *, tenant: str | None = None, after_id: int = -1, limit: int = 1000):
         if tenant is not None:
             tenant = validate.name(tenant, "tenant")
         if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= validate.MAX_SCROLL:
             raise InvalidArgumentError(f"limit must be between 1 and {validate.MAX_SCROLL}, got {limit!r}")
-        with self._lock:
-            return self.index.scroll(tenant, int(after_id), int(limit))
+        return self._read(lambda: self.index.scroll(tenant, int(after_id), int(limit)))
 
     def tenants(self) -> list[str]:
-        with self._lock:
-            return self.index.tenants()
+        return self._read(self.index.tenants)
 
     def create_tenant(self, tenant: str) -> None:
         tenant = validate.name(tenant, "tenant")
@@ -158,6 +209,30 @@ class EmbeddedCollection(Collection):
 
     def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
                ef: int | None = None) -> SearchResult:
+        query, k, ef = self._search_arguments(query, k, tenant, ef)
+        index = self.index
+        with self._lock.shared():
+            try:
+                return SearchResult(*index.search_planned(query, k, tenant, filter, ef))
+            except ExclusiveNeeded:
+                pass
+        return self._read(lambda: SearchResult(*index.search_planned(query, k, tenant, filter, ef)))
+
+    def search_now(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
+                   ef: int | None = None) -> SearchResult | None:
+        """`search`, or None at once where it would have to wait (a write holds the collection, or
+        the search must build something first): for a caller that must never block."""
+        query, k, ef = self._search_arguments(query, k, tenant, ef)
+        if not self._lock.acquire_shared(blocking=False):
+            return None
+        try:
+            return SearchResult(*self.index.search_planned(query, k, tenant, filter, ef))
+        except ExclusiveNeeded:
+            return None
+        finally:
+            self._lock.release_shared()
+
+    def _search_arguments(self, query, k, tenant, ef):
         # The common case (one contiguous float32 vector) skips the copying checks; the compiled
         # search checks it for NaN and infinity itself.
         if not (isinstance(query, np.ndarray) and query.dtype == np.float32 and query.shape == (self.dim,)
@@ -166,12 +241,13 @@ class EmbeddedCollection(Collection):
             if query.shape[0] != 1:
                 raise InvalidArgumentError(f"search takes one query, got {query.shape[0]}; use search_batch")
             query = query[0]
-        k = validate.k(k)
         if tenant is not None and type(tenant) is not str:
             validate.name(tenant, "tenant")
-        ef = validate.ef(ef, self.index.config.ef)
-        with self._lock:
-            return SearchResult(*self.index.search_planned(query, k, tenant, filter, ef))
+        return query, validate.k(k), validate.ef(ef, self.index.config.ef)
+
+    # A batch is searched in chunks, each under the lock on its own, so that a large batch does not
+    # hold writers (and the readers queued behind a waiting writer) for its whole length.
+    CHUNK = 64
 
     def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str] | None = None,
                      filter: dict | None = None, ef: int | None = None) -> SearchResult:
@@ -184,18 +260,31 @@ class EmbeddedCollection(Collection):
         if len(tenants) != nq:
             raise InvalidArgumentError(f"{nq} queries but {len(tenants)} tenants; give one per query")
         ef = validate.ef(ef, self.index.config.ef)
-        with self._lock:
-            if filter is None and None not in tenants:  # every query a tenant's: one compiled call
-                return SearchResult(*self.index.search(queries, k, tenants, ef, parallel=True), ["tree"] * nq)
-            return SearchResult(*self.index.search_planned_batch(queries, k, tenants, filter, ef))
+        index = self.index
+        if filter is None and None not in tenants:  # every query a tenant's: compiled calls
+            def chunk(rows):
+                return (*index.search(queries[rows], k, tenants[rows], ef, parallel=True), ["tree"] * len(tenants[rows]))
+        else:
+            def chunk(rows):
+                return index.search_planned_batch(queries[rows], k, tenants[rows], filter, ef)
+        if nq <= self.CHUNK:
+            return SearchResult(*self._read(lambda: chunk(slice(0, nq))))
+        ids = np.empty((nq, k), np.int64)
+        dists = np.empty((nq, k), np.float32)
+        plans = []
+        for start in range(0, nq, self.CHUNK):  # a loop per chunk of queries
+            rows = slice(start, start + self.CHUNK)
+            ids[rows], dists[rows], chunk_plans = self._read(lambda: chunk(rows))
+            plans.extend(chunk_plans)
+        return SearchResult(ids, dists, plans)
 
     def train(self, sample=None) -> None:
         if sample is not None:
             sample = validate.vectors(sample, self.dim)
-        self._write(lambda: self.index.train(sample))
+        self._retrain(sample)
 
     def stats(self) -> dict:
-        with self._lock:
+        def read():
             index = self.index
             return {
                 "vectors": index.count(),
@@ -205,6 +294,59 @@ class EmbeddedCollection(Collection):
                 "shortlists": index.tenancy.n_live_shortlists,
                 "memory_bytes": index.nbytes,
             }
+        return self._read(read)
+
+
+class Retraining:
+    """Retrains one collection's tree in the background when it is due (after a write), one
+    retrain at a time and at most once per `retrain_interval` seconds: a tenant cannot force
+    retrains back to back, and a retrain that is due but too soon runs when the interval ends.
+    Searches never wait for it (see `EmbeddedCollection._retrain`)."""
+
+    def __init__(self, collection: EmbeddedCollection):
+        self._collection = collection
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._not_before = 0.0  # monotonic seconds: the first training is not held back
+        self._closing = threading.Event()
+        self.count = 0  # retrains run
+
+    def due(self) -> bool:
+        return not self._closing.is_set() and self._collection.index.training_due()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._closing.is_set():
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name=f"curator-retrain-{self._collection.name}")
+                self._thread.start()
+
+    def wait(self) -> None:
+        """Until no retrain runs or waits to run (tests, closing)."""
+        while (thread := self._thread) is not None:
+            thread.join()
+
+    def close(self) -> None:
+        self._closing.set()
+        self.wait()
+
+    def _run(self) -> None:
+        interval = self._collection.index.config.retrain_interval
+        try:
+            self._closing.wait(max(0.0, self._not_before - time.monotonic()))
+            if self.due():
+                started = time.monotonic()
+                self._collection._retrain(None)
+                self.count += 1
+                self._not_before = time.monotonic() + max(interval, 4 * (time.monotonic() - started))
+        except Exception:  # noqa: BLE001 - a failed retrain leaves the old tree serving; say why
+            log.exception("retraining collection %r failed; the current tree goes on serving", self._collection.name)
+            self._not_before = time.monotonic() + max(interval, 1.0)
+        finally:
+            with self._lock:
+                self._thread = None
+        if self.due():  # writes arrived meanwhile and made it due again
+            self.start()
 
 
 class EmbeddedDatabase(Database):
@@ -244,11 +386,12 @@ class EmbeddedDatabase(Database):
         return collection
 
     def collection(self, name: str) -> Collection:
-        with self._lock:
-            try:
-                return self._collections[name]
-            except KeyError:
-                raise NotFoundError(f"unknown collection {name!r}; existing: {sorted(self._collections)}") from None
+        # No lock: one dict read is atomic, and a caller that must never wait (the server's network
+        # thread) looks collections up here.
+        collection = self._collections.get(name)
+        if collection is None:
+            raise NotFoundError(f"unknown collection {name!r}; existing: {sorted(self._collections)}")
+        return collection
 
     def list_collections(self) -> list[str]:
         with self._lock:
@@ -258,6 +401,7 @@ class EmbeddedDatabase(Database):
         with self._lock:
             if name not in self._collections:
                 raise NotFoundError(f"unknown collection {name!r}")
+            self._collections[name].retraining.close()
             if self._directory is not None:
                 self._directory.drop_collection(name, self._cids[name])
             del self._collections[name]
@@ -284,6 +428,8 @@ class EmbeddedDatabase(Database):
 
     def close(self) -> None:
         with self._lock:
+            for collection in self._collections.values():
+                collection.retraining.close()
             self._collections.clear()
             if self._directory is not None:
                 self._directory.close()

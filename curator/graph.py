@@ -12,6 +12,9 @@ The graph is built on first need (or when the collection is created with hnsw=Tr
 arrive), then kept in step with every write by the index.
 """
 
+import copy
+import threading
+
 import faiss
 import numpy as np
 
@@ -31,8 +34,9 @@ class Graph:
         self.slot_node = np.zeros(0, np.int64)
         self.dead = 0
         self._arrays = None  # faiss's arrays as numpy views; remade after every add (they move)
-        self._visited = np.zeros(0, np.uint8)  # per node: the stamp of the last search that met it
-        self._stamp = 0
+        # Per searching thread (searches run side by side): a byte per node, the stamp of the last
+        # search that met it, and that stamp.
+        self._marks = threading.local()
 
     @property
     def n_live(self) -> int:
@@ -72,6 +76,14 @@ class Graph:
         alive = np.flatnonzero(self.node_slot >= 0)
         self.slot_node[self.node_slot[alive]] = alive
 
+    def renumbered(self, old_slots: np.ndarray, n_slots: int) -> "Graph":
+        """`renumber` as a new Graph sharing faiss's index, this one left as it was (it may be
+        searched meanwhile)."""
+        new = copy.copy(self)
+        new.node_slot = self.node_slot.copy()
+        new.renumber(old_slots, n_slots)
+        return new
+
     @property
     def needs_rebuild(self) -> bool:
         return self.dead > max(self.n_live, 1000)
@@ -86,12 +98,13 @@ class Graph:
         """Up to k (slots, distances) among the nodes of `bitmap` (from `bitmap()`; None: every
         node, when none is dead), best first; distances are smaller-is-better as everywhere
         (`curator.metric`). `query` is prepared for the metric, as the graph's vectors are."""
-        vectors, neighbors, offsets, cum = self._views()
+        vectors, neighbors, offsets, cum, entry, max_level = self._views()
+        visited, stamp = self._next_stamp(vectors.shape[0])
         nodes = np.empty(k, np.int32)
         dists = np.empty(k, np.float32)
         found = graph_search.search(
-            query, k, ef, int(self.metric), vectors, neighbors, offsets, cum, self._entry, self._max_level,
-            _EVERY_NODE if bitmap is None else bitmap, self._visited, self._next_stamp(), nodes, dists)
+            query, k, ef, int(self.metric), vectors, neighbors, offsets, cum, entry, max_level,
+            _EVERY_NODE if bitmap is None else bitmap, visited, stamp, nodes, dists)
         return self.node_slot[nodes[:found]], dists[:found]
 
     def _views(self):
@@ -103,22 +116,24 @@ class Graph:
             self._arrays = (vectors.reshape(n, self.dim) if n else np.zeros((0, self.dim), np.float32),
                             faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size()),
                             faiss.rev_swig_ptr(hnsw.offsets.data(), hnsw.offsets.size()).view(np.int64),
-                            faiss.vector_to_array(hnsw.cum_nneighbor_per_level).astype(np.int64))
-            self._entry, self._max_level = int(hnsw.entry_point), int(hnsw.max_level)
-            if self._visited.size < n:
-                self._visited = np.zeros(max(n, self._visited.size * 3 // 2), np.uint8)
-                self._stamp = 0
+                            faiss.vector_to_array(hnsw.cum_nneighbor_per_level).astype(np.int64),
+                            int(hnsw.entry_point), int(hnsw.max_level))
         return self._arrays
 
-    def _next_stamp(self) -> int:
-        self._stamp += 1
-        if self._stamp == 256:  # a byte per node keeps the table in cache; start the stamps over
-            self._visited[:] = 0
-            self._stamp = 1
-        return self._stamp
+    def _next_stamp(self, n: int) -> tuple[np.ndarray, int]:
+        """This thread's visit marks for n nodes and the stamp of its next search."""
+        marks = self._marks
+        visited = getattr(marks, "visited", None)
+        if visited is None or visited.size < n:
+            grown = 1024 if visited is None else visited.size * 3 // 2
+            marks.visited, marks.stamp = np.zeros(max(n, grown), np.uint8), 0
+        marks.stamp += 1
+        if marks.stamp == 256:  # a byte per node keeps the table in cache; start the stamps over
+            marks.visited[:] = 0
+            marks.stamp = 1
+        return marks.visited, marks.stamp
 
     @property
     def nbytes(self) -> int:
         links = self.index.hnsw.neighbors.size() * 4
-        return (links + self.index.ntotal * self.dim * 4 + self.node_slot.nbytes + self.slot_node.nbytes
-                + self._visited.nbytes)
+        return links + self.index.ntotal * self.dim * 4 + self.node_slot.nbytes + self.slot_node.nbytes

@@ -34,7 +34,7 @@ def _allowed(bitmap, node):
     return bitmap.size == 0 or (bitmap[node >> 3] >> (node & 7)) & 1
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def search(q, k, ef, metric, vectors, neighbors, offsets, cum, entry, max_level, bitmap, visited, stamp,
            out_nodes, out_dist):
     """Fill out_nodes/out_dist (length >= k) with up to k allowed nodes, nearest first; returns how

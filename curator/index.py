@@ -13,6 +13,7 @@ vectors (at most `train_sample` of them); it is trained again when the collectio
 """
 
 import contextlib
+import copy
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -32,6 +33,33 @@ from .tree import ClusteringTree, TreeShape
 
 
 _PARALLEL = threading.Lock()
+
+
+class ExclusiveNeeded(Exception):
+    """A read found work that changes the index (a tenant's sub-tree still to build after opening,
+    the HNSW graph to build): its caller runs it again holding the index exclusively."""
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclass
+class Retrained:
+    """The index laid out over a newly trained tree, made beside the index in use (`retrained`)
+    and put in its place in one step (`adopt`)."""
+
+    tree: ClusteringTree
+    vectors: np.ndarray
+    inv_norm: np.ndarray
+    slot_ids: np.ndarray
+    n_slots: int
+    ids: IdMap
+    payloads: Payloads
+    tenancy: TenantSubtrees
+    graph: Graph | None
+    trained_count: int
+    version: int  # the index's version it was made from: adopting it over a later one is a bug
 
 
 @dataclass
@@ -54,7 +82,7 @@ class Change:
 
 _NO_IDS = np.zeros(0, np.int64)
 _ALL = np.zeros(0, np.uint8)  # no filter: every slot of the tenant is a candidate
-_UNUSABLE = "the query holds NaN or infinity (or is zero under cosine); only finite values are allowed"
+_UNUSABLE = "the query holds NaN or infinity, is longer than 6.5e18 (its squared norm would overflow float32) or is zero under cosine (shorter than 1e-30); only finite vectors within those bounds are allowed"
 
 
 @dataclass(frozen=True)
@@ -66,6 +94,9 @@ class IndexConfig:
     train_sample: int = 100_000
     retrain_growth: float = 2.0
     drift_limit: float = 2.0
+    # Seconds at least between two retrains a collection starts by itself (the first training is
+    # never held back): inserts far from the data cannot force retrains back to back.
+    retrain_interval: float = 30.0
     # The HNSW graph over the whole collection: "auto" builds it the first time a search plans
     # it and keeps it from then on; True keeps it from the start; False never builds one.
     hnsw: bool | str = "auto"
@@ -79,8 +110,8 @@ class IndexConfig:
     tree_max_tenant: int = 100_000
 
     def __post_init__(self):
-        if self.split_limit < 2 or self.ef < 1 or self.train_size < 1:
-            raise InvalidArgumentError("split_limit must be >= 2, ef and train_size >= 1")
+        if self.split_limit < 2 or self.ef < 1 or self.train_size < 1 or not self.retrain_interval >= 0:
+            raise InvalidArgumentError("split_limit must be >= 2, ef and train_size >= 1, retrain_interval >= 0")
         if self.hnsw not in (True, False, "auto"):
             raise InvalidArgumentError(f"hnsw must be true, false or \"auto\", got {self.hnsw!r}")
         if self.hnsw_m < 2 or self.hnsw_ef_construction < 1 or self.hnsw_ef < 1 or self.exact_limit < 0:
@@ -111,6 +142,13 @@ class CuratorIndex:
         self.graph: Graph | None = None
         self.version = 0  # counts writes: cached masks of an older version are stale
         self._allowed_sets: OrderedDict = OrderedDict()  # (version, tenant, filter) -> planner.Allowed
+        self._allowed_lock = threading.Lock()
+        # Whether the calling thread may change the index from a read (see ExclusiveNeeded); a
+        # collection serving many threads answers for its lock. Used alone, the index always may.
+        self.exclusive = _always
+        # Whether an insert trains the tree itself when it is due; a collection serving many
+        # threads trains in the background instead (`training_due`, `retrained`, `adopt`).
+        self.train_inline = True
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -238,39 +276,76 @@ class CuratorIndex:
 
     def train(self, sample: np.ndarray | None = None) -> Change:
         """(Re)train the shared tree on `sample`, or on the stored vectors, and re-route everything."""
+        sample = self.training_sample() if sample is None else self.metric.prepare(sample)
+        self.build_all()
+        return self.adopt(self.retrained(ClusteringTree.train(sample, self.metric, self.config.tree), sample.shape[0]))
+
+    def training_sample(self) -> np.ndarray:
+        """A copy of the stored vectors to train on (at most `train_sample`), prepared for the metric."""
         slots = self._live_slots()
-        if sample is None:
-            if slots.size == 0:
-                raise InvalidArgumentError("nothing to train on: the collection is empty and no sample was given")
-            rng = np.random.default_rng(self.config.tree.seed)
-            picked = slots if slots.size <= self.config.train_sample else rng.choice(
-                slots, self.config.train_sample, replace=False)
-            sample = self._prepared(np.sort(picked))
-        else:
-            sample = self.metric.prepare(sample)
-        tree = ClusteringTree.train(sample, self.metric, self.config.tree)
+        if slots.size == 0:
+            raise InvalidArgumentError("nothing to train on: the collection is empty and no sample was given")
+        rng = np.random.default_rng(self.config.tree.seed)
+        picked = slots if slots.size <= self.config.train_sample else rng.choice(
+            slots, self.config.train_sample, replace=False)
+        return self._prepared(np.sort(picked))
+
+    def training_due(self) -> bool:
+        """Whether the tree should be (re)trained now (see the training rule above)."""
+        n = len(self.ids)
+        cfg = self.config
+        if not self.tree.trained:
+            return n >= cfg.train_size
+        grown = n >= cfg.retrain_growth * self._trained_count
+        drifted = (
+            self._drift_n >= 1000
+            and self.tree.distortion > 0
+            and self._drift_sum / self._drift_n > cfg.drift_limit * self.tree.distortion
+        )
+        return grown or drifted
+
+    def retrained(self, tree: ClusteringTree, sample_size: int) -> Retrained:
+        """Every stored vector routed through `tree`, in a new layout beside this one: the index is
+        only read, so searches go on meanwhile (writes must wait: `adopt` checks). Every tenant's
+        sub-tree must be built first (`build_all`)."""
+        slots = self._live_slots()
         leaves = tree.route(self._prepared(slots))[0] if slots.size else np.zeros(0, np.int32)
         # Renumber slots in leaf order: a shortlist's vectors then sit close together in memory,
         # which is what a scan of shortlists reads.
         order = np.argsort(leaves, kind="stable")
         old = slots[order]
         n = old.size
-        self.vectors[:n] = self.vectors[old]
-        self.inv_norm[:n] = self.inv_norm[old]
-        self.slot_ids[:n] = self.slot_ids[old]
-        self.slot_ids[n : self.n_slots] = -1
-        self.n_slots = n
+        vectors = np.zeros(self.vectors.shape, np.float32)  # untouched rows stay unallocated
+        vectors[:n] = self.vectors[old]
+        inv_norm = np.ones(self.inv_norm.shape, np.float32)
+        inv_norm[:n] = self.inv_norm[old]
+        slot_ids = np.full(self.slot_ids.shape, -1, np.int64)
+        slot_ids[:n] = self.slot_ids[old]
+        payloads = copy.deepcopy(self.payloads)
+        payloads.permute(old, n)
+        graph = None if self.graph is None else self.graph.renumbered(old, self.vectors.shape[0])
+        return Retrained(tree, vectors, inv_norm, slot_ids, n, IdMap.of(slot_ids[:n], np.arange(n)), payloads,
+                         self.tenancy.rebuilt(tree, old, leaves[order]), graph, max(slots.size, sample_size, 1),
+                         self.version)
+
+    def adopt(self, layout: Retrained) -> Change:
+        """Serve from a layout made by `retrained` (a few assignments: readers wait microseconds)."""
+        if layout.version != self.version:
+            raise RuntimeError("a retrained layout is stale: the index changed after it was made")
+        self.tree, self.tenancy, self.graph = layout.tree, layout.tenancy, layout.graph
+        self.vectors, self.inv_norm, self.slot_ids = layout.vectors, layout.inv_norm, layout.slot_ids
+        self.n_slots, self.ids, self.payloads = layout.n_slots, layout.ids, layout.payloads
         self._free_slots = np.zeros(0, np.int64)
-        self.ids = IdMap.of(self.slot_ids[:n], np.arange(n))
-        self.payloads.permute(old, n)
-        if self.graph is not None:
-            self.graph.renumber(old, self.vectors.shape[0])
-        self.version += 1
-        self.tenancy.rebuild(tree, old, leaves[order])
-        self.tree = tree
-        self._trained_count = max(slots.size, sample.shape[0], 1)
+        self._trained_count = layout.trained_count
         self._drift_sum, self._drift_n = 0.0, 0
+        self.version += 1
         return Change(retrained=True)
+
+    def build_all(self) -> None:
+        """Build every tenant's sub-tree still pending from opening (writes; see ExclusiveNeeded)."""
+        if self.tenancy.any_pending():
+            self._changing_read()
+            self.tenancy.ensure_all(np.arange(self.tenancy.n_tenants))
 
     @classmethod
     def restore(cls, dim: int, metric: Metric, config: IndexConfig, stored: dict) -> "CuratorIndex":
@@ -327,7 +402,9 @@ class CuratorIndex:
             live = self.slot_ids[: self.n_slots]
             ids = live[live > after_id]
         else:
-            ids = self.slot_ids[self.tenancy.slots_of(self._tenant(tenant))]
+            t = self._tenant(tenant)
+            self._ensure(t)
+            ids = self.slot_ids[self.tenancy.slots_of(t)]
             ids = ids[ids > after_id]
         page = np.sort(ids)[:limit] if ids.size > limit else np.sort(ids)
         return page, int(page[-1]) if ids.size > limit else -1
@@ -353,7 +430,7 @@ class CuratorIndex:
         """One query (a contiguous float32 vector of the right dimension) of one tenant, no filter:
         the short path, one compiled call."""
         t = self._tenant(tenant)
-        self.tenancy.ensure(t)
+        self._ensure(t)
         tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
         ids, dists, usable = kernels.search_one(
             query, k, ef, int(self.metric), t, directory.data, directory.start, directory.size,
@@ -380,7 +457,7 @@ class CuratorIndex:
         prepared = self._prepared_query(query)
         if plan == "tree":
             t = self._tenant(tenant)
-            self.tenancy.ensure(t)
+            self._ensure(t)
             tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
             slots = np.empty(k, np.int64)
             dists = np.empty(k, np.float32)
@@ -443,15 +520,17 @@ class CuratorIndex:
             tenant_size = len(self.ids)
         else:
             t = self._tenant(tenant)
+            self._ensure(t)
             mask = np.zeros(n, bool)
             mask[self.tenancy.slots_of(t)] = True
             tenant_size = int(self.tenancy.count[t])
         if where is not None:
             mask &= filters.matches(filters.parse(where, self.payloads.schema()), self.payloads, n)
         allowed = planner.Allowed(mask, int(np.count_nonzero(mask)), tenant_size, row_bytes=4 * self.dim)
-        self._allowed_sets[key] = allowed
-        while len(self._allowed_sets) > 16:
-            self._allowed_sets.popitem(last=False)
+        with self._allowed_lock:  # searches share the index: two may make the same set at once
+            self._allowed_sets[key] = allowed
+            while len(self._allowed_sets) > 16:
+                self._allowed_sets.popitem(last=False)
         return allowed
 
     def _candidates(self, allowed: planner.Allowed) -> tuple[np.ndarray, np.ndarray]:
@@ -475,6 +554,7 @@ class CuratorIndex:
 
     def _graph_search(self, prepared, k, allowed: planner.Allowed, ef):
         if self.graph is None or self.graph.needs_rebuild:
+            self._changing_read()
             self._build_graph()
         graph = self.graph
         beam = planner.graph_beam(ef, self.config.ef, self.config.hnsw_ef, k)
@@ -499,7 +579,9 @@ class CuratorIndex:
         """Tenant searches without filter: (ids, distances) of shape (nq, k), best first, padded
         with -1 / inf."""
         numbers = np.fromiter((self._tenant(t) for t in tenants), np.int64, len(tenants))
-        self.tenancy.ensure_all(numbers)
+        if self.tenancy.any_pending(numbers):
+            self._changing_read()
+            self.tenancy.ensure_all(numbers)
         if self.metric is Metric.COSINE:
             queries = Metric.COSINE.prepare(queries)
         nq = queries.shape[0]
@@ -587,21 +669,20 @@ class CuratorIndex:
         return x
 
     def _maybe_train(self) -> bool:
-        n = len(self.ids)
-        cfg = self.config
-        if not self.tree.trained:
-            due = n >= cfg.train_size
-        else:
-            grown = n >= cfg.retrain_growth * self._trained_count
-            drifted = (
-                self._drift_n >= 1000
-                and self.tree.distortion > 0
-                and self._drift_sum / self._drift_n > cfg.drift_limit * self.tree.distortion
-            )
-            due = grown or drifted
-        if due:
+        if self.train_inline and self.training_due():
             self.train()
-        return due
+            return True
+        return False
+
+    def _ensure(self, t: int) -> None:
+        """Tenant t's sub-tree, built now if it is still pending from opening."""
+        if self.tenancy.pending(t):
+            self._changing_read()
+            self.tenancy.ensure(t)
+
+    def _changing_read(self) -> None:
+        if not self.exclusive():
+            raise ExclusiveNeeded
 
 
 def _grow(array: np.ndarray, rows: int, fill) -> np.ndarray:

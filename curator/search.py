@@ -20,12 +20,13 @@ import numpy as np
 
 from .distance import COSINE, L2, distance_row, dot_row, l2_row
 from .heaps import sift_down_max, sift_down_min
+from .metric import MAX_SQUARED_NORM, MIN_COSINE_NORM
 from .prefetch import prefetch_row
 
 AHEAD = 32  # candidates whose vectors are requested before they are scored
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
                   centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots, out_dist):
     """Fill out_slots/out_dist (length >= k) best first; returns how many results were found.
@@ -106,14 +107,19 @@ def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, short
     return found
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def prepare_query(q, metric):
-    """A copy of q ready for the metric (unit length for cosine), and whether q is usable at all
-    (finite, and not zero under cosine)."""
+    """A copy of q ready for the metric (unit length for cosine), and whether q is usable at all:
+    finite, with a squared norm of at most `metric.MAX_SQUARED_NORM` (as `validate.vectors`
+    requires of every vector), and under cosine not shorter than `metric.MIN_COSINE_NORM`.
+
+    The squared norm in float64: float32 squares overflow (1e20) or underflow (1e-30) where the
+    vector itself is fine. The scale in float32, as `Metric.prepare` scales a batch's queries."""
     total = 0.0
     for j in range(q.shape[0]):
-        total += q[j] * q[j]
-    usable = np.isfinite(total) and not (metric == COSINE and total == 0.0)
+        x = np.float64(q[j])
+        total += x * x
+    usable = total <= MAX_SQUARED_NORM and not (metric == COSINE and total < MIN_COSINE_NORM * MIN_COSINE_NORM)
     scale = np.float32(1.0 / np.sqrt(total)) if usable and metric == COSINE else np.float32(1.0)
     out = np.empty(q.shape[0], np.float32)
     for j in range(q.shape[0]):
@@ -121,7 +127,7 @@ def prepare_query(q, metric):
     return out, usable
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def search_one(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
                centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, slot_ids):
     """One query, end to end: (ids, distances) best first, or empty arrays and False if q is unusable."""
@@ -138,7 +144,7 @@ def search_one(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlis
     return ids, dists[:found].copy(), True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def search_batch_serial(queries, tenants, k, ef, metric, dir_data, dir_start, dir_size, shortlist_node,
                         centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots, out_dist):
     for i in range(queries.shape[0]):
@@ -146,7 +152,7 @@ def search_batch_serial(queries, tenants, k, ef, metric, dir_data, dir_start, di
                       centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots[i], out_dist[i])
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def search_batch_parallel(queries, tenants, k, ef, metric, dir_data, dir_start, dir_size, shortlist_node,
                           centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots, out_dist):
     for i in numba.prange(queries.shape[0]):
@@ -154,7 +160,7 @@ def search_batch_parallel(queries, tenants, k, ef, metric, dir_data, dir_start, 
                       centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots[i], out_dist[i])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def exact_one(q, k, metric, rows, slots, slot_ids):
     """One query scanned exactly over `rows` (prepared for the metric; row i is slot slots[i]) in
     one call: (ids, distances) best first, or empty arrays and False if q is unusable. For the few
@@ -169,7 +175,7 @@ def exact_one(q, k, metric, rows, slots, slot_ids):
     return ids, dists, True
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def _exact_scan(prepared, k, metric, rows, slots, slot_ids):
     n = rows.shape[0]
     k = min(k, n)

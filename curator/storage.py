@@ -6,7 +6,9 @@ in-memory index is derived state: it is rebuilt from these records when the dire
 and the clustering tree is stored so that opening never re-trains.
 
 Durability modes:
-- "sync": the batch is fsynced before the write returns (the default);
+- "sync": the batch is fsynced before the write returns (the default). The batch is written in
+  order while the writer holds its collection; the fsync runs after, outside anything a search
+  needs, and one fsync covers every write waiting for it (group commit with no added delay);
 - "batch": group commit: the write returns once a background fsync covering it has run; writes
   that arrive while one fsync runs share the next one (after waiting at most `group_delay`
   seconds more for company, 0 by default), so the delay is bounded by two fsyncs plus that;
@@ -43,9 +45,9 @@ class DataDirectory:
         self.path = path
         self._db = db
         self.durability = durability
-        self._write_options = WriteOptions()
-        self._write_options.sync = durability == "sync"
-        self._group = _GroupCommit(db, group_delay) if durability == "batch" else None
+        self._write_options = WriteOptions()  # never fsynced in the write: `_GroupCommit` does it
+        self._group = (_GroupCommit(db, group_delay if durability == "batch" else 0.0)
+                       if durability in ("sync", "batch") else None)
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -82,7 +84,7 @@ class DataDirectory:
     # -- writing -------------------------------------------------------------------------------
 
     def commit(self, batch: WriteBatch) -> "_Ticket | None":
-        """Write one batch atomically; in "batch" mode returns a ticket to wait on for its fsync."""
+        """Write one batch atomically; returns a ticket to wait on for its fsync (None: no fsync)."""
         try:
             self._db.write(batch, self._write_options)
         except Exception as error:

@@ -19,6 +19,8 @@ work is numpy or compiled `Slabs` edits. This module knows slots and tenant numb
 user ids or tenant names.
 """
 
+import copy
+
 import numpy as np
 
 from .nodemap import ABSENT, NodeMap
@@ -72,6 +74,16 @@ class TenantSubtrees:
         self._pending_offsets = np.concatenate([[0], np.cumsum(counts)])
         self.count[:n_tenants] = counts
         self._unbuilt = counts > 0
+
+    def pending(self, t: int) -> bool:
+        """Whether tenant t's sub-tree is still to build (`ensure`)."""
+        return t < self._unbuilt.size and bool(self._unbuilt[t])
+
+    def any_pending(self, tenants: np.ndarray | None = None) -> bool:
+        if tenants is None:
+            return bool(self._unbuilt.any())
+        tenants = tenants[tenants < self._unbuilt.size]
+        return bool(self._unbuilt[tenants].any())
 
     def ensure(self, t: int) -> None:
         """Build tenant t's sub-tree if it is still pending from `load`."""
@@ -166,6 +178,15 @@ class TenantSubtrees:
         self.nodes[t] = NodeMap()
         self.count[t] = 0
         return slots, slots[self.access.size[slots] == 0]
+
+    def rebuilt(self, tree: ClusteringTree, old_slots: np.ndarray, leaves: np.ndarray) -> "TenantSubtrees":
+        """`rebuild` made as a new object, this one only read (searches may go on using it).
+        Every sub-tree must be built (`ensure`)."""
+        new = copy.copy(self)  # what rebuild replaces is shared until it does; the rest is copied
+        new.access = copy.deepcopy(self.access)
+        new.leaf_of = self.leaf_of.copy()
+        new.rebuild(tree, old_slots, leaves)
+        return new
 
     def rebuild(self, tree: ClusteringTree, old_slots: np.ndarray, leaves: np.ndarray) -> None:
         """Re-derive every tenant's sub-tree over a new shared tree (after training).

@@ -7,7 +7,7 @@ import pytest
 import curator
 
 # Small trees so that a few hundred vectors already exercise training, splits and merges.
-SMALL_TREE = dict(branching=4, leaf_size=16, split_limit=8, train_size=64, kmeans_iterations=5)
+SMALL_TREE = dict(branching=4, leaf_size=16, split_limit=8, train_size=64, kmeans_iterations=5, retrain_interval=0)
 
 
 @contextlib.contextmanager
@@ -40,8 +40,11 @@ def db(request, tmp_path):
 
 
 def engine(db, col):
-    """The embedded collection behind `col` (itself, or the server's for a remote one)."""
-    return db.engine.collection(col.name)
+    """The embedded collection behind `col` (itself, or the server's for a remote one), once the
+    retraining its writes started in the background has finished."""
+    embedded = db.engine.collection(col.name)
+    embedded.retraining.wait()
+    return embedded
 
 
 def clustered(n: int, dim: int, seed: int = 0, centers: int = 8) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 
 DIM = 8
 TENANTS = [f"t{i}" for i in range(6)]
-OPTIONS = dict(branching=4, leaf_size=16, split_limit=8, train_size=64, kmeans_iterations=5)
+OPTIONS = dict(branching=4, leaf_size=16, split_limit=8, train_size=64, kmeans_iterations=5, retrain_interval=0)
 
 
 def vectors_of(ids: np.ndarray) -> np.ndarray:

@@ -43,6 +43,7 @@ def test_reopen_gives_identical_answers_without_retraining(tmp_path):
     with curator.open(str(tmp_path / "d")) as db:
         col = db.create_collection("c", dim=8, metric="cosine", **SMALL_TREE)
         x = _fill(col)
+        col.retraining.wait()  # the retrains the fill started in the background
         queries = clustered(4, 8, seed=9)
         before = _answers(col, queries)
         centroids = col.index.tree.centroids.copy()

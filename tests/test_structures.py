@@ -76,7 +76,7 @@ def test_nodemap_matches_a_dict(steps):
 def _strongly_connected(graph: Graph) -> bool:
     """Whether every node reaches every other over layer-0 links (HNSW does not promise it, and
     a walk cannot return what it cannot reach)."""
-    _, neighbors, offsets, cum = graph._views()
+    _, neighbors, offsets, cum, _, _ = graph._views()
     n = graph.index.ntotal
     links = [[int(v) for v in neighbors[offsets[u]: offsets[u] + cum[1]] if v >= 0] for u in range(n)]
     backward = [[] for _ in range(n)]
