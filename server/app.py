@@ -17,6 +17,7 @@ from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 
 from . import service
+from .admission import Admission
 from .cache_service import CacheService
 from .auth import KeyRing
 from .metrics import CacheMetrics, Metrics, MetricsInterceptor
@@ -39,6 +40,10 @@ class ServerConfig:
     tls_key: str | None = None
     workers: int = 16
     max_streams: int | None = None  # open search streams; None: half the workers
+    # Admission (server/admission.py); in open mode only max_calls applies: every caller is one.
+    max_calls: int | None = None  # calls in flight, refused past it without a worker; None: 4x the workers
+    max_calls_per_key: int | None = None  # None: half the workers (at least 2); 0: no limit
+    max_streams_per_key: int | None = None  # None: half of max_streams (below max_calls_per_key); 0: no limit
     stream_idle_seconds: float = 30.0
     limits: service.Limits = field(default_factory=service.Limits)
     tenant_metrics_top: int = 0  # per-tenant request counts for the busiest N tenants (0: off)
@@ -56,6 +61,18 @@ def _one_openmp_thread() -> None:
     faiss.omp_set_num_threads(1)
 
 
+def _per_key(config: ServerConfig, max_streams: int) -> tuple[int, int | None]:
+    """One key's calls in flight (0: no limit) and open streams (None: no limit). By default a key
+    gets half the workers, so one tenant's slow or half-open calls leave the other half to the
+    rest, and half the streams, less one call so that a key holding its streams can still make
+    unary calls (each stream is a call in flight too)."""
+    calls = max(2, config.workers // 2) if config.max_calls_per_key is None else config.max_calls_per_key
+    if config.max_streams_per_key is not None:
+        return calls, config.max_streams_per_key or None
+    streams = max(1, max_streams // 2)
+    return calls, min(streams, calls - 1) if calls else streams
+
+
 class CuratorServer:
     def __init__(self, config: ServerConfig):
         self.config = config
@@ -68,17 +85,22 @@ class CuratorServer:
         self.metrics = Metrics(self.db, None if config.data == ":memory:" else config.data, config.tenant_metrics_top)
         self.db.cache.observer = CacheMetrics(self.metrics.registry, self.db.cache)
         size = config.limits.max_message_bytes
+        max_streams = config.max_streams or max(1, config.workers // 2)
+        calls_per_key, streams_per_key = _per_key(config, max_streams)
+        self.admission = Admission(self.keys, 0 if self.keys.open else calls_per_key,
+                                   (health.SERVICE_NAME, reflection.SERVICE_NAME), self.metrics.registry)
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="curator-rpc",
                                        initializer=_one_openmp_thread),
-            interceptors=[MetricsInterceptor(self.metrics)],
+            interceptors=[self.admission, MetricsInterceptor(self.metrics)],  # admission first: refuse before work
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
+            maximum_concurrent_rpcs=config.max_calls or 4 * config.workers,
         )
         args = (self.db, self.keys, config.limits)
         rpc.add_CollectionsServicer_to_server(service.CollectionsService(*args), self.grpc)
         rpc.add_TenantsServicer_to_server(service.TenantsService(*args), self.grpc)
         rpc.add_VectorsServiceServicer_to_server(service.VectorsService(*args), self.grpc)
-        self.streams = OpenStreams(config.max_streams or max(1, config.workers // 2), config.stream_idle_seconds)
+        self.streams = OpenStreams(max_streams, config.stream_idle_seconds, None if self.keys.open else streams_per_key)
         rpc.add_SearchServicer_to_server(service.SearchService(*args, self.streams, self.metrics.observe), self.grpc)
         info = {"version": VERSION, "data": config.data, "durability": config.durability}
         rpc.add_AdminServicer_to_server(service.AdminService(*args, info), self.grpc)

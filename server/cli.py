@@ -25,6 +25,13 @@ def main(argv=None) -> int:
     serve.add_argument("--workers", type=int, default=16, help="threads serving calls")
     serve.add_argument("--max-streams", type=int, default=None,
                        help="open search streams, each holding a worker (default: half the workers)")
+    serve.add_argument("--max-calls", type=int, default=None,
+                       help="calls in flight, refused past it (RESOURCE_EXHAUSTED) without a worker "
+                            "(default: 4x the workers)")
+    serve.add_argument("--max-calls-per-key", type=int, default=None,
+                       help="one API key's calls in flight, streams included (default: half the workers; 0: no limit)")
+    serve.add_argument("--max-streams-per-key", type=int, default=None,
+                       help="one API key's open search streams (default: half of --max-streams; 0: no limit)")
     serve.add_argument("--max-message-bytes", type=int, default=64 << 20)
     serve.add_argument("--max-batch", type=int, default=100_000)
     serve.add_argument("--max-k", type=int, default=1_000)
@@ -56,7 +63,8 @@ def main(argv=None) -> int:
     config = ServerConfig(
         data=args.data, host=args.host, port=args.port, metrics_port=args.metrics_port, durability=args.durability,
         keys=args.keys, tls_cert=args.tls_cert, tls_key=args.tls_key, workers=args.workers,
-        max_streams=args.max_streams,
+        max_streams=args.max_streams, max_calls=args.max_calls, max_calls_per_key=args.max_calls_per_key,
+        max_streams_per_key=args.max_streams_per_key,
         limits=Limits(args.max_message_bytes, args.max_batch, args.max_k), tenant_metrics_top=args.tenant_metrics_top,
         cache=cache_config.read(args.cache_config) if args.cache_config else None)
     CuratorServer(config).serve_forever()

@@ -9,20 +9,31 @@ naming where it is, e.g. "filter.all[1].condition 'year': op 'gte' takes one val
 Canonical form: a dict with several keys becomes `all`, {"lang": "en"} an eq condition, and
 {"year": {"gte": 1, "lt": 5}} two conditions under `all`; unpacked, a filter is the explicit tree
 {"and": [...]}, {"or": [...]}, {"not": ...}, {field: {op: value}}, which means the same.
+
+The engine's limits (`curator.filters`: conditions, depth, values in lists) are checked before a
+filter is packed or unpacked, by one walk without recursion; error messages quote user input
+through `shown` and cut long places, so they stay short whatever was sent.
 """
 
 import numpy as np
 
 from curator.errors import InvalidArgumentError
+from curator.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_TOTAL_VALUES, MAX_VALUES, check, shown
 from curator_proto.v1 import curator_pb2 as pb
 
 ONE_VALUE = ("eq", "ne", "gt", "gte", "lt", "lte", "exists")
 LIST_VALUE = ("in", "not_in")
 OPERATORS = ONE_VALUE + LIST_VALUE
-# The engine's limit too. A message nested past protobuf's own parse limit (100 messages) never
-# reaches the server's code: gRPC answers INTERNAL ("Exception deserializing request").
-MAX_DEPTH = 32
+# MAX_DEPTH is the engine's. A message nested past protobuf's own parse limit (about 100 messages,
+# 48 levels of all / any) never reaches the server's code: gRPC answers INTERNAL ("Exception
+# deserializing request") before any handler runs.
 _INT64 = (-(2**63), 2**63)
+PLACE_CHARS = 100  # of a place named in an error message (filter.all[3].negate...)
+
+
+def _at(where: str) -> str:
+    """A place for an error message: a deep one loses its middle (its start and its end say most)."""
+    return where if len(where) <= PLACE_CHARS else f"{where[:24]}...{where[27 - PLACE_CHARS:]}"
 
 
 # -- values and payloads ---------------------------------------------------------------------------
@@ -35,20 +46,20 @@ def pack_value(value, where: str) -> pb.Value:
         return pb.Value(keyword=value)
     if isinstance(value, (int, np.integer)):
         if not _INT64[0] <= int(value) < _INT64[1]:
-            raise InvalidArgumentError(f"{where}: {value} does not fit in 64 bits")
+            raise InvalidArgumentError(f"{_at(where)}: {shown(value)} does not fit in 64 bits")
         return pb.Value(integer=int(value))
     if isinstance(value, (float, np.floating)):
         return pb.Value(number=float(value))
     if isinstance(value, (list, tuple, np.ndarray)) and all(isinstance(v, str) for v in value):
         return pb.Value(keywords=pb.StringList(values=[str(v) for v in value]))
-    raise InvalidArgumentError(f"{where}: {value!r} ({type(value).__name__}) is not a payload value; "
+    raise InvalidArgumentError(f"{_at(where)}: {shown(value)} ({type(value).__name__}) is not a payload value; "
                                "allowed: str, int, float, bool, list of str")
 
 
 def unpack_value(message: pb.Value, where: str):
     kind = message.WhichOneof("kind")
     if kind is None:
-        raise InvalidArgumentError(f"{where}: a Value with no kind set; set one of keyword, integer, number, "
+        raise InvalidArgumentError(f"{_at(where)}: a Value with no kind set; set one of keyword, integer, number, "
                                    "flag, keywords")
     value = getattr(message, kind)
     return list(value.values) if kind == "keywords" else value
@@ -63,14 +74,15 @@ def pack_payload(payload: dict | None, where: str = "payload") -> pb.Payload:
     message = pb.Payload()
     for field, value in payload.items():
         if not isinstance(field, str):
-            raise InvalidArgumentError(f"{where}: field names are strings, got {field!r}")
+            raise InvalidArgumentError(f"{where}: field names are strings, got {shown(field)}")
         if value is not None:
-            message.fields[field].CopyFrom(pack_value(value, f"{where}, field {field!r}"))
+            message.fields[field].CopyFrom(pack_value(value, f"{where}, field {field!r}"))  # cut by _at if need be
     return message
 
 
 def unpack_payload(message: pb.Payload, where: str = "payload") -> dict:
     # a map has no order on the wire; fields come back sorted, as the schema lists them
+    # (repr, not shown, for the place: this runs for every field of every payload written)
     return {field: unpack_value(message.fields[field], f"{where}, field {field!r}") for field in sorted(message.fields)}
 
 
@@ -90,73 +102,124 @@ def unpack_payloads(messages) -> list[dict]:
 
 # -- filters ---------------------------------------------------------------------------------------
 
-def pack_filter(spec: dict, where: str = "filter", depth: int = 0) -> pb.Filter:
-    """A filter dict (see `curator.filters`) as a Filter message."""
-    if depth > MAX_DEPTH:
-        raise InvalidArgumentError(f"{where}: filter nests deeper than {MAX_DEPTH} levels")
+def pack_filter(spec: dict) -> pb.Filter:
+    """A filter dict (see `curator.filters`) as a Filter message; one over the engine's limits is
+    refused here, as the engine would refuse it, before any of it is packed."""
+    check(spec)
+    return _pack_filter(spec, "filter", 0)
+
+
+def _pack_filter(spec: dict, where: str, depth: int) -> pb.Filter:
+    if depth > MAX_DEPTH:  # also refused by `check`; kept so that this recursion is bounded on its own
+        raise InvalidArgumentError(f"{_at(where)}: filter nests deeper than {MAX_DEPTH} levels")
     if not isinstance(spec, dict) or not spec:
-        raise InvalidArgumentError(f"{where}: a filter is a non-empty dict, got {spec!r}")
+        raise InvalidArgumentError(f"{_at(where)}: a filter is a non-empty dict, got {shown(spec)}")
     parts = []
     for key, value in spec.items():
         if key in ("and", "or"):
             if not isinstance(value, (list, tuple)) or not value:
-                raise InvalidArgumentError(f"{where}: {key!r} takes a non-empty list of filters, got {value!r}")
-            inner = pb.FilterList(filters=[pack_filter(v, f"{where}.{key}[{i}]", depth + 1)
+                raise InvalidArgumentError(f"{_at(where)}: {key!r} takes a non-empty list of filters, "
+                                           f"got {shown(value)}")
+            inner = pb.FilterList(filters=[_pack_filter(v, f"{where}.{key}[{i}]", depth + 1)
                                            for i, v in enumerate(value)])
             parts.append(pb.Filter(all=inner) if key == "and" else pb.Filter(any=inner))
         elif key == "not":
-            parts.append(pb.Filter(negate=pack_filter(value, f"{where}.not", depth + 1)))
+            parts.append(pb.Filter(negate=_pack_filter(value, f"{where}.not", depth + 1)))
         elif isinstance(key, str):
             ops = value if isinstance(value, dict) else {"eq": value}
             if not ops:
-                raise InvalidArgumentError(f"{where}: {key!r} has no operator; allowed: {', '.join(OPERATORS)}")
+                raise InvalidArgumentError(f"{_at(where)}: {shown(key)} has no operator; "
+                                           f"allowed: {', '.join(OPERATORS)}")
             parts.extend(pb.Filter(condition=_pack_condition(key, op, v, where)) for op, v in ops.items())
         else:
-            raise InvalidArgumentError(f"{where}: field names are strings, got {key!r}")
+            raise InvalidArgumentError(f"{_at(where)}: field names are strings, got {shown(key)}")
     return parts[0] if len(parts) == 1 else pb.Filter(all=pb.FilterList(filters=parts))
 
 
 def _pack_condition(field: str, op, value, where: str) -> pb.Condition:
-    where = f"{where} {field!r} {op}"
+    where = f"{where} {shown(field)} {op if op in OPERATORS else shown(op)}"
     if op in LIST_VALUE:
         if not isinstance(value, (list, tuple, np.ndarray)):
-            raise InvalidArgumentError(f"{where}: takes a list of values, got {value!r}")
+            raise InvalidArgumentError(f"{_at(where)}: takes a list of values, got {shown(value)}")
         values = [pack_value(v, where) for v in value]
     elif op in ONE_VALUE:
         values = [pack_value(value, where)]
     else:
-        raise InvalidArgumentError(f"{where}: unknown operator; allowed: {', '.join(OPERATORS)}")
+        raise InvalidArgumentError(f"{_at(where)}: unknown operator; allowed: {', '.join(OPERATORS)}")
     return pb.Condition(field=field, op=op, values=values)
 
 
-def unpack_filter(message: pb.Filter, where: str = "filter", depth: int = 0) -> dict:
-    """A Filter message as a filter dict, in the explicit tree form; malformed parts are named."""
-    if depth > MAX_DEPTH:
-        raise InvalidArgumentError(f"{where}: filter nests deeper than {MAX_DEPTH} levels")
+def unpack_filter(message: pb.Filter) -> dict:
+    """A Filter message as a filter dict, in the explicit tree form; malformed parts are named.
+    The limits are checked first, so a message over them costs one short walk and no unpacking."""
+    _check_message(message)
+    return _unpack_filter(message, "filter", 0)
+
+
+def _check_message(message: pb.Filter) -> None:
+    """`curator.filters.check` for a Filter message: the same limits and messages where they can be
+    the same, one walk without recursion that stops at the first limit passed. A malformed leaf
+    (no kind, an empty list) counts as a condition, so the walk is bounded by the limits alone."""
+    conditions = values = 0
+    stack = [(message, 0)]
+    while stack:
+        part, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidArgumentError(f"filter nests deeper than {MAX_DEPTH} levels")
+        kind = part.WhichOneof("kind")
+        if kind == "all" or kind == "any":
+            inner = part.all.filters if kind == "all" else part.any.filters
+            if len(inner) > MAX_CONDITIONS:  # each filter listed is at least one condition
+                raise InvalidArgumentError(f"filter.{kind} lists {len(inner)} filters; at most {MAX_CONDITIONS} "
+                                           "conditions are allowed in a filter")
+            if inner:
+                stack.extend((f, depth + 1) for f in inner)
+                continue
+        elif kind == "negate":
+            stack.append((part.negate, depth + 1))
+            continue
+        elif kind == "condition":
+            n, op = len(part.condition.values), part.condition.op
+            if n > MAX_VALUES:
+                op = op if op in OPERATORS else shown(op)
+                raise InvalidArgumentError(f"filter {shown(part.condition.field)} {op}: {n} values in one list; "
+                                           f"at most {MAX_VALUES} are allowed")
+            values += n
+            if values > MAX_TOTAL_VALUES:
+                raise InvalidArgumentError(f"filter has more than {MAX_TOTAL_VALUES} values in its lists "
+                                           "(the limit, all lists together)")
+        conditions += 1
+        if conditions > MAX_CONDITIONS:
+            raise InvalidArgumentError(f"filter has more than {MAX_CONDITIONS} conditions (the limit)")
+
+
+def _unpack_filter(message: pb.Filter, where: str, depth: int) -> dict:
+    if depth > MAX_DEPTH:  # also refused by `_check_message`; kept so that this recursion is bounded on its own
+        raise InvalidArgumentError(f"{_at(where)}: filter nests deeper than {MAX_DEPTH} levels")
     kind = message.WhichOneof("kind")
     if kind in ("all", "any"):
         filters = message.all.filters if kind == "all" else message.any.filters
         if not filters:
-            raise InvalidArgumentError(f"{where}.{kind}: an empty list; give at least one filter")
+            raise InvalidArgumentError(f"{_at(where + '.' + kind)}: an empty list; give at least one filter")
         key = "and" if kind == "all" else "or"
-        return {key: [unpack_filter(f, f"{where}.{kind}[{i}]", depth + 1) for i, f in enumerate(filters)]}
+        return {key: [_unpack_filter(f, f"{where}.{kind}[{i}]", depth + 1) for i, f in enumerate(filters)]}
     if kind == "negate":
-        return {"not": unpack_filter(message.negate, f"{where}.negate", depth + 1)}
+        return {"not": _unpack_filter(message.negate, f"{where}.negate", depth + 1)}
     if kind == "condition":
         return _unpack_condition(message.condition, f"{where}.condition")
-    raise InvalidArgumentError(f"{where}: a Filter with no kind set; set one of all, any, negate, condition")
+    raise InvalidArgumentError(f"{_at(where)}: a Filter with no kind set; set one of all, any, negate, condition")
 
 
 def _unpack_condition(condition: pb.Condition, where: str) -> dict:
     field, op = condition.field, condition.op
-    where = f"{where} {field!r}"
+    where = f"{where} {shown(field)}"
     if not field:
-        raise InvalidArgumentError(f"{where}: no field named")
+        raise InvalidArgumentError(f"{_at(where)}: no field named")
     if op not in OPERATORS:
-        raise InvalidArgumentError(f"{where}: unknown op {op!r}; allowed: {', '.join(OPERATORS)}")
+        raise InvalidArgumentError(f"{_at(where)}: unknown op {shown(op)}; allowed: {', '.join(OPERATORS)}")
     values = [unpack_value(v, f"{where} {op} value {i}") for i, v in enumerate(condition.values)]
     if op in LIST_VALUE:
         return {field: {op: values}}
     if len(values) != 1:
-        raise InvalidArgumentError(f"{where}: op {op!r} takes one value, got {len(values)}")
+        raise InvalidArgumentError(f"{_at(where)}: op {op!r} takes one value, got {len(values)}")
     return {field: {op: values[0]}}
