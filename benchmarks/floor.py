@@ -1,10 +1,11 @@
 """The floors under a remote search on this machine, to tell what Curator adds from what is not ours.
 
-    python -m benchmarks.floor grpc PORT   # gRPC's floor: a SearchStream server that does nothing
+    python -m benchmarks.floor grpc PORT   # gRPC's floor: a search stream server that does nothing
     python -m benchmarks.floor echo PORT   # the machine's: a raw TCP echo
 
 gRPC's floor: a server that answers every SearchStream message with one prepared reply (no
-parsing, no engine, no metrics). The machine's: a TCP echo that answers each message at once or
+parsing, no engine, no metrics), and every SearchGroups message with one per search (parsed,
+to count them). The machine's: a TCP echo that answers each message at once or
 after spinning for as many microseconds as the message asks. On a virtual machine whose idle
 vCPUs halt (Firecracker here, guest halt polling off), a process that waits more than a few
 microseconds for an answer is woken through the host, and that wake costs more than the round
@@ -49,16 +50,22 @@ def serve_grpc(port: int) -> None:
     from curator_proto.v1 import curator_pb2 as pb
 
     info = pb.CollectionInfo(name="glove", dim=50, metric="cosine").SerializeToString()
-    reply = pb.SearchStreamReply(result=pb.SearchResponse(ids=range(10), distances=[0.5] * 10, plan="tree"))
-    reply = reply.SerializeToString()
+    one = pb.SearchStreamReply(result=pb.SearchResponse(ids=range(10), distances=[0.5] * 10, plan="tree"))
+    reply = one.SerializeToString()
 
     def search_stream(requests, context):
         for _ in requests:
             yield reply
 
+    def search_groups(groups, context):  # as many prepared replies as the group has searches
+        for group in groups:
+            yield pb.SearchGroupReply(replies=[one] * len(group.searches)).SerializeToString()
+
     handlers = (
-        grpc.method_handlers_generic_handler(
-            "curator.v1.Search", {"SearchStream": grpc.stream_stream_rpc_method_handler(search_stream)}),
+        grpc.method_handlers_generic_handler("curator.v1.Search", {
+            "SearchStream": grpc.stream_stream_rpc_method_handler(search_stream),
+            "SearchGroups": grpc.stream_stream_rpc_method_handler(
+                search_groups, request_deserializer=pb.SearchGroup.FromString)}),
         grpc.method_handlers_generic_handler(
             "curator.v1.Collections", {"Describe": grpc.unary_unary_rpc_method_handler(lambda request, _: info)}),
     )

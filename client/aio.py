@@ -14,6 +14,7 @@ from curator.api import SearchResult
 from curator_proto import wire
 
 from . import cache_calls, calls
+from .aio_coalesce import AsyncCoalescer
 from .aio_stream import AsyncSearchStream
 from .calls import Call, CollectionCalls
 from .remote import STUBS, backoff, channel_options, engine_error
@@ -21,16 +22,23 @@ from .remote import STUBS, backoff, channel_options, engine_error
 
 class _AsyncChannel:
     def __init__(self, channel: grpc.aio.Channel, api_key: str | None, timeout: float, retries: int,
-                 search_stream: bool = True):
+                 search_stream: bool = True, coalesce: bool = True):
         self.channel = channel
         self.stubs = {name: stub(channel) for name, stub in STUBS.items()}
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout, self.retries = timeout, retries
         self.stream = AsyncSearchStream(self.stubs["search"], self.metadata, timeout) if search_stream else None
+        self.groups = (AsyncCoalescer(self.stubs["search"], self.metadata, timeout)
+                       if search_stream and coalesce else None)
 
     async def search(self, call: Call):
-        """A single search over the channel's SearchStream; as a unary call when it cannot take it."""
-        reply = await self.stream.ask(call.request) if self.stream else None
+        """A single search: with those other coroutines ask meanwhile, as one group; else over the
+        channel's SearchStream; as a unary call when neither can take it."""
+        reply = None
+        if self.groups is not None and self.groups.available:
+            reply = await self.groups.search(call.request)
+        if reply is None and self.stream:
+            reply = await self.stream.ask(call.request)
         if reply is None:
             return await self.run(call)
         if reply.HasField("error"):
@@ -38,6 +46,8 @@ class _AsyncChannel:
         return call.parse(reply.result)
 
     async def close(self) -> None:
+        if self.groups:
+            self.groups.close()
         if self.stream:
             self.stream.close()
         await self.channel.close()
@@ -202,10 +212,10 @@ class AsyncRemoteDatabase:
 
 async def connect(address: str, *, api_key: str | None = None, timeout: float = 30.0, retries: int = 3,
                   root_certificates: bytes | None = None, max_message_bytes: int = 64 << 20,
-                  search_stream: bool = True) -> AsyncRemoteDatabase:
+                  search_stream: bool = True, coalesce: bool = True) -> AsyncRemoteDatabase:
     options = channel_options(max_message_bytes)
     if root_certificates is not None:
         channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options)
     else:
         channel = grpc.aio.insecure_channel(address, options)
-    return AsyncRemoteDatabase(_AsyncChannel(channel, api_key, timeout, retries, search_stream))
+    return AsyncRemoteDatabase(_AsyncChannel(channel, api_key, timeout, retries, search_stream, coalesce))

@@ -18,6 +18,7 @@ from curator_proto.v1 import curator_pb2_grpc as rpc
 from . import calls
 from .cache import RemoteCache
 from .calls import Call, CollectionCalls
+from .coalesce import Coalescer
 from .stream import StreamPool
 
 STUBS = {"collections": rpc.CollectionsStub, "tenants": rpc.TenantsStub, "vectors": rpc.VectorsServiceStub,
@@ -42,15 +43,23 @@ def engine_error(error: grpc.RpcError) -> Exception:
 
 
 class _Channel:
-    def __init__(self, channel, api_key: str | None, timeout: float, retries: int, search_stream: bool = True):
+    def __init__(self, channel, api_key: str | None, timeout: float, retries: int, search_stream: bool = True,
+                 coalesce: bool = True):
         self.channel = channel
         self.stubs = {name: stub(channel) for name, stub in STUBS.items()}
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout, self.retries = timeout, retries
         self.streams = StreamPool(channel, self.metadata, timeout) if search_stream else None
+        self.groups = (Coalescer(channel, self.metadata, self.streams.watchdog)
+                       if search_stream and coalesce and self.streams.available else None)
 
     def search(self, call: Call):
-        """A single search over this thread's SearchStream; as a unary call when there is none."""
+        """A single search: with the searches other threads ask meanwhile, as one group; else over
+        this thread's SearchStream; as a unary call when there is none."""
+        if self.groups is not None and self.groups.available:
+            reply = self.groups.search(call.request)
+            if reply is not None:
+                return self._searched(call, reply)
         stream = self.streams.get() if self.streams else None
         if stream is None:
             return self.run(call)
@@ -61,11 +70,17 @@ class _Channel:
             if stream.timed_out:
                 raise wire.exception("DEADLINE_EXCEEDED", None, f"no reply within the {self.timeout} s deadline") from None
             return self.run(call)
+        return self._searched(call, reply)
+
+    @staticmethod
+    def _searched(call: Call, reply):
         if reply.HasField("error"):
             raise wire.exception(reply.error.code, reply.error.type, reply.error.message)
         return call.parse(reply.result)
 
     def close(self) -> None:
+        if self.groups:
+            self.groups.close()
         if self.streams:
             self.streams.close()
         self.channel.close()
@@ -187,14 +202,17 @@ class RemoteDatabase(Database):
 
 def connect(address: str, *, api_key: str | None = None, timeout: float = 30.0, retries: int = 3,
             root_certificates: bytes | None = None, max_message_bytes: int = 64 << 20,
-            search_stream: bool = True) -> RemoteDatabase:
+            search_stream: bool = True, coalesce: bool = True) -> RemoteDatabase:
     """A Database served by a Curator server at `address` ("host:port").
 
     search_stream: send single searches over a stream kept open per thread (client/stream.py),
-    about half the latency of a unary call; False makes every search a unary call."""
+    about half the latency of a unary call; False makes every search a unary call.
+    coalesce: send the single searches that threads ask at the same moment as one message
+    (client/coalesce.py), so that many threads cost the server fewer messages; False sends each
+    over its thread's stream."""
     options = channel_options(max_message_bytes)
     if root_certificates is not None:
         channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options)
     else:
         channel = grpc.insecure_channel(address, options)
-    return RemoteDatabase(_Channel(channel, api_key, timeout, retries, search_stream))
+    return RemoteDatabase(_Channel(channel, api_key, timeout, retries, search_stream, coalesce))

@@ -30,6 +30,7 @@ log = logging.getLogger("curator.client")
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["Search"]
 METHOD = f"/{_SERVICE.full_name}/SearchStream".encode()
+GROUPS = f"/{_SERVICE.full_name}/SearchGroups".encode()  # (pb.SearchGroup -> pb.SearchGroupReply)
 
 try:  # not public API (see the module's note)
     from grpc._common import CYGRPC_STATUS_CODE_TO_STATUS_CODE
@@ -67,11 +68,12 @@ class SearchStream:
     takes the stream's lock, since grpcio frees the call once its last completion is taken.
     """
 
-    def __init__(self, channel: grpc.Channel, metadata):
+    def __init__(self, channel: grpc.Channel, metadata, method: bytes = METHOD, reply=pb.SearchStreamReply):
         self._lock = threading.Lock()
+        self._reply_type = reply
         self._due = {_OPENED, _HEADERS, _STATUS}  # batches started and not yet completed
         self._call = channel._channel.segregated_call(
-            cygrpc.PropagationConstants.GRPC_PROPAGATE_DEFAULTS, METHOD, None, None, metadata, None,
+            cygrpc.PropagationConstants.GRPC_PROPAGATE_DEFAULTS, method, None, None, metadata, None,
             (((cygrpc.SendInitialMetadataOperation(metadata, 0),), _OPENED),
              ((cygrpc.ReceiveInitialMetadataOperation(0),), _HEADERS),
              ((cygrpc.ReceiveStatusOnClientOperation(0),), _STATUS)), None, None)
@@ -79,7 +81,8 @@ class SearchStream:
         self.asked_at: float | None = None  # when the unanswered request was sent (for the watchdog)
         self.timed_out = False
 
-    def ask(self, request: pb.SearchRequest) -> pb.SearchStreamReply:
+    def ask(self, request):
+        """Send a request (a SearchRequest, or a SearchGroup on GROUPS) and return its reply."""
         with self._lock:
             self.asked_at = time.monotonic()
             try:
@@ -89,7 +92,7 @@ class SearchStream:
                     self._due.add(_REPLY)
                     message = self._reply()
                     if message is not None:
-                        return pb.SearchStreamReply.FromString(message)
+                        return self._reply_type.FromString(message)
                 self._drain()  # the stream ended: its status says why
                 raise self._status
             finally:

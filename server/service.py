@@ -44,6 +44,35 @@ class Limits:
         if k > self.max_k:
             raise ResourceExhaustedError(f"k={k} exceeds the server's limit of {self.max_k} (max_k)")
 
+    @staticmethod
+    def batch_reply_bytes(nq: int, k: int) -> int:
+        """The most bytes a SearchBatchResponse of nq x k results can take: each id a varint of up
+        to 10 bytes (-1 pads take all 10), each distance a packed float of 4, each plan ("exact",
+        "tree", "graph"; room for 16 characters) a string with its tag and length, and the two
+        packed fields' own tags and lengths."""
+        return nq * k * (10 + 4) + nq * (1 + 1 + 16) + 2 * (1 + 10)
+
+    def batch_reply(self, nq: int, k: int) -> None:
+        """Refuse, before searching, a batch whose reply could pass max_message_bytes: otherwise
+        the server searches, holds nq x k results as Python objects, and then cannot send them
+        (measured: 20 000 x 1 000 held 2.3 GB for 7 s before failing)."""
+        projected = self.batch_reply_bytes(nq, k)
+        if projected > self.max_message_bytes:
+            fixed = self.batch_reply_bytes(0, k)
+            fits = (self.max_message_bytes - fixed) // (self.batch_reply_bytes(1, k) - fixed)
+            raise ResourceExhaustedError(
+                f"a reply to {nq} queries x k={k} may take {projected} bytes, over the server's limit of "
+                f"{self.max_message_bytes} (max_message_bytes); split the batch (at most {fits} queries at this k)")
+
+    def vectors_reply(self, n: int, dim: int) -> None:
+        """Refuse, before reading, a Get whose n vectors of `dim` float32 could not be sent."""
+        projected = n * dim * 4 + 32
+        if projected > self.max_message_bytes:
+            raise ResourceExhaustedError(
+                f"{n} vectors of dimension {dim} take {projected} bytes, over the server's limit of "
+                f"{self.max_message_bytes} (max_message_bytes); ask for at most "
+                f"{(self.max_message_bytes - 32) // (4 * dim)} at a time")
+
 
 def abort(context, error: CuratorError) -> None:
     """End a call with the engine error's status code, its class named in the trailing metadata."""
@@ -199,6 +228,7 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
     @handler
     def Get(self, request, principal):
         col = self.db.collection(request.collection)
+        self.limits.vectors_reply(len(request.ids), col.dim)
         return pb.GetResponse(vectors=wire.pack(col.get(self._ids(request.ids, principal, col))))
 
     @handler
@@ -278,12 +308,16 @@ class SearchService(_Base, rpc.SearchServicer):
     def _filter(request) -> dict | None:
         return filters_wire.unpack_filter(request.filter) if request.HasField("filter") else None
 
-    def _search(self, request, principal) -> pb.SearchResponse:
+    def _search(self, request, principal, now: bool = False) -> pb.SearchResponse | None:
+        """A search's answer; with `now`, None where it would wait (`search_now`)."""
         tenant = self._tenant(request.tenant, principal)
         self.limits.k(request.k)
         col = self.db.collection(request.collection)
-        found = col.search(wire.unpack_one(request.query), k=int(request.k), tenant=tenant,
-                           filter=self._filter(request), ef=request.ef or None)
+        search = col.search_now if now else col.search
+        found = search(wire.unpack_one(request.query), k=int(request.k), tenant=tenant,
+                       filter=self._filter(request), ef=request.ef or None)
+        if found is None:
+            return None
         return pb.SearchResponse(ids=found.ids.tolist(), distances=found.distances.tolist(), plan=found.plan)
 
     @handler
@@ -291,68 +325,145 @@ class SearchService(_Base, rpc.SearchServicer):
         return self._search(request, principal)
 
     def SearchStream(self, requests, context):
-        """One reply per request, errors in the reply; the key is checked once, when the stream opens.
-        When grpcio lets `Exchange` drive the call, a reply and the next request travel in one
-        batch, and a quick search is answered on the polling thread (`_quick`)."""
+        """One reply per request, errors in the reply; the key is checked once, when the stream opens."""
+        yield from self._stream(requests, context, pb.SearchRequest, self._answer)
+
+    def SearchGroups(self, requests, context):
+        """One reply per group of searches, each search's answer or error in it, in order."""
+        yield from self._stream(requests, context, pb.SearchGroup, self._answer_group)
+
+    def _stream(self, requests, context, kind, answer):
+        """The turns of a search stream whose requests are `kind`, each answered by `answer`. When
+        grpcio lets `Exchange` drive the call, a reply and the next request travel in one batch,
+        and a quick turn is answered on the polling thread (`_quick`)."""
         try:
             principal = self.keys.principal(context)
-            self.streams.open(context)
+            self.streams.open(context, principal)
         except CuratorError as error:
             abort(context, error)
         try:
-            exchange = Exchange.of(requests, functools.partial(self._quick, principal, context))
+            exchange = Exchange.of(requests, functools.partial(self._quick, kind, answer, principal, context))
             if exchange is None:
                 for request in requests:
-                    yield self._answer(request, principal, context)
+                    yield answer(request, principal, context)
                 return
             request = next(requests, None)
             while request is not None:
-                message = exchange.send(self._answer(request, principal, context).SerializeToString())
+                message = exchange.send(answer(request, principal, context).SerializeToString())
                 try:
-                    request = None if message is None else pb.SearchRequest.FromString(message)
+                    request = None if message is None else kind.FromString(message)
                 except DecodeError:
-                    abort(context, InvalidArgumentError("a SearchStream message was not a SearchRequest"))
+                    abort(context, InvalidArgumentError(f"a search stream message was not a {kind.DESCRIPTOR.name}"))
         finally:
             self.streams.close(context)
 
-    def _quick(self, principal, context, message: bytes) -> bytes | None:
+    def _quick(self, kind, answer, principal, context, message: bytes) -> bytes | None:
         """The reply to a stream request that cannot take long, or None to leave it to the
         handler's thread: a tenant's search without a filter, at no more than the default effort
-        (bounded work; a filter may build a mask, and a search of every vector may build the graph)."""
+        (bounded work; a filter may build a mask, and a search of every vector may build the graph),
+        alone (a group of one), and only if it need not wait for anything (a write holding the
+        collection): this runs on grpcio's polling thread, where a wait would stop every call."""
         try:
-            request = pb.SearchRequest.FromString(message)
+            request = kind.FromString(message)
         except DecodeError:
             return None  # the handler says what is wrong with it
-        if not request.tenant or request.HasField("filter") or request.ef > QUICK_EF:
+        searches = request.searches if kind is pb.SearchGroup else (request,)
+        if len(searches) != 1:
             return None
-        return self._answer(request, principal, context).SerializeToString()
+        search = searches[0]
+        if not search.tenant or search.HasField("filter") or search.ef > QUICK_EF:
+            return None
+        reply = answer(request, principal, context, now=True)
+        return None if reply is None else reply.SerializeToString()
 
-    def _answer(self, request, principal, context) -> pb.SearchStreamReply:
-        """One search of a stream: its result, or its error as a Failure (the stream goes on)."""
+    def _answer_group(self, group, principal, context, now: bool = False) -> pb.SearchGroupReply | None:
+        """A group's replies in order (with `now`, None where one would wait). Tenants' searches
+        without a filter that share collection, k and ef are searched as one engine batch."""
+        searches = group.searches
+        replies: list = [None] * len(searches)
+        together: dict = {}
+        if not now:
+            for i, search in enumerate(searches):
+                if search.tenant and not search.HasField("filter"):
+                    together.setdefault((search.collection, search.k, search.ef), []).append(i)
+        for rows in together.values():
+            if len(rows) > 1:
+                found = self._search_together([searches[i] for i in rows], principal, context)
+                for i, reply in zip(rows, found or ()):
+                    replies[i] = reply
+        for i, search in enumerate(searches):
+            if replies[i] is None:
+                replies[i] = self._answer(search, principal, context, now, "SearchGroups")
+                if replies[i] is None:
+                    return None
+        return pb.SearchGroupReply(replies=replies)
+
+    def _search_together(self, searches, principal, context) -> list | None:
+        """Searches of one collection, k and ef as one engine batch; None if any of them fails
+        (each is then answered alone, with its own error)."""
         self.streams.busy(context)
         start = time.perf_counter()
         try:
-            reply, code = pb.SearchStreamReply(result=self._search(request, principal)), "OK"
+            for search in searches:
+                self._tenant(search.tenant, principal)
+            first = searches[0]
+            self.limits.k(first.k)
+            col = self.db.collection(first.collection)
+            queries = np.stack([wire.unpack_one(search.query) for search in searches])
+            found = col.search_batch(queries, k=int(first.k), tenants=[search.tenant for search in searches],
+                                     ef=first.ef or None)
+        except (CuratorError, ValueError):  # ValueError: queries of different dimensions
+            self.streams.idle(context)
+            return None
+        counts = (found.ids >= 0).sum(axis=1).tolist()  # a batch pads with -1 where a tenant has fewer
+        replies = [pb.SearchStreamReply(result=pb.SearchResponse(ids=ids[:n].tolist(), distances=d[:n].tolist(),
+                                                                 plan=plan))
+                   for ids, d, n, plan in zip(found.ids, found.distances, counts, found.plan)]
+        seconds = (time.perf_counter() - start) / len(searches)
+        for search in searches:
+            self.observe("SearchGroups", grpc.StatusCode.OK, seconds, search.tenant)
+        self.streams.idle(context)
+        return replies
+
+    def _answer(self, request, principal, context, now: bool = False,
+                method: str = "SearchStream") -> pb.SearchStreamReply | None:
+        """One search of a stream: its result, or its error as a Failure (the stream goes on);
+        with `now`, None where the search would wait."""
+        self.streams.busy(context)
+        start = time.perf_counter()
+        try:
+            result = self._search(request, principal, now)
+            if result is None:
+                self.streams.idle(context)
+                return None
+            reply, code = pb.SearchStreamReply(result=result), "OK"
         except CuratorError as error:
             reply, code = pb.SearchStreamReply(error=wire.failure(error)), error.code
         except Exception:  # a bug: log it, answer INTERNAL for this query, keep the stream
             log.exception("internal error in SearchStream")
             reply, code = pb.SearchStreamReply(error=pb.Failure(
                 code="INTERNAL", message="internal error in SearchStream; see the server log")), "INTERNAL"
-        self.observe("SearchStream", grpc.StatusCode[code], time.perf_counter() - start, request.tenant)
+        self.observe(method, grpc.StatusCode[code], time.perf_counter() - start, request.tenant)
         self.streams.idle(context)
         return reply
 
     @handler
     def SearchBatch(self, request, principal):
+        # Every size is checked before the work it drives: the reply's (it must fit one message)
+        # and the tenants' (each name is checked; a request of many could hold millions).
+        self.limits.k(request.k)
+        queries = wire.unpack(request.queries, "queries")
+        nq = queries.shape[0]
+        self.limits.batch(nq, "queries")
+        self.limits.batch_reply(nq, request.k)
+        if len(request.tenants) not in (0, 1, nq):
+            raise InvalidArgumentError(f"{nq} queries but {len(request.tenants)} tenants; give one per query, "
+                                       "one for all, or none")
         names = list(request.tenants)  # one per query, one for all, or none ("" or none: every vector)
         for name in set(names) or {""}:
             self._tenant(name, principal)
         tenants = (names[0] or None) if len(names) == 1 else ([name or None for name in names] or None)
-        self.limits.k(request.k)
         col = self.db.collection(request.collection)
-        queries = wire.unpack(request.queries, "queries")
-        self.limits.batch(queries.shape[0], "queries")
         found = col.search_batch(queries, k=int(request.k), tenants=tenants, filter=self._filter(request),
                                  ef=request.ef or None)
         return pb.SearchBatchResponse(ids=found.ids.ravel().tolist(), distances=found.distances.ravel().tolist(),

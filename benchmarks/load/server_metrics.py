@@ -37,7 +37,7 @@ def served_between(before: dict, after: dict) -> dict[str, dict[str, int]]:
 def compare(client_counts: dict[str, int], served: dict[str, dict[str, int]]) -> list[dict]:
     """Per group of server methods: calls the load clients made against requests the server counted.
 
-    Operations sharing methods (plain and filtered search both go over SearchStream) are summed."""
+    Operations sharing methods (plain and filtered search both go over SearchGroups, or SearchStream) are summed."""
     groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for name in client_counts:
         groups[OPERATIONS[name].methods].append(name)

@@ -225,13 +225,13 @@ class Context:
         return [live[i] for i in picks]
 
 
-@operation("search", "SearchStream", "Search")
+@operation("search", "SearchGroups", "SearchStream", "Search")
 def search(ctx: Context) -> None:
     t, name = ctx.tenant()
     ctx.collection.search(ctx.query_near(t), k=ctx.spec.k, tenant=name)
 
 
-@operation("search_filtered", "SearchStream", "Search")
+@operation("search_filtered", "SearchGroups", "SearchStream", "Search")
 def search_filtered(ctx: Context) -> None:
     t, name = ctx.tenant()
     ctx.collection.search(ctx.query_near(t), k=ctx.spec.k, tenant=name,

@@ -1110,6 +1110,11 @@ class SearchStub(object):
                 request_serializer=curator_dot_v1_dot_curator__pb2.SearchRequest.SerializeToString,
                 response_deserializer=curator_dot_v1_dot_curator__pb2.SearchStreamReply.FromString,
                 _registered_method=True)
+        self.SearchGroups = channel.stream_stream(
+                '/curator.v1.Search/SearchGroups',
+                request_serializer=curator_dot_v1_dot_curator__pb2.SearchGroup.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.SearchGroupReply.FromString,
+                _registered_method=True)
 
 
 class SearchServicer(object):
@@ -1140,6 +1145,16 @@ class SearchServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchGroups(self, request_iterator, context):
+        """SearchStream for groups of searches: the SDK sends the searches its threads ask at the same
+        moment as one SearchGroup, and the server answers them in one reply, in the same order, each
+        with its result or its error; searches of one collection, k and ef run as one engine batch.
+        The same answers as Search; the same limits and refusals as SearchStream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1157,6 +1172,11 @@ def add_SearchServicer_to_server(servicer, server):
                     servicer.SearchStream,
                     request_deserializer=curator_dot_v1_dot_curator__pb2.SearchRequest.FromString,
                     response_serializer=curator_dot_v1_dot_curator__pb2.SearchStreamReply.SerializeToString,
+            ),
+            'SearchGroups': grpc.stream_stream_rpc_method_handler(
+                    servicer.SearchGroups,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.SearchGroup.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.SearchGroupReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1242,6 +1262,33 @@ class Search(object):
             '/curator.v1.Search/SearchStream',
             curator_dot_v1_dot_curator__pb2.SearchRequest.SerializeToString,
             curator_dot_v1_dot_curator__pb2.SearchStreamReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchGroups(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/curator.v1.Search/SearchGroups',
+            curator_dot_v1_dot_curator__pb2.SearchGroup.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.SearchGroupReply.FromString,
             options,
             channel_credentials,
             insecure,

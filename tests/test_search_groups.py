@@ -1,0 +1,223 @@
+"""Searches coalesced into groups (client/coalesce.py, SearchGroups in server/service.py): many
+threads get exactly the answers and errors they would get alone, searches asked together travel
+together, a lone search goes at once, and a server without groups is still searched."""
+
+import asyncio
+import signal
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+import curator
+from curator_server import service
+from curator_server.app import CuratorServer, ServerConfig
+from tests.conftest import concurrently
+from tests.test_search_stream import stoppable  # noqa: F401 - a fixture
+
+DIM = 8
+
+
+def served():
+    server = CuratorServer(ServerConfig(data=":memory:", port=0)).start()
+    db = curator.connect(server.address)
+    rng = np.random.default_rng(0)
+    col = db.create_collection("c", dim=DIM)
+    for t in range(4):
+        col.insert(np.arange(t * 300, (t + 1) * 300), rng.random((300, DIM)), tenant=f"t{t}",
+                   payloads=[{"n": i % 10} for i in range(300)])
+    db.create_collection("d", dim=DIM + 1).insert(np.arange(50), rng.random((50, DIM + 1)), tenant="t0")
+    return server, db
+
+
+def group_sizes(monkeypatch) -> list[int]:
+    """The sizes of the groups the server answers (recorded by wrapping its handler)."""
+    sizes = []
+    real = service.SearchService._answer_group
+
+    def recording(self, group, principal, context, now=False):
+        reply = real(self, group, principal, context, now)
+        if reply is not None:
+            sizes.append(len(group.searches))
+        return reply
+
+    monkeypatch.setattr(service.SearchService, "_answer_group", recording)
+    return sizes
+
+
+def test_threads_get_their_own_answers_and_errors_and_searches_travel_together(monkeypatch):
+    sizes = group_sizes(monkeypatch)
+    server, db = served()
+    try:
+        col, other = db.collection("c"), db.collection("d")
+        engine = server.db.collection("c")
+        rng = np.random.default_rng(1)
+        queries = rng.random((16, 40, DIM)).astype(np.float32)
+        start = threading.Barrier(16)
+
+        def searcher(worker: int):
+            """Each thread a different mix: its tenant, k and ef, a filter now and then, bad
+            requests among good ones (each must get its own error, not a neighbour's)."""
+            start.wait()
+            tenant, k = f"t{worker % 4}", 1 + worker % 12
+            for i, query in enumerate(queries[worker]):
+                if i % 13 == 5:
+                    with pytest.raises(curator.NotFoundError):
+                        col.search(query, k=k, tenant="nobody")
+                elif i % 13 == 7:
+                    with pytest.raises(curator.InvalidArgumentError):
+                        col.search(np.full(DIM, np.nan, np.float32), k=k, tenant=tenant)
+                elif i % 13 == 9:
+                    found = other.search(np.ones(DIM + 1, np.float32), k=3, tenant="t0")
+                    assert found.ids.size == 3
+                else:
+                    where = {"n": {"in": [1, 2, 3]}} if i % 5 == 0 else None
+                    ef = 64 if worker % 3 == 0 else None
+                    found = col.search(query, k=k, tenant=tenant, filter=where, ef=ef)
+                    alone = engine.search(query, k=k, tenant=tenant, filter=where, ef=ef)
+                    np.testing.assert_array_equal(found.ids, alone.ids)
+                    np.testing.assert_allclose(found.distances, alone.distances, rtol=1e-5, atol=1e-6)
+            return worker
+
+        results, errors = concurrently(searcher, [(w,) for w in range(16)])
+        assert not errors, errors[:3]
+        assert sorted(results) == list(range(16))
+        assert sum(sizes) == 16 * 40  # every search went in a group, each answered once
+        assert max(sizes) > 1  # 16 threads at once: searches gathered while groups travelled
+    finally:
+        db.close()
+        server.stop()
+
+
+def test_searches_gather_while_a_group_travels(monkeypatch):
+    """Held at the server, the first groups keep the next searches waiting at the client, which
+    then go together: a deterministic view of what the benchmark's threads do by chance."""
+    sizes = group_sizes(monkeypatch)
+    release = threading.Event()
+    real = service.SearchService._answer_group
+
+    def held(self, group, principal, context, now=False):
+        if now:
+            return None  # not on the polling thread: the handler's thread waits below
+        release.wait(10)
+        return real(self, group, principal, context, now)
+
+    monkeypatch.setattr(service.SearchService, "_answer_group", held)
+    server, db = served()
+    try:
+        col = db.collection("c")
+        query = np.ones(DIM, np.float32)
+        expected = server.db.collection("c").search(query, k=5, tenant="t1").ids
+        threads = [threading.Thread(target=lambda: results.append(col.search(query, k=5, tenant="t1").ids))
+                   for _ in range(10)]
+        results: list = []
+        for thread in threads:
+            thread.start()
+        while db._channel.groups._senders < db._channel.groups.in_flight or len(db._channel.groups._gathered) < 8:
+            threading.Event().wait(0.01)  # until 2 groups travel and 8 searches wait behind them
+        release.set()
+        for thread in threads:
+            thread.join()
+        assert len(results) == 10 and all(np.array_equal(r, expected) for r in results)
+        assert sorted(sizes) == [1, 1, 8]
+    finally:
+        release.set()
+        db.close()
+        server.stop()
+
+
+def test_a_lone_search_goes_at_once_as_a_group_of_one(monkeypatch):
+    sizes = group_sizes(monkeypatch)
+    server, db = served()
+    try:
+        col = db.collection("c")
+        for _ in range(5):
+            assert col.search(np.ones(DIM), k=4, tenant="t2").ids.size == 4
+        assert sizes == [1] * 5
+    finally:
+        db.close()
+        server.stop()
+
+
+def test_a_server_without_groups_is_searched_one_by_one(monkeypatch):
+    def unimplemented(self, requests, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+    monkeypatch.setattr(service.SearchService, "SearchGroups", unimplemented)
+    server, db = served()
+    try:
+        col = db.collection("c")
+        expected = server.db.collection("c").search(np.ones(DIM, np.float32), k=4, tenant="t2").ids
+        results, errors = concurrently(lambda: col.search(np.ones(DIM), k=4, tenant="t2").ids, [()] * 8)
+        assert not errors and all(np.array_equal(r, expected) for r in results)
+        assert not db._channel.groups.available  # tried again only later
+    finally:
+        db.close()
+        server.stop()
+
+
+def test_a_group_keeps_the_deadline_when_the_server_stops_answering(stoppable):  # noqa: F811
+    address, process = stoppable
+    col = curator.connect(address, timeout=1.0).collection("c")
+    col.search(np.ones(4), k=3, tenant="t")  # the group stream is open
+    process.send_signal(signal.SIGSTOP)
+    try:
+        results, errors = concurrently(lambda: col.search(np.ones(4), k=3, tenant="t"), [()] * 4)
+        assert len(errors) == 4 and all("DEADLINE_EXCEEDED" in str(e) for e in errors)
+    finally:
+        process.send_signal(signal.SIGCONT)
+    assert col.search(np.ones(4), k=3, tenant="t")[0].size == 3  # served again
+
+
+def test_coroutines_get_their_own_answers_and_search_in_groups(monkeypatch):
+    from curator_client import aio
+
+    sizes = group_sizes(monkeypatch)
+    server, _ = served()
+    engine = server.db.collection("c")
+    queries = np.random.default_rng(2).random((64, DIM)).astype(np.float32)
+
+    async def session():
+        async with await aio.connect(server.address) as db:
+            col = await db.collection("c")
+
+            async def one(i):
+                if i % 9 == 4:
+                    with pytest.raises(curator.NotFoundError):
+                        await col.search(queries[i], k=5, tenant="nobody")
+                    return None
+                return (await col.search(queries[i], k=1 + i % 7, tenant=f"t{i % 4}")).ids
+
+            for i, found in enumerate(await asyncio.gather(*(one(i) for i in range(64)))):
+                if found is not None:
+                    np.testing.assert_array_equal(found, engine.search(queries[i], k=1 + i % 7, tenant=f"t{i % 4}").ids)
+            lone = await col.search(queries[0], k=3, tenant="t0")  # alone: a group of one
+            assert lone.ids.size == 3
+
+    try:
+        asyncio.run(session())
+        assert sum(sizes) == 65 and max(sizes) > 1 and sizes[-1] == 1
+    finally:
+        server.stop()
+
+
+def test_an_async_group_keeps_the_deadline_when_the_server_stops_answering(stoppable):  # noqa: F811
+    from curator_client import aio
+
+    address, process = stoppable
+
+    async def session():
+        async with await aio.connect(address, timeout=1.0) as db:
+            col = await db.collection("c")
+            await col.search(np.ones(4), k=3, tenant="t")
+            process.send_signal(signal.SIGSTOP)
+            try:
+                outcomes = await asyncio.gather(*(col.search(np.ones(4), k=3, tenant="t") for _ in range(4)),
+                                                return_exceptions=True)
+                assert all("DEADLINE_EXCEEDED" in str(o) for o in outcomes), outcomes
+            finally:
+                process.send_signal(signal.SIGCONT)
+            assert (await col.search(np.ones(4), k=3, tenant="t")).ids.size == 3
+
+    asyncio.run(session())
