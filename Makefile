@@ -11,7 +11,7 @@ METRICS_PORT ?= 9464
 
 NODE_STAMP := tests/node/node_modules/.installed-stamp
 
-.PHONY: run demo test bench load soak crash proto system clean
+.PHONY: run demo test bench load capacity neighbours soak crash proto system clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,16 @@ bench: $(STAMP) system
 load: $(STAMP) system
 	$(PY) -m benchmarks.load ramp --mix search --out benchmarks/results/load_ramp_search
 	$(PY) -m benchmarks.load ramp --mix mixed --out benchmarks/results/load_ramp_mixed
+
+# Searches side by side (benchmarks/capacity.py): embedded threads, served with client processes
+# and threads, the server's CPU per search beside gRPC's floor. Tenants stalling tenants
+# (benchmarks/neighbours.py): a victim's p99 and the health check under each attack.
+# COMPARE=/path/to/another/checkout runs its server and clients in turns with this one's.
+capacity: $(STAMP) system
+	$(PY) -m benchmarks.capacity $(if $(COMPARE),--compare $(COMPARE))
+
+neighbours: $(STAMP) system
+	$(PY) -m benchmarks.neighbours $(if $(COMPARE),--compare $(COMPARE))
 
 # A soak: the mixed load at a fixed rate, server memory and open files sampled, every
 # acknowledged write read back at the end: make soak SOAK_RATE=150 SOAK_SECONDS=600

@@ -737,3 +737,17 @@ def load_into(collection, data: MultiTenantData, batch: int = 10_000) -> dict:
         "insert_s": inserted - start,
         "grant_s": done - inserted,
     }
+
+
+def create_loaded(db, data: MultiTenantData, name: str = "glove", metric: str = "cosine", **options):
+    """A new collection `name` in db (embedded or remote) holding data (load_into), tree trained."""
+    col = db.create_collection(name, dim=data.vectors.shape[1], metric=metric, **options)
+    load_into(col, data)
+    col.train()
+    return col
+
+
+def searcher(col, data: MultiTenantData, k: int = 10):
+    """search(i): query i of data as its tenant, default ef (a coroutine with the asyncio SDK)."""
+    names = [tenant_label(int(t)) for t in data.query_tenants]
+    return lambda i: col.search(data.queries[i], k=k, tenant=names[i])

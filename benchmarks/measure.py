@@ -1,10 +1,14 @@
-"""Small measuring helpers shared by the benchmarks: resident memory, latency summaries, tables."""
+"""Small measuring helpers shared by the benchmarks: resident memory, latency summaries, tables,
+CPU time of other processes, closed-loop callers."""
 
 import contextlib
 import ctypes
 import gc
+import os
 import socket
+import threading
 import time
+from collections import Counter
 
 import numpy as np
 import psutil
@@ -96,3 +100,69 @@ def blas_threads(n: int):
         for (_, lib, setter), old in zip(libs, before):
             if old is not None:
                 getattr(lib, setter)(old)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process and its descendants have used so far, from
+    /proc/<pid>/stat: utime + stime of the process and of each live descendant, plus cutime +
+    cstime (the children it has reaped). Read before and after a window, so that what another
+    process on the same cores does (the load generator) does not count."""
+    total = 0
+    for p in [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # the name may hold spaces and ')'
+        except FileNotFoundError:  # a child that ended meanwhile: its parent's cutime has it
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / _TICKS
+
+
+def calls_until(call, start: float, end: float, first: int, n: int, warm: int = 0) -> tuple[list[float], Counter]:
+    """call(i) back to back for i = first, first + 1, ... (mod n) from `start` until `end`
+    (time.monotonic(), comparable between processes), after `warm` calls before `start`: seconds
+    of each call that succeeded and ended in the window, and the failures by exception class."""
+    clock = time.monotonic
+    for i in range(first, first + warm):
+        call(i % n)
+    time.sleep(max(0.0, start - clock()))
+    seconds, failures, i = [], Counter(), first
+    while (begun := clock()) < end:
+        try:
+            call(i % n)
+        except Exception as error:  # noqa: BLE001 - counted, the load goes on
+            failures[type(error).__name__] += 1
+        else:
+            if (ended := clock()) <= end:
+                seconds.append(ended - begun)
+        i += 1
+    return seconds, failures
+
+
+def closed_loop(call, n: int, threads: int, start: float, end: float, first: int = 0,
+                warm: int = 0) -> tuple[np.ndarray, Counter]:
+    """`threads` callers, each running calls_until over its own share of items 0..n-1 (thread j
+    starts at item first + j * n / threads): every successful call's seconds, and the failures."""
+    out: list = [None] * threads
+
+    def run(j: int) -> None:
+        try:
+            out[j] = calls_until(call, start, end, first + j * n // threads, n, warm)
+        except BaseException as error:  # a warm-up call failed: raised again below
+            out[j] = error
+
+    workers = [threading.Thread(target=run, args=(j,)) for j in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for o in out:
+        if isinstance(o, BaseException):
+            raise o
+    failures = Counter()
+    for _, f in out:
+        failures.update(f)
+    return np.array([s for seconds, _ in out for s in seconds]), failures

@@ -39,6 +39,7 @@ from curator_client import aio
 
 from . import data as D
 from . import floor
+from .data import searcher
 from .measure import free_port, latency_summary, timed_loop
 
 RESULTS = Path(__file__).parent / "results"
@@ -101,12 +102,6 @@ WORK_US = 60  # microseconds the echo works before answering, about what a searc
 ECHO = ("TCP echo, answered at once", f"TCP echo, answered after {WORK_US} us of work")
 
 
-def searcher(col, data):
-    """search(i): query i of `data` as its tenant, k=10 (a coroutine with the asyncio SDK)."""
-    names = [D.tenant_label(int(t)) for t in data.query_tenants]
-    return lambda i: col.search(data.queries[i], k=10, tenant=names[i])
-
-
 def client_process(conn, address: str, asyncio_sdk: bool, floor_address: str | None = None) -> None:
     """One SDK's searches in a process of their own: labels of passes in, each pass's seconds out.
     The blocking SDK's process also times its stream against the no-op server of benchmarks.floor."""
@@ -161,9 +156,7 @@ def main() -> None:
         results["upsert_remote_over_embedded"] = rates["remote"] / rates["embedded"]
         local_disk.close()
         for db in (local, remote):
-            col = db.create_collection("glove", dim=50, metric="cosine")
-            D.load_into(col, data)
-            col.train()
+            D.create_loaded(db, data)
         context = multiprocessing.get_context("spawn")
         clients = {}  # label -> the connection to the client process that runs it
         for asyncio_sdk in (False, True):

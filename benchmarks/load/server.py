@@ -1,7 +1,9 @@
 """A Curator server that the load test starts itself: `curator serve` as its own process, on a
 fresh temporary data directory and free loopback ports, stopped (SIGTERM, drained) and removed
 at the end. Its pid is what the soak samples for memory and open files. `cache_config` is the
-text of its `--cache-config` file (TOML), written into that directory."""
+text of its `--cache-config` file (TOML), written into that directory. `checkout` runs it from
+another checkout (benchmarks/checkout.py); `api_key` is the key its readiness check sends (a
+server with --keys answers no keyless call)."""
 
 import shutil
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import curator
 
+from ..checkout import Checkout
 from ..measure import free_port
 
 ROOT = Path(__file__).absolute().parent.parent.parent  # the checkout (not resolved: it may be linked)
@@ -19,9 +22,10 @@ ROOT = Path(__file__).absolute().parent.parent.parent  # the checkout (not resol
 
 class ManagedServer:
     def __init__(self, durability: str = "sync", workers: int = 16, extra_args: tuple[str, ...] = (),
-                 cache_config: str | None = None):
+                 cache_config: str | None = None, checkout: Checkout | None = None, api_key: str | None = None):
         self.durability, self.workers, self.extra_args = durability, workers, extra_args
         self.cache_config = cache_config
+        self.checkout, self.api_key = checkout, api_key
         self.process: subprocess.Popen | None = None
         self.directory: str | None = None
 
@@ -43,7 +47,10 @@ class ManagedServer:
             config.write_text(self.cache_config)
             command += ["--cache-config", str(config)]
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            if self.checkout is None:
+                self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            else:
+                self.process = self.checkout.popen(command[1:], stdout=log, stderr=subprocess.STDOUT)
         try:
             self._wait_ready(ready_seconds)
         except BaseException:
@@ -52,7 +59,7 @@ class ManagedServer:
         return self
 
     def _wait_ready(self, ready_seconds: float) -> None:
-        db = curator.connect(self.address, timeout=2, retries=0)
+        db = curator.connect(self.address, api_key=self.api_key, timeout=2, retries=0)
         deadline = time.monotonic() + ready_seconds
         try:
             while True:
