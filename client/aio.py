@@ -10,8 +10,10 @@ from collections.abc import Sequence
 
 import grpc
 
+from curator import errors
 from curator.api import SearchResult
 from curator_proto import wire
+from curator_proto.v1 import curator_pb2 as pb
 
 from . import cache_calls, calls
 from .aio_coalesce import AsyncCoalescer
@@ -28,22 +30,28 @@ class _AsyncChannel:
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout, self.retries = timeout, retries
         self.stream = AsyncSearchStream(self.stubs["search"], self.metadata, timeout) if search_stream else None
-        self.groups = (AsyncCoalescer(self.stubs["search"], self.metadata, timeout)
+        self.groups = (AsyncCoalescer(self.stubs["search"], self.metadata, timeout, self._alone)
                        if search_stream and coalesce else None)
 
     async def search(self, call: Call):
         """A single search: with those other coroutines ask meanwhile, as one group; else over the
         channel's SearchStream; as a unary call when neither can take it."""
-        reply = None
         if self.groups is not None and self.groups.available:
             reply = await self.groups.search(call.request)
-        if reply is None and self.stream:
-            reply = await self.stream.ask(call.request)
+        else:
+            reply = await self.stream.ask(call.request) if self.stream else None
         if reply is None:
             return await self.run(call)
         if reply.HasField("error"):
             raise wire.exception(reply.error.code, reply.error.type, reply.error.message)
         return call.parse(reply.result)
+
+    async def _alone(self, request):
+        """A lone search over the channel's SearchStream: its reply, or None (make a unary call)."""
+        try:
+            return await self.stream.ask(request)
+        except errors.CuratorError as error:  # the deadline: an answer for the search it belongs to
+            return pb.SearchStreamReply(error=wire.failure(error))
 
     async def close(self) -> None:
         if self.groups:

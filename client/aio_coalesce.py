@@ -3,8 +3,8 @@ SearchGroup (see `coalesce.py` for why).
 
 One task per channel, the pump, owns a SearchGroups stream and sends whatever has gathered as
 one group, waits for the reply, answers each search, and goes on while searches keep gathering;
-it ends when none are left and starts again with the next search. A lone search is a group of
-one sent at once. A search that is cancelled or times out does not touch the stream (the pump
+it ends when none are left and starts again with the next search. A lone search is sent at once,
+as before, over the channel's SearchStream (`alone`). A search that is cancelled or times out does not touch the stream (the pump
 owns it): its answer, when it comes, is dropped. The group's reply keeps the channel's deadline:
 past it the stream is dropped and its searches fail with DEADLINE_EXCEEDED. When the server
 refuses groups (an older server, or its stream limit), searches fall back to the channel's other
@@ -23,8 +23,8 @@ RETRY_AFTER = 5.0  # seconds before groups are tried again after the server refu
 
 
 class AsyncCoalescer:
-    def __init__(self, stub, metadata, timeout: float):
-        self._stub, self._metadata, self._timeout = stub, metadata, timeout
+    def __init__(self, stub, metadata, timeout: float, alone):
+        self._stub, self._metadata, self._timeout, self._alone = stub, metadata, timeout, alone
         self._gathered: list[tuple[pb.SearchRequest, asyncio.Future]] = []
         self._pump: asyncio.Task | None = None
         self._call = None
@@ -50,7 +50,10 @@ class AsyncCoalescer:
         try:
             while self._gathered:
                 group, self._gathered = self._gathered, []
-                replies = await self._exchange([request for request, _ in group])
+                if len(group) == 1:
+                    replies = [await self._alone(group[0][0])]
+                else:
+                    replies = await self._exchange([request for request, _ in group])
                 for i, (_, answer) in enumerate(group):
                     if not answer.done():
                         answer.set_result(None if replies is None else replies[i])

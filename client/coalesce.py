@@ -9,13 +9,16 @@ which sends all of them as one SearchGroup (`server/service.py` answers a group 
 batch). The batch is whatever gathered while the previous one travelled, as in a database's group
 commit, with no delay added to wait for company.
 
-Groups travel over SearchGroups streams that the sending thread drives itself (`stream.py`);
-when the server refuses them (an older server, or its stream limit), each search goes its
-own way again (its thread's SearchStream, or a unary call), and groups are tried again later.
+A group of one travels as before, over the sending thread's own SearchStream (`alone`), so a
+lone search costs what it did without coalescing; larger groups travel over SearchGroups streams
+that the sending thread drives itself (`stream.py`). When the server refuses groups (an older
+server, or its stream limit), each search goes its own way again (its thread's SearchStream, or
+a unary call), and groups are tried again later.
 """
 
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -32,7 +35,11 @@ class _Search:
         self.reply: pb.SearchStreamReply | None = None  # None when done: search another way
         self.done = False  # answered (or given back)
         self.sends = False  # its thread holds one of the sending turns
-        self.woken = threading.Event()
+        self.woken: threading.Event | None = None  # made (under the lock) only for a search that waits
+
+    def wake(self) -> None:
+        if self.woken is not None:
+            self.woken.set()
 
 
 class Coalescer:
@@ -40,8 +47,9 @@ class Coalescer:
 
     RETRY_AFTER = 5.0  # seconds before groups are tried again after the server refused them
 
-    def __init__(self, channel: grpc.Channel, metadata, watchdog: Watchdog, in_flight: int = 2):
-        self._channel, self._metadata, self._watchdog = channel, metadata, watchdog
+    def __init__(self, channel: grpc.Channel, metadata, watchdog: Watchdog,
+                 alone: Callable[[pb.SearchRequest], "pb.SearchStreamReply | None"], in_flight: int = 2):
+        self._channel, self._metadata, self._watchdog, self._alone = channel, metadata, watchdog, alone
         self.in_flight = in_flight
         self._lock = threading.Lock()
         self._gathered: list[_Search] = []
@@ -67,6 +75,8 @@ class Coalescer:
             with self._lock:
                 if me.done and not me.sends:
                     return me.reply
+                if me.woken is None:
+                    me.woken = threading.Event()
             me.woken.wait()
             me.woken.clear()
 
@@ -91,14 +101,16 @@ class Coalescer:
         if self._gathered:
             nxt = self._gathered[0]
             nxt.sends = True
-            nxt.woken.set()
+            nxt.wake()
         else:
             self._senders -= 1
 
     def _exchange(self, group: list[_Search]) -> None:
         replies = None
-        stream = self._stream()
-        if stream is not None:
+        stream = self._stream() if len(group) > 1 else None
+        if len(group) == 1:
+            replies = [self._alone(group[0].request)]
+        elif stream is not None:
             try:
                 answer = stream.ask(pb.SearchGroup(searches=[s.request for s in group]))
                 if len(answer.replies) == len(group):
@@ -118,7 +130,7 @@ class Coalescer:
                 search.reply = None if replies is None else replies[i]
                 search.done = True
         for search in group:
-            search.woken.set()
+            search.wake()
 
     def _stream(self) -> SearchStream | None:
         with self._lock:

@@ -13,6 +13,7 @@ import grpc
 
 from curator.api import Collection, Database, SearchResult
 from curator_proto import wire
+from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 
 from . import calls
@@ -50,27 +51,33 @@ class _Channel:
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout, self.retries = timeout, retries
         self.streams = StreamPool(channel, self.metadata, timeout) if search_stream else None
-        self.groups = (Coalescer(channel, self.metadata, self.streams.watchdog)
+        self.groups = (Coalescer(channel, self.metadata, self.streams.watchdog, self._over_stream)
                        if search_stream and coalesce and self.streams.available else None)
 
     def search(self, call: Call):
-        """A single search: with the searches other threads ask meanwhile, as one group; else over
-        this thread's SearchStream; as a unary call when there is none."""
+        """A single search: with the searches other threads ask meanwhile, as one group (alone,
+        over a thread's SearchStream); as a unary call when neither can take it."""
         if self.groups is not None and self.groups.available:
             reply = self.groups.search(call.request)
-            if reply is not None:
-                return self._searched(call, reply)
-        stream = self.streams.get() if self.streams else None
-        if stream is None:
-            return self.run(call)
-        try:
-            reply = stream.ask(call.request)
-        except grpc.RpcError as error:
-            self.streams.failed(stream, error)
-            if stream.timed_out:
-                raise wire.exception("DEADLINE_EXCEEDED", None, f"no reply within the {self.timeout} s deadline") from None
+        else:
+            reply = self._over_stream(call.request) if self.streams else None
+        if reply is None:
             return self.run(call)
         return self._searched(call, reply)
+
+    def _over_stream(self, request):
+        """The reply over the calling thread's SearchStream, or None: make a unary call."""
+        stream = self.streams.get()
+        if stream is None:
+            return None
+        try:
+            return stream.ask(request)
+        except grpc.RpcError as error:
+            self.streams.failed(stream, error)
+            if stream.timed_out:  # an answer, not an exception: a coalescing thread may ask for another's search
+                return pb.SearchStreamReply(error=pb.Failure(
+                    code="DEADLINE_EXCEEDED", message=f"no reply within the {self.timeout} s deadline"))
+            return None
 
     @staticmethod
     def _searched(call: Call, reply):

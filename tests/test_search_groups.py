@@ -14,7 +14,7 @@ import curator
 from curator_server import service
 from curator_server.app import CuratorServer, ServerConfig
 from tests.conftest import concurrently
-from tests.test_search_stream import stoppable  # noqa: F401 - a fixture
+from tests.test_search_stream import pause, requests_by_method, stoppable  # noqa: F401 - a fixture
 
 DIM = 8
 
@@ -83,58 +83,75 @@ def test_threads_get_their_own_answers_and_errors_and_searches_travel_together(m
         results, errors = concurrently(searcher, [(w,) for w in range(16)])
         assert not errors, errors[:3]
         assert sorted(results) == list(range(16))
-        assert sum(sizes) == 16 * 40  # every search went in a group, each answered once
+        counted = requests_by_method(server)
+        assert sum(sizes) == counted["SearchGroups"]
+        # each answered once (alone over a stream, or as a unary call past the server's stream limit)
+        assert counted["SearchGroups"] + counted["SearchStream"] + counted.get("Search", 0) == 16 * 40
         assert max(sizes) > 1  # 16 threads at once: searches gathered while groups travelled
     finally:
         db.close()
         server.stop()
 
 
-def test_searches_gather_while_a_group_travels(monkeypatch):
-    """Held at the server, the first groups keep the next searches waiting at the client, which
-    then go together: a deterministic view of what the benchmark's threads do by chance."""
-    sizes = group_sizes(monkeypatch)
+def hold_lone_searches(monkeypatch) -> threading.Event:
+    """Searches that come alone over a thread's stream wait at the server until the event is set."""
     release = threading.Event()
-    real = service.SearchService._answer_group
+    real = service.SearchService._answer
 
-    def held(self, group, principal, context, now=False):
-        if now:
-            return None  # not on the polling thread: the handler's thread waits below
-        release.wait(10)
-        return real(self, group, principal, context, now)
+    def held(self, request, principal, context, now=False, method="SearchStream"):
+        if method == "SearchStream":
+            if now:
+                return None  # not on the polling thread: the handler's thread waits below
+            release.wait(10)
+        return real(self, request, principal, context, now, method)
 
-    monkeypatch.setattr(service.SearchService, "_answer_group", held)
+    monkeypatch.setattr(service.SearchService, "_answer", held)
+    return release
+
+
+def gathered(db, n: int) -> None:
+    """Until the SDK's sending turns are all taken and n searches wait behind them."""
+    groups = db._channel.groups
+    while groups._senders < groups.in_flight or len(groups._gathered) < n:
+        threading.Event().wait(0.01)
+
+
+def test_searches_gather_while_a_group_travels(monkeypatch):
+    """Held at the server, the first two searches (each alone on its thread's stream) keep the
+    next ones waiting at the client, which then go together: a deterministic view of what the
+    benchmark's threads do by chance."""
+    sizes = group_sizes(monkeypatch)
+    release = hold_lone_searches(monkeypatch)
     server, db = served()
     try:
         col = db.collection("c")
         query = np.ones(DIM, np.float32)
         expected = server.db.collection("c").search(query, k=5, tenant="t1").ids
+        results: list = []
         threads = [threading.Thread(target=lambda: results.append(col.search(query, k=5, tenant="t1").ids))
                    for _ in range(10)]
-        results: list = []
         for thread in threads:
             thread.start()
-        while db._channel.groups._senders < db._channel.groups.in_flight or len(db._channel.groups._gathered) < 8:
-            threading.Event().wait(0.01)  # until 2 groups travel and 8 searches wait behind them
+        gathered(db, 8)
         release.set()
         for thread in threads:
             thread.join()
         assert len(results) == 10 and all(np.array_equal(r, expected) for r in results)
-        assert sorted(sizes) == [1, 1, 8]
+        assert sizes == [8]
     finally:
         release.set()
         db.close()
         server.stop()
 
 
-def test_a_lone_search_goes_at_once_as_a_group_of_one(monkeypatch):
+def test_a_lone_search_goes_at_once_over_its_threads_stream(monkeypatch):
     sizes = group_sizes(monkeypatch)
     server, db = served()
     try:
         col = db.collection("c")
         for _ in range(5):
             assert col.search(np.ones(DIM), k=4, tenant="t2").ids.size == 4
-        assert sizes == [1] * 5
+        assert sizes == [] and requests_by_method(server)["SearchStream"] == 5
     finally:
         db.close()
         server.stop()
@@ -145,14 +162,24 @@ def test_a_server_without_groups_is_searched_one_by_one(monkeypatch):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
 
     monkeypatch.setattr(service.SearchService, "SearchGroups", unimplemented)
+    release = hold_lone_searches(monkeypatch)
     server, db = served()
     try:
         col = db.collection("c")
         expected = server.db.collection("c").search(np.ones(DIM, np.float32), k=4, tenant="t2").ids
-        results, errors = concurrently(lambda: col.search(np.ones(DIM), k=4, tenant="t2").ids, [()] * 8)
-        assert not errors and all(np.array_equal(r, expected) for r in results)
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(col.search(np.ones(DIM), k=4, tenant="t2").ids))
+                   for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        gathered(db, 6)
+        release.set()  # the 6 go as a group, are refused, and each searches alone
+        for thread in threads:
+            thread.join()
+        assert len(results) == 8 and all(np.array_equal(r, expected) for r in results)
         assert not db._channel.groups.available  # tried again only later
     finally:
+        release.set()
         db.close()
         server.stop()
 
@@ -161,7 +188,7 @@ def test_a_group_keeps_the_deadline_when_the_server_stops_answering(stoppable): 
     address, process = stoppable
     col = curator.connect(address, timeout=1.0).collection("c")
     col.search(np.ones(4), k=3, tenant="t")  # the group stream is open
-    process.send_signal(signal.SIGSTOP)
+    pause(process)
     try:
         results, errors = concurrently(lambda: col.search(np.ones(4), k=3, tenant="t"), [()] * 4)
         assert len(errors) == 4 and all("DEADLINE_EXCEEDED" in str(e) for e in errors)
@@ -192,12 +219,14 @@ def test_coroutines_get_their_own_answers_and_search_in_groups(monkeypatch):
             for i, found in enumerate(await asyncio.gather(*(one(i) for i in range(64)))):
                 if found is not None:
                     np.testing.assert_array_equal(found, engine.search(queries[i], k=1 + i % 7, tenant=f"t{i % 4}").ids)
-            lone = await col.search(queries[0], k=3, tenant="t0")  # alone: a group of one
+            lone = await col.search(queries[0], k=3, tenant="t0")  # alone: over the stream
             assert lone.ids.size == 3
 
     try:
         asyncio.run(session())
-        assert sum(sizes) == 65 and max(sizes) > 1 and sizes[-1] == 1
+        counted = requests_by_method(server)
+        assert sum(sizes) == counted["SearchGroups"] and max(sizes) > 1
+        assert counted["SearchGroups"] + counted["SearchStream"] + counted.get("Search", 0) == 65
     finally:
         server.stop()
 
@@ -211,7 +240,7 @@ def test_an_async_group_keeps_the_deadline_when_the_server_stops_answering(stopp
         async with await aio.connect(address, timeout=1.0) as db:
             col = await db.collection("c")
             await col.search(np.ones(4), k=3, tenant="t")
-            process.send_signal(signal.SIGSTOP)
+            pause(process)
             try:
                 outcomes = await asyncio.gather(*(col.search(np.ones(4), k=3, tenant="t") for _ in range(4)),
                                                 return_exceptions=True)
