@@ -36,6 +36,17 @@ def _tenant(tenant: str | None) -> str:
     return validate.name(tenant, "tenant")
 
 
+def _batch_result(reply: pb.SearchBatchResponse, shape: tuple[int, int]) -> SearchResult:
+    """A batch's (nq, k) ids and distances, packed (as asked) or, from an older server, listed."""
+    if reply.packed_ids or not reply.ids:
+        ids = np.frombuffer(reply.packed_ids, "<i8").astype(np.int64).reshape(shape)
+        distances = np.frombuffer(reply.packed_distances, "<f4").astype(np.float32).reshape(shape)
+    else:
+        ids = np.array(reply.ids, np.int64).reshape(shape)
+        distances = np.array(reply.distances, np.float32).reshape(shape)
+    return SearchResult(ids, distances, list(reply.plans))
+
+
 def _search_result(reply: pb.SearchResponse) -> SearchResult:
     n = len(reply.ids)
     return SearchResult(np.fromiter(reply.ids, np.int64, n), np.fromiter(reply.distances, np.float32, n), reply.plan)
@@ -148,11 +159,9 @@ class CollectionCalls:
                 raise errors.InvalidArgumentError(f"{queries.shape[0]} queries but {len(tenants)} tenants; "
                                                   "give one per query")
         request = pb.SearchBatchRequest(collection=self.name, queries=wire.pack(queries), k=k, tenants=tenants,
-                                        ef=validate.ef(ef, 0), filter=_filter(filter))
+                                        ef=validate.ef(ef, 0), filter=_filter(filter), packed=True)
         shape = (queries.shape[0], k)
-        return Call("search", "SearchBatch", request, True,
-                    lambda r: SearchResult(np.array(r.ids, np.int64).reshape(shape),
-                                           np.array(r.distances, np.float32).reshape(shape), list(r.plans)))
+        return Call("search", "SearchBatch", request, True, lambda r: _batch_result(r, shape))
 
     def train(self, sample) -> Call:
         request = pb.TrainRequest(collection=self.name)

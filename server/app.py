@@ -2,12 +2,14 @@
 
 import logging
 import signal
+import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
 
 import faiss
 import grpc
+import numba
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -25,6 +27,7 @@ from .streams import OpenStreams
 
 log = logging.getLogger("curator.server")
 VERSION = "0.1.0"
+SWITCH_INTERVAL = 0.0005  # seconds; see CuratorServer.__init__
 SERVICES = ("Collections", "Tenants", "VectorsService", "Search", "Admin", "Cache")
 
 
@@ -51,14 +54,17 @@ class ServerConfig:
     cache: dict | None = None  # the semantic cache's configuration ([cache] of --cache-config)
 
 
-def _one_openmp_thread() -> None:
+def _worker_threads() -> None:
     """An RPC worker's faiss calls run on the worker alone. OpenMP gives every thread that starts
     a parallel region its own team of threads, which spin a while after each region: calls
     landing on different workers kept several teams spinning on the same cores, and upserts over
     gRPC ran at half the speed of the same upserts made from one thread (measured: a server's
     1 000-vector upsert 40-49 ms against 22-26 ms embedded; with this, remote upserts went from
-    0.5x to 0.94x embedded throughput). The workers' own concurrency uses the cores instead."""
+    0.5x to 0.94x embedded throughput). The workers' own concurrency uses the cores instead.
+    Likewise a worker's batch search (numba's parallel loop; the setting is per thread) takes at
+    most half the cores, so one tenant's large batch leaves the others cores to search on."""
     faiss.omp_set_num_threads(1)
+    numba.set_num_threads(max(1, numba.config.NUMBA_NUM_THREADS // 2))
 
 
 def _per_key(config: ServerConfig, max_streams: int) -> tuple[int, int | None]:
@@ -76,6 +82,11 @@ def _per_key(config: ServerConfig, max_streams: int) -> tuple[int, int | None]:
 class CuratorServer:
     def __init__(self, config: ServerConfig):
         self.config = config
+        # A thread running Python code keeps the GIL until another has waited this long for it.
+        # A search needs the GIL a few times on its way (network thread, handler, engine), so
+        # with Python's default of 5 ms one tenant's CPU-heavy call (a large filter, a big
+        # batch's reply) added up to 5 ms to each of those steps of every other tenant's search.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.keys = KeyRing.load(config.keys)
         if self.keys.open:
             log.warning("OPEN MODE: no API key file given; every caller is admin. Use --keys for anything "
@@ -91,7 +102,7 @@ class CuratorServer:
                                    (health.SERVICE_NAME, reflection.SERVICE_NAME), self.metrics.registry)
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="curator-rpc",
-                                       initializer=_one_openmp_thread),
+                                       initializer=_worker_threads),
             interceptors=[self.admission, MetricsInterceptor(self.metrics)],  # admission first: refuse before work
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
             maximum_concurrent_rpcs=config.max_calls or 4 * config.workers,

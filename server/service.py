@@ -466,6 +466,9 @@ class SearchService(_Base, rpc.SearchServicer):
         col = self.db.collection(request.collection)
         found = col.search_batch(queries, k=int(request.k), tenants=tenants, filter=self._filter(request),
                                  ef=request.ef or None)
+        if request.packed:
+            return pb.SearchBatchResponse(packed_ids=found.ids.astype("<i8").tobytes(),
+                                          packed_distances=found.distances.astype("<f4").tobytes(), plans=found.plan)
         return pb.SearchBatchResponse(ids=found.ids.ravel().tolist(), distances=found.distances.ravel().tolist(),
                                       plans=found.plan)
 
