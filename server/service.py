@@ -28,6 +28,7 @@ from .streams import OpenStreams
 
 log = logging.getLogger("curator.server")
 
+LISTED_CHUNK = 1 << 16  # results a listed (not packed) batch reply converts while holding the GIL
 QUICK_EF = IndexConfig.ef  # stream searches up to this effort are answered on the polling thread
 
 
@@ -469,8 +470,12 @@ class SearchService(_Base, rpc.SearchServicer):
         if request.packed:
             return pb.SearchBatchResponse(packed_ids=found.ids.astype("<i8").tobytes(),
                                           packed_distances=found.distances.astype("<f4").tobytes(), plans=found.plan)
-        return pb.SearchBatchResponse(ids=found.ids.ravel().tolist(), distances=found.distances.ravel().tolist(),
-                                      plans=found.plan)
+        reply = pb.SearchBatchResponse(plans=found.plan)
+        ids, distances = found.ids.ravel(), found.distances.ravel()
+        for start in range(0, ids.size, LISTED_CHUNK):  # the GIL changes hands between chunks
+            reply.ids.extend(ids[start : start + LISTED_CHUNK].tolist())
+            reply.distances.extend(distances[start : start + LISTED_CHUNK].tolist())
+        return reply
 
 
 class AdminService(_Base, rpc.AdminServicer):

@@ -5,6 +5,7 @@ garbage on the stream answered without ending it. The server's side runs both wa
 batch (`Exchange`) and, as with a grpcio of another shape, each reply yielded."""
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -202,11 +203,22 @@ def stoppable():
         process.wait()
 
 
+def pause(process: subprocess.Popen) -> None:
+    """SIGSTOP `process` and return once all its threads have stopped. kill() returns with the
+    stop still to come: it wakes one thread, which stops the others only when it gets to run, and
+    meanwhile grpcio's polling threads answer whatever arrives (a search sent right after the
+    signal was answered in about 1 run in 6 on a busy machine: a flaky test). waitpid reports a
+    child stopped only when the whole group stop is done."""
+    process.send_signal(signal.SIGSTOP)
+    _, status = os.waitpid(process.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), f"the server ended instead of stopping (wait status {status})"
+
+
 def test_a_search_stream_keeps_its_deadline_when_the_server_stops_answering(stoppable):
     address, process = stoppable
     col = curator.connect(address, timeout=1.0, coalesce=False).collection("c")
     col.search(np.ones(4), k=3, tenant="t")  # the stream is open
-    process.send_signal(signal.SIGSTOP)
+    pause(process)
     try:
         with pytest.raises(curator.CuratorError, match="DEADLINE_EXCEEDED"):
             col.search(np.ones(4), k=3, tenant="t")
@@ -354,7 +366,7 @@ def test_an_async_search_stream_keeps_its_deadline_when_the_server_stops_answeri
         async with await aio.connect(address, timeout=1.0, coalesce=False) as db:
             col = await db.collection("c")
             await col.search(np.ones(4), k=3, tenant="t")  # the stream is open
-            process.send_signal(signal.SIGSTOP)
+            pause(process)
             try:
                 with pytest.raises(curator.CuratorError, match="DEADLINE_EXCEEDED"):
                     await col.search(np.ones(4), k=3, tenant="t")
