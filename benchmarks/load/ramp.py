@@ -51,6 +51,7 @@ def run_ramp(pool: WorkerPool, start_rate: float, factor: float, step_seconds: f
                "highest_sustained": None if best is None else {
                    "target_rate": best["target_rate"], "throughput": best["throughput"],
                    "p50_ms": judged(best)["p50_ms"], "p99_ms": judged(best)["p99_ms"],
-                   "error_rate": best["error_rate"]},
+                   "error_rate": best["error_rate"],
+                   "generator_cpu_us_per_call": best.get("generator_cpu_us_per_call")},
                "stopped_by": steps[-1]["verdict"] if steps and not steps[-1]["passed"] else "max rate reached"}
     return steps, verdict

@@ -58,7 +58,10 @@ def phase_summary(result: PhaseResult, run_start: float | None = None) -> dict:
             # the database's own latency: cache_complete's misses wait for the model as long as it takes
             "without_model": latency(without_model) if without_model.count else None,
             "error_rate": sum(all_errors.values()) / total if total else 0.0, "unsent": result.unsent,
-            "generator_cpu_seconds": result.generator_cpu_seconds, "ops": ops, "timeline": timeline}
+            "generator_cpu_seconds": result.generator_cpu_seconds,
+            # a generator that spends most of a core per call cannot show what the server holds
+            "generator_cpu_us_per_call": 1e6 * result.generator_cpu_seconds / total if total else None,
+            "ops": ops, "timeline": timeline}
 
 
 def client_calls(phases: list[dict]) -> dict[str, int]:
