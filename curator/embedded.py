@@ -210,12 +210,14 @@ class EmbeddedCollection(Collection):
     def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
                ef: int | None = None) -> SearchResult:
         query, k, ef = self._search_arguments(query, k, tenant, ef)
-        index = self.index
-        with self._lock.shared():
-            try:
-                return SearchResult(*index.search_planned(query, k, tenant, filter, ef))
-            except ExclusiveNeeded:
-                pass
+        index, lock = self.index, self._lock
+        lock.acquire_shared()  # not `with`: the GIL-held part of a search is what limits threads
+        try:
+            return SearchResult(*index.search_planned(query, k, tenant, filter, ef))
+        except ExclusiveNeeded:
+            pass
+        finally:
+            lock.release_shared()
         return self._read(lambda: SearchResult(*index.search_planned(query, k, tenant, filter, ef)))
 
     def search_now(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
