@@ -69,7 +69,8 @@ def serve_grpc(port: int) -> None:
         grpc.method_handlers_generic_handler(
             "curator.v1.Collections", {"Describe": grpc.unary_unary_rpc_method_handler(lambda request, _: info)}),
     )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=handlers)
+    # a worker per open stream, as Curator's server: enough for every client thread's stream
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), handlers=handlers)
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     server.wait_for_termination()

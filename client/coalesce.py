@@ -9,16 +9,16 @@ which sends all of them as one SearchGroup (`server/service.py` answers a group 
 batch). The batch is whatever gathered while the previous one travelled, as in a database's group
 commit, with no delay added to wait for company.
 
-A group of one travels as before, over the sending thread's own SearchStream (`alone`), so a
-lone search costs what it did without coalescing; larger groups travel over SearchGroups streams
-that the sending thread drives itself (`stream.py`). When the server refuses groups (an older
+A group of one travels as before, as a SearchRequest on a SearchStream, so a lone search costs
+what it did without coalescing; larger groups travel on SearchGroups streams. The channel keeps
+both kinds open for its sending turns (at most `in_flight` of each, however many threads search),
+and the sending thread drives them itself (`stream.py`). When the server refuses groups (an older
 server, or its stream limit), each search goes its own way again (its thread's SearchStream, or
 a unary call), and groups are tried again later.
 """
 
 import threading
 import time
-from collections.abc import Callable
 
 import grpc
 
@@ -47,15 +47,15 @@ class Coalescer:
 
     RETRY_AFTER = 5.0  # seconds before groups are tried again after the server refused them
 
-    def __init__(self, channel: grpc.Channel, metadata, watchdog: Watchdog,
-                 alone: Callable[[pb.SearchRequest], "pb.SearchStreamReply | None"], in_flight: int = 2):
-        self._channel, self._metadata, self._watchdog, self._alone = channel, metadata, watchdog, alone
+    def __init__(self, channel: grpc.Channel, metadata, watchdog: Watchdog, in_flight: int = 2):
+        self._channel, self._metadata, self._watchdog = channel, metadata, watchdog
         self.in_flight = in_flight
         self._lock = threading.Lock()
         self._gathered: list[_Search] = []
         self._senders = 0
-        self._streams: list[SearchStream] = []  # open streams no sender is using
-        self._retry_at = 0.0
+        self._idle: dict[bool, list[SearchStream]] = {True: [], False: []}  # open, unused: alone / groups
+        self._retry_at = 0.0  # groups refused: until then, searches go on their threads' own streams
+        self._alone_retry_at = 0.0  # SearchStreams refused: until then, a lone search is None (unary)
 
     @property
     def available(self) -> bool:
@@ -106,17 +106,19 @@ class Coalescer:
             self._senders -= 1
 
     def _exchange(self, group: list[_Search]) -> None:
+        alone = len(group) == 1
         replies = None
-        stream = self._stream() if len(group) > 1 else None
-        if len(group) == 1:
-            replies = [self._alone(group[0].request)]
-        elif stream is not None:
+        stream = self._stream(alone)
+        if stream is not None:
             try:
-                answer = stream.ask(pb.SearchGroup(searches=[s.request for s in group]))
-                if len(answer.replies) == len(group):
-                    replies = answer.replies
+                if alone:
+                    replies = [stream.ask(group[0].request)]
+                else:
+                    answer = stream.ask(pb.SearchGroup(searches=[s.request for s in group]))
+                    if len(answer.replies) == len(group):
+                        replies = answer.replies
                 with self._lock:
-                    self._streams.append(stream)
+                    self._idle[alone].append(stream)
             except grpc.RpcError as error:
                 stream.close()
                 if stream.timed_out:  # the deadline passed: every search of the group failed
@@ -124,7 +126,10 @@ class Coalescer:
                         code="DEADLINE_EXCEEDED", message=f"no reply within the {self._watchdog.timeout} s deadline"))
                     replies = [late] * len(group)
                 elif error.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED):
-                    self._retry_at = time.monotonic() + self.RETRY_AFTER
+                    if alone:
+                        self._alone_retry_at = time.monotonic() + self.RETRY_AFTER
+                    else:
+                        self._retry_at = time.monotonic() + self.RETRY_AFTER
         with self._lock:
             for i, search in enumerate(group):
                 search.reply = None if replies is None else replies[i]
@@ -132,20 +137,24 @@ class Coalescer:
         for search in group:
             search.wake()
 
-    def _stream(self) -> SearchStream | None:
+    def _stream(self, alone: bool) -> SearchStream | None:
         with self._lock:
-            if self._streams:
-                return self._streams.pop()
+            if self._idle[alone]:
+                return self._idle[alone].pop()
+        if alone and time.monotonic() < self._alone_retry_at:
+            return None
         try:
-            stream = SearchStream(self._channel, self._metadata, GROUPS, pb.SearchGroupReply)
+            stream = (SearchStream(self._channel, self._metadata) if alone
+                      else SearchStream(self._channel, self._metadata, GROUPS, pb.SearchGroupReply))
         except (AttributeError, TypeError):  # grpcio's private machinery changed shape
-            self._retry_at = float("inf")
+            self._retry_at = self._alone_retry_at = float("inf")
             return None
         self._watchdog.watch(stream)
         return stream
 
     def close(self) -> None:
         with self._lock:
-            streams, self._streams = self._streams, []
+            streams = self._idle[True] + self._idle[False]
+            self._idle = {True: [], False: []}
         for stream in streams:
             stream.close(wait=False)

@@ -13,7 +13,6 @@ import grpc
 
 from curator.api import Collection, Database, SearchResult
 from curator_proto import wire
-from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 
 from . import calls
@@ -51,12 +50,13 @@ class _Channel:
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout, self.retries = timeout, retries
         self.streams = StreamPool(channel, self.metadata, timeout) if search_stream else None
-        self.groups = (Coalescer(channel, self.metadata, self.streams.watchdog, self._over_stream)
+        self.groups = (Coalescer(channel, self.metadata, self.streams.watchdog)
                        if search_stream and coalesce and self.streams.available else None)
 
     def search(self, call: Call):
-        """A single search: with the searches other threads ask meanwhile, as one group (alone,
-        over a thread's SearchStream); as a unary call when neither can take it."""
+        """A single search: with the searches other threads ask meanwhile, as one group (alone, on
+        a SearchStream); without coalescing, on this thread's SearchStream; as a unary call when
+        neither can take it."""
         if self.groups is not None and self.groups.available:
             reply = self.groups.search(call.request)
         else:
@@ -74,9 +74,8 @@ class _Channel:
             return stream.ask(request)
         except grpc.RpcError as error:
             self.streams.failed(stream, error)
-            if stream.timed_out:  # an answer, not an exception: a coalescing thread may ask for another's search
-                return pb.SearchStreamReply(error=pb.Failure(
-                    code="DEADLINE_EXCEEDED", message=f"no reply within the {self.timeout} s deadline"))
+            if stream.timed_out:
+                raise wire.exception("DEADLINE_EXCEEDED", None, f"no reply within the {self.timeout} s deadline") from None
             return None
 
     @staticmethod
