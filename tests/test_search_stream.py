@@ -194,7 +194,9 @@ def stoppable():
                                 "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     try:
-        db = curator.connect(address, timeout=1.0, retries=50, coalesce=False)
+        # Setting up is not what the tests time: a fresh server's first insert alone takes about
+        # 0.5 s, and with a 1 s deadline a busy machine made the fixture fail now and then.
+        db = curator.connect(address, timeout=30.0, retries=50, coalesce=False)
         db.list_collections()  # retried until the server is up
         db.create_collection("c", dim=4).insert(np.arange(10), np.ones((10, 4)), tenant="t")
         yield address, process
