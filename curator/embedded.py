@@ -16,11 +16,13 @@ With a data directory, every write is also recorded there before it returns; wit
 """
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import fields
 
+import faiss
 import numpy as np
 
 from . import validate
@@ -334,6 +336,8 @@ class Retraining:
 
     def _run(self) -> None:
         interval = self._collection.index.config.retrain_interval
+        # k-means (faiss, OpenMP) on at most half the cores: searches keep the others
+        faiss.omp_set_num_threads(max(1, (os.cpu_count() or 2) // 2))
         try:
             self._closing.wait(max(0.0, self._not_before - time.monotonic()))
             if self.due():

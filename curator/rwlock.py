@@ -2,9 +2,12 @@
 
 Searches hold it shared while their compiled kernels run (without the GIL), so they proceed side
 by side on every core; a write holds it exclusively only for the short moment it changes the
-index. A writer that waits holds new readers back (writer preference), so a steady stream of
-searches cannot starve writes; since writers keep their exclusive sections short, readers wait
-microseconds, not the length of a write's disk work or a retrain (see `embedded.py`).
+index. Turns are fair both ways (phase-fair): a writer that waits holds back readers that come
+after it, so a steady stream of searches cannot starve writes; and the readers that were waiting
+when a write ends go before the next writer, so a steady stream of writes (eight threads of
+one-vector inserts) cannot starve searches either. Since writers keep their exclusive sections
+short, readers wait microseconds, not the length of a write's disk work or a retrain (see
+`embedded.py`).
 
 Not reentrant: a thread that holds it shared must not ask for it again, shared or exclusive.
 """
@@ -19,14 +22,20 @@ class ReadWriteLock:
         self._readers = 0
         self._writer: int | None = None  # the ident of the thread writing
         self._writers_waiting = 0
+        self._queued = 0  # readers waiting for the current or next write to end
+        self._writes = 0  # writes ended so far
 
     def acquire_shared(self, blocking: bool = True) -> bool:
         with self._cond:
-            while self._writer is not None or self._writers_waiting:
-                if not blocking:
-                    return False
+            if self._writer is None and not self._writers_waiting:
+                self._readers += 1
+                return True
+            if not blocking:
+                return False
+            self._queued += 1  # admitted (and counted) by the write that ends next
+            since = self._writes
+            while self._writes == since:
                 self._cond.wait()
-            self._readers += 1
             return True
 
     def release_shared(self) -> None:
@@ -48,6 +57,9 @@ class ReadWriteLock:
     def release_exclusive(self) -> None:
         with self._cond:
             self._writer = None
+            self._writes += 1
+            self._readers += self._queued  # the readers that waited go before the next writer
+            self._queued = 0
             self._cond.notify_all()
 
     def held_exclusively(self) -> bool:
