@@ -65,6 +65,16 @@ class Limits:
                 f"a reply to {nq} queries x k={k} may take {projected} bytes, over the server's limit of "
                 f"{self.max_message_bytes} (max_message_bytes); split the batch (at most {fits} queries at this k)")
 
+    # A listed reply is serialized by protobuf in one C call that holds the GIL (~20 ms a million
+    # results here): past this many results a batch must ask for the packed form.
+    MAX_LISTED = 1 << 18
+
+    def listed_reply(self, nq: int, k: int) -> None:
+        if nq * k > self.MAX_LISTED:
+            raise ResourceExhaustedError(
+                f"a reply of {nq} x k={k} results is over {self.MAX_LISTED} results listed; set packed=true "
+                "(the SDKs do) or split the batch")
+
     def vectors_reply(self, n: int, dim: int) -> None:
         """Refuse, before reading, a Get whose n vectors of `dim` float32 could not be sent."""
         projected = n * dim * 4 + 32
@@ -457,6 +467,8 @@ class SearchService(_Base, rpc.SearchServicer):
         nq = queries.shape[0]
         self.limits.batch(nq, "queries")
         self.limits.batch_reply(nq, request.k)
+        if not request.packed:
+            self.limits.listed_reply(nq, request.k)
         if len(request.tenants) not in (0, 1, nq):
             raise InvalidArgumentError(f"{nq} queries but {len(request.tenants)} tenants; give one per query, "
                                        "one for all, or none")

@@ -93,6 +93,26 @@ def test_a_batch_whose_reply_cannot_fit_a_message_is_refused_before_searching(se
     still_serving(stub)
 
 
+def test_a_large_batch_must_ask_for_the_packed_reply(served, no_error_logs):
+    """Over Limits.MAX_LISTED results a reply is only sent packed (a listed one is serialized in
+    one call that holds the server's GIL); the SDK asks for packed and gets the same answer."""
+    server, remote, twin, stub = served
+    nq, k = Limits.MAX_LISTED // 1000 + 1, 1000
+    queries = np.repeat(QUERIES[:1], nq, axis=0)
+    request = pb.SearchBatchRequest(collection="c", queries=pb.Vectors(dim=DIM, data=queries.tobytes()), k=k,
+                                    tenants=["t"])
+    with pytest.raises(grpc.RpcError) as raw:
+        stub.SearchBatch(request, timeout=30)
+    assert raw.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "packed" in raw.value.details()
+    request.packed = True
+    reply = stub.SearchBatch(request, timeout=60)
+    ids = np.frombuffer(reply.packed_ids, "<i8").reshape(nq, k)
+    found = remote.collection("c").search_batch(queries, k=k, tenants="t")
+    np.testing.assert_array_equal(found.ids, ids)
+    np.testing.assert_array_equal(found.ids[0], twin.collection("c").search(queries[0], k=k, tenant="t").ids)
+    still_serving(stub)
+
+
 def test_the_reply_bound_is_never_below_the_reply_itself():
     """The bound is conservative: a reply of -1 pads (10-byte varints), the largest id and the
     longest plan name is no longer than it."""
