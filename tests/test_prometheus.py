@@ -50,8 +50,8 @@ def test_promtool_accepts_the_metrics(serving):
     text = _metrics(serving)
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert 'curator_requests_total{code="NOT_FOUND",method="SearchGroups"} 1.0' in text
-    assert 'curator_request_seconds_bucket{le="0.001",method="SearchGroups"}' in text
+    assert 'curator_requests_total{code="NOT_FOUND",method="SearchStream"} 1.0' in text
+    assert 'curator_request_seconds_bucket{le="0.001",method="SearchStream"}' in text
     assert 'curator_cache_lookups_total{category="faq",outcome="hit"} 3.0' in text
     assert 'curator_cache_lookups_total{category="faq",outcome="miss"} 1.0' in text
     assert 'curator_cache_removed_entries_total{category="faq",why="evicted"} 1.0' in text
@@ -71,7 +71,7 @@ def test_a_real_prometheus_scrapes_the_server(serving, tmp_path):
         ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        query = urllib.parse.quote('sum(curator_requests_total{job="curator",method="SearchGroups"})')
+        query = urllib.parse.quote('sum(curator_requests_total{job="curator",method="SearchStream"})')
         value = None
         for _ in range(120):
             time.sleep(0.5)
