@@ -25,7 +25,6 @@ the median round's (by searches/s). Writes benchmarks/results/capacity.md and ca
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import time
@@ -41,7 +40,8 @@ from . import data as D
 from . import floor, workers
 from .checkout import Checkout, title
 from .load.server import ManagedServer
-from .measure import blas_threads, closed_loop, cpu_seconds, free_port, latency_summary, markdown_table
+from .measure import (blas_threads, closed_loop, cpu_seconds, free_port, latency_summary, markdown_table,
+                      write_results)
 
 RESULTS = Path(__file__).parent / "results"
 ROLE = "benchmarks.capacity:search_client"
@@ -261,12 +261,7 @@ def main(argv=None) -> None:
                    seconds=args.seconds, run_seconds=time.monotonic() - started,
                    checkouts={c.label: c.describe() for c in checkouts})
     results["checks"] = checks(results["figures"], checkouts, args.threads)
-    name = "capacity_quick" if args.quick else "capacity"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1))
-    text = report(results, checkouts, args)
-    (RESULTS / f"{name}.md").write_text(text)
-    print(text)
+    write_results(RESULTS, "capacity_quick" if args.quick else "capacity", results, report(results, checkouts, args))
 
 
 if __name__ == "__main__":

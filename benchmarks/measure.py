@@ -4,6 +4,7 @@ CPU time of other processes, closed-loop callers."""
 import contextlib
 import ctypes
 import gc
+import json
 import os
 import socket
 import threading
@@ -54,6 +55,14 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str
             cells.append("" if value is None else format(value, fmt) if fmt else str(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def write_results(results_dir, name: str, results: dict, text: str) -> None:
+    """results_dir/name.json (the figures) and name.md (the report), and the report on stdout."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
+    (results_dir / f"{name}.md").write_text(text)
+    print(text)
 
 
 def free_port() -> int:

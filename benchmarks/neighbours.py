@@ -21,7 +21,6 @@ neighbours.json (neighbours_quick.* with --quick: a smoke run, not a measurement
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import subprocess
@@ -38,7 +37,7 @@ from . import workers
 from .attacks import ATTACKS, REFUSALS
 from .checkout import Checkout, title
 from .load.server import ManagedServer
-from .measure import markdown_table
+from .measure import markdown_table, write_results
 
 RESULTS = Path(__file__).parent / "results"
 QUICK_DATA = {"n_queries": 200, "min_size": 100, "max_size": 120}
@@ -320,12 +319,7 @@ def main(argv=None) -> None:
         "run_seconds": time.monotonic() - started, "checkouts": {c.label: c.describe() for c in checkouts},
         "sides": {s.checkout.label: {"limits": s.limits, "load_seconds": s.load_seconds,
                                      "phases": phases[s.checkout.label]} for s in sides}}
-    name = "neighbours_quick" if args.quick else "neighbours"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1))
-    text = report(results, checkouts, args)
-    (RESULTS / f"{name}.md").write_text(text)
-    print(text)
+    write_results(RESULTS, "neighbours_quick" if args.quick else "neighbours", results, report(results, checkouts, args))
 
 
 if __name__ == "__main__":
