@@ -117,7 +117,7 @@ def gathered(db, n: int) -> None:
 
 
 def test_searches_gather_while_a_group_travels(monkeypatch):
-    """Held at the server, the first two searches (each alone on its thread's stream) keep the
+    """Held at the server, the first four searches (each alone on a stream) keep the
     next ones waiting at the client, which then go together: a deterministic view of what the
     benchmark's threads do by chance."""
     sizes = group_sizes(monkeypatch)
@@ -129,14 +129,14 @@ def test_searches_gather_while_a_group_travels(monkeypatch):
         expected = server.db.collection("c").search(query, k=5, tenant="t1").ids
         results: list = []
         threads = [threading.Thread(target=lambda: results.append(col.search(query, k=5, tenant="t1").ids))
-                   for _ in range(10)]
+                   for _ in range(4 + 8)]
         for thread in threads:
             thread.start()
         gathered(db, 8)
         release.set()
         for thread in threads:
             thread.join()
-        assert len(results) == 10 and all(np.array_equal(r, expected) for r in results)
+        assert len(results) == 12 and all(np.array_equal(r, expected) for r in results)
         assert sizes == [8]
     finally:
         release.set()
@@ -169,14 +169,14 @@ def test_a_server_without_groups_is_searched_one_by_one(monkeypatch):
         expected = server.db.collection("c").search(np.ones(DIM, np.float32), k=4, tenant="t2").ids
         results = []
         threads = [threading.Thread(target=lambda: results.append(col.search(np.ones(DIM), k=4, tenant="t2").ids))
-                   for _ in range(8)]
+                   for _ in range(4 + 6)]
         for thread in threads:
             thread.start()
         gathered(db, 6)
         release.set()  # the 6 go as a group, are refused, and each searches alone
         for thread in threads:
             thread.join()
-        assert len(results) == 8 and all(np.array_equal(r, expected) for r in results)
+        assert len(results) == 10 and all(np.array_equal(r, expected) for r in results)
         assert not db._channel.groups.available  # tried again only later
     finally:
         release.set()
