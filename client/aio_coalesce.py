@@ -19,16 +19,15 @@ import grpc
 from curator_proto import wire
 from curator_proto.v1 import curator_pb2 as pb
 
-RETRY_AFTER = 5.0  # seconds before groups are tried again after the server refused them
+from .aio_stream import RETRY_AFTER, HeldCall
 
 
-class AsyncCoalescer:
+class AsyncCoalescer(HeldCall):
     def __init__(self, stub, metadata, timeout: float, alone):
-        self._stub, self._metadata, self._timeout, self._alone = stub, metadata, timeout, alone
+        super().__init__(stub, metadata, timeout)
+        self._alone = alone
         self._gathered: list[tuple[pb.SearchRequest, asyncio.Future]] = []
         self._pump: asyncio.Task | None = None
-        self._call = None
-        self._retry_at = 0.0
 
     @property
     def available(self) -> bool:
@@ -85,12 +84,6 @@ class AsyncCoalescer:
             self._drop(RETRY_AFTER)
             return None
         return list(reply.replies)
-
-    def _drop(self, retry_in: float) -> None:
-        if self._call is not None:
-            self._call.cancel()
-        self._call = None
-        self._retry_at = time.monotonic() + retry_in
 
     def close(self) -> None:
         if self._pump is not None:

@@ -19,12 +19,25 @@ from curator_proto import wire
 RETRY_AFTER = 5.0  # seconds before asking again for a stream the server refused or broke
 
 
-class AsyncSearchStream:
+class HeldCall:
+    """A stream call kept open between searches, and when to open one again after it was dropped."""
+
     def __init__(self, stub, metadata, timeout: float):
         self._stub, self._metadata, self._timeout = stub, metadata, timeout
         self._call = None
-        self._busy = False
         self._retry_at = 0.0
+
+    def _drop(self, retry_in: float) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        self._call = None
+        self._retry_at = time.monotonic() + retry_in
+
+
+class AsyncSearchStream(HeldCall):
+    def __init__(self, stub, metadata, timeout: float):
+        super().__init__(stub, metadata, timeout)
+        self._busy = False
 
     async def ask(self, request):
         """The reply to `request`, or None when the stream cannot take it (make a unary call)."""
@@ -54,12 +67,6 @@ class AsyncSearchStream:
             self._drop(RETRY_AFTER)
             return None
         return reply
-
-    def _drop(self, retry_in: float) -> None:
-        if self._call is not None:
-            self._call.cancel()
-        self._call = None
-        self._retry_at = time.monotonic() + retry_in
 
     def close(self) -> None:
         self._drop(0.0)

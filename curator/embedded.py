@@ -212,29 +212,32 @@ class EmbeddedCollection(Collection):
     def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
                ef: int | None = None) -> SearchResult:
         query, k, ef = self._search_arguments(query, k, tenant, ef)
-        index, lock = self.index, self._lock
-        lock.acquire_shared()  # not `with`: the GIL-held part of a search is what limits threads
-        try:
-            return SearchResult(*index.search_planned(query, k, tenant, filter, ef))
-        except ExclusiveNeeded:
-            pass
-        finally:
-            lock.release_shared()
-        return self._read(lambda: SearchResult(*index.search_planned(query, k, tenant, filter, ef)))
+        found = self._search_shared(query, k, tenant, filter, ef, True)
+        if found is None:  # it must build something first: alone
+            with self._writing, self._lock.exclusive():
+                found = SearchResult(*self.index.search_planned(query, k, tenant, filter, ef))
+        return found
 
     def search_now(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
                    ef: int | None = None) -> SearchResult | None:
         """`search`, or None at once where it would have to wait (a write holds the collection, or
         the search must build something first): for a caller that must never block."""
         query, k, ef = self._search_arguments(query, k, tenant, ef)
-        if not self._lock.acquire_shared(blocking=False):
+        return self._search_shared(query, k, tenant, filter, ef, False)
+
+    def _search_shared(self, query, k, tenant, filter, ef, blocking: bool) -> SearchResult | None:
+        """The search beside other reads, or None if it must build something first (or, not
+        blocking, if the lock is not free at once). Not `_read`: the GIL-held part of a search is
+        what limits threads, so it is kept to one lock call each way."""
+        lock = self._lock
+        if not lock.acquire_shared(blocking):
             return None
         try:
             return SearchResult(*self.index.search_planned(query, k, tenant, filter, ef))
         except ExclusiveNeeded:
             return None
         finally:
-            self._lock.release_shared()
+            lock.release_shared()
 
     def _search_arguments(self, query, k, tenant, ef):
         # The common case (one contiguous float32 vector) skips the copying checks; the compiled
@@ -313,7 +316,6 @@ class Retraining:
         self._thread: threading.Thread | None = None
         self._not_before = 0.0  # monotonic seconds: the first training is not held back
         self._closing = threading.Event()
-        self.count = 0  # retrains run
 
     def due(self) -> bool:
         return not self._closing.is_set() and self._collection.index.training_due()
@@ -343,7 +345,6 @@ class Retraining:
             if self.due():
                 started = time.monotonic()
                 self._collection._retrain(None)
-                self.count += 1
                 self._not_before = time.monotonic() + max(interval, 4 * (time.monotonic() - started))
         except Exception:  # noqa: BLE001 - a failed retrain leaves the old tree serving; say why
             log.exception("retraining collection %r failed; the current tree goes on serving", self._collection.name)

@@ -26,7 +26,7 @@ from . import search as kernels
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from .graph import Graph
 from .idmap import IdMap
-from .metric import Metric
+from .metric import MAX_NORM, MIN_COSINE_NORM, Metric
 from .payloads import Payloads
 from .tenancy import TenantSubtrees
 from .tree import ClusteringTree, TreeShape
@@ -82,7 +82,9 @@ class Change:
 
 _NO_IDS = np.zeros(0, np.int64)
 _ALL = np.zeros(0, np.uint8)  # no filter: every slot of the tenant is a candidate
-_UNUSABLE = "the query holds NaN or infinity, is longer than 6.5e18 (its squared norm would overflow float32) or is zero under cosine (shorter than 1e-30); only finite vectors within those bounds are allowed"
+_UNUSABLE = (f"the query holds NaN or infinity, is longer than {MAX_NORM:.2g} (its squared norm would overflow "
+             f"float32) or is zero under cosine (shorter than {MIN_COSINE_NORM:g}); only finite vectors within "
+             "those bounds are allowed")
 
 
 @dataclass(frozen=True)
