@@ -65,7 +65,10 @@ class Collection(ABC):
 
     @abstractmethod
     def payload_schema(self) -> dict[str, str]:
-        """Field -> type (keyword, keywords, integer, float, bool), fixed by each field's first value."""
+        """Field -> the types its values have on the collection's vectors: keyword, keywords, integer,
+        float or bool, or several joined by "|" in sorted order ("integer|keyword") where vectors
+        hold the field with different types (types are per vector, not fixed by a first value).
+        Names every tenant's fields: over gRPC, an admin key's call only."""
 
     @abstractmethod
     def grant(self, ids, *, tenant: str) -> int:

@@ -8,15 +8,23 @@ message of proto/):
     {"lang": {"in": ["en", "de"]}, "draft": False}   several fields in one dict: all must hold
     {"or": [{"lang": "en"}, {"not": {"tags": "old"}}]}
 
-Operators: eq, ne, in, not_in (keyword, keywords, integer, bool; eq/in also float), gt, gte, lt,
-lte (integer, float), exists (True / False). On a list-of-keywords field, eq and in match when
-any element does. A vector without the field matches ne, not_in and exists=False, and nothing
-else, so `not` of a condition is its exact complement.
+A field may hold values of several types on different vectors (`curator.payloads`: one column per
+field and type), so a condition compares with the columns of its value's type: a string with the
+field's keyword and keywords values, a number with its integer and float values (as numbers: 2 and
+2.0 are equal), true / false with its bool values. Operators: eq, ne, in, not_in (any value; an
+`in` list may mix types), gt, gte, lt, lte (numbers), exists (True / False: a value of any type).
+On a list of keywords, eq and in match when any element does. A vector without a value of the
+compared type matches ne, not_in and exists=False, and nothing else, so `not` of a condition is
+its exact complement.
 
-`parse` checks a filter against the collection's payload schema once (an unknown field, an
-operator its type does not have, or a value of the wrong type is InvalidArgumentError naming it)
-and returns a tree of `Condition`, `All`, `Any`, `Not`; `matches` evaluates one over the payload
-columns as a boolean mask over slots, one numpy operation per condition.
+`parse` checks a filter against the collection's columns once (a field no vector holds, an
+operator or a value that none of its types takes is InvalidArgumentError naming it) and returns a
+tree of `Condition`, `All`, `Any_`, `Not`; `matches` evaluates one over the payload columns as a
+boolean mask over slots, one numpy operation per condition and column. An error names only fields
+on vectors the caller may see (`visible`: a tenant's slots): it is made again against their types
+alone, on the error path only, so a filter that parses costs no more than one lookup per field.
+Whether a filter is refused still depends on the collection's columns, so a tenant may learn by
+trying that some vector holds a field of a type, never which vector nor its values.
 
 Every cost is bounded before the work: `check` walks a filter once, without recursion, and refuses
 one of more than MAX_CONDITIONS conditions, nested deeper than MAX_DEPTH, or with more than
@@ -30,15 +38,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .payloads import BOOL, FLOAT, INTEGER, KEYWORD, KEYWORDS, Payloads
+from .payloads import BOOL, FLOAT, INTEGER, KEYWORD, KEYWORDS, Payloads, kinds_text
 
+_EQUALITY = {"eq", "ne", "in", "not_in", "exists"}
 OPERATORS = {
-    KEYWORD: {"eq", "ne", "in", "not_in", "exists"},
-    KEYWORDS: {"eq", "ne", "in", "not_in", "exists"},
-    BOOL: {"eq", "ne", "exists"},
-    INTEGER: {"eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "exists"},
-    FLOAT: {"eq", "ne", "gt", "gte", "lt", "lte", "exists"},
+    KEYWORD: _EQUALITY,
+    KEYWORDS: _EQUALITY,
+    BOOL: _EQUALITY,
+    INTEGER: _EQUALITY | {"gt", "gte", "lt", "lte"},
+    FLOAT: _EQUALITY | {"gt", "gte", "lt", "lte"},
 }
+_RANGES = ("gt", "gte", "lt", "lte")
+# A filter value's type -> the column types it is compared with, and how a message names it.
+_STRING, _NUMBER, _FLAG = "string", "number", "flag"
+_COMPARED = {_STRING: (KEYWORD, KEYWORDS), _NUMBER: (INTEGER, FLOAT), _FLAG: (BOOL,)}
+_EXPECTED = {KEYWORD: "a string", KEYWORDS: "a string", INTEGER: "a number", FLOAT: "a number",
+             BOOL: "true or false"}
 LOGICAL = ("and", "or", "not")
 _OPS = frozenset().union(*OPERATORS.values())
 # Generous for what an application writes by hand or generates, and each caps work done under the
@@ -55,9 +70,12 @@ _INT64 = (-(2**63), 2**63)
 
 @dataclass(frozen=True)
 class Condition:
+    """`field op value` over the field's columns of types `kinds` (op: eq, in, gt, gte, lt, lte,
+    exists; ne, not_in and exists=False are parsed as Not of eq, in and exists=True)."""
     field: str
     op: str
     value: object
+    kinds: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -193,12 +211,24 @@ def _key(spec):
     return kind, repr(spec)  # anything else (parse will say what is wrong with it), hashable
 
 
-def parse(spec, schema: dict[str, str]):
+def parse(spec, payloads: Payloads, visible: np.ndarray | None = None):
+    """The filter `spec` as a tree to evaluate with `matches`, checked against the columns of
+    `payloads`. `visible`: a mask over slots of the vectors the caller may see (None: all of them,
+    an admin's search); an error then names only fields and types those vectors hold."""
     check(spec)
-    return _parse(spec, schema, 0)
+    try:
+        return _parse(spec, payloads.columns, 0)
+    except InvalidArgumentError:
+        if visible is None:
+            raise
+    # Outside the handler, so the error raised has no context naming other tenants' fields. The
+    # types `visible` holds are among the collection's, so what failed above fails again here.
+    _parse(spec, payloads.kinds_on(visible), 0)
+    raise InvalidArgumentError("filter does not apply to the payloads of the vectors this search may see")
 
 
-def _parse(spec, schema: dict[str, str], depth: int):
+def _parse(spec, schema, depth: int):
+    """`schema`: field -> its types (any container of type names)."""
     if depth > MAX_DEPTH:  # also refused by `check`; kept so that this recursion is bounded on its own
         raise InvalidArgumentError(f"filter nests deeper than {MAX_DEPTH} levels")
     if not isinstance(spec, dict) or not spec:
@@ -217,61 +247,101 @@ def _parse(spec, schema: dict[str, str], depth: int):
     return parts[0] if len(parts) == 1 else All(tuple(parts))
 
 
-def _field(field, spec, schema) -> list[Condition]:
+def _operators(kinds) -> list[str]:
+    return sorted(set().union(*(OPERATORS[k] for k in kinds)))
+
+
+def _field(field, spec, schema) -> list:
     if not isinstance(field, str):
         raise InvalidArgumentError(f"filter field names are strings, got {shown(field)}")
-    kind = schema.get(field)
-    if kind is None:
-        known = _cut(", ".join(sorted(schema)) or "none yet", 200)  # up to 256 fields: the first few
-        raise InvalidArgumentError(f"filter names unknown field {shown(field)}; fields of this collection: {known}")
+    kinds = schema.get(field)
+    if not kinds:
+        known = _cut(", ".join(sorted(schema)) or "none", 200)  # many fields: the first few
+        raise InvalidArgumentError(f"filter names unknown field {shown(field)}; fields on the vectors this "
+                                   f"search may see: {known}")
     ops = spec if isinstance(spec, dict) else {"eq": spec}
     if not ops:
-        raise InvalidArgumentError(f"filter on {shown(field)} has no operator; allowed: {sorted(OPERATORS[kind])}")
+        raise InvalidArgumentError(f"filter on {shown(field)} has no operator; allowed: {_operators(kinds)}")
     out = []
     for op, value in ops.items():
-        if op not in OPERATORS[kind]:
-            raise InvalidArgumentError(f"operator {shown(op)} does not apply to {kind} field {shown(field)}; "
-                                       f"allowed: {sorted(OPERATORS[kind])}")
-        out.append(Condition(field, op, _operand(field, kind, op, value)))
+        if op not in _OPS or (op in _RANGES and INTEGER not in kinds and FLOAT not in kinds):
+            raise InvalidArgumentError(f"operator {shown(op)} does not apply to {kinds_text(kinds)} field "
+                                       f"{shown(field)}; allowed: {_operators(kinds)}")
+        out.append(_condition_of(field, kinds, op, value))
     return out
 
 
-def _operand(field, kind, op, value):
+def _condition_of(field, kinds, op, value):
+    """One operator on a field: a Condition per type of value compared, under Any_ (an `in` list of
+    several types) and Not (ne, not_in: the complement of eq, in)."""
     def bad(expected):
-        return InvalidArgumentError(f"filter {shown(field)} {op}: expected {expected} for a {kind} field, "
-                                    f"got {shown(value)}")
+        wanted = expected or " or ".join(sorted({_EXPECTED[k] for k in kinds}))
+        return InvalidArgumentError(f"filter {shown(field)} {op}: expected {wanted} for a {kinds_text(kinds)} "
+                                    f"field, got {shown(value)}")
 
     if op == "exists":
         if not isinstance(value, (bool, np.bool_)):
             raise bad("true or false")
-        return bool(value)
+        node = Condition(field, op, True, tuple(kinds))
+        return node if value else Not(node)
     if op in ("in", "not_in"):
         if not isinstance(value, (list, tuple)) or len(value) > MAX_VALUES:
             raise bad(f"a list of at most {MAX_VALUES} values")
-        return tuple(_scalar(field, kind, op, v, bad) for v in value)
-    return _scalar(field, kind, op, value, bad)
-
-
-def _scalar(field, kind, op, value, bad):
-    if kind in (KEYWORD, KEYWORDS):
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    if kind == BOOL:
-        if not isinstance(value, (bool, np.bool_)):
-            raise bad("true or false")
-        return bool(value)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        groups: dict[str, list] = {}
+        for v in value:
+            groups.setdefault(_value_type(v, bad), []).append(v)
+        parts = [Condition(field, "in", tuple(_scalar(vs, kinds, bad)), _compared(kind, vs, kinds, op, bad))
+                 for kind, vs in groups.items()]
+        node = Condition(field, "in", (), ()) if not parts else parts[0] if len(parts) == 1 else Any_(tuple(parts))
+        return Not(node) if op == "not_in" else node
+    kind = _value_type(value, bad)
+    if op in _RANGES and kind != _NUMBER:
         raise bad("a number")
-    if isinstance(value, (int, np.integer)) and not _INT64[0] <= value < _INT64[1]:
-        raise bad("a number that fits in 64 bits")  # numpy cannot compare a column with a larger int
-    if not np.isfinite(value):
-        raise bad("a finite number")
-    if kind == INTEGER and isinstance(value, (float, np.floating)) and op in ("eq", "ne", "in", "not_in"):
-        if value != int(value):
-            raise bad("an integer")
-        return int(value)
-    return value
+    node = Condition(field, "eq" if op == "ne" else op, _scalar([value], kinds, bad)[0],
+                     _compared(kind, [value], kinds, op, bad))
+    return Not(node) if op == "ne" else node
+
+
+def _value_type(value, bad) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return _FLAG
+    if isinstance(value, str):
+        return _STRING
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return _NUMBER
+    raise bad(None)
+
+
+def _scalar(values: list, kinds, bad) -> list:
+    """Values of one type as compared: numbers checked to be finite and within 64 bits."""
+    out = []
+    for value in values:
+        if isinstance(value, (bool, np.bool_)):
+            out.append(bool(value))
+        elif isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, (int, np.integer)):
+            if not _INT64[0] <= value < _INT64[1]:
+                raise bad("a number that fits in 64 bits")  # numpy cannot compare a column with a larger int
+            out.append(int(value))
+        else:
+            if not np.isfinite(value):
+                raise bad("a finite number")
+            out.append(float(value))
+    return out
+
+
+def _compared(value_type: str, values: list, kinds, op: str, bad) -> tuple:
+    """The field's column types compared with values of `value_type`: refused when there are none
+    (the field holds no value that could match), or when only integers are held and equality asks
+    for a fraction."""
+    compared = tuple(k for k in _COMPARED[value_type] if k in kinds)
+    if not compared:
+        raise bad(None)
+    if compared == (INTEGER,) and op in ("eq", "ne", "in", "not_in") and any(
+            isinstance(v, (float, np.floating)) and v != int(v) for v in values):
+        raise bad("an integer")
+    return compared
 
 
 def matches(node, payloads: Payloads, n: int) -> np.ndarray:
@@ -288,41 +358,10 @@ def matches(node, payloads: Payloads, n: int) -> np.ndarray:
         return mask
     if isinstance(node, Not):
         return ~matches(node.part, payloads, n)
-    return _condition(node, payloads.columns[node.field], n)
-
-
-def _condition(c: Condition, column, n: int) -> np.ndarray:
-    op, value = c.op, c.value
-    if op == "exists":
-        present = column.exists(n)
-        return present if value else ~present
-    if op in ("ne", "not_in"):
-        return ~_condition(Condition(c.field, "eq" if op == "ne" else "in", value), column, n)
-    if column.kind in (KEYWORD, KEYWORDS, BOOL):
-        wanted = (value,) if op == "eq" else value
-        if column.kind == BOOL:
-            codes = [int(v) for v in wanted]
-        else:
-            codes = [column.vocabulary[w] for w in wanted if w in column.vocabulary]
-        if not codes:
-            return np.zeros(n, bool)
-        rows = column.codes[:n]
-        if len(codes) == 1:
-            hit = rows == codes[0]
-        else:
-            hit = np.isin(rows, np.array(codes, np.int32))
-        return hit.any(axis=1) if hit.ndim == 2 else hit
-    values, present = column.values[:n], column.present[:n]
-    if op == "eq":
-        hit = values == value
-    elif op == "in":
-        hit = np.isin(values, np.array(value, values.dtype))
-    elif op == "gt":
-        hit = values > value
-    elif op == "gte":
-        hit = values >= value
-    elif op == "lt":
-        hit = values < value
-    else:
-        hit = values <= value
-    return hit & present
+    mask = np.zeros(n, bool)
+    columns = payloads.columns.get(node.field, {})
+    for kind in node.kinds:  # a slot holds one value of a field: the columns fill apart
+        column = columns.get(kind)
+        if column is not None:
+            column.match(node.op, node.value, mask)
+    return mask

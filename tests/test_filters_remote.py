@@ -332,7 +332,7 @@ def test_bad_filters_and_payloads_are_invalid_arguments_remotely(served):
         with pytest.raises(curator.InvalidArgumentError, match=message):
             remote.search_batch(VECTORS[:2], k=5, tenants="alice", filter=spec)
     with pytest.raises(curator.InvalidArgumentError, match="payload field 'year'"):
-        remote.insert([10_000], VECTORS[:1], tenant="alice", payloads=[{"year": "soon"}])
+        remote.insert([10_000], VECTORS[:1], tenant="alice", payloads=[{"year": float("inf")}])
     assert not remote.contains([10_000])[0]
     # malformed messages, as another client could send them: over the stream, unary, and raw gRPC
     db = curator.connect(server.address, api_key=KEYS["admin"])
