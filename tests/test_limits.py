@@ -243,6 +243,50 @@ def test_a_filter_message_over_a_limit_is_an_invalid_argument_and_the_server_goe
     still_serving(stub)
 
 
+def _length_delimited(field: int, body: bytes) -> bytes:
+    length, size = bytearray(), len(body)
+    while True:
+        length.append((size & 0x7F) | (0x80 if size > 0x7F else 0))
+        size >>= 7
+        if not size:
+            break
+    return bytes([(field << 3) | 2]) + bytes(length) + body
+
+
+def _deep_bytes(levels: int, kind: str) -> bytes:
+    """A Filter nested `levels` deep as bytes: protobuf's Python runtime refuses to build it."""
+    message = _length_delimited(4, _condition("u", "lt", [pb.Value(integer=100)]).condition.SerializeToString())
+    for _ in range(levels):
+        message = (_length_delimited(3, message) if kind == "negate"
+                   else _length_delimited(1, _length_delimited(1, message)))
+    return message
+
+
+@pytest.mark.parametrize("levels, kind", [(60, "all"), (120, "negate"), (5_000, "negate")])
+@pytest.mark.parametrize("method", ["Search", "SearchBatch", "SearchStream"])
+def test_a_filter_nested_past_protobufs_limit_is_an_invalid_argument(served, levels, kind, method, no_error_logs):
+    """Deeper than protobuf decodes (about 100 messages): the request itself is refused, as the
+    caller's error, not answered INTERNAL with the server's traceback in its log."""
+    server = served[0]
+    head = (pb.SearchBatchRequest(collection="c", queries=pb.Vectors(dim=DIM, data=QUERIES.tobytes()), k=K,
+                                  tenants=["t"]) if method == "SearchBatch" else
+            pb.SearchRequest(collection="c", query=pb.Vectors(dim=DIM, data=QUERIES[0].tobytes()), k=K, tenant="t"))
+    request = head.SerializeToString() + _length_delimited(6, _deep_bytes(levels, kind))
+    with grpc.insecure_channel(server.address) as channel:
+        path = f"/curator.v1.Search/{method}"
+        if method == "SearchStream":
+            call = channel.stream_stream(path)
+            replies = call(iter([request]), timeout=60)
+            with pytest.raises(grpc.RpcError) as raised:
+                list(replies)
+        else:
+            with pytest.raises(grpc.RpcError) as raised:
+                channel.unary_unary(path)(request, timeout=60)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    assert "nested deeper than protobuf allows" in raised.value.details()
+    still_serving(served[3])
+
+
 @pytest.mark.parametrize("spec", [
     {"u": {"in": list(range(1_000_000))}},
     {"u": "x" * 1_000_000},
