@@ -59,7 +59,9 @@ class DataDirectory:
         if path.exists() and not path.is_dir():
             raise StorageError(f"{path} is a file, not a data directory")
         fresh = not path.exists() or not any(path.iterdir())
-        if not fresh:
+        if fresh:
+            private_directory(path)
+        else:
             check_directory(path)
         options = Options(raw_mode=True)
         options.create_if_missing(fresh)
@@ -100,6 +102,7 @@ class DataDirectory:
             Checkpoint(self._db).create_checkpoint(str(target))
         except Exception as error:
             raise StorageError(f"snapshot to {target} failed: {error}") from None
+        target.chmod(0o700)
 
     # -- collections ---------------------------------------------------------------------------
 
@@ -241,7 +244,16 @@ def restore(snapshot, target) -> None:
     check_directory(snapshot)
     if target.exists() and any(target.iterdir()):
         raise InvalidArgumentError(f"restore target {target} is not empty; restore into a new directory")
+    private_directory(target)
     shutil.copytree(snapshot, target, dirs_exist_ok=True)
+    target.chmod(0o700)
+
+
+def private_directory(path: Path) -> None:
+    """Create `path` (and its parents) if missing; the directory itself readable by its owner
+    only (0700), whatever the umask: it holds every tenant's vectors and payloads."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
 
 
 class _GroupCommit:

@@ -1,5 +1,6 @@
 """Building and running the server: gRPC services, health, reflection, metrics, graceful shutdown."""
 
+import ipaddress
 import logging
 import signal
 import sys
@@ -21,13 +22,37 @@ from curator_proto.v1 import curator_pb2_grpc as rpc
 from . import service
 from .admission import Admission
 from .cache_service import CacheService
-from .auth import KeyRing
+from .decoding import Decoding
+from .auth import KeyRing, readable_by_others
 from .metrics import CacheMetrics, Metrics, MetricsInterceptor
 from .streams import OpenStreams
 
 log = logging.getLogger("curator.server")
 VERSION = "0.1.0"
 SWITCH_INTERVAL = 0.0005  # seconds; see CuratorServer.__init__
+LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+
+
+class InsecureConfigError(ValueError):
+    """A configuration that would expose the server, refused unless asked for explicitly."""
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere, or "" / "0.0.0.0" / "::": every interface
+
+
+def snapshots_root(config) -> str | None:
+    if config.snapshots is not None:
+        return config.snapshots
+    return None if config.data == ":memory:" else config.data.rstrip("/\\") + "-snapshots"
+
+
 SERVICES = ("Collections", "Tenants", "VectorsService", "Search", "Admin", "Cache")
 
 
@@ -39,6 +64,8 @@ class ServerConfig:
     metrics_port: int | None = None  # None: no metrics endpoint; 0: pick a free port
     durability: str = "sync"
     keys: str | None = None  # TOML file of API keys; None: open mode
+    insecure_open: bool = False  # allow open mode on a non-loopback host
+    snapshots: str | None = None  # where Snapshot paths are confined; None: "<data>-snapshots"
     tls_cert: str | None = None
     tls_key: str | None = None
     workers: int = 16
@@ -88,9 +115,7 @@ class CuratorServer:
         # batch's reply) added up to 5 ms to each of those steps of every other tenant's search.
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.keys = KeyRing.load(config.keys)
-        if self.keys.open:
-            log.warning("OPEN MODE: no API key file given; every caller is admin. Use --keys for anything "
-                        "but local development.")
+        self._check_exposure()
         self.db = curator.open(config.data, cache=config.cache) if config.data == ":memory:" else curator.open(
             config.data, durability=config.durability, cache=config.cache)
         self.metrics = Metrics(self.db, None if config.data == ":memory:" else config.data, config.tenant_metrics_top)
@@ -103,7 +128,8 @@ class CuratorServer:
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="curator-rpc",
                                        initializer=_worker_threads),
-            interceptors=[self.admission, MetricsInterceptor(self.metrics)],  # admission first: refuse before work
+            # admission first: refuse before work; decoding last, so the metrics count what it refuses
+            interceptors=[self.admission, MetricsInterceptor(self.metrics), Decoding()],
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
             maximum_concurrent_rpcs=config.max_calls or 4 * config.workers,
         )
@@ -114,7 +140,7 @@ class CuratorServer:
         self.streams = OpenStreams(max_streams, config.stream_idle_seconds, None if self.keys.open else streams_per_key)
         rpc.add_SearchServicer_to_server(service.SearchService(*args, self.streams, self.metrics.observe), self.grpc)
         info = {"version": VERSION, "data": config.data, "durability": config.durability}
-        rpc.add_AdminServicer_to_server(service.AdminService(*args, info), self.grpc)
+        rpc.add_AdminServicer_to_server(service.AdminService(*args, info, snapshots_root(config)), self.grpc)
         rpc.add_CacheServicer_to_server(CacheService(*args), self.grpc)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -130,6 +156,24 @@ class CuratorServer:
         self.metrics_port = None
         self._metrics_server = None
         self._stopped = threading.Event()
+
+    def _check_exposure(self) -> None:
+        """Refuse open mode beyond loopback unless asked for; warn where keys travel in clear text
+        or the keys file can be read by others."""
+        config, local = self.config, is_loopback(self.config.host)
+        if self.keys.open:
+            if not local and not config.insecure_open:
+                raise InsecureConfigError(
+                    f"open mode (no --keys: every caller is admin) on {config.host!r}, which is not a loopback "
+                    "address; give --keys, or --insecure-open if this is really wanted")
+            log.warning("OPEN MODE: no API key file given; every caller is admin. Use --keys for anything "
+                        "but local development.")
+            return
+        if not local and not config.tls_cert:
+            log.warning("API keys without TLS on %s: keys travel in clear text; give --tls-cert and --tls-key",
+                        config.host)
+        if readable_by_others(config.keys):
+            log.warning("the keys file %s can be read by other users; chmod 600 it", config.keys)
 
     @property
     def address(self) -> str:

@@ -6,8 +6,8 @@ import sys
 
 from curator.cache import config as cache_config
 
-from .app import CuratorServer, ServerConfig
-from .auth import digest_of, new_key
+from .app import CuratorServer, InsecureConfigError, ServerConfig
+from .auth import KeysFileError, append_entry, key_entry, new_key
 from .service import Limits
 
 
@@ -21,6 +21,10 @@ def main(argv=None) -> int:
     serve.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics over HTTP")
     serve.add_argument("--durability", choices=["sync", "batch", "none"], default="sync")
     serve.add_argument("--keys", default=None, help="TOML file of API keys (none: open mode)")
+    serve.add_argument("--insecure-open", action="store_true",
+                       help="allow open mode (no --keys: every caller is admin) on a non-loopback --host")
+    serve.add_argument("--snapshots", default=None,
+                       help="directory an admin's Snapshot paths are confined to (default: DATA-snapshots)")
     serve.add_argument("--tls-cert"), serve.add_argument("--tls-key")
     serve.add_argument("--workers", type=int, default=16, help="threads serving calls")
     serve.add_argument("--max-streams", type=int, default=None,
@@ -43,6 +47,11 @@ def main(argv=None) -> int:
     keygen.add_argument("--name", required=True)
     keygen.add_argument("--tenant", action="append", default=[])
     keygen.add_argument("--admin", action="store_true")
+    keygen.add_argument("--collection", action="append", default=[],
+                        help="a collection the key may reach (repeatable; default: every collection)")
+    keygen.add_argument("--keys", default=None,
+                        help="append the entry to this keys file (created readable by its owner only) "
+                             "instead of printing it")
     commands.add_parser("loadtest", add_help=False,
                         help="drive a server like production traffic: run, ramp, soak (curator loadtest -h)")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -53,21 +62,32 @@ def main(argv=None) -> int:
     if args.command == "keygen":
         if not args.admin and not args.tenant:
             parser.error("keygen needs --admin or at least one --tenant")
+        if args.admin and args.tenant:
+            parser.error("a key is either --admin or bound to --tenant(s), not both")
         key = new_key()
         print(f"# the key (give it to the client; it is not stored): {key}", file=sys.stderr)
-        print(f'[[keys]]\nname = "{args.name}"\nsha256 = "{digest_of(key)}"')
-        print("admin = true" if args.admin else f"tenants = {args.tenant!r}".replace("'", '"'))
+        entry = key_entry(args.name, key, args.tenant, args.admin, args.collection)
+        if args.keys:
+            append_entry(args.keys, entry)
+            print(f"# its entry was added to {args.keys}", file=sys.stderr)
+        else:
+            print(entry, end="")
         return 0
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
     config = ServerConfig(
         data=args.data, host=args.host, port=args.port, metrics_port=args.metrics_port, durability=args.durability,
-        keys=args.keys, tls_cert=args.tls_cert, tls_key=args.tls_key, workers=args.workers,
+        keys=args.keys, insecure_open=args.insecure_open, snapshots=args.snapshots, tls_cert=args.tls_cert, tls_key=args.tls_key, workers=args.workers,
         max_streams=args.max_streams, max_calls=args.max_calls, max_calls_per_key=args.max_calls_per_key,
         max_streams_per_key=args.max_streams_per_key,
         limits=Limits(args.max_message_bytes, args.max_batch, args.max_k), tenant_metrics_top=args.tenant_metrics_top,
         cache=cache_config.read(args.cache_config) if args.cache_config else None)
-    CuratorServer(config).serve_forever()
+    try:
+        server = CuratorServer(config)
+    except (KeysFileError, InsecureConfigError) as error:
+        print(f"curator serve: {error}", file=sys.stderr)
+        return 2
+    server.serve_forever()
     return 0
 
 

@@ -41,6 +41,11 @@ class TopTenants:
         return best + [(OTHER, other)]
 
 
+# A tenant named by a call refused for these was not shown to be the caller's: it never becomes
+# a label (a label set by strangers would be a channel between tenants, and unbounded)
+UNPROVEN = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+
+
 class Metrics:
     def __init__(self, db, data_path: str | None, tenant_top: int = 0):
         self.registry = CollectorRegistry()
@@ -62,7 +67,7 @@ class Metrics:
                                                       self.latency.labels(method))
         series[0].inc()
         series[1].observe(seconds)
-        if self.tenants is not None and tenant:
+        if self.tenants is not None and tenant and code not in UNPROVEN:
             self.tenants.add(tenant)
 
 

@@ -5,6 +5,7 @@ import functools
 import json
 import logging
 import time
+from pathlib import Path, PurePath
 
 import grpc
 import numpy as np
@@ -23,6 +24,7 @@ from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 
 from .auth import KeyRing, Principal
+from .decoding import checked
 from .exchange import Exchange
 from .streams import OpenStreams
 
@@ -85,6 +87,25 @@ class Limits:
                 f"{(self.max_message_bytes - 32) // (4 * dim)} at a time")
 
 
+def confined(root: str | None, path: str) -> Path:
+    """`path` inside the snapshots directory `root`: a relative name without "..", whose resolved
+    location (symbolic links followed) stays inside it. An admin key is a network credential,
+    not a shell on the server: it may not write wherever the server's user can."""
+    if root is None:
+        raise InvalidArgumentError("this server has no snapshots directory (an in-memory server, no --snapshots)")
+    relative = PurePath(path)
+    if not path or relative.is_absolute() or ".." in relative.parts or relative.drive:
+        raise InvalidArgumentError(f"a snapshot path is a relative name inside the server's snapshots directory, "
+                                   f"without '..'; got {path!r}")
+    base = Path(root)
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = (base / relative).resolve()
+    if not target.is_relative_to(base.resolve()):
+        raise InvalidArgumentError(f"snapshot path {path!r} leads outside the snapshots directory")
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return target
+
+
 def abort(context, error: CuratorError) -> None:
     """End a call with the engine error's status code, its class named in the trailing metadata."""
     context.set_trailing_metadata(((wire.ERROR_KEY, type(error).__name__),))
@@ -110,6 +131,19 @@ def handler(method):
 class _Base:
     def __init__(self, db, keys: KeyRing, limits: Limits):
         self.db, self.keys, self.limits = db, keys, limits
+
+    def _collection(self, name: str, principal: Principal):
+        """A collection the key may reach. One outside its scope is answered exactly as one that
+        does not exist, and the existing ones named are only those in scope."""
+        try:
+            if not principal.may_reach(name):
+                raise NotFoundError("")
+            return self.db.collection(name)
+        except NotFoundError:
+            if principal.collections is None:
+                raise
+            existing = [n for n in self.db.list_collections() if principal.may_reach(n)]
+            raise NotFoundError(f"unknown collection {name!r}; existing: {existing}") from None
 
     def _ids(self, values, principal: Principal | None = None, collection=None) -> np.ndarray:
         ids = np.asarray(values, np.int64)
@@ -139,10 +173,17 @@ class _Base:
 
 
 class CollectionsService(_Base, rpc.CollectionsServicer):
-    def _info(self, col) -> pb.CollectionInfo:
-        stats = col.stats()
-        return pb.CollectionInfo(name=col.name, dim=col.dim, metric=col.metric, vectors=stats["vectors"],
-                                 tenants=stats["tenants"])
+    @staticmethod
+    def _info(col, principal: Principal) -> pb.CollectionInfo:
+        """The collection's shape and counts; a tenant key's counts are its own tenants' (the
+        vectors each may see, summed: one shared between two of them counts twice)."""
+        if principal.admin:
+            stats = col.stats()
+            vectors, tenants = stats["vectors"], stats["tenants"]
+        else:
+            mine = set(col.tenants()) & principal.tenants
+            vectors, tenants = sum(col.count(tenant=t) for t in mine), len(mine)
+        return pb.CollectionInfo(name=col.name, dim=col.dim, metric=col.metric, vectors=vectors, tenants=tenants)
 
     @handler
     def Create(self, request, principal):
@@ -153,20 +194,22 @@ class CollectionsService(_Base, rpc.CollectionsServicer):
             raise InvalidArgumentError(f"options_json is not JSON: {error}") from None
         if not isinstance(options, dict):
             raise InvalidArgumentError("options_json must be a JSON object")
+        principal.require_collection(request.name, "create")
         col = self.db.create_collection(request.name, int(request.dim), request.metric or "l2", **options)
-        return self._info(col)
+        return self._info(col, principal)
 
     @handler
     def Describe(self, request, principal):
-        return self._info(self.db.collection(request.name))
+        return self._info(self._collection(request.name, principal), principal)
 
     @handler
     def List(self, request, principal):
-        return pb.ListCollectionsResponse(names=self.db.list_collections())
+        return pb.ListCollectionsResponse(names=[n for n in self.db.list_collections() if principal.may_reach(n)])
 
     @handler
     def Drop(self, request, principal):
         principal.require_admin("dropping a collection")
+        principal.require_collection(request.name, "drop")
         self.db.drop_collection(request.name)
         return pb.Empty()
 
@@ -175,24 +218,24 @@ class TenantsService(_Base, rpc.TenantsServicer):
     @handler
     def Create(self, request, principal):
         principal.require_tenant(request.tenant)
-        self.db.collection(request.collection).create_tenant(request.tenant)
+        self._collection(request.collection, principal).create_tenant(request.tenant)
         return pb.Empty()
 
     @handler
     def List(self, request, principal):
-        tenants = self.db.collection(request.name).tenants()
+        tenants = self._collection(request.name, principal).tenants()
         return pb.ListTenantsResponse(tenants=[t for t in tenants if principal.may_act_for(t)])
 
     @handler
     def Drop(self, request, principal):
         principal.require_tenant(request.tenant)
-        self.db.collection(request.collection).drop_tenant(request.tenant)
+        self._collection(request.collection, principal).drop_tenant(request.tenant)
         return pb.Empty()
 
     @handler
     def Stats(self, request, principal):
         principal.require_tenant(request.tenant)
-        count = self.db.collection(request.collection).count(tenant=request.tenant)
+        count = self._collection(request.collection, principal).count(tenant=request.tenant)
         return pb.TenantStats(tenant=request.tenant, vectors=count)
 
 
@@ -200,7 +243,7 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
     @handler
     def Insert(self, request, principal):
         principal.require_tenant(request.tenant)
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         ids = self._ids(request.ids)
         vectors = wire.unpack(request.vectors)
         payloads = filters_wire.unpack_payloads(request.payloads) or None  # none given: keep (upsert)
@@ -217,7 +260,7 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
 
     @handler
     def SetPayloads(self, request, principal):
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         ids = self._ids(request.ids, principal, col)
         payloads = filters_wire.unpack_payloads(request.payloads)
         if len(payloads) not in (1, ids.size):
@@ -227,44 +270,44 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
 
     @handler
     def GetPayloads(self, request, principal):
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         payloads = col.get_payloads(self._ids(request.ids, principal, col))
         return pb.PayloadsResponse(payloads=[filters_wire.pack_payload(p) for p in payloads])
 
     @handler
     def PayloadSchema(self, request, principal):
         principal.require_admin("reading the payload schema (it names every tenant's fields)")
-        return pb.SchemaResponse(fields=self.db.collection(request.name).payload_schema())
+        return pb.SchemaResponse(fields=self._collection(request.name, principal).payload_schema())
 
     @handler
     def Get(self, request, principal):
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         self.limits.vectors_reply(len(request.ids), col.dim)
         return pb.GetResponse(vectors=wire.pack(col.get(self._ids(request.ids, principal, col))))
 
     @handler
     def Delete(self, request, principal):
         principal.require_admin("deleting vectors for every tenant (revoke your tenant's access instead)")
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         col.delete(self._ids(request.ids))
         return pb.WriteResponse(changed=len(request.ids))
 
     @handler
     def Grant(self, request, principal):
         principal.require_tenant(request.tenant)
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         return pb.WriteResponse(changed=col.grant(self._ids(request.ids, principal, col), tenant=request.tenant))
 
     @handler
     def Revoke(self, request, principal):
         principal.require_tenant(request.tenant)
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         col.revoke(self._ids(request.ids, principal, col), tenant=request.tenant)
         return pb.WriteResponse(changed=len(request.ids))
 
     @handler
     def Count(self, request, principal):
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         if request.tenant:
             principal.require_tenant(request.tenant)
             return pb.CountResponse(count=col.count(tenant=request.tenant))
@@ -273,13 +316,13 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
 
     @handler
     def TenantsOf(self, request, principal):
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         self._ids([request.id], principal, col)
         return pb.ListTenantsResponse(tenants=[t for t in col.tenants_of(request.id) if principal.may_act_for(t)])
 
     @handler
     def Contains(self, request, principal):
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         ids = self._ids(request.ids)
         found = col.contains(ids) if principal.admin else self._seen(col, ids, principal)
         return pb.Flags(flags=found.astype(np.uint8).tobytes())
@@ -287,12 +330,12 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
     @handler
     def VisibleTo(self, request, principal):
         principal.require_tenant(request.tenant)
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         return pb.Flags(flags=col.visible_to(self._ids(request.ids), tenant=request.tenant).astype(np.uint8).tobytes())
 
     @handler
     def Scroll(self, request, principal):
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         if request.tenant:
             principal.require_tenant(request.tenant)
         else:
@@ -305,7 +348,7 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
     @handler
     def Train(self, request, principal):
         principal.require_admin("training the shared tree")
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         col.train(wire.unpack(request.sample, "sample") if request.sample.data else None)
         return pb.Empty()
 
@@ -323,7 +366,7 @@ class SearchService(_Base, rpc.SearchServicer):
         """A search's answer; with `now`, None where it would wait (`search_now`)."""
         tenant = self._tenant(request.tenant, principal)
         self.limits.k(request.k)
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         search = col.search_now if now else col.search
         found = search(wire.unpack_one(request.query), k=int(request.k), tenant=tenant,
                        filter=self._filter(request), ef=request.ef or None)
@@ -356,9 +399,9 @@ class SearchService(_Base, rpc.SearchServicer):
             exchange = Exchange.of(requests, functools.partial(self._quick, kind, answer, principal, context))
             if exchange is None:
                 for request in requests:
-                    yield answer(request, principal, context)
+                    yield answer(checked(request, context), principal, context)
                 return
-            request = next(requests, None)
+            request = checked(next(requests, None), context)
             while request is not None:
                 message = exchange.send(answer(request, principal, context).SerializeToString())
                 try:
@@ -419,7 +462,7 @@ class SearchService(_Base, rpc.SearchServicer):
                 self._tenant(search.tenant, principal)
             first = searches[0]
             self.limits.k(first.k)
-            col = self.db.collection(first.collection)
+            col = self._collection(first.collection, principal)
             queries = np.stack([wire.unpack_one(search.query) for search in searches])
             found = col.search_batch(queries, k=int(first.k), tenants=[search.tenant for search in searches],
                                      ef=first.ef or None)
@@ -476,7 +519,7 @@ class SearchService(_Base, rpc.SearchServicer):
         for name in set(names) or {""}:
             self._tenant(name, principal)
         tenants = (names[0] or None) if len(names) == 1 else ([name or None for name in names] or None)
-        col = self.db.collection(request.collection)
+        col = self._collection(request.collection, principal)
         found = col.search_batch(queries, k=int(request.k), tenants=tenants, filter=self._filter(request),
                                  ef=request.ef or None)
         if request.packed:
@@ -491,14 +534,14 @@ class SearchService(_Base, rpc.SearchServicer):
 
 
 class AdminService(_Base, rpc.AdminServicer):
-    def __init__(self, db, keys, limits, info: dict):
+    def __init__(self, db, keys, limits, info: dict, snapshots: str | None = None):
         super().__init__(db, keys, limits)
-        self.info = info
+        self.info, self.snapshots = info, snapshots
 
     @handler
     def Snapshot(self, request, principal):
         principal.require_admin("taking a snapshot")
-        self.db.snapshot(request.path)
+        self.db.snapshot(confined(self.snapshots, request.path))
         return pb.Empty()
 
     @handler
