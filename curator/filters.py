@@ -17,14 +17,14 @@ On a list of keywords, eq and in match when any element does. A vector without a
 compared type matches ne, not_in and exists=False, and nothing else, so `not` of a condition is
 its exact complement.
 
-`parse` checks a filter against the collection's columns once (a field no vector holds, an
-operator or a value that none of its types takes is InvalidArgumentError naming it) and returns a
-tree of `Condition`, `All`, `Any_`, `Not`; `matches` evaluates one over the payload columns as a
-boolean mask over slots, one numpy operation per condition and column. An error names only fields
-on vectors the caller may see (`visible`: a tenant's slots): it is made again against their types
-alone, on the error path only, so a filter that parses costs no more than one lookup per field.
-Whether a filter is refused still depends on the collection's columns, so a tenant may learn by
-trying that some vector holds a field of a type, never which vector nor its values.
+`parse` turns a filter into a tree of `Condition`, `All`, `Any_`, `Not`; `matches` evaluates one
+over the payload columns as a boolean mask over slots, one numpy operation per condition and
+column. For an admin's search `parse` is strict: a field no vector holds, or an operator or value
+none of its types takes, is InvalidArgumentError naming it. A tenant's search must learn nothing
+of other tenants' fields, by message or by refusal, so for it what depends on the columns is never
+refused: a condition compares with the columns that exist and matches nothing where none does,
+and only when the filter matched none of the tenant's vectors does `explain` check it strictly
+against the fields and types on those vectors alone (one pass over them, on that path only).
 
 Every cost is bounded before the work: `check` walks a filter once, without recursion, and refuses
 one of more than MAX_CONDITIONS conditions, nested deeper than MAX_DEPTH, or with more than
@@ -211,23 +211,28 @@ def _key(spec):
     return kind, repr(spec)  # anything else (parse will say what is wrong with it), hashable
 
 
-def parse(spec, payloads: Payloads, visible: np.ndarray | None = None):
-    """The filter `spec` as a tree to evaluate with `matches`, checked against the columns of
-    `payloads`. `visible`: a mask over slots of the vectors the caller may see (None: all of them,
-    an admin's search); an error then names only fields and types those vectors hold."""
+def parse(spec, payloads: Payloads, strict: bool = True):
+    """The filter `spec` as a tree to evaluate with `matches`, over the columns of `payloads`.
+
+    Strict (an admin's search, every vector): a field no vector holds, or a value none of its
+    types can match, is InvalidArgumentError naming it. Not strict (a tenant's search): what
+    depends on other tenants' payloads is never refused, a condition simply compares with the
+    columns that exist and matches nothing where none does, so the answer over the tenant's
+    vectors is the same whatever other tenants hold; `explain` then says what was wrong when
+    nothing matched."""
     check(spec)
-    try:
-        return _parse(spec, payloads.columns, 0)
-    except InvalidArgumentError:
-        if visible is None:
-            raise
-    # Outside the handler, so the error raised has no context naming other tenants' fields. The
-    # types `visible` holds are among the collection's, so what failed above fails again here.
-    _parse(spec, payloads.kinds_on(visible), 0)
-    raise InvalidArgumentError("filter does not apply to the payloads of the vectors this search may see")
+    return _parse(spec, payloads.columns, 0, strict)
 
 
-def _parse(spec, schema, depth: int):
+def explain(spec, payloads: Payloads, visible: np.ndarray) -> None:
+    """Raise the error a strict parse gives against only the fields and types on the vectors
+    where `visible` is True (a tenant's, before the filter): called when a tenant's filtered
+    search matched nothing, so that a misspelt field is named, never another tenant's field.
+    Costs one pass over `visible`, on that path only."""
+    _parse(spec, payloads.kinds_on(visible), 0, True)
+
+
+def _parse(spec, schema, depth: int, strict: bool):
     """`schema`: field -> its types (any container of type names)."""
     if depth > MAX_DEPTH:  # also refused by `check`; kept so that this recursion is bounded on its own
         raise InvalidArgumentError(f"filter nests deeper than {MAX_DEPTH} levels")
@@ -238,12 +243,12 @@ def _parse(spec, schema, depth: int):
         if key in ("and", "or"):
             if not isinstance(value, (list, tuple)) or not value:
                 raise InvalidArgumentError(f"filter {key!r} takes a non-empty list of filters, got {shown(value)}")
-            inner = tuple(_parse(v, schema, depth + 1) for v in value)
+            inner = tuple(_parse(v, schema, depth + 1, strict) for v in value)
             parts.append(All(inner) if key == "and" else Any_(inner))
         elif key == "not":
-            parts.append(Not(_parse(value, schema, depth + 1)))
+            parts.append(Not(_parse(value, schema, depth + 1, strict)))
         else:
-            parts.extend(_field(key, value, schema))
+            parts.extend(_field(key, value, schema, strict))
     return parts[0] if len(parts) == 1 else All(tuple(parts))
 
 
@@ -251,33 +256,39 @@ def _operators(kinds) -> list[str]:
     return sorted(set().union(*(OPERATORS[k] for k in kinds)))
 
 
-def _field(field, spec, schema) -> list:
+def _field(field, spec, schema, strict: bool) -> list:
     if not isinstance(field, str):
         raise InvalidArgumentError(f"filter field names are strings, got {shown(field)}")
-    kinds = schema.get(field)
-    if not kinds:
+    kinds = schema.get(field) or ()
+    if not kinds and strict:
         known = _cut(", ".join(sorted(schema)) or "none", 200)  # many fields: the first few
         raise InvalidArgumentError(f"filter names unknown field {shown(field)}; fields on the vectors this "
                                    f"search may see: {known}")
     ops = spec if isinstance(spec, dict) else {"eq": spec}
+    allowed = _operators(kinds) if strict else sorted(_OPS)
     if not ops:
-        raise InvalidArgumentError(f"filter on {shown(field)} has no operator; allowed: {_operators(kinds)}")
+        raise InvalidArgumentError(f"filter on {shown(field)} has no operator; allowed: {allowed}")
     out = []
     for op, value in ops.items():
-        if op not in _OPS or (op in _RANGES and INTEGER not in kinds and FLOAT not in kinds):
+        if op not in _OPS and not strict:  # nothing about the field: its types may be another tenant's
+            raise InvalidArgumentError(f"unknown operator {shown(op)} on field {shown(field)}; allowed: {allowed}")
+        if op not in _OPS or (strict and op in _RANGES and INTEGER not in kinds and FLOAT not in kinds):
             raise InvalidArgumentError(f"operator {shown(op)} does not apply to {kinds_text(kinds)} field "
-                                       f"{shown(field)}; allowed: {_operators(kinds)}")
-        out.append(_condition_of(field, kinds, op, value))
+                                       f"{shown(field)}; allowed: {allowed}")
+        out.append(_condition_of(field, kinds, op, value, strict))
     return out
 
 
-def _condition_of(field, kinds, op, value):
+def _condition_of(field, kinds, op, value, strict: bool):
     """One operator on a field: a Condition per type of value compared, under Any_ (an `in` list of
     several types) and Not (ne, not_in: the complement of eq, in)."""
     def bad(expected):
+        if not strict:  # not a word about the field's types: they may be another tenant's
+            wanted = expected or "a string, a number or true / false"
+            return InvalidArgumentError(f"filter {shown(field)} {op}: expected {wanted}, got {shown(value)}")
         wanted = expected or " or ".join(sorted({_EXPECTED[k] for k in kinds}))
-        return InvalidArgumentError(f"filter {shown(field)} {op}: expected {wanted} for a {kinds_text(kinds)} "
-                                    f"field, got {shown(value)}")
+        of = f" for a {kinds_text(kinds)} field"
+        return InvalidArgumentError(f"filter {shown(field)} {op}: expected {wanted}{of}, got {shown(value)}")
 
     if op == "exists":
         if not isinstance(value, (bool, np.bool_)):
@@ -290,7 +301,7 @@ def _condition_of(field, kinds, op, value):
         groups: dict[str, list] = {}
         for v in value:
             groups.setdefault(_value_type(v, bad), []).append(v)
-        parts = [Condition(field, "in", tuple(_scalar(vs, kinds, bad)), _compared(kind, vs, kinds, op, bad))
+        parts = [Condition(field, "in", tuple(_scalar(vs, kinds, bad)), _compared(kind, vs, kinds, op, bad, strict))
                  for kind, vs in groups.items()]
         node = Condition(field, "in", (), ()) if not parts else parts[0] if len(parts) == 1 else Any_(tuple(parts))
         return Not(node) if op == "not_in" else node
@@ -298,7 +309,7 @@ def _condition_of(field, kinds, op, value):
     if op in _RANGES and kind != _NUMBER:
         raise bad("a number")
     node = Condition(field, "eq" if op == "ne" else op, _scalar([value], kinds, bad)[0],
-                     _compared(kind, [value], kinds, op, bad))
+                     _compared(kind, [value], kinds, op, bad, strict))
     return Not(node) if op == "ne" else node
 
 
@@ -331,11 +342,13 @@ def _scalar(values: list, kinds, bad) -> list:
     return out
 
 
-def _compared(value_type: str, values: list, kinds, op: str, bad) -> tuple:
-    """The field's column types compared with values of `value_type`: refused when there are none
-    (the field holds no value that could match), or when only integers are held and equality asks
-    for a fraction."""
+def _compared(value_type: str, values: list, kinds, op: str, bad, strict: bool) -> tuple:
+    """The field's column types compared with values of `value_type`. Strict: refused when there
+    are none (the field holds no value that could match), or when only integers are held and
+    equality asks for a fraction; otherwise those compare with nothing, or match no integer."""
     compared = tuple(k for k in _COMPARED[value_type] if k in kinds)
+    if not strict:
+        return compared
     if not compared:
         raise bad(None)
     if compared == (INTEGER,) and op in ("eq", "ne", "in", "not_in") and any(

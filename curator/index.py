@@ -527,8 +527,10 @@ class CuratorIndex:
             mask[self.tenancy.slots_of(t)] = True
             tenant_size = int(self.tenancy.count[t])
         if where is not None:
-            visible = None if tenant is None else mask  # an error names only fields the tenant sees
-            mask &= filters.matches(filters.parse(where, self.payloads, visible), self.payloads, n)
+            matched = filters.matches(filters.parse(where, self.payloads, strict=tenant is None), self.payloads, n)
+            if tenant is not None and not (matched & mask).any():
+                filters.explain(where, self.payloads, mask)  # nothing matched: a misspelt field?
+            mask &= matched
         allowed = planner.Allowed(mask, int(np.count_nonzero(mask)), tenant_size, row_bytes=4 * self.dim)
         with self._allowed_lock:  # searches share the index: two may make the same set at once
             self._allowed_sets[key] = allowed

@@ -326,7 +326,7 @@ def test_a_tenant_key_stays_within_its_tenants(served):
 def test_bad_filters_and_payloads_are_invalid_arguments_remotely(served):
     server, remote, _ = served
     for spec, message in (({"nope": 1}, "unknown field 'nope'"), ({"year": {"gt": "x"}}, "expected a number"),
-                          ({"lang": {"gt": "a"}}, "operator 'gt' does not apply")):
+                          ({"lang": {"gt": "a"}}, "expected a number"), ({"lang": {"gt": 1}}, "operator 'gt' does not apply")):
         with pytest.raises(curator.InvalidArgumentError, match=message):
             remote.search(VECTORS[0], k=5, tenant="alice", filter=spec)
         with pytest.raises(curator.InvalidArgumentError, match=message):
