@@ -84,8 +84,8 @@ class AsyncRemoteCollection:
     async def upsert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
         await self._run(self._calls.insert(ids, vectors, tenant, payloads, upsert=True))
 
-    async def set_payloads(self, ids, payloads: list[dict] | dict) -> None:
-        await self._run(self._calls.set_payloads(ids, payloads))
+    async def set_payloads(self, ids, payloads: list[dict] | dict, *, tenant: str | None = None) -> None:
+        await self._run(self._calls.set_payloads(ids, payloads, tenant))
 
     async def get_payloads(self, ids) -> list[dict]:
         return await self._run(self._calls.get_payloads(ids))
@@ -110,6 +110,9 @@ class AsyncRemoteCollection:
 
     async def contains(self, ids):
         return await self._run(self._calls.contains(ids))
+
+    async def owned(self, ids, *, tenant: str):
+        return await self._run(self._calls.owned(ids, tenant))
 
     async def visible_to(self, ids, *, tenant: str):
         return await self._run(self._calls.visible_to(ids, tenant))

@@ -72,13 +72,14 @@ class CollectionCalls:
                                    upsert=upsert, payloads=filters_wire.pack_payloads(payloads, len(ids)))
         return Call("vectors", "Insert", request, idempotent=upsert)
 
-    def set_payloads(self, ids, payloads) -> Call:
+    def set_payloads(self, ids, payloads, tenant=None) -> Call:
         ids = self._ids(ids)
         if isinstance(payloads, dict):  # one for all
             packed = [filters_wire.pack_payload(payloads)]
         else:
             packed = filters_wire.pack_payloads(payloads, len(ids))
-        request = pb.SetPayloadsRequest(collection=self.name, ids=ids, payloads=packed)
+        request = pb.SetPayloadsRequest(collection=self.name, ids=ids, payloads=packed,
+                                        tenant=validate.name(tenant, "tenant") if tenant is not None else "")
         return Call("vectors", "SetPayloads", request, True)
 
     def get_payloads(self, ids) -> Call:
@@ -110,6 +111,10 @@ class CollectionCalls:
 
     def contains(self, ids) -> Call:
         return Call("vectors", "Contains", pb.IdsRequest(collection=self.name, ids=self._ids(ids)), True, _flags)
+
+    def owned(self, ids, tenant) -> Call:
+        request = pb.GrantRequest(collection=self.name, ids=self._ids(ids), tenant=tenant)
+        return Call("vectors", "Owned", request, True, _flags)
 
     def visible_to(self, ids, tenant) -> Call:
         request = pb.GrantRequest(collection=self.name, ids=self._ids(ids), tenant=tenant)

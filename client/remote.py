@@ -115,8 +115,8 @@ class RemoteCollection(Collection):
     def upsert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
         self._run(self._calls.insert(ids, vectors, tenant, payloads, upsert=True))
 
-    def set_payloads(self, ids, payloads: list[dict] | dict) -> None:
-        self._run(self._calls.set_payloads(ids, payloads))
+    def set_payloads(self, ids, payloads: list[dict] | dict, *, tenant: str | None = None) -> None:
+        self._run(self._calls.set_payloads(ids, payloads, tenant))
 
     def get_payloads(self, ids) -> list[dict]:
         return self._run(self._calls.get_payloads(ids))
@@ -141,6 +141,9 @@ class RemoteCollection(Collection):
 
     def contains(self, ids):
         return self._run(self._calls.contains(ids))
+
+    def owned(self, ids, *, tenant: str):
+        return self._run(self._calls.owned(ids, tenant))
 
     def visible_to(self, ids, *, tenant: str):
         return self._run(self._calls.visible_to(ids, tenant))

@@ -52,12 +52,22 @@ class Collection(ABC):
 
     @abstractmethod
     def upsert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
-        """Insert new ids for `tenant`; existing ids get the new vector, keep their tenants and are
-        granted to `tenant` too. All or nothing. `payloads` replace the existing ones; None keeps them."""
+        """Insert new ids for `tenant`; existing ids, which `tenant` must own, get the new vector and
+        keep their tenants. All or nothing. `payloads` replace the existing ones; None keeps them."""
 
     @abstractmethod
-    def set_payloads(self, ids, payloads: list[dict] | dict) -> None:
-        """Replace the payloads of these vectors (a list, one per id, or one dict for all)."""
+    def set_payloads(self, ids, payloads: list[dict] | dict, *, tenant: str | None = None) -> None:
+        """Replace the payloads of these vectors (a list, one per id, or one dict for all); with
+        `tenant`, only vectors it owns (a tenant key must name one, or be bound to one)."""
+
+    @abstractmethod
+    def owned(self, ids, *, tenant: str) -> np.ndarray:
+        """For each id, whether `tenant` owns it.
+
+        Ownership: a vector's owner is the tenant that inserted it, and only the owner may
+        overwrite it (upsert) or its payload; the tenants it is granted to read it. When the owner
+        gives it up (revoke, drop) while others still see it, the longest-standing of them (the
+        first created) owns it from then on."""
 
     @abstractmethod
     def get_payloads(self, ids) -> list[dict]:

@@ -144,12 +144,18 @@ class EmbeddedCollection(Collection):
             raise InvalidArgumentError(f"{ids.shape[0]} ids but {vectors.shape[0]} vectors; they must pair up")
         return ids, vectors, validate.name(tenant, "tenant")
 
-    def set_payloads(self, ids, payloads) -> None:
+    def set_payloads(self, ids, payloads, *, tenant: str | None = None) -> None:
         ids = validate.ids(ids)
+        if tenant is not None:
+            tenant = validate.name(tenant, "tenant")
         if isinstance(payloads, dict):
             payloads = [payloads] * ids.size
         payloads = validate.payloads(payloads, ids.size)
-        self._write(lambda: self.index.set_payloads(ids, payloads))
+        self._write(lambda: self.index.set_payloads(ids, payloads, tenant))
+
+    def owned(self, ids, *, tenant: str) -> np.ndarray:
+        ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
+        return self._read(lambda: self.index.owned(ids, tenant))
 
     def get_payloads(self, ids) -> list[dict]:
         ids = validate.ids(ids)

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import device, filters, planner
 from . import search as kernels
-from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, PermissionDeniedError
 from .graph import Graph
 from .idmap import IdMap
 from .metric import MAX_NORM, MIN_COSINE_NORM, Metric
@@ -53,6 +53,7 @@ class Retrained:
     vectors: np.ndarray
     inv_norm: np.ndarray
     slot_ids: np.ndarray
+    owner: np.ndarray
     n_slots: int
     ids: IdMap
     payloads: Payloads
@@ -130,6 +131,10 @@ class CuratorIndex:
         self.vectors = np.zeros((1024, dim), np.float32)
         self.inv_norm = np.ones(1024, np.float32)
         self.slot_ids = np.full(1024, -1, np.int64)
+        # slot -> the tenant number that owns the vector: the one that inserted it, the only one
+        # that may overwrite it or its payload (`owned`); when the owner gives it up (revoke, drop)
+        # while others still see it, the first of them in its access list owns it from then on
+        self.owner = np.full(1024, -1, np.int32)
         self.n_slots = 0  # high-water mark of used slots
         self._free_slots = np.zeros(0, np.int64)
         self.ids = IdMap()
@@ -173,13 +178,15 @@ class CuratorIndex:
         leaves, sqdist = self.tree.route(prepared)
         self.tenancy.place(slots, leaves)
         change = Change(written=ids)
+        owner = self._tenant(tenant, create=True, change=change)
+        self.owner[slots] = owner
         self.version += 1
         if payloads is not None:
             self.payloads.write(slots, payloads)
             change.payloads = ids
         if self.graph is not None:
             self.graph.add(slots, prepared)
-        self.tenancy.grant(slots, self._tenant(tenant, create=True, change=change))
+        self.tenancy.grant(slots, owner)
         if self.tree.trained:
             self._drift_sum += float(sqdist.sum())
             self._drift_n += slots.size
@@ -196,6 +203,8 @@ class CuratorIndex:
             self.payloads.check(payloads)
         known = self.ids.lookup(ids)
         old = known >= 0
+        if old.any():
+            self._require_owner(known[old], tenant)
         change = Change()
         self.version += 1
         if old.any():
@@ -233,9 +242,12 @@ class CuratorIndex:
         self._tenant(tenant, create=True, change=change)
         return change
 
-    def set_payloads(self, ids: np.ndarray, payloads: list) -> Change:
+    def set_payloads(self, ids: np.ndarray, payloads: list, tenant: str | None = None) -> Change:
+        """Replace payloads; with `tenant`, only of vectors it owns."""
         self.payloads.check(payloads)
         slots = self._slots(ids)
+        if tenant is not None:
+            self._require_owner(slots, tenant)
         self.version += 1
         self.payloads.write(slots, payloads)
         return Change(payloads=ids)
@@ -253,8 +265,11 @@ class CuratorIndex:
     def revoke(self, ids: np.ndarray, tenant: str) -> Change:
         slots = self._slots(ids)
         self.version += 1
-        revoked, orphans = self.tenancy.revoke(slots, self._tenant(tenant))
-        change = Change(regranted=self.slot_ids[np.setdiff1d(revoked, orphans)], deleted=self.slot_ids[orphans])
+        t = self._tenant(tenant)
+        revoked, orphans = self.tenancy.revoke(slots, t)
+        kept = np.setdiff1d(revoked, orphans)
+        self._pass_ownership(kept, t)
+        change = Change(regranted=self.slot_ids[kept], deleted=self.slot_ids[orphans])
         self._release(orphans)
         return change
 
@@ -269,8 +284,9 @@ class CuratorIndex:
         t = self._tenant(tenant)
         self.version += 1
         affected, orphans = self.tenancy.drop(t)
-        change = Change(regranted=self.slot_ids[np.setdiff1d(affected, orphans)], deleted=self.slot_ids[orphans],
-                        tenants_dropped=[t])
+        kept = np.setdiff1d(affected, orphans)
+        self._pass_ownership(kept, t)
+        change = Change(regranted=self.slot_ids[kept], deleted=self.slot_ids[orphans], tenants_dropped=[t])
         self._release(orphans)
         del self.tenant_numbers[tenant]
         self.tenant_names[t] = None
@@ -323,10 +339,12 @@ class CuratorIndex:
         inv_norm[:n] = self.inv_norm[old]
         slot_ids = np.full(self.slot_ids.shape, -1, np.int64)
         slot_ids[:n] = self.slot_ids[old]
+        owner = np.full(self.owner.shape, -1, np.int32)
+        owner[:n] = self.owner[old]
         payloads = copy.deepcopy(self.payloads)
         payloads.permute(old, n)
         graph = None if self.graph is None else self.graph.renumbered(old, self.vectors.shape[0])
-        return Retrained(tree, vectors, inv_norm, slot_ids, n, IdMap.of(slot_ids[:n], np.arange(n)), payloads,
+        return Retrained(tree, vectors, inv_norm, slot_ids, owner, n, IdMap.of(slot_ids[:n], np.arange(n)), payloads,
                          self.tenancy.rebuilt(tree, old, leaves[order]), graph, max(slots.size, sample_size, 1),
                          self.version)
 
@@ -336,6 +354,7 @@ class CuratorIndex:
             raise RuntimeError("a retrained layout is stale: the index changed after it was made")
         self.tree, self.tenancy, self.graph = layout.tree, layout.tenancy, layout.graph
         self.vectors, self.inv_norm, self.slot_ids = layout.vectors, layout.inv_norm, layout.slot_ids
+        self.owner = layout.owner
         self.n_slots, self.ids, self.payloads = layout.n_slots, layout.ids, layout.payloads
         self._free_slots = np.zeros(0, np.int64)
         self._trained_count = layout.trained_count
@@ -371,6 +390,7 @@ class CuratorIndex:
             index.vectors[slots] = vectors[order]
             index.inv_norm[slots] = inv_norm[order]
             index.slot_ids[slots] = ids[order]
+            index.owner[slots] = stored["owners"][order]
             index.ids = IdMap.of(ids[order], slots)
             index.tenancy.place(slots, leaves[order])
         names = stored["tenant_names"]
@@ -651,6 +671,7 @@ class CuratorIndex:
             self.vectors = _grow(self.vectors, grown, 0)
             self.inv_norm = _grow(self.inv_norm, grown, 1)
             self.slot_ids = _grow(self.slot_ids, grown, -1)
+            self.owner = _grow(self.owner, grown, -1)
             self.payloads.resize(grown)
         return np.concatenate([reused, fresh])
 
@@ -659,10 +680,34 @@ class CuratorIndex:
             return
         self.ids.discard(self.slot_ids[slots])
         self.slot_ids[slots] = -1
+        self.owner[slots] = -1
         self.payloads.clear(slots)
         if self.graph is not None:
             self.graph.forget(slots)
         self._free_slots = np.concatenate([self._free_slots, slots])
+
+    def owned(self, ids: np.ndarray, tenant: str) -> np.ndarray:
+        """For each id, whether `tenant` owns it (unknown ids: False)."""
+        t = self.tenant_numbers.get(tenant, -2)
+        slots = self.ids.lookup(ids)
+        return (slots >= 0) & (self.owner[np.maximum(slots, 0)] == t)
+
+    def _require_owner(self, slots: np.ndarray, tenant: str) -> None:
+        t = self.tenant_numbers.get(tenant, -2)
+        others = int(np.count_nonzero(self.owner[slots] != t))
+        if others:
+            raise PermissionDeniedError(
+                f"{others} of these vectors are owned by another tenant: only a vector's owner (the tenant that "
+                f"inserted it) may overwrite it or its payload; {tenant!r} may only read them")
+
+    def _pass_ownership(self, slots: np.ndarray, t: int) -> None:
+        """Tenant t no longer sees these slots (others still do): those it owned pass to the
+        longest-standing tenant left (the lowest tenant number) in each one's access list."""
+        slots = slots[self.owner[slots] == t]
+        if slots.size:
+            tenants, origin = self.tenancy.access.gather(slots)
+            first = np.searchsorted(origin, np.arange(slots.size))
+            self.owner[slots] = np.minimum.reduceat(tenants, first)
 
     def _live_slots(self) -> np.ndarray:
         return np.flatnonzero(self.slot_ids[: self.n_slots] >= 0)

@@ -129,6 +129,8 @@ class DataDirectory:
             raise StorageError(f"{self.path}: collection {cid} has vectors and access lists that do not match")
         vectors = np.frombuffer(b"".join(vector_rows), np.float32).reshape(-1, dim)
         counts = np.fromiter((len(r) // 4 for r in access_rows), np.int64, len(access_rows))
+        pair_tenants = np.frombuffer(b"".join(access_rows), np.int32).astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         tenants = {int.from_bytes(k[5:9], "big"): v.decode() for k, v in self._scan(_prefix(_TENANT, cid))}
         names = [tenants.get(t) for t in range(max(tenants, default=-1) + 1)]
         tree = self._db.get(_prefix(_TREE, cid))
@@ -139,7 +141,8 @@ class DataDirectory:
             "ids": vector_ids,
             "vectors": vectors.copy(),
             "pair_ids": np.repeat(vector_ids, counts),
-            "pair_tenants": np.frombuffer(b"".join(access_rows), np.int32).astype(np.int64),
+            "pair_tenants": pair_tenants,
+            "owners": pair_tenants[starts].astype(np.int32) if vector_ids.size else np.zeros(0, np.int32),
             "tenant_names": names,
             "tree": None if tree is None else _decode_arrays(tree),
         }
@@ -155,7 +158,8 @@ class DataDirectory:
             slots = index.ids.lookup(changed)
             tenants, origin = index.tenancy.access.gather(slots)
             bounds = np.searchsorted(origin, np.arange(slots.size + 1))
-            raw = tenants.astype(np.int32).tobytes()
+            tenants = _owner_first(tenants.astype(np.int32), bounds[:-1], origin, index.owner[slots])
+            raw = tenants.tobytes()
             values = [raw[4 * a : 4 * b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
             _put_all(batch, _keys(_ACCESS, cid, changed), values)
         if change.payloads.size:
@@ -254,6 +258,16 @@ def private_directory(path: Path) -> None:
     only (0700), whatever the umask: it holds every tenant's vectors and payloads."""
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)
+
+
+def _owner_first(tenants: np.ndarray, first: np.ndarray, origin: np.ndarray, owners: np.ndarray) -> np.ndarray:
+    """Access lists (tenants grouped by `origin`, group g starting at first[g]) with each one's
+    owner moved to its front: the A record's first number is the vector's owner."""
+    at_owner = np.flatnonzero(tenants == owners[origin])  # the owner sees its vector: one per group
+    at_owner = at_owner[np.searchsorted(origin[at_owner], np.arange(first.size))]
+    tenants[at_owner] = tenants[first]
+    tenants[first] = owners
+    return tenants
 
 
 class _GroupCommit:

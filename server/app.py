@@ -23,6 +23,7 @@ from . import service
 from .admission import Admission
 from .cache_service import CacheService
 from .decoding import Decoding
+from .probes import ProbeBudget
 from .auth import KeyRing, readable_by_others
 from .metrics import CacheMetrics, Metrics, MetricsInterceptor
 from .streams import OpenStreams
@@ -77,6 +78,7 @@ class ServerConfig:
     stream_idle_seconds: float = 30.0
     limits: service.Limits = field(default_factory=service.Limits)
     tenant_metrics_top: int = 0  # per-tenant request counts for the busiest N tenants (0: off)
+    id_collisions_per_hour: float = 60.0  # a tenant key's collisions with ids it cannot see (server/probes.py)
     grace_seconds: float = 10.0
     cache: dict | None = None  # the semantic cache's configuration ([cache] of --cache-config)
 
@@ -136,7 +138,8 @@ class CuratorServer:
         args = (self.db, self.keys, config.limits)
         rpc.add_CollectionsServicer_to_server(service.CollectionsService(*args), self.grpc)
         rpc.add_TenantsServicer_to_server(service.TenantsService(*args), self.grpc)
-        rpc.add_VectorsServiceServicer_to_server(service.VectorsService(*args), self.grpc)
+        rpc.add_VectorsServiceServicer_to_server(
+            service.VectorsService(*args, ProbeBudget(config.id_collisions_per_hour)), self.grpc)
         self.streams = OpenStreams(max_streams, config.stream_idle_seconds, None if self.keys.open else streams_per_key)
         rpc.add_SearchServicer_to_server(service.SearchService(*args, self.streams, self.metrics.observe), self.grpc)
         info = {"version": VERSION, "data": config.data, "durability": config.durability}

@@ -41,6 +41,9 @@ def main(argv=None) -> int:
     serve.add_argument("--max-k", type=int, default=1_000)
     serve.add_argument("--cache-config", default=None,
                        help="TOML file with the semantic cache's [cache] table (embedding, upstream, load, policies)")
+    serve.add_argument("--id-collisions-per-hour", type=float, default=60.0,
+                       help="collisions of a tenant key's writes with ids it cannot see before its writes naming "
+                            "ids pause (server/probes.py; 0: no limit)")
     serve.add_argument("--tenant-metrics-top", type=int, default=0,
                        help="label request metrics with the N busiest tenants (0: off)")
     keygen = commands.add_parser("keygen", help="print a new API key and its entry for the keys file")
@@ -81,6 +84,7 @@ def main(argv=None) -> int:
         max_streams=args.max_streams, max_calls=args.max_calls, max_calls_per_key=args.max_calls_per_key,
         max_streams_per_key=args.max_streams_per_key,
         limits=Limits(args.max_message_bytes, args.max_batch, args.max_k), tenant_metrics_top=args.tenant_metrics_top,
+        id_collisions_per_hour=args.id_collisions_per_hour,
         cache=cache_config.read(args.cache_config) if args.cache_config else None)
     try:
         server = CuratorServer(config)

@@ -16,6 +16,7 @@ from curator.errors import (
     CuratorError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
 )
 from curator.index import IndexConfig
@@ -25,6 +26,7 @@ from curator_proto.v1 import curator_pb2_grpc as rpc
 
 from .auth import KeyRing, Principal
 from .decoding import checked
+from .probes import TAKEN, ProbeBudget
 from .exchange import Exchange
 from .streams import OpenStreams
 
@@ -240,6 +242,10 @@ class TenantsService(_Base, rpc.TenantsServicer):
 
 
 class VectorsService(_Base, rpc.VectorsServiceServicer):
+    def __init__(self, db, keys: KeyRing, limits: Limits, probes: ProbeBudget | None = None):
+        super().__init__(db, keys, limits)
+        self.probes = probes or ProbeBudget()
+
     @handler
     def Insert(self, request, principal):
         principal.require_tenant(request.tenant)
@@ -247,16 +253,28 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
         ids = self._ids(request.ids)
         vectors = wire.unpack(request.vectors)
         payloads = filters_wire.unpack_payloads(request.payloads) or None  # none given: keep (upsert)
+        write = col.upsert if request.upsert else col.insert
+        if principal.admin:
+            write(ids, vectors, tenant=request.tenant, payloads=payloads)
+            return pb.WriteResponse(changed=ids.size)
+        # A tenant key learns nothing of ids it cannot see (server/probes.py): one message for any
+        # collision, no id and no count in it, and a budget of collisions with others' ids.
+        self.probes.check(principal.name)
         if request.upsert:
-            if not principal.admin:  # a tenant key may overwrite only vectors its tenants can see
-                taken = col.contains(ids) & ~self._seen(col, ids, principal)
-                if taken.any():
-                    raise AlreadyExistsError(f"{int(taken.sum())} id(s) already exist and are not yours to "
-                                             f"overwrite, e.g. {ids[taken][:5].tolist()}")
-            col.upsert(ids, vectors, tenant=request.tenant, payloads=payloads)
-        else:
-            col.insert(ids, vectors, tenant=request.tenant, payloads=payloads)
+            self._not_taken(col, ids, principal)  # an upsert would otherwise overwrite or refuse them
+        try:
+            write(ids, vectors, tenant=request.tenant, payloads=payloads)
+        except (AlreadyExistsError, PermissionDeniedError):
+            self._not_taken(col, ids, principal)  # another tenant's ids, or written meanwhile
+            if request.upsert:
+                raise  # visible vectors another of the key's tenants owns: nothing hidden in that
+            raise AlreadyExistsError(TAKEN) from None
         return pb.WriteResponse(changed=ids.size)
+
+    def _not_taken(self, col, ids: np.ndarray, principal: Principal) -> None:
+        """Refuse, as one collision, ids stored in the collection that the key's tenants cannot see."""
+        if (col.contains(ids) & ~self._seen(col, ids, principal)).any():
+            raise self.probes.taken(principal.name)
 
     @handler
     def SetPayloads(self, request, principal):
@@ -265,8 +283,28 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
         payloads = filters_wire.unpack_payloads(request.payloads)
         if len(payloads) not in (1, ids.size):
             raise InvalidArgumentError(f"{len(payloads)} payloads for {ids.size} ids; give one per id or one for all")
-        col.set_payloads(ids, payloads[0] if len(payloads) == 1 else payloads)
+        col.set_payloads(ids, payloads[0] if len(payloads) == 1 else payloads, tenant=self._owner(request, principal))
         return pb.WriteResponse(changed=ids.size)
+
+    @staticmethod
+    def _owner(request, principal: Principal) -> str | None:
+        """The tenant whose vectors a write changes: the one named, else the key's only tenant
+        (None for an admin key that names none: not checked)."""
+        if request.tenant:
+            principal.require_tenant(request.tenant)
+            return request.tenant
+        if principal.admin:
+            return None
+        if len(principal.tenants) == 1:
+            return next(iter(principal.tenants))
+        raise InvalidArgumentError(f"key {principal.name!r} acts for several tenants: name the one that owns "
+                                   "these vectors (tenant=)")
+
+    @handler
+    def Owned(self, request, principal):
+        principal.require_tenant(request.tenant)
+        col = self._collection(request.collection, principal)
+        return pb.Flags(flags=col.owned(self._ids(request.ids), tenant=request.tenant).astype(np.uint8).tobytes())
 
     @handler
     def GetPayloads(self, request, principal):

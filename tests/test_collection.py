@@ -121,10 +121,12 @@ def test_upsert_replaces_vectors_and_keeps_grants(db):
     col.insert(np.arange(200), x, tenant="a")
     col.grant(np.arange(0, 200, 2), tenant="b")
     y = clustered(10, 4, seed=42) * 5
-    col.upsert(np.arange(195, 205), y, tenant="c")  # 5 existing, 5 new
+    with pytest.raises(curator.PermissionDeniedError):  # only the owner overwrites
+        col.upsert(np.arange(195, 205), y, tenant="c")
+    col.upsert(np.arange(195, 205), y, tenant="a")  # 5 existing, 5 new
     np.testing.assert_array_equal(col.get(np.arange(195, 205)), y)
-    assert col.tenants_of(196) == ["a", "b", "c"] and col.tenants_of(203) == ["c"]
-    assert col.count() == 205 and col.count(tenant="c") == 10
+    assert col.tenants_of(196) == ["a", "b"] and col.tenants_of(203) == ["a"]
+    assert col.count() == 205 and col.count(tenant="a") == 205 and "c" not in col.tenants()
     ids, _ = col.search(y[1], k=1, tenant="b", ef=10**6)
     assert ids.tolist() == [196]  # found where its new vector is
     for t in col.tenants():

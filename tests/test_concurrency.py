@@ -80,11 +80,13 @@ def write(col, model: Model, centre: np.ndarray, rng: np.random.Generator, n_bat
             if action in ("insert", "upsert"):
                 change([tenant], batch, True, lambda: getattr(col, action)(ids_of(batch), vectors, tenant=tenant))
                 live[batch] = {tenant}
-        elif action in ("grant", "upsert"):  # an upsert of the same vectors adds its tenant too
-            call = ((lambda: col.grant(ids_of(batch), tenant=tenant)) if action == "grant"
-                    else (lambda: col.upsert(ids_of(batch), vectors, tenant=tenant)))
-            change([tenant], batch, True, call)
+        elif action == "grant":
+            change([tenant], batch, True, lambda: col.grant(ids_of(batch), tenant=tenant))
             live[batch].add(tenant)
+        elif action == "upsert":  # by the batch's owner (only the owner overwrites): its view is unchanged
+            owners = {t for t in live[batch] if col.owned(ids_of(batch)[:1], tenant=t)[0]}
+            (owner,) = owners
+            change([owner], batch, True, lambda: col.upsert(ids_of(batch), vectors, tenant=owner))
         elif action == "revoke":
             tenant = sorted(live[batch])[0]
             change([tenant], batch, False, lambda: col.revoke(ids_of(batch), tenant=tenant))

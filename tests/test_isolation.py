@@ -6,6 +6,7 @@ import shutil
 import tempfile
 
 import numpy as np
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -22,9 +23,29 @@ class Isolation(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.col = curator.open(":memory:").create_collection("c", dim=5, metric="l2", **SMALL_TREE)
+        self._model()
+
+    def _model(self):
         self.access: dict[int, set[str]] = {}  # the model: who may see each live id
         self.rows: dict[int, int] = {}  # and which POOL row is its vector
+        self.owner: dict[int, str] = {}  # and which tenant owns it
         self.tenants: set[str] = set()
+        self.numbers: dict[str, int] = {}  # tenants in the order they came into being
+        self.created = 0  # numbers are never reused: a dropped tenant's name comes back as a new one
+
+    def _tenant(self, tenant):
+        self.tenants.add(tenant)
+        if tenant not in self.numbers:
+            self.numbers[tenant], self.created = self.created, self.created + 1
+
+    def _let_go(self, i, tenant):
+        """Tenant no longer sees i: if it owned i, the longest-standing tenant left owns it."""
+        self.access[i].discard(tenant)
+        if not self.access[i]:
+            del self.access[i]
+            self.owner.pop(i, None)
+        elif self.owner[i] == tenant:
+            self.owner[i] = min(self.access[i], key=self.numbers.__getitem__)
 
     def _live(self, ids):
         return [i for i in ids if i in self.access]
@@ -35,19 +56,25 @@ class Isolation(RuleBasedStateMachine):
         if not new:
             return
         self.col.insert(new, POOL[new], tenant=tenant)
+        self._tenant(tenant)
         for i in new:
             self.access[i] = {tenant}
             self.rows[i] = i
-        self.tenants.add(tenant)
+            self.owner[i] = tenant
 
     @rule(ids=IDS, tenant=TENANTS, shift=st.integers(1, POOL.shape[0] - 1))
     def upsert(self, ids, tenant, shift):
         rows = [(i + shift) % POOL.shape[0] for i in ids]
+        if any(self.owner.get(i, tenant) != tenant for i in ids):
+            with pytest.raises(curator.PermissionDeniedError):  # only the owner overwrites
+                self.col.upsert(ids, POOL[rows], tenant=tenant)
+            return
         self.col.upsert(ids, POOL[rows], tenant=tenant)
+        self._tenant(tenant)
         for i, row in zip(ids, rows):
             self.access.setdefault(i, set()).add(tenant)
+            self.owner.setdefault(i, tenant)
             self.rows[i] = row
-        self.tenants.add(tenant)
 
     @rule(ids=IDS, tenant=TENANTS)
     def grant(self, ids, tenant):
@@ -56,9 +83,9 @@ class Isolation(RuleBasedStateMachine):
             return
         fresh = sum(tenant not in self.access[i] for i in live)
         assert self.col.grant(live, tenant=tenant) == fresh
+        self._tenant(tenant)
         for i in live:
             self.access[i].add(tenant)
-        self.tenants.add(tenant)
 
     @precondition(lambda self: self.tenants)
     @rule(ids=IDS, data=st.data())
@@ -69,9 +96,8 @@ class Isolation(RuleBasedStateMachine):
             return
         self.col.revoke(live, tenant=tenant)
         for i in live:
-            self.access[i].discard(tenant)
-            if not self.access[i]:
-                del self.access[i]
+            if tenant in self.access[i]:
+                self._let_go(i, tenant)
 
     @rule(ids=IDS)
     def delete(self, ids):
@@ -81,6 +107,7 @@ class Isolation(RuleBasedStateMachine):
         self.col.delete(live)
         for i in live:
             del self.access[i]
+            del self.owner[i]
 
     @precondition(lambda self: self.tenants)
     @rule(data=st.data())
@@ -88,10 +115,10 @@ class Isolation(RuleBasedStateMachine):
         tenant = data.draw(st.sampled_from(sorted(self.tenants)))
         self.col.drop_tenant(tenant)
         self.tenants.discard(tenant)
+        del self.numbers[tenant]
         for i in list(self.access):
-            self.access[i].discard(tenant)
-            if not self.access[i]:
-                del self.access[i]
+            if tenant in self.access[i]:
+                self._let_go(i, tenant)
 
     @precondition(lambda self: self.tenants)
     @rule(data=st.data(), k=st.integers(1, 40), ef=st.sampled_from([1, 8, 32, None, 100_000]),
@@ -119,6 +146,10 @@ class Isolation(RuleBasedStateMachine):
             expected = sum(tenant in who for who in self.access.values())
             assert self.col.count(tenant=tenant) == expected
             index.tenancy.check(index.tenant_numbers[tenant])
+        for tenant in self.tenants if self.access else ():
+            ids = np.array(sorted(self.access), np.int64)
+            expected = [self.owner[i] == tenant for i in ids.tolist()]
+            assert self.col.owned(ids, tenant=tenant).tolist() == expected
 
 
 TestIsolation = Isolation.TestCase
@@ -134,7 +165,7 @@ class DurableIsolation(Isolation):
         self.path = tempfile.mkdtemp(prefix="curator-prop-")
         self.db = curator.open(self.path, durability="none")
         self.col = self.db.create_collection("c", dim=5, metric="l2", **SMALL_TREE)
-        self.access, self.rows, self.tenants = {}, {}, set()
+        self._model()
 
     @rule()
     def reopen(self):

@@ -495,6 +495,11 @@ class VectorsServiceStub(object):
                 request_serializer=curator_dot_v1_dot_curator__pb2.GrantRequest.SerializeToString,
                 response_deserializer=curator_dot_v1_dot_curator__pb2.Flags.FromString,
                 _registered_method=True)
+        self.Owned = channel.unary_unary(
+                '/curator.v1.VectorsService/Owned',
+                request_serializer=curator_dot_v1_dot_curator__pb2.GrantRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.Flags.FromString,
+                _registered_method=True)
         self.Scroll = channel.unary_unary(
                 '/curator.v1.VectorsService/Scroll',
                 request_serializer=curator_dot_v1_dot_curator__pb2.ScrollRequest.SerializeToString,
@@ -585,6 +590,13 @@ class VectorsServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Owned(self, request, context):
+        """For each id, whether the tenant owns it (inserted it; see Collection.owned); ids it cannot see: false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Scroll(self, request, context):
         """Ids in ascending order after `after_id` (-1: from the start), at most `limit` of them.
         """
@@ -664,6 +676,11 @@ def add_VectorsServiceServicer_to_server(servicer, server):
             ),
             'VisibleTo': grpc.unary_unary_rpc_method_handler(
                     servicer.VisibleTo,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.GrantRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.Flags.SerializeToString,
+            ),
+            'Owned': grpc.unary_unary_rpc_method_handler(
+                    servicer.Owned,
                     request_deserializer=curator_dot_v1_dot_curator__pb2.GrantRequest.FromString,
                     response_serializer=curator_dot_v1_dot_curator__pb2.Flags.SerializeToString,
             ),
@@ -936,6 +953,33 @@ class VectorsService(object):
             request,
             target,
             '/curator.v1.VectorsService/VisibleTo',
+            curator_dot_v1_dot_curator__pb2.GrantRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.Flags.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Owned(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.VectorsService/Owned',
             curator_dot_v1_dot_curator__pb2.GrantRequest.SerializeToString,
             curator_dot_v1_dot_curator__pb2.Flags.FromString,
             options,
