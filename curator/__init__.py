@@ -19,27 +19,36 @@ from .errors import (
     UpstreamTimeoutError,
 )
 from .metric import Metric
+from .quotas import Quota, TenantQuota, Usage
 from .validate import MAX_EF, MAX_K
 
 __all__ = [
     "open", "Database", "Collection", "Metric", "MAX_K", "MAX_EF",
     "CuratorError", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError",
     "PermissionDeniedError", "ResourceExhaustedError", "StorageError", "UnauthenticatedError",
-    "UpstreamError", "UpstreamTimeoutError", "restore", "connect",
+    "UpstreamError", "UpstreamTimeoutError", "restore", "connect", "Quota", "TenantQuota", "Usage",
 ]
 
 
-def open(path: str = ":memory:", *, durability: str = "sync", cache: dict | None = None) -> Database:  # noqa: A001
+def open(path: str = ":memory:", *, durability: str = "sync", cache: dict | None = None,  # noqa: A001
+         quotas: dict | None = None) -> Database:
     """Open a database: ":memory:" keeps everything in this process; a path opens (or creates) a
     data directory there. durability: "sync" (fsync before a write returns), "batch" (group
     commit) or "none" (no fsync); see README. `cache`: the semantic cache's configuration
-    (`curator.cache.config`: embedding, upstream, load, policies)."""
+    (`curator.cache.config`: embedding, upstream, load, policies). `quotas`: configured tenant
+    quotas, {"default": {limit: n}, "tenants": {name: {limit: n}}} (`curator.quotas`); those set
+    with `db.set_quota` override them."""
     from .embedded import EmbeddedDatabase
     from .storage import DataDirectory
 
     if path == ":memory:":
-        return EmbeddedDatabase(cache=cache)
-    return EmbeddedDatabase(DataDirectory.open(path, durability), cache=cache)
+        return EmbeddedDatabase(cache=cache, quotas=quotas)
+    directory = DataDirectory.open(path, durability)
+    try:
+        return EmbeddedDatabase(directory, cache=cache, quotas=quotas)
+    except Exception:
+        directory.close()  # a refused configuration leaves the directory free for the next opener
+        raise
 
 
 def connect(address: str, **options) -> Database:

@@ -12,9 +12,11 @@ Each call validates its arguments at the edge (`validate`), then runs on the col
   serves until the new one replaces it in one step. An explicit `train()` works the same way,
   in the caller's thread.
 With a data directory, every write is also recorded there before it returns; without one
-(":memory:") nothing outlives the process.
+(":memory:") nothing outlives the process. Tenant quotas (`quotas`) are checked inside a write's
+turn, before it changes the index: a refused write changes nothing.
 """
 
+import contextlib
 import logging
 import os
 import threading
@@ -30,6 +32,7 @@ from .api import Collection, Database, SearchResult
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StorageError
 from .index import Change, CuratorIndex, ExclusiveNeeded, IndexConfig
 from .metric import Metric
+from .quotas import LIMITS, CollectionUsage, Quota, Quotas, TenantQuota, Touch, Usage
 from .rwlock import ReadWriteLock
 from .storage import DataDirectory
 from .tree import ClusteringTree, TreeShape
@@ -53,7 +56,7 @@ def index_config(options: dict) -> IndexConfig:
 
 class EmbeddedCollection(Collection):
     def __init__(self, name: str, dim: int, metric: Metric, index: CuratorIndex,
-                 directory: DataDirectory | None = None, cid: int = 0):
+                 directory: DataDirectory | None, cid: int, quotas: Quotas, usage):
         self.name = name
         self.dim = dim
         self.metric = metric.label
@@ -66,6 +69,7 @@ class EmbeddedCollection(Collection):
         index.exclusive = self._lock.held_exclusively
         index.train_inline = False
         self.retraining = Retraining(self)
+        self.usage = CollectionUsage(self, quotas, usage)  # this collection's part; `usage`: the database's
 
     def _read(self, read):
         """Run a read beside other reads; one that must change the index runs again alone."""
@@ -77,12 +81,14 @@ class EmbeddedCollection(Collection):
         with self._writing, self._lock.exclusive():
             return read()
 
-    def _write(self, apply) -> Change:
-        """Apply one write to the index and record it; returns once it is as durable as promised."""
+    def _write(self, apply, touch: Touch | None = None) -> Change:
+        """Apply one write to the index and record it; returns once it is as durable as promised.
+        `touch` says what it names, for the tenant quotas checked before it (`quotas`)."""
         with self._writing:
             self._check_failed()
-            with self._lock.exclusive():
-                change = apply()
+            with self.usage.writing(touch):
+                with self._lock.exclusive():
+                    change = apply()
             ticket = self._record(change)
         if ticket is not None:
             ticket.wait()  # the fsync: outside every lock, shared with other writes waiting for one
@@ -130,12 +136,12 @@ class EmbeddedCollection(Collection):
     def insert(self, ids, vectors, *, tenant: str, payloads=None) -> None:
         ids, vectors, tenant = self._new_vectors(ids, vectors, tenant)
         payloads = validate.payloads(payloads, ids.size)
-        self._write(lambda: self.index.insert(ids, vectors, tenant, payloads))
+        self._write(lambda: self.index.insert(ids, vectors, tenant, payloads), Touch("insert", ids, tenant, payloads))
 
     def upsert(self, ids, vectors, *, tenant: str, payloads=None) -> None:
         ids, vectors, tenant = self._new_vectors(ids, vectors, tenant)
         payloads = validate.payloads(payloads, ids.size)
-        self._write(lambda: self.index.upsert(ids, vectors, tenant, payloads))
+        self._write(lambda: self.index.upsert(ids, vectors, tenant, payloads), Touch("upsert", ids, tenant, payloads))
 
     def _new_vectors(self, ids, vectors, tenant):
         ids = validate.ids(ids)
@@ -151,7 +157,7 @@ class EmbeddedCollection(Collection):
         if isinstance(payloads, dict):
             payloads = [payloads] * ids.size
         payloads = validate.payloads(payloads, ids.size)
-        self._write(lambda: self.index.set_payloads(ids, payloads, tenant))
+        self._write(lambda: self.index.set_payloads(ids, payloads, tenant), Touch("payloads", ids, payloads=payloads))
 
     def owned(self, ids, *, tenant: str) -> np.ndarray:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
@@ -166,15 +172,15 @@ class EmbeddedCollection(Collection):
 
     def grant(self, ids, *, tenant: str) -> int:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
-        return self._write(lambda: self.index.grant(ids, tenant)).regranted.size
+        return self._write(lambda: self.index.grant(ids, tenant), Touch("grant", ids, tenant)).regranted.size
 
     def revoke(self, ids, *, tenant: str) -> None:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
-        self._write(lambda: self.index.revoke(ids, tenant))
+        self._write(lambda: self.index.revoke(ids, tenant), Touch("shrink", ids))
 
     def delete(self, ids) -> None:
         ids = validate.ids(ids)
-        self._write(lambda: self.index.delete(ids))
+        self._write(lambda: self.index.delete(ids), Touch("shrink", ids))
 
     def get(self, ids) -> np.ndarray:
         ids = validate.ids(ids)
@@ -213,7 +219,7 @@ class EmbeddedCollection(Collection):
 
     def drop_tenant(self, tenant: str) -> None:
         tenant = validate.name(tenant, "tenant")
-        self._write(lambda: self.index.drop_tenant(tenant))
+        self._write(lambda: self.index.drop_tenant(tenant), Touch("drop", tenant=tenant))
 
     def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
                ef: int | None = None) -> SearchResult:
@@ -365,10 +371,15 @@ class Retraining:
 class EmbeddedDatabase(Database):
     """Collections in this process: in memory only, or recorded in a data directory."""
 
-    def __init__(self, directory: DataDirectory | None = None, cache: dict | None = None):
+    def __init__(self, directory: DataDirectory | None = None, cache: dict | None = None, quotas: dict | None = None):
+        from .cache.records import MemoryRecords
+
         self._directory = directory
+        # where parts beside the collections keep their records: the cache, quotas, the server's key rates
+        self.records = directory if directory is not None else MemoryRecords()
         self._cache_config = cache
         self._cache = None
+        self.quotas = Quotas(self.records, quotas)
         self._collections: dict[str, EmbeddedCollection] = {}
         self._cids: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -377,8 +388,12 @@ class EmbeddedDatabase(Database):
                 metric = Metric.parse(settings["metric"])
                 config = index_config(settings["options"])
                 index = CuratorIndex.restore(settings["dim"], metric, config, directory.load(settings["cid"], settings["dim"]))
-                self._collections[name] = EmbeddedCollection(name, settings["dim"], metric, index, directory, settings["cid"])
+                self._collections[name] = EmbeddedCollection(name, settings["dim"], metric, index, directory,
+                                                             settings["cid"], self.quotas, self.usage)
                 self._cids[name] = settings["cid"]
+        if self.quotas.tracks_payloads:
+            for collection in self._collections.values():
+                collection.usage.rebuild()
 
     def create_collection(self, name: str, dim: int, metric: str = "l2", **options) -> Collection:
         name = validate.name(name, "collection name")
@@ -393,7 +408,9 @@ class EmbeddedDatabase(Database):
                 self._directory.put_collection(name, {"cid": cid, "dim": int(dim), "metric": metric.label,
                                                       "options": options})
             collection = EmbeddedCollection(name, int(dim), metric, CuratorIndex(int(dim), metric, config),
-                                            self._directory, cid)
+                                            self._directory, cid, self.quotas, self.usage)
+            if self.quotas.tracks_payloads:
+                collection.usage.rebuild()
             self._collections[name] = collection
             self._cids[name] = cid
         return collection
@@ -427,11 +444,51 @@ class EmbeddedDatabase(Database):
         with self._lock:
             if self._cache is None:
                 from .cache.config import build
-                from .cache.records import MemoryRecords
 
-                records = self._directory if self._directory is not None else MemoryRecords()
-                self._cache = build(self._cache_config, records)
+                self._cache = build(self._cache_config, self.records)
+                self._cache.quotas = self.quotas
             return self._cache
+
+    # -- quotas (curator/quotas.py) ---------------------------------------------------------------
+
+    def set_quota(self, tenant: str | None, **limits) -> Quota:
+        """Set limits of a tenant (None: the default of every tenant): vectors, vector_bytes,
+        payload_bytes, cache_entries, each an int >= 0 or None (unlimited); limits not given stay
+        as they are. Persisted in the data directory; returns the tenant's effective quota."""
+        if tenant is not None:
+            tenant = validate.name(tenant, "tenant")
+        with self._lock, contextlib.ExitStack() as held:
+            collections = [self._collections[name] for name in sorted(self._collections)]
+            for collection in collections:  # no write in flight while the payload tally may start
+                held.enter_context(collection._writing)
+            tracked = self.quotas.tracks_payloads
+            quota = self.quotas.set(tenant, limits)
+            if self.quotas.tracks_payloads and not tracked:
+                for collection in collections:
+                    collection.usage.rebuild()
+        return quota
+
+    def quota(self, tenant: str | None) -> TenantQuota:
+        """A tenant's effective quota and what it holds now (None: the default quota)."""
+        if tenant is None:
+            return TenantQuota(None, self.quotas.of(None), Usage())
+        tenant = validate.name(tenant, "tenant")
+        return TenantQuota(tenant, self.quotas.of(tenant), Usage(**self.usage(tenant)))
+
+    def usage(self, tenant: str, limits: tuple = LIMITS) -> dict:
+        """What `tenant` holds now, for these limits, summed over the collections and the cache.
+        Takes no collection lock: a write checking its quota calls it holding its own."""
+        collections = list(self._collections.values())
+        usage = {}
+        if "vectors" in limits or "vector_bytes" in limits:
+            held = [(c.usage.vectors_of(tenant), c.dim) for c in collections]
+            usage["vectors"] = sum(n for n, _ in held)
+            usage["vector_bytes"] = sum(n * dim * 4 for n, dim in held)
+        if "payload_bytes" in limits:
+            usage["payload_bytes"] = sum(c.usage.payload_bytes_of(tenant) for c in collections)
+        if "cache_entries" in limits:
+            usage["cache_entries"] = self.cache.entries_of(tenant)
+        return {limit: usage[limit] for limit in limits}
 
     def snapshot(self, path) -> None:
         """A consistent copy of the data directory at `path`, taken while writes go on."""

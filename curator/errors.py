@@ -43,9 +43,15 @@ class PermissionDeniedError(CuratorError):
 
 
 class ResourceExhaustedError(CuratorError):
-    """A request goes beyond a configured limit."""
+    """A request goes beyond a configured limit. `limit` names a tenant quota or key rate when
+    one refused it (vectors, vector_bytes, payload_bytes, cache_entries, reads_per_second,
+    writes_per_second); `retry_after` is the seconds until a rate allows the call again."""
 
     code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str = "", *, limit: str | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.limit, self.retry_after = limit, retry_after
 
 
 class StorageError(CuratorError):

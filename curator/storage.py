@@ -36,6 +36,10 @@ DURABILITY = ("sync", "batch", "none")
 
 _FORMAT_KEY = b"F"
 _COLLECTION, _VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD = b"C", b"V", b"A", b"T", b"R", b"P"
+# Records other parts keep here through write_records / scan_records (STORAGE.md), besides the
+# semantic cache's S and Y (cache/records.py): tenant quotas set through the API (`quotas.py`) and
+# API keys' rates set through the API (the server's `rates.py`).
+QUOTA, KEY_RATES = b"Q", b"K"
 
 
 class DataDirectory:

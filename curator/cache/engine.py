@@ -9,8 +9,11 @@ Only a hit reads the record store.
 
 Entries of one (tenant, category) form a group sharing the quota; a group's lock covers its
 partitions. Eviction picks victims by the policy (LRU or LFU) across the group's partitions.
+A tenant's `cache_entries` quota (`curator/quotas.py`) bounds its entries over every group: a
+store that would pass it, after what the store evicts, is refused.
 """
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -93,6 +96,7 @@ class SemanticCache(Cache):
         self.economics = economics or Economics()
         self.observer = observer or Observer()
         self._clock = clock
+        self.quotas = None  # the database's tenant quotas (`curator.quotas.Quotas`), set by the database
         self._lock = threading.Lock()       # the maps below; groups have their own locks
         self._groups: dict[tuple[str, str], _Group] = {}
         self._counters: dict[tuple[str, str], dict[str, int]] = {}
@@ -153,7 +157,13 @@ class SemanticCache(Cache):
             self.economics.upstream(lookup.category, answer.seconds)
             entry = -1
             if policy.cacheable and policy.max_entries != 0 and answer.finish_reason in STORABLE_FINISH:
-                entry = self._store(tenant, lookup.category, policy, (model, settings), prompt, answer.text, embedding)
+                try:
+                    entry = self._store(tenant, lookup.category, policy, (model, settings), prompt, answer.text,
+                                        embedding)
+                except ResourceExhaustedError as error:
+                    if error.limit != "cache_entries":
+                        raise
+                    # the tenant's quota of entries is full: the answer is still the caller's, uncached
             return answer, entry
 
         (answer, entry), leader = self._flight.run((tenant, lookup.category, model, settings, prompt), ask_upstream)
@@ -274,6 +284,12 @@ class SemanticCache(Cache):
                 total += ids.size
         return int(total)
 
+    def entries_of(self, tenant: str) -> int:
+        """The tenant's live entries, over every category."""
+        with self._lock:
+            groups = [group for (owner, _), group in self._groups.items() if owner == tenant]
+        return sum(group.live for group in groups)
+
     @property
     def memory_bytes(self) -> int:
         with self._lock:
@@ -363,12 +379,13 @@ class SemanticCache(Cache):
                 entry_id = self._next_id
                 self._next_id += 1
             evicted = self._victims(group, policy, extra_entries=1, extra_bytes=size)
-            evicted_ids = [p.remove(slots) for p, slots in evicted]
-            # the record first: a crash between the two leaves a record that reopening restores
-            self._records.write_records([(entry_key(entry_id), record)],
-                                        [entry_key(i) for ids in evicted_ids for i in ids.tolist()])
-            partition.add(np.array([entry_id]), embedding[None, :], np.array([now]), np.array([size]),
-                          np.array([answer_key(answer)], np.uint64))
+            with self._quota(tenant, 1 - sum(slots.size for _, slots in evicted)):
+                evicted_ids = [p.remove(slots) for p, slots in evicted]
+                # the record first: a crash between the two leaves a record that reopening restores
+                self._records.write_records([(entry_key(entry_id), record)],
+                                            [entry_key(i) for ids in evicted_ids for i in ids.tolist()])
+                partition.add(np.array([entry_id]), embedding[None, :], np.array([now]), np.array([size]),
+                              np.array([answer_key(answer)], np.uint64))
         n_evicted = sum(ids.size for ids in evicted_ids)
         if n_evicted:
             self._bump(tenant, category, "evictions", n_evicted)
@@ -379,6 +396,13 @@ class SemanticCache(Cache):
             self._stores_since_sweep = 0
             self.expire()
         return entry_id
+
+    def _quota(self, tenant: str, growth: int):
+        """Refuse a store that would take the tenant past its quota of entries; held while it stores."""
+        if self.quotas is None or growth <= 0 or not self.quotas.active:
+            return contextlib.nullcontext()
+        return self.quotas.charged({tenant: {"cache_entries": growth}},
+                                   lambda owner, limits: {"cache_entries": self.entries_of(owner)})
 
     @staticmethod
     def _victims(group: _Group, policy: Policy, extra_entries: int, extra_bytes: int) -> list:
