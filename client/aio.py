@@ -15,7 +15,7 @@ from curator.api import SearchResult
 from curator_proto import wire
 from curator_proto.v1 import curator_pb2 as pb
 
-from . import cache_calls, calls
+from . import cache_calls, calls, limits_calls
 from .aio_coalesce import AsyncCoalescer
 from .aio_stream import AsyncSearchStream
 from .calls import Call, CollectionCalls
@@ -43,7 +43,7 @@ class _AsyncChannel:
         if reply is None:
             return await self.run(call)
         if reply.HasField("error"):
-            raise wire.exception(reply.error.code, reply.error.type, reply.error.message)
+            raise wire.from_failure(reply.error)
         return call.parse(reply.result)
 
     async def _alone(self, request):
@@ -210,6 +210,18 @@ class AsyncRemoteDatabase:
 
     async def server_info(self) -> dict:
         return await self._channel.run(calls.server_info())
+
+    async def set_quota(self, tenant: str | None, **limits):
+        return await self._channel.run(limits_calls.set_quota(tenant, limits))
+
+    async def quota(self, tenant: str | None):
+        return await self._channel.run(limits_calls.quota(tenant))
+
+    async def set_key_rates(self, name: str, **rates) -> dict:
+        return await self._channel.run(limits_calls.set_key_rates(name, rates))
+
+    async def key_rates(self, name: str | None = None) -> dict:
+        return await self._channel.run(limits_calls.key_rates(name))
 
     async def close(self) -> None:
         await self._channel.close()

@@ -15,14 +15,14 @@ from curator.api import Collection, Database, SearchResult
 from curator_proto import wire
 from curator_proto.v1 import curator_pb2_grpc as rpc
 
-from . import calls
+from . import calls, limits_calls
 from .cache import RemoteCache
 from .calls import Call, CollectionCalls
 from .coalesce import Coalescer
 from .stream import StreamPool
 
 STUBS = {"collections": rpc.CollectionsStub, "tenants": rpc.TenantsStub, "vectors": rpc.VectorsServiceStub,
-         "search": rpc.SearchStub, "admin": rpc.AdminStub, "cache": rpc.CacheStub}
+         "search": rpc.SearchStub, "admin": rpc.AdminStub, "cache": rpc.CacheStub, "limits": rpc.LimitsStub}
 
 
 def channel_options(max_message_bytes: int) -> list:
@@ -35,11 +35,10 @@ def backoff(attempt: int) -> float:
 
 
 def engine_error(error: grpc.RpcError) -> Exception:
-    """The engine's exception for a failed call: by the class name the server sent, else by code."""
-    metadata = error.trailing_metadata() or ()
+    """The engine's exception for a failed call: by the class name the server sent, else by code;
+    a quota's or rate's refusal carries its `limit` and `retry_after` (seconds) again."""
     # blocking calls give (key, value) pairs, grpc.aio a Metadata mapping
-    name = metadata.get(wire.ERROR_KEY) if hasattr(metadata, "get") else dict(metadata).get(wire.ERROR_KEY)
-    return wire.exception(error.code().name, name, error.details())
+    return wire.from_trailers(error.code().name, error.trailing_metadata() or (), error.details())
 
 
 class _Channel:
@@ -81,7 +80,7 @@ class _Channel:
     @staticmethod
     def _searched(call: Call, reply):
         if reply.HasField("error"):
-            raise wire.exception(reply.error.code, reply.error.type, reply.error.message)
+            raise wire.from_failure(reply.error)
         return call.parse(reply.result)
 
     def close(self) -> None:
@@ -204,6 +203,22 @@ class RemoteDatabase(Database):
 
     def server_info(self) -> dict:
         return self._channel.run(calls.server_info())
+
+    def set_quota(self, tenant: str | None, **limits):
+        return self._channel.run(limits_calls.set_quota(tenant, limits))
+
+    def quota(self, tenant: str | None):
+        return self._channel.run(limits_calls.quota(tenant))
+
+    def set_key_rates(self, name: str, **rates) -> dict:
+        """Set rates of the API key named `name` (admin): reads_per_second, writes_per_second,
+        burst, each a number or None (unlimited; for burst, one second's worth); persisted on the
+        server, over its keys file. Returns the key's rates."""
+        return self._channel.run(limits_calls.set_key_rates(name, rates))
+
+    def key_rates(self, name: str | None = None) -> dict:
+        """The rates of the API key named `name` (None: this client's own key)."""
+        return self._channel.run(limits_calls.key_rates(name))
 
     def close(self) -> None:
         self._channel.close()

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .quotas import Quota, TenantQuota
+
 
 class SearchResult(tuple):
     """(ids, distances), which unpacks like a pair, and the plan that found them."""
@@ -174,6 +176,18 @@ class Database(ABC):
     @abstractmethod
     def cache(self):
         """The semantic cache (`curator.cache.Cache`) served beside the collections."""
+
+    @abstractmethod
+    def set_quota(self, tenant: str | None, **limits) -> "Quota":
+        """Set a tenant's quota (`curator.quotas`; tenant None: the default of every tenant):
+        vectors, vector_bytes, payload_bytes, cache_entries, each an int >= 0 or None (unlimited);
+        limits not given stay as they are. Persisted; over gRPC, an admin key's call only.
+        Returns the tenant's effective quota."""
+
+    @abstractmethod
+    def quota(self, tenant: str | None) -> "TenantQuota":
+        """A tenant's effective quota and what it holds now, summed over every collection and the
+        cache (tenant None: the default quota)."""
 
     @abstractmethod
     def snapshot(self, path) -> None:

@@ -12,7 +12,9 @@ headers and no body held a worker for as long as it liked, before its key was ev
 - a key may have at most `per_key` calls in flight (admitted and not yet finished, search
   streams included); beyond that a call is refused RESOURCE_EXHAUSTED, saying the limit, so
   one tenant's slow or half-open calls cannot take every worker from the others. Health and
-  reflection need no key; their calls share one such allowance.
+  reflection need no key; their calls share one such allowance;
+- a key over its rate of reads or writes per second (`rates.py`: a token bucket, O(1)) is refused
+  RESOURCE_EXHAUSTED naming the limit, with `retry-after` in the trailing metadata.
 
 The cap on all calls in flight is grpcio's own `maximum_concurrent_rpcs`, refused on the
 polling thread without a worker. In open mode (no key file) every caller is one and the same
@@ -31,14 +33,16 @@ from prometheus_client import CollectorRegistry, Counter
 from curator.errors import CuratorError, ResourceExhaustedError, UnauthenticatedError
 
 from .auth import KeyRing, Principal
+from .rates import Rates, kind_of
 from .service import abort
 
 PUBLIC = Principal("public services (health, reflection)")  # who keyless calls to them count as
 
 
 class Admission(grpc.ServerInterceptor):
-    def __init__(self, keys: KeyRing, per_key: int, public_services=(), registry: CollectorRegistry | None = None):
-        self.keys, self.per_key = keys, per_key  # per_key 0: no per-key limit
+    def __init__(self, keys: KeyRing, per_key: int, public_services=(), registry: CollectorRegistry | None = None,
+                 rates: Rates | None = None):
+        self.keys, self.per_key, self.rates = keys, per_key, rates  # per_key 0: no per-key limit
         self.public = frozenset(public_services)
         self._in_flight: dict[Principal, int] = {}
         self._lock = threading.Lock()
@@ -47,7 +51,7 @@ class Admission(grpc.ServerInterceptor):
         self._finished: collections.deque[Principal] = collections.deque()
         self.refused = None if registry is None else Counter(
             "curator_refused", "calls refused before reaching a worker's handler, by reason "
-            "(unauthenticated, key_limit)", ["reason"], registry=registry)
+            "(unauthenticated, key_limit, rate_limit)", ["reason"], registry=registry)
 
     def intercept_service(self, continuation, handler_call_details):
         if self.keys.open:
@@ -71,6 +75,12 @@ class Admission(grpc.ServerInterceptor):
             return self._refusal(ResourceExhaustedError(
                 f"key {who.name!r} has {self.per_key} calls in flight, its limit (max_calls_per_key="
                 f"{self.per_key}); wait for one to finish"), "key_limit")
+        kind = kind_of(handler_call_details.method) if self.rates is not None and who is not PUBLIC else None
+        if kind is not None:
+            wait = self.rates.take(who, kind)
+            if wait:
+                ticket.release()
+                return self._refusal(self.rates.refusal(who, kind, wait), "rate_limit")
         return _holding(handler, ticket)
 
     def in_flight(self, who: Principal) -> int:

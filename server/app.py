@@ -25,7 +25,9 @@ from .cache_service import CacheService
 from .decoding import Decoding
 from .probes import ProbeBudget
 from .auth import KeyRing, readable_by_others
-from .metrics import CacheMetrics, Metrics, MetricsInterceptor
+from .limits_service import LimitsService
+from .metrics import CacheMetrics, Metrics, MetricsInterceptor, QuotaMetrics
+from .rates import Rates
 from .streams import OpenStreams
 
 log = logging.getLogger("curator.server")
@@ -54,7 +56,7 @@ def snapshots_root(config) -> str | None:
     return None if config.data == ":memory:" else config.data.rstrip("/\\") + "-snapshots"
 
 
-SERVICES = ("Collections", "Tenants", "VectorsService", "Search", "Admin", "Cache")
+SERVICES = ("Collections", "Tenants", "VectorsService", "Search", "Admin", "Cache", "Limits")
 
 
 @dataclass
@@ -81,6 +83,7 @@ class ServerConfig:
     id_collisions_per_hour: float = 60.0  # a tenant key's collisions with ids it cannot see (server/probes.py)
     grace_seconds: float = 10.0
     cache: dict | None = None  # the semantic cache's configuration ([cache] of --cache-config)
+    quotas: dict | None = None  # configured tenant quotas (--quotas; curator/quotas.py), under those set by the API
 
 
 def _worker_threads() -> None:
@@ -118,15 +121,19 @@ class CuratorServer:
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.keys = KeyRing.load(config.keys)
         self._check_exposure()
-        self.db = curator.open(config.data, cache=config.cache) if config.data == ":memory:" else curator.open(
-            config.data, durability=config.durability, cache=config.cache)
+        self.db = curator.open(config.data, cache=config.cache, quotas=config.quotas) if config.data == ":memory:" \
+            else curator.open(config.data, durability=config.durability, cache=config.cache, quotas=config.quotas)
         self.metrics = Metrics(self.db, None if config.data == ":memory:" else config.data, config.tenant_metrics_top)
         self.db.cache.observer = CacheMetrics(self.metrics.registry, self.db.cache)
+        quota_metrics = QuotaMetrics(self.metrics.registry, self.db)
+        self.db.quotas.observer = quota_metrics
+        self.rates = Rates(self.keys, self.db.records, observer=quota_metrics)
         size = config.limits.max_message_bytes
         max_streams = config.max_streams or max(1, config.workers // 2)
         calls_per_key, streams_per_key = _per_key(config, max_streams)
         self.admission = Admission(self.keys, 0 if self.keys.open else calls_per_key,
-                                   (health.SERVICE_NAME, reflection.SERVICE_NAME), self.metrics.registry)
+                                   (health.SERVICE_NAME, reflection.SERVICE_NAME), self.metrics.registry,
+                                   None if self.keys.open else self.rates)
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="curator-rpc",
                                        initializer=_worker_threads),
@@ -141,10 +148,13 @@ class CuratorServer:
         rpc.add_VectorsServiceServicer_to_server(
             service.VectorsService(*args, ProbeBudget(config.id_collisions_per_hour)), self.grpc)
         self.streams = OpenStreams(max_streams, config.stream_idle_seconds, None if self.keys.open else streams_per_key)
-        rpc.add_SearchServicer_to_server(service.SearchService(*args, self.streams, self.metrics.observe), self.grpc)
+        search = service.SearchService(*args, self.streams, self.metrics.observe)
+        search.rates = self.rates
+        rpc.add_SearchServicer_to_server(search, self.grpc)
         info = {"version": VERSION, "data": config.data, "durability": config.durability}
         rpc.add_AdminServicer_to_server(service.AdminService(*args, info, snapshots_root(config)), self.grpc)
         rpc.add_CacheServicer_to_server(CacheService(*args), self.grpc)
+        rpc.add_LimitsServicer_to_server(LimitsService(*args, self.rates), self.grpc)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]

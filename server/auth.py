@@ -9,6 +9,10 @@ plain digest is enough to keep a stolen file from yielding usable keys):
     tenants = ["alice"]
     collections = ["docs"]  # optional: the collections the key may reach (default: all)
 
+    reads_per_second = 50   # optional: calls per second of each kind (server/rates.py)
+    writes_per_second = 5
+    burst = 20              # optional: the most calls of each kind at once (default: one second's worth)
+
     [[keys]]
     name = "ops"
     sha256 = "…"
@@ -17,11 +21,14 @@ plain digest is enough to keep a stolen file from yielding usable keys):
 The file is parsed strictly, because a lenient reading of a security file fails open: every
 field has one type (`admin = "false"` is refused, not read as true; `tenants = "alice"` is
 refused, not read as five one-letter tenants), unknown fields and duplicate digests are refused,
-and each refusal names the entry and its line. With no key file the server runs in open mode
+and each refusal names the entry and its line. Rates belong to a key's name (keys sharing one, as
+an old and a new key while rotating, share its buckets), so entries of one name must not disagree
+about them. With no key file the server runs in open mode
 (every caller is admin), which it logs loudly.
 """
 
 import hashlib
+import math
 import os
 import re
 import secrets
@@ -45,6 +52,11 @@ class Principal:
     admin: bool = False
     tenants: frozenset = frozenset()
     collections: frozenset | None = None  # None: every collection
+    # calls per second (None: unlimited) and bucket size (None: one second's worth), from the keys
+    # file; rates set through the API override them (server/rates.py)
+    reads_per_second: float | None = None
+    writes_per_second: float | None = None
+    burst: float | None = None
 
     def may_act_for(self, tenant: str) -> bool:
         return self.admin or tenant in self.tenants
@@ -70,7 +82,10 @@ class Principal:
 OPEN = Principal("open mode", admin=True)
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-_FIELDS = {"name": str, "sha256": str, "admin": bool, "tenants": list, "collections": list}
+_FIELDS = {"name": str, "sha256": str, "admin": bool, "tenants": list, "collections": list,
+           "reads_per_second": (int, float), "writes_per_second": (int, float), "burst": (int, float)}
+RATE_FIELDS = ("reads_per_second", "writes_per_second", "burst")
+MAX_RATE = 1e9  # calls per second (or in a burst): beyond it a rate means nothing
 
 
 class KeyRing:
@@ -104,6 +119,9 @@ class KeyRing:
             raise UnauthenticatedError("unknown API key")
         return principal
 
+    def principals(self) -> list[Principal]:
+        return list(self._by_digest.values())
+
 
 def parse_keys(text: str, source: str = "keys file") -> dict[str, Principal]:
     """Digest -> Principal from the text of a keys file; KeysFileError names what is wrong and where."""
@@ -119,12 +137,18 @@ def parse_keys(text: str, source: str = "keys file") -> dict[str, Principal]:
         raise KeysFileError(f"{source}: 'keys' must be an array of tables ([[keys]])")
     principals: dict[str, Principal] = {}
     names: dict[str, str] = {}
+    rates: dict[str, tuple] = {}  # key name -> its rates and where they were first given
     for number, entry in enumerate(entries):
         where = f"{source}, key entry {number + 1} ({_line_of(text, entry, number)})"
         principal, digest = _principal(entry, where)
         if digest in principals:
             raise KeysFileError(f"{where}: its sha256 is also that of key {names[digest]!r}; each key's digest "
                                 "must appear once")
+        mine = tuple(getattr(principal, field) for field in RATE_FIELDS)
+        first = rates.setdefault(principal.name, (mine, where))
+        if first[0] != mine:
+            raise KeysFileError(f"{where}: its rates differ from those of another entry named {principal.name!r} "
+                                f"({first[1]}); rates belong to a key's name, so entries of one name must agree")
         principals[digest], names[digest] = principal, principal.name
     return principals
 
@@ -134,8 +158,12 @@ def _principal(entry: dict, where: str) -> tuple[Principal, str]:
         kind = _FIELDS.get(field)
         if kind is None:
             raise KeysFileError(f"{where}: unknown field {field!r}; allowed: {', '.join(_FIELDS)}")
-        if type(value) is not kind:
+        if type(value) not in (kind if isinstance(kind, tuple) else (kind,)):
             raise KeysFileError(f"{where}: {field} must be a {_TOML_TYPE[kind]}, got {value!r}")
+    for field in RATE_FIELDS:
+        problem = rate_problem(field, entry.get(field))
+        if problem:
+            raise KeysFileError(f"{where}: {problem}")
     for field in ("name", "sha256"):
         if not entry.get(field):
             raise KeysFileError(f"{where}: {field} is required")
@@ -153,10 +181,24 @@ def _principal(entry: dict, where: str) -> tuple[Principal, str]:
         raise KeysFileError(f"{where}: a key is either admin = true or bound to tenants, not both")
     if not admin and not lists["tenants"]:
         raise KeysFileError(f"{where}: the key has neither admin = true nor tenants")
-    return Principal(entry["name"], admin, lists["tenants"] or frozenset(), lists["collections"]), digest
+    rates = {field: float(entry[field]) for field in RATE_FIELDS if field in entry}
+    return Principal(entry["name"], admin, lists["tenants"] or frozenset(), lists["collections"], **rates), digest
 
 
-_TOML_TYPE = {str: "string", bool: "boolean (true or false, unquoted)", list: "array"}
+def rate_problem(field: str, value) -> str | None:
+    """What is wrong with a rate's value (None: unset, or nothing wrong)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"{field} must be a finite number, got {value!r}"
+    low = 1 if field == "burst" else 0
+    if not (value >= low if field == "burst" else value > low) or value > MAX_RATE:
+        bound = "at least 1" if field == "burst" else "above 0"
+        return f"{field} must be {bound} and at most {MAX_RATE:g}, got {value!r}"
+    return None
+
+
+_TOML_TYPE = {str: "string", bool: "boolean (true or false, unquoted)", list: "array", (int, float): "number"}
 
 
 def _line_of(text: str, entry: dict, number: int) -> str:

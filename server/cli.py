@@ -5,6 +5,8 @@ import logging
 import sys
 
 from curator.cache import config as cache_config
+from curator.errors import InvalidArgumentError
+from curator.quotas import read_config as read_quotas
 
 from .app import CuratorServer, InsecureConfigError, ServerConfig
 from .auth import KeysFileError, append_entry, key_entry, new_key
@@ -44,6 +46,9 @@ def main(argv=None) -> int:
     serve.add_argument("--id-collisions-per-hour", type=float, default=60.0,
                        help="collisions of a tenant key's writes with ids it cannot see before its writes naming "
                             "ids pause (server/probes.py; 0: no limit)")
+    serve.add_argument("--quotas", default=None,
+                       help="TOML file of tenant quotas: [default] and [tenants.NAME] tables of vectors, "
+                            "vector_bytes, payload_bytes, cache_entries (those set through the API override it)")
     serve.add_argument("--tenant-metrics-top", type=int, default=0,
                        help="label request metrics with the N busiest tenants (0: off)")
     keygen = commands.add_parser("keygen", help="print a new API key and its entry for the keys file")
@@ -78,6 +83,11 @@ def main(argv=None) -> int:
         return 0
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
+    try:
+        quotas = read_quotas(args.quotas) if args.quotas else None
+    except InvalidArgumentError as error:
+        print(f"curator serve: {error}", file=sys.stderr)
+        return 2
     config = ServerConfig(
         data=args.data, host=args.host, port=args.port, metrics_port=args.metrics_port, durability=args.durability,
         keys=args.keys, insecure_open=args.insecure_open, snapshots=args.snapshots, tls_cert=args.tls_cert, tls_key=args.tls_key, workers=args.workers,
@@ -85,7 +95,7 @@ def main(argv=None) -> int:
         max_streams_per_key=args.max_streams_per_key,
         limits=Limits(args.max_message_bytes, args.max_batch, args.max_k), tenant_metrics_top=args.tenant_metrics_top,
         id_collisions_per_hour=args.id_collisions_per_hour,
-        cache=cache_config.read(args.cache_config) if args.cache_config else None)
+        cache=cache_config.read(args.cache_config) if args.cache_config else None, quotas=quotas)
     try:
         server = CuratorServer(config)
     except (KeysFileError, InsecureConfigError) as error:

@@ -210,3 +210,39 @@ class _CacheCollector:
         yield from families.values()
         yield GaugeMetricFamily("curator_cache_pressure", "upstream load pressure (0 none, 1 fully relaxed)",
                                 value=stats["load"]["pressure"])
+
+
+class QuotaMetrics:
+    """Refusals by limit (tenant quotas and key rates: an `Observer` of both), and each tenant's
+    usage beside its quota, read at scrape time. Only tenants with a quota of their own get
+    series (set by an admin, so bounded), and only for the limits set: a default quota that
+    covers every tenant makes no series per tenant."""
+
+    def __init__(self, registry: CollectorRegistry, db):
+        self.refusals = Counter("curator_quota_refused", "calls refused by a tenant quota or a key rate, by limit "
+                                "(vectors, vector_bytes, payload_bytes, cache_entries, reads_per_second, "
+                                "writes_per_second)", ["limit"], registry=registry)
+        registry.register(_QuotaCollector(db))
+
+    def refused(self, limit: str) -> None:
+        self.refusals.labels(limit).inc()
+
+
+class _QuotaCollector:
+    def __init__(self, db):
+        self.db = db
+
+    def collect(self):
+        usage = GaugeMetricFamily("curator_quota_usage", "what a tenant with a quota holds, by limit",
+                                  labels=["tenant", "limit"])
+        quota = GaugeMetricFamily("curator_quota_limit", "a tenant's quota, by limit (only limits set)",
+                                  labels=["tenant", "limit"])
+        for tenant in self.db.quotas.tenants():
+            limits = self.db.quotas.of(tenant).as_dict()
+            limited = tuple(limit for limit, value in limits.items() if value is not None)
+            if not limited:
+                continue
+            for limit, value in self.db.usage(tenant, limited).items():
+                usage.add_metric([tenant, limit], value)
+                quota.add_metric([tenant, limit], limits[limit])
+        yield from (usage, quota)

@@ -28,6 +28,7 @@ from .auth import KeyRing, Principal
 from .decoding import checked
 from .probes import TAKEN, ProbeBudget
 from .exchange import Exchange
+from .rates import READS, UNLIMITED
 from .streams import OpenStreams
 
 log = logging.getLogger("curator.server")
@@ -109,8 +110,9 @@ def confined(root: str | None, path: str) -> Path:
 
 
 def abort(context, error: CuratorError) -> None:
-    """End a call with the engine error's status code, its class named in the trailing metadata."""
-    context.set_trailing_metadata(((wire.ERROR_KEY, type(error).__name__),))
+    """End a call with the engine error's status code, its class named in the trailing metadata
+    (and a quota's or rate's limit, and a rate's retry-after)."""
+    context.set_trailing_metadata(wire.trailers(error))
     context.abort(grpc.StatusCode[error.code], str(error))
 
 
@@ -392,6 +394,8 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
 
 
 class SearchService(_Base, rpc.SearchServicer):
+    rates = UNLIMITED  # the server's key rates (server/rates.py): each search on a stream is a read
+
     def __init__(self, db, keys: KeyRing, limits: Limits, streams: OpenStreams, observe):
         super().__init__(db, keys, limits)
         self.streams, self.observe = streams, observe  # observe(method, code, seconds, tenant): metrics
@@ -493,6 +497,8 @@ class SearchService(_Base, rpc.SearchServicer):
     def _search_together(self, searches, principal, context) -> list | None:
         """Searches of one collection, k and ef as one engine batch; None if any of them fails
         (each is then answered alone, with its own error)."""
+        if not self.rates.try_take(principal, READS, len(searches)):
+            return None  # over the key's rate: each is answered alone, counted one by one
         self.streams.busy(context)
         start = time.perf_counter()
         try:
@@ -505,6 +511,7 @@ class SearchService(_Base, rpc.SearchServicer):
             found = col.search_batch(queries, k=int(first.k), tenants=[search.tenant for search in searches],
                                      ef=first.ef or None)
         except (CuratorError, ValueError):  # ValueError: queries of different dimensions
+            self.rates.give_back(principal, READS, len(searches))  # answered alone, each counted then
             self.streams.idle(context)
             return None
         counts = (found.ids >= 0).sum(axis=1).tolist()  # a batch pads with -1 where a tenant has fewer
@@ -524,8 +531,10 @@ class SearchService(_Base, rpc.SearchServicer):
         self.streams.busy(context)
         start = time.perf_counter()
         try:
+            self.rates.check(principal, READS)
             result = self._search(request, principal, now)
             if result is None:
+                self.rates.give_back(principal, READS, 1)  # the handler's thread answers it, counting it then
                 self.streams.idle(context)
                 return None
             reply, code = pb.SearchStreamReply(result=result), "OK"

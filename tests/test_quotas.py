@@ -1,17 +1,22 @@
-"""Tenant quotas (curator/quotas.py), embedded (in memory and on a data directory): a write exactly reaching a quota succeeds, one just over is refused whole
+"""Tenant quotas (curator/quotas.py), embedded (in memory, on a data directory) and remote (a real
+server through the SDK): a write exactly reaching a quota succeeds, one just over is refused whole
 naming the tenant, the limit, the usage and the quota, and after room is made the same write
 succeeds; usage follows what each tenant can see, over every collection and the cache; quotas set
-through the API persist and override the configured ones."""
+through the API persist and override the configured ones; refusals and usage are metrics."""
 
 import threading
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
 import curator
 from benchmarks.stand_in_llm import StandInLLM
 from curator import InvalidArgumentError, PermissionDeniedError, Quota, ResourceExhaustedError
 from curator.quotas import parse_config, payload_bytes, read_config
+from curator_server.app import CuratorServer, ServerConfig
+from curator_server.auth import digest_of
+from curator_server.cli import main as cli
 from tests.conftest import SMALL_TREE, database
 
 DIM = 4
@@ -28,7 +33,7 @@ def unit(seed: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-@pytest.fixture(params=["memory", "durable"])
+@pytest.fixture(params=["memory", "durable", "remote"])
 def db(request, tmp_path):
     with database(request.param, tmp_path, retries=0) as opened:
         yield opened
@@ -287,6 +292,7 @@ def test_the_quotas_file_is_read_strictly(tmp_path, text, message):
     with pytest.raises(InvalidArgumentError) as caught:
         read_config(path)
     assert message in str(caught.value)
+    assert cli(["serve", "--data", ":memory:", "--quotas", str(path)]) == 2
 
 
 def test_a_quotas_file(tmp_path):
@@ -295,6 +301,56 @@ def test_a_quotas_file(tmp_path):
     assert read_config(path) == {"default": {"vectors": 1000, "payload_bytes": 1 << 20},
                                  "tenants": {"alice": {"vectors": 10}}}
     assert parse_config({}) == {"default": {}, "tenants": {}}
+
+
+# -- over gRPC: keys, codes, metrics -------------------------------------------------------------------
+
+KEYS = {"alice": "key-alice-0123456789", "admin": "key-admin-0123456789"}
+
+
+@pytest.fixture
+def secured(tmp_path):
+    keys = tmp_path / "keys.toml"
+    keys.write_text(f'[[keys]]\nname = "alice-app"\nsha256 = "{digest_of(KEYS["alice"])}"\ntenants = ["alice"]\n'
+                    f'[[keys]]\nname = "ops"\nsha256 = "{digest_of(KEYS["admin"])}"\nadmin = true\n')
+    server = CuratorServer(ServerConfig(data=str(tmp_path / "data"), port=0, keys=str(keys),
+                                        quotas={"tenants": {"alice": {"vectors": 3}}})).start()
+    admin = curator.connect(server.address, api_key=KEYS["admin"], retries=0)
+    alice = curator.connect(server.address, api_key=KEYS["alice"], retries=0)
+    admin.create_collection("docs", dim=DIM)
+    yield server, admin, alice
+    alice.close()
+    admin.close()
+    server.stop()
+
+
+def test_only_an_admin_sets_quotas_and_a_tenant_reads_its_own(secured):
+    server, admin, alice = secured
+    with pytest.raises(PermissionDeniedError):
+        alice.set_quota("alice", vectors=100)
+    with pytest.raises(PermissionDeniedError):
+        alice.quota("bob")
+    col = alice.collection("docs")
+    col.insert(np.arange(3), vectors(3), tenant="alice")
+    assert alice.quota("alice").usage.vectors == 3 and alice.quota(None).quota == Quota()
+    error = refused(lambda: col.insert([3], vectors(1), tenant="alice"), "vectors")
+    assert error.retry_after is None  # a quota is not a rate: waiting does not help
+    assert admin.set_quota("alice", vectors=4) == Quota(vectors=4)
+    col.insert([3], vectors(1), tenant="alice")
+
+
+def test_refusals_and_usage_are_metrics(secured):
+    server, admin, alice = secured
+    col = alice.collection("docs")
+    col.insert(np.arange(3), vectors(3), tenant="alice")
+    for _ in range(2):
+        refused(lambda: col.insert([3], vectors(1), tenant="alice"), "vectors")
+    admin.collection("docs").insert([10], vectors(1), tenant="bob")
+    text = generate_latest(server.metrics.registry).decode()
+    assert 'curator_quota_refused_total{limit="vectors"} 2.0' in text
+    assert 'curator_quota_usage{limit="vectors",tenant="alice"} 3.0' in text
+    assert 'curator_quota_limit{limit="vectors",tenant="alice"} 3.0' in text
+    assert 'tenant="bob"' not in text  # no quota of its own: no series
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -341,3 +397,26 @@ def test_the_payload_tally_matches_a_recount_through_every_kind_of_write(seed):
             expected = sum(payload_bytes(p) for p in col.get_payloads(seen)) if seen.size else 0
             assert db.usage(tenant, ("payload_bytes",)) == {"payload_bytes": expected}
             assert db.quota(tenant).usage.vectors == seen.size
+
+
+def test_the_asyncio_sdk_sets_and_reads_quotas(tmp_path):
+    import asyncio
+
+    from curator_client import aio
+
+    server = CuratorServer(ServerConfig(data=":memory:", port=0)).start()
+
+    async def run():
+        async with await aio.connect(server.address, retries=0) as db:
+            col = await db.create_collection("docs", dim=DIM)
+            assert await db.set_quota("alice", vectors=1) == Quota(vectors=1)
+            await col.insert([1], vectors(1), tenant="alice")
+            with pytest.raises(ResourceExhaustedError) as caught:
+                await col.insert([2], vectors(1), tenant="alice")
+            assert caught.value.limit == "vectors"
+            assert (await db.quota("alice")).usage.vectors == 1
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()

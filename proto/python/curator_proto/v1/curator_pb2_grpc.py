@@ -1465,6 +1465,235 @@ class Admin(object):
             _registered_method=True)
 
 
+class LimitsStub(object):
+    """-- limits: tenant quotas and key rates ----------------------------------------------------------
+
+    A tenant quota bounds what the tenant holds over every collection and the cache: the vectors it
+    may see, their bytes (dim x 4 each), the compact JSON bytes of their payloads, and its cache
+    entries. A write that would pass one is refused whole (RESOURCE_EXHAUSTED). A key's rates bound
+    its calls per second, reads and writes apart (a token bucket of `burst` calls); each search on a
+    stream counts as a read. Setting either needs an admin key; both persist in the data directory.
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SetQuota = channel.unary_unary(
+                '/curator.v1.Limits/SetQuota',
+                request_serializer=curator_dot_v1_dot_curator__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.QuotaReply.FromString,
+                _registered_method=True)
+        self.GetQuota = channel.unary_unary(
+                '/curator.v1.Limits/GetQuota',
+                request_serializer=curator_dot_v1_dot_curator__pb2.QuotaRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.QuotaReply.FromString,
+                _registered_method=True)
+        self.SetKeyRates = channel.unary_unary(
+                '/curator.v1.Limits/SetKeyRates',
+                request_serializer=curator_dot_v1_dot_curator__pb2.SetKeyRatesRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.KeyRates.FromString,
+                _registered_method=True)
+        self.GetKeyRates = channel.unary_unary(
+                '/curator.v1.Limits/GetKeyRates',
+                request_serializer=curator_dot_v1_dot_curator__pb2.KeyRatesRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.KeyRates.FromString,
+                _registered_method=True)
+
+
+class LimitsServicer(object):
+    """-- limits: tenant quotas and key rates ----------------------------------------------------------
+
+    A tenant quota bounds what the tenant holds over every collection and the cache: the vectors it
+    may see, their bytes (dim x 4 each), the compact JSON bytes of their payloads, and its cache
+    entries. A write that would pass one is refused whole (RESOURCE_EXHAUSTED). A key's rates bound
+    its calls per second, reads and writes apart (a token bucket of `burst` calls); each search on a
+    stream counts as a read. Setting either needs an admin key; both persist in the data directory.
+
+    """
+
+    def SetQuota(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQuota(self, request, context):
+        """admin, or a key of that tenant
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetKeyRates(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeyRates(self, request, context):
+        """admin, or the key's own (name empty)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LimitsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.SetQuotaRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.QuotaReply.SerializeToString,
+            ),
+            'GetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQuota,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.QuotaRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.QuotaReply.SerializeToString,
+            ),
+            'SetKeyRates': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetKeyRates,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.SetKeyRatesRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.KeyRates.SerializeToString,
+            ),
+            'GetKeyRates': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyRates,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.KeyRatesRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.KeyRates.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'curator.v1.Limits', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('curator.v1.Limits', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Limits(object):
+    """-- limits: tenant quotas and key rates ----------------------------------------------------------
+
+    A tenant quota bounds what the tenant holds over every collection and the cache: the vectors it
+    may see, their bytes (dim x 4 each), the compact JSON bytes of their payloads, and its cache
+    entries. A write that would pass one is refused whole (RESOURCE_EXHAUSTED). A key's rates bound
+    its calls per second, reads and writes apart (a token bucket of `burst` calls); each search on a
+    stream counts as a read. Setting either needs an admin key; both persist in the data directory.
+
+    """
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Limits/SetQuota',
+            curator_dot_v1_dot_curator__pb2.SetQuotaRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.QuotaReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Limits/GetQuota',
+            curator_dot_v1_dot_curator__pb2.QuotaRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.QuotaReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetKeyRates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Limits/SetKeyRates',
+            curator_dot_v1_dot_curator__pb2.SetKeyRatesRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.KeyRates.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyRates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Limits/GetKeyRates',
+            curator_dot_v1_dot_curator__pb2.KeyRatesRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.KeyRates.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class CacheStub(object):
     """-- the semantic cache ------------------------------------------------------------------------
 
