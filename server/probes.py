@@ -43,7 +43,8 @@ class ProbeBudget:
             wait = (1 - left) * 3600.0 / self.per_hour
             raise ResourceExhaustedError(
                 f"this key met ids it cannot see more than {self.per_hour:g} times in the last hour; writes "
-                f"naming ids resume in {wait:.0f} s (choose ids at random from the 63-bit range)")
+                f"naming ids resume in {wait:.0f} s (choose ids at random from the 63-bit range)",
+                limit="id_collisions_per_hour", retry_after=wait)
 
     def taken(self, key: str) -> AlreadyExistsError:
         """Count one collision with ids the key cannot see; the error to answer it with."""

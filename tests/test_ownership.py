@@ -153,8 +153,9 @@ def test_the_budget_refills_evenly():
     budget = ProbeBudget(per_hour=2, clock=lambda: now[0])
     budget.check("k")
     budget.taken("k"), budget.taken("k")
-    with pytest.raises(curator.ResourceExhaustedError, match="resume in 1800 s"):
+    with pytest.raises(curator.ResourceExhaustedError, match="resume in 1800 s") as raised:
         budget.check("k")
+    assert raised.value.limit == "id_collisions_per_hour" and raised.value.retry_after == 1800
     budget.check("other")
     now[0] = 1799.0
     with pytest.raises(curator.ResourceExhaustedError):
