@@ -12,6 +12,7 @@ class Ledger:
     def __init__(self):
         self.rows: dict[int, int] = {}  # live id -> data set row of the vector last written to it
         self.tenants: dict[int, set[str]] = {}  # live id -> tenants acknowledged to see it
+        self.owner: dict[int, str] = {}  # live id -> the tenant that inserted it (the only one that may upsert it)
         self.deleted: set[int] = set()  # acknowledged deletes (not written again since)
         self.uncertain: set[int] = set()
 
@@ -19,6 +20,7 @@ class Ledger:
         for id_, row in zip(ids, rows):
             self.rows[id_] = row
             self.tenants.setdefault(id_, set()).add(tenant)
+            self.owner.setdefault(id_, tenant)
             self.deleted.discard(id_)
             self.uncertain.discard(id_)
 
@@ -31,6 +33,7 @@ class Ledger:
         for id_ in ids:
             self.rows.pop(id_, None)
             self.tenants.pop(id_, None)
+            self.owner.pop(id_, None)
             self.uncertain.discard(id_)
             self.deleted.add(id_)
 
@@ -39,8 +42,15 @@ class Ledger:
         for id_ in ids:
             self.rows.pop(id_, None)
             self.tenants.pop(id_, None)
+            self.owner.pop(id_, None)
             self.deleted.discard(id_)
             self.uncertain.add(id_)
+
+    def writable_by(self, ids: np.ndarray, tenant: str) -> np.ndarray:
+        """Those of `ids` an upsert by `tenant` may write: new ones, and live ones it owns (an
+        uncertain id may exist, owned by anyone: left alone until a delete settles it)."""
+        keep = [self.owner.get(i, tenant) == tenant and i not in self.uncertain for i in ids.tolist()]
+        return ids[np.array(keep, bool)]
 
     def live(self) -> list[int]:
         return list(self.rows)

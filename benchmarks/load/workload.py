@@ -241,7 +241,9 @@ def search_filtered(ctx: Context) -> None:
 @operation("upsert", "Insert")
 def upsert(ctx: Context) -> None:
     _, name = ctx.tenant()
-    ids = ctx.own_ids(ctx.spec.write_batch)
+    ids = ctx.ledger.writable_by(ctx.own_ids(ctx.spec.write_batch), name)  # only an owner overwrites
+    if not ids.size:
+        raise Skip
     rows = ctx.rng.integers(len(ctx.data.vectors), size=ids.size)
     try:
         ctx.collection.upsert(ids, ctx.data.vectors[rows], tenant=name, payloads=payloads_of(ids))
