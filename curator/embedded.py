@@ -157,7 +157,7 @@ class EmbeddedCollection(Collection):
         if isinstance(payloads, dict):
             payloads = [payloads] * ids.size
         payloads = validate.payloads(payloads, ids.size)
-        self._write(lambda: self.index.set_payloads(ids, payloads, tenant), Touch("payloads", ids, payloads=payloads))
+        self._write(lambda: self.index.set_payloads(ids, payloads, tenant), Touch("payloads", ids, tenant, payloads))
 
     def owned(self, ids, *, tenant: str) -> np.ndarray:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")

@@ -256,7 +256,7 @@ class Touch:
 
     kind: str
     ids: np.ndarray | None = None
-    tenant: str | None = None  # the tenant granted the ids (insert, upsert, grant) or dropped
+    tenant: str | None = None  # the tenant granted the ids (insert, upsert, grant), dropped, or writing payloads
     payloads: list | None = None  # the new payloads, one per id (None: the ids keep theirs)
 
 
@@ -362,7 +362,13 @@ class CollectionUsage:
             if tenants.size:
                 per = np.bincount(tenants, weights=(new - old)[rows])
                 for t in np.flatnonzero(per > 0).tolist():
-                    growth.setdefault(index.tenant_names[t], {})["payload_bytes"] = int(per[t])
+                    name = index.tenant_names[t]
+                    # A write naming its tenant (the owner, writing its own payloads) is checked
+                    # against that tenant's quota only: another tenant's quota never refuses it,
+                    # and its refusal never tells the writer who else sees the vector or how full
+                    # they are. Their tallies still follow (`_settle`).
+                    if touch.tenant is None or name == touch.tenant:
+                        growth.setdefault(name, {})["payload_bytes"] = int(per[t])
             if gained is not None:
                 mine = growth[touch.tenant]
                 mine["payload_bytes"] = mine.get("payload_bytes", 0) + int(new[gained].sum())

@@ -111,6 +111,11 @@ def test_a_grant_brings_the_payload_and_a_shared_payload_counts_for_every_tenant
     col.grant([1], tenant="bob")  # bob now sees the vector and its payload: exactly at
     assert db.quota("bob").usage.payload_bytes == one and db.quota("alice").usage.payload_bytes == one
     refused(lambda: col.set_payloads([1], {"text": "x" * 41}), "payload_bytes")  # it would grow bob past his
+    col.set_payloads([1], {"text": "x" * 41}, tenant="alice")  # the owner's own write: her quota alone
+    assert db.quota("bob").usage.payload_bytes == one + 1  # bob's tally follows, past his quota
+    db.set_quota("alice", payload_bytes=one + 1)
+    refused(lambda: col.set_payloads([1], {"text": "x" * 42}, tenant="alice"), "payload_bytes")  # hers bounds her
+    db.set_quota("alice", payload_bytes=None)
     col.insert([2], vectors(1), tenant="alice", payloads=[{"text": "y"}])
     refused(lambda: col.grant([2], tenant="bob"), "vectors")
     col.revoke([1], tenant="bob")
