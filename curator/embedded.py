@@ -27,7 +27,7 @@ from dataclasses import fields
 import faiss
 import numpy as np
 
-from . import validate
+from . import tenant_archive, validate
 from .api import Collection, Database, SearchResult
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StorageError
 from .index import Change, CuratorIndex, ExclusiveNeeded, IndexConfig
@@ -166,6 +166,12 @@ class EmbeddedCollection(Collection):
     def get_payloads(self, ids) -> list[dict]:
         ids = validate.ids(ids)
         return self._read(lambda: self.index.get_payloads(ids))
+
+    def tenant_rows(self, tenant: str):
+        """Everything `tenant` may see here at one moment: ids, vectors, owned flags, payloads
+        (`curator.tenant_archive`; writes wait while they are copied)."""
+        tenant = validate.name(tenant, "tenant")
+        return self._read(lambda: tenant_archive.read_rows(self.index, tenant))
 
     def payload_schema(self) -> dict[str, str]:
         return self._read(lambda: self.index.payloads.schema())
@@ -489,6 +495,16 @@ class EmbeddedDatabase(Database):
         if "cache_entries" in limits:
             usage["cache_entries"] = self.cache.entries_of(tenant)
         return {limit: usage[limit] for limit in limits}
+
+    # -- per-tenant archives (curator/tenant_archive.py) ------------------------------------------
+
+    def export_tenant(self, tenant: str, path=None, *, collection: str | None, cache: bool = True):
+        return tenant_archive.export(self, tenant, path, collection=collection, cache=cache)
+
+    def import_tenant(self, source, *, tenant: str | None = None, collection: str | None = None,
+                      cache: bool = True, skip_taken: bool = False):
+        return tenant_archive.import_archive(self, source, tenant=tenant, collection=collection, cache=cache,
+                                             skip_taken=skip_taken)
 
     def snapshot(self, path) -> None:
         """A consistent copy of the data directory at `path`, taken while writes go on."""

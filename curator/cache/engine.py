@@ -290,6 +290,84 @@ class SemanticCache(Cache):
             groups = [group for (owner, _), group in self._groups.items() if owner == tenant]
         return sum(group.live for group in groups)
 
+    # -- per-tenant archives (curator/tenant_archive.py) ------------------------------------------
+
+    def tenant_entries(self, tenant: str) -> list[tuple[dict, np.ndarray]]:
+        """The tenant's entries, oldest first (by creation time, which a restore keeps): (category,
+        model, settings, created, prompt, answer) and the embedding as stored. Each (tenant,
+        category) is read at one moment."""
+        tenant = validate.name(tenant, "tenant")
+        with self._lock:
+            groups = [group for (owner, _), group in self._groups.items() if owner == tenant]
+        ids = []
+        for group in groups:
+            with group.lock:
+                ids += [p.entry_ids[p.live_slots()] for p in group.partitions.values()]
+        entries = []
+        for entry_id in np.sort(np.concatenate(ids)).tolist() if ids else []:
+            value = self._records.read_record(entry_key(entry_id))
+            if value is not None:  # removed since
+                meta, embedding = decode_entry(value, with_embedding=True)
+                del meta["tenant"]
+                entries.append((meta, embedding.copy()))
+        entries.sort(key=lambda entry: entry[0]["created"])  # stable: ties in the order they were stored
+        return entries
+
+    def restore_entries(self, tenant: str, entries: list[tuple[dict, np.ndarray]]) -> tuple[int, int]:
+        """Store archived entries (as `tenant_entries` gives them) for `tenant`, each keeping its
+        category, model, settings key, creation time, prompt, answer and embedding; returns (added,
+        skipped). Skipped: an entry the tenant holds already (the same six fields), so restoring
+        twice adds nothing, and entries of a category not cacheable for the tenant. The category's
+        policy evicts as a store would (an archive with more than max_entries or max_bytes keeps its
+        newest) and the tenant's quota refuses a group that would pass it, whole."""
+        tenant = validate.name(tenant, "tenant")
+        held = {_identity(meta) for meta, _ in self.tenant_entries(tenant)}
+        groups: dict[tuple, list] = {}
+        skipped = 0
+        for meta, embedding in entries:
+            meta, embedding = _restorable(meta, embedding, self._embedder)
+            if _identity(meta) in held:
+                skipped += 1
+                continue
+            held.add(_identity(meta))
+            groups.setdefault((meta["category"], meta["model"], meta["settings"]), []).append((meta, embedding))
+        added = 0
+        for (category, model, settings), group_entries in groups.items():
+            policy, _ = self._policy(tenant, category)
+            kept = _newest_within(group_entries, policy) if policy.cacheable else []
+            skipped += len(group_entries) - len(kept)
+            if kept:
+                added += self._restore_group(tenant, category, policy, (model, settings), kept)
+        return added, skipped
+
+    def _restore_group(self, tenant, category, policy: Policy, key, entries) -> int:
+        records = [encode_entry({"tenant": tenant, **meta}, embedding) for meta, embedding in entries]
+        sizes = np.array([len(r) for r in records], np.int64)
+        embeddings = np.stack([embedding for _, embedding in entries])
+        group = self._group(tenant, category, create=True)
+        with group.lock:
+            partition = group.partitions.get(key)
+            if partition is None:
+                partition = group.partitions[key] = Partition(embeddings.shape[1])
+            if partition.dim != embeddings.shape[1]:
+                raise InvalidArgumentError(f"embeddings of dimension {embeddings.shape[1]} given; this cache's "
+                                           f"entries for model {key[0]!r} have dimension {partition.dim}")
+            with self._lock:
+                ids = np.arange(self._next_id, self._next_id + len(entries), dtype=np.int64)
+                self._next_id += len(entries)
+            evicted = self._victims(group, policy, extra_entries=len(entries), extra_bytes=int(sizes.sum()))
+            with self._quota(tenant, len(entries) - sum(slots.size for _, slots in evicted)):
+                evicted_ids = [p.remove(slots) for p, slots in evicted]
+                self._records.write_records([(entry_key(i), r) for i, r in zip(ids.tolist(), records)],
+                                            [entry_key(i) for removed in evicted_ids for i in removed.tolist()])
+                partition.add(ids, embeddings, np.array([meta["created"] for meta, _ in entries], np.float64), sizes,
+                              np.array([answer_key(meta["answer"]) for meta, _ in entries], np.uint64))
+        n_evicted = sum(removed.size for removed in evicted_ids)
+        if n_evicted:
+            self._bump(tenant, category, "evictions", n_evicted)
+            self.observer.removed(category, "evicted", n_evicted)
+        return len(entries)
+
     @property
     def memory_bytes(self) -> int:
         with self._lock:
@@ -512,6 +590,47 @@ class SemanticCache(Cache):
             partition.add(np.array(ids), np.stack(embeddings), np.array(created), np.array(sizes),
                           np.array(answers, np.uint64))
         return last + 1
+
+
+def _identity(meta: dict) -> tuple:
+    return tuple(meta[name] for name in ("category", "model", "settings", "created", "prompt", "answer"))
+
+
+def _restorable(meta, embedding, embedder) -> tuple[dict, np.ndarray]:
+    """An archived entry checked as a store checks its arguments (an archive may come from anywhere)."""
+    if not isinstance(meta, dict):
+        raise InvalidArgumentError("a cache entry must be a mapping of its fields")
+    texts = ("model", "settings", "prompt", "answer")
+    if not all(isinstance(meta.get(name), str) for name in texts) or not meta["model"] or \
+            isinstance(meta.get("created"), bool) or not isinstance(meta.get("created"), (int, float)) or \
+            not np.isfinite(meta["created"]) or not meta["prompt"].strip() or len(meta["settings"]) > 64:
+        raise InvalidArgumentError("a cache entry needs model, settings (<= 64 characters), prompt (non-empty) and "
+                                   "answer as strings and created as a finite number")
+    if len(meta["prompt"]) > MAX_PROMPT_CHARS:
+        raise ResourceExhaustedError(f"prompt of {len(meta['prompt'])} characters; at most {MAX_PROMPT_CHARS} allowed")
+    vector = np.asarray(embedding, np.float32)
+    if vector.ndim != 1 or not 1 <= vector.size <= validate.MAX_DIM or not np.isfinite(vector).all() or \
+            not vector.any():
+        raise InvalidArgumentError("a cache entry's embedding must be one finite, non-zero vector")
+    if meta["model"] == embedder.name and vector.size != embedder.dim:
+        raise InvalidArgumentError(f"embedding of dimension {vector.size}; {embedder.name} embeddings have "
+                                   f"{embedder.dim}")
+    return {"category": category_name(meta.get("category")), "model": meta["model"], "settings": meta["settings"],
+            "created": float(meta["created"]), "prompt": meta["prompt"], "answer": meta["answer"]}, vector
+
+
+def _newest_within(entries: list, policy: Policy) -> list:
+    """The newest of `entries` that fit the policy's max_entries and max_bytes on their own."""
+    if policy.max_entries == 0:
+        return []
+    entries = sorted(entries, key=lambda entry: entry[0]["created"])
+    if policy.max_entries is not None:
+        entries = entries[-policy.max_entries:]
+    if policy.max_bytes is not None:
+        sizes = np.array([len(encode_entry(meta, embedding)) for meta, embedding in entries])
+        fits = np.cumsum(sizes[::-1])[::-1] <= policy.max_bytes
+        entries = [entry for entry, fit in zip(entries, fits.tolist()) if fit]
+    return entries
 
 
 def _render(messages) -> tuple[str, str]:
