@@ -12,10 +12,11 @@ import grpc
 
 from curator import errors
 from curator.api import SearchResult
-from curator_proto import wire
+from curator import tenant_archive
+from curator_proto import archive_wire, wire
 from curator_proto.v1 import curator_pb2 as pb
 
-from . import cache_calls, calls, limits_calls
+from . import archive, cache_calls, calls, limits_calls
 from .aio_coalesce import AsyncCoalescer
 from .aio_stream import AsyncSearchStream
 from .calls import Call, CollectionCalls
@@ -72,6 +73,16 @@ class _AsyncChannel:
                     continue
                 raise engine_error(error) from None
 
+    async def repeated(self, attempt):
+        """`await attempt()`, a whole stream that is safe to repeat, retried while UNAVAILABLE."""
+        for tries in range(self.retries + 1):
+            try:
+                return await attempt()
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE and tries < self.retries:
+                    await asyncio.sleep(backoff(tries))
+                    continue
+                raise engine_error(error) from None
 
 class AsyncRemoteCollection:
     def __init__(self, channel: _AsyncChannel, info):
@@ -207,6 +218,63 @@ class AsyncRemoteDatabase:
 
     async def snapshot(self, path) -> None:
         await self._channel.run(calls.snapshot(path))
+
+    async def export_tenant(self, tenant: str, path=None, *, collection: str | None, cache: bool = True):
+        channel, request = self._channel, archive.export_request(tenant, collection, cache)
+
+        async def export():
+            assembler = archive_wire.Assembler()
+            async for chunk in channel.stubs["archive"].Export(request, timeout=archive.deadline(channel.timeout),
+                                                               metadata=channel.metadata):
+                assembler.add(chunk)
+            return assembler.archive()
+
+        result = await channel.repeated(export)
+        if path is not None:
+            await asyncio.to_thread(result.save, path)
+        return result
+
+    async def import_tenant(self, source, *, tenant: str | None = None, collection: str | None = None,
+                            cache: bool = True, skip_taken: bool = False):
+        channel = self._channel
+        loaded = source if isinstance(source, tenant_archive.TenantArchive) else \
+            await asyncio.to_thread(archive.source, source)
+        first = [archive.import_chunks(loaded, tenant, collection, cache, skip_taken)]  # refused here, not sent
+
+        async def send():  # each attempt sends the whole archive again: an import is idempotent
+            chunks = first.pop() if first else archive.import_chunks(loaded, tenant, collection, cache, skip_taken)
+            return await channel.stubs["archive"].Import(chunks, timeout=archive.deadline(channel.timeout),
+                                                         metadata=channel.metadata)
+
+        return archive_wire.report_from_wire(await channel.repeated(send))
+
+    async def copy_tenant(self, tenant: str, to_tenant: str | None = None, *, collection: str | None,
+                          to_collection: str | None = None, to=None, cache: bool = True, skip_taken: bool = False):
+        """`Database.copy_tenant` (curator/tenant_archive.py `copy`), each step awaited."""
+        to_tenant, target = tenant if to_tenant is None else to_tenant, self if to is None else to
+        to_collection = collection if to_collection is None else to_collection
+        if target is self and to_tenant == tenant and to_collection == collection:
+            raise errors.InvalidArgumentError(f"copying tenant {tenant!r} onto itself: name another tenant, "
+                                              "collection or database")
+        exported = await self.export_tenant(tenant, collection=collection, cache=cache)
+        if target is not self or to_collection != collection or collection is None:
+            return await target.import_tenant(exported, tenant=to_tenant, collection=to_collection, cache=cache,
+                                              skip_taken=skip_taken)
+        col = await self.collection(collection)  # one collection: share the vectors (see `copy`)
+        report = tenant_archive.ImportReport(to_tenant, collection)
+        try:
+            await col.create_tenant(to_tenant)
+        except errors.AlreadyExistsError:
+            pass
+        for start in range(0, len(exported), tenant_archive.BATCH):
+            ids = exported.ids[start : start + tenant_archive.BATCH]
+            ids = ids[await col.contains(ids)]
+            if ids.size:
+                report.shared += await col.grant(ids, tenant=to_tenant)
+        if cache and exported.cache:
+            cached = await self.import_tenant(tenant_archive.cache_only(exported), tenant=to_tenant)
+            report.cache_entries, report.cache_skipped = cached.cache_entries, cached.cache_skipped
+        return report
 
     async def server_info(self) -> dict:
         return await self._channel.run(calls.server_info())

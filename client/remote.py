@@ -12,17 +12,19 @@ from collections.abc import Sequence
 import grpc
 
 from curator.api import Collection, Database, SearchResult
-from curator_proto import wire
+from curator_proto import archive_wire, wire
+from curator_proto.v1 import archive_pb2_grpc as archive_rpc
 from curator_proto.v1 import curator_pb2_grpc as rpc
 
-from . import calls, limits_calls
+from . import archive, calls, limits_calls
 from .cache import RemoteCache
 from .calls import Call, CollectionCalls
 from .coalesce import Coalescer
 from .stream import StreamPool
 
 STUBS = {"collections": rpc.CollectionsStub, "tenants": rpc.TenantsStub, "vectors": rpc.VectorsServiceStub,
-         "search": rpc.SearchStub, "admin": rpc.AdminStub, "cache": rpc.CacheStub, "limits": rpc.LimitsStub}
+         "search": rpc.SearchStub, "admin": rpc.AdminStub, "cache": rpc.CacheStub, "limits": rpc.LimitsStub,
+         "archive": archive_rpc.TenantArchiveStub}
 
 
 def channel_options(max_message_bytes: int) -> list:
@@ -102,6 +104,16 @@ class _Channel:
                     continue
                 raise engine_error(error) from None
 
+    def repeated(self, attempt):
+        """`attempt()`, a whole stream that is safe to repeat, retried while the server is UNAVAILABLE."""
+        for tries in range(self.retries + 1):
+            try:
+                return attempt()
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE and tries < self.retries:
+                    time.sleep(backoff(tries))
+                    continue
+                raise engine_error(error) from None
 
 class RemoteCollection(Collection):
     def __init__(self, channel: _Channel, info):
@@ -200,6 +212,33 @@ class RemoteDatabase(Database):
 
     def snapshot(self, path) -> None:
         self._channel.run(calls.snapshot(path))
+
+    def export_tenant(self, tenant: str, path=None, *, collection: str | None, cache: bool = True):
+        channel, request = self._channel, archive.export_request(tenant, collection, cache)
+
+        def export():
+            assembler = archive_wire.Assembler()
+            for chunk in channel.stubs["archive"].Export(request, timeout=archive.deadline(channel.timeout),
+                                                         metadata=channel.metadata):
+                assembler.add(chunk)
+            return assembler.archive()
+
+        result = channel.repeated(export)
+        if path is not None:
+            result.save(path)
+        return result
+
+    def import_tenant(self, source, *, tenant: str | None = None, collection: str | None = None,
+                      cache: bool = True, skip_taken: bool = False):
+        channel, loaded = self._channel, archive.source(source)
+        first = [archive.import_chunks(loaded, tenant, collection, cache, skip_taken)]  # refused here, not sent
+
+        def send():  # each attempt sends the whole archive again: an import is idempotent
+            chunks = first.pop() if first else archive.import_chunks(loaded, tenant, collection, cache, skip_taken)
+            return channel.stubs["archive"].Import(chunks, timeout=archive.deadline(channel.timeout),
+                                                   metadata=channel.metadata)
+
+        return archive_wire.report_from_wire(channel.repeated(send))
 
     def server_info(self) -> dict:
         return self._channel.run(calls.server_info())

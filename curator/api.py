@@ -190,6 +190,34 @@ class Database(ABC):
         cache (tenant None: the default quota)."""
 
     @abstractmethod
+    def export_tenant(self, tenant: str, path=None, *, collection: str | None, cache: bool = True):
+        """One tenant's archive (`curator.tenant_archive.TenantArchive`): every vector it may see in
+        `collection` (None: none) with its payload and whether the tenant owns it, read at one
+        moment while writes go on, and (`cache`) its semantic-cache entries. Written to `path`
+        (atomically, mode 0600) when given; returned either way. Never names another tenant."""
+
+    @abstractmethod
+    def import_tenant(self, source, *, tenant: str | None = None, collection: str | None = None,
+                      cache: bool = True, skip_taken: bool = False):
+        """Load an archive (a path or a `TenantArchive`) into `collection` (default: the archive's;
+        same dimension and metric) for `tenant` (default: the archive's), in batches each all or
+        nothing; returns an `ImportReport`. Absent ids are inserted owned by `tenant`, ids it owns
+        are restored, ids it sees but another owns are left; ids taken by tenants it cannot see
+        refuse the batch (AlreadyExistsError), or with `skip_taken` are skipped. Idempotent: run
+        it again to resume one that stopped. See README, "Per-tenant backup"."""
+
+    def copy_tenant(self, tenant: str, to_tenant: str | None = None, *, collection: str | None,
+                    to_collection: str | None = None, to: "Database | None" = None, cache: bool = True,
+                    skip_taken: bool = False):
+        """export_tenant then import_tenant, without a file: into `to_collection` (default: the
+        same) of `to` (default: this database) as `to_tenant` (default: the same name). Within one
+        collection the vectors are shared with `to_tenant` (granted) rather than stored twice."""
+        from .tenant_archive import copy
+
+        return copy(self, tenant, to_tenant, collection=collection, to_collection=to_collection, to=to, cache=cache,
+                    skip_taken=skip_taken)
+
+    @abstractmethod
     def snapshot(self, path) -> None:
         """A consistent point-in-time copy of the data directory at `path` (on the server, when remote)."""
 

@@ -16,11 +16,13 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 import curator
+from curator_proto.v1 import archive_pb2, archive_pb2_grpc
 from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 
 from . import service
 from .admission import Admission
+from .archive_service import ArchiveService
 from .cache_service import CacheService
 from .decoding import Decoding
 from .probes import ProbeBudget
@@ -57,6 +59,7 @@ def snapshots_root(config) -> str | None:
 
 
 SERVICES = ("Collections", "Tenants", "VectorsService", "Search", "Admin", "Cache", "Limits")
+ARCHIVE_SERVICE = archive_pb2.DESCRIPTOR.services_by_name["TenantArchive"].full_name  # in archive.proto
 
 
 @dataclass
@@ -145,8 +148,9 @@ class CuratorServer:
         args = (self.db, self.keys, config.limits)
         rpc.add_CollectionsServicer_to_server(service.CollectionsService(*args), self.grpc)
         rpc.add_TenantsServicer_to_server(service.TenantsService(*args), self.grpc)
-        rpc.add_VectorsServiceServicer_to_server(
-            service.VectorsService(*args, ProbeBudget(config.id_collisions_per_hour)), self.grpc)
+        vectors = service.VectorsService(*args, ProbeBudget(config.id_collisions_per_hour))
+        rpc.add_VectorsServiceServicer_to_server(vectors, self.grpc)
+        archive_pb2_grpc.add_TenantArchiveServicer_to_server(ArchiveService(*args, vectors.probes), self.grpc)
         self.streams = OpenStreams(max_streams, config.stream_idle_seconds, None if self.keys.open else streams_per_key)
         search = service.SearchService(*args, self.streams, self.metrics.observe)
         search.rates = self.rates
@@ -157,7 +161,7 @@ class CuratorServer:
         rpc.add_LimitsServicer_to_server(LimitsService(*args, self.rates), self.grpc)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
+        names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES] + [ARCHIVE_SERVICE]
         reflection.enable_server_reflection(names + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc)
         address = f"{config.host}:{config.port}"
         if config.tls_cert:
@@ -198,7 +202,7 @@ class CuratorServer:
                                                         registry=self.metrics.registry)
             self.metrics_port = self._metrics_server.server_port
         self.grpc.start()
-        for name in ("",) + tuple(pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES):
+        for name in ("", ARCHIVE_SERVICE) + tuple(pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on %s (data %s, metrics port %s)", self.address, self.config.data, self.metrics_port)
         return self

@@ -1,0 +1,317 @@
+"""Per-tenant export, import and copy (curator/tenant_archive.py, server/archive_service.py): an
+archive round-trips bit-exact (ids, vectors, payloads, owned flags, cache entries) embedded and
+remote, is read at one moment while another thread writes, goes into another collection and
+another server, never names another tenant, and refuses what it must (wrong dimension, a changed
+file, an unknown version, another tenant's key, ids other tenants hold)."""
+
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import curator
+from curator.tenant_archive import TenantArchive
+from curator_proto import archive_wire
+from curator_server.app import CuratorServer, ServerConfig
+from curator_server.auth import digest_of
+from curator_server.probes import TAKEN
+from tests.conftest import database
+
+DIM = 8
+MODEL = "unit-test-16d"  # the tests bring their own embeddings
+ALICE_IDS = np.array([3, 17, 2**40, 2**62 + 5] + list(range(100, 160)), np.int64)
+BOB_IDS = np.arange(1000, 1040, dtype=np.int64)
+SHARED = BOB_IDS[:7]  # bob's, granted to alice
+TRICKY = [{}, {"n": 1}, {"f": 0.1, "neg": -0.0, "big": 1e300, "tiny": 5e-324},
+          {"i": 2**63 - 1, "j": -(2**63), "b": True, "c": False},
+          {"s": "line\nbreak \"quoted\" \u00e9\u4e2d\U0001f600", "tags": ["a", "b", ""], "empty": []},
+          {"year": "2024", "other": 2024}]
+
+
+def rows(n, seed):
+    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+
+
+def unit(seed, dim=16):
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def fill(db):
+    """alice owns ALICE_IDS and sees SHARED (bob's); both have cache entries."""
+    col = db.create_collection("docs", dim=DIM, metric="cosine")
+    payloads = [TRICKY[i % len(TRICKY)] | {"row": i} for i in range(ALICE_IDS.size)]
+    col.insert(ALICE_IDS, rows(ALICE_IDS.size, 1), tenant="alice", payloads=payloads)
+    col.insert(BOB_IDS, rows(BOB_IDS.size, 2), tenant="bob", payloads=[{"src": int(i)} for i in BOB_IDS])
+    col.grant(SHARED, tenant="alice")
+    cache = db.cache
+    for i in range(5):
+        cache.store("alice", f"question {i} about wire fees", f"answer {i}", embedding=unit(i),
+                    embedding_model=MODEL, category="finance" if i % 2 else "support",
+                    model_settings={"temperature": i / 10} if i < 3 else None)
+    cache.store("bob", "bob's own question", "bob's answer", embedding=unit(99), embedding_model=MODEL,
+                category="finance")
+    return col
+
+
+def expected_rows(col, tenant="alice"):
+    ids = np.sort(np.concatenate([ALICE_IDS, SHARED])) if tenant == "alice" else None
+    return ids, col.get(ids), col.owned(ids, tenant=tenant), col.get_payloads(ids)
+
+
+def assert_same(a: TenantArchive, b: TenantArchive, owned=True):
+    assert a.ids.dtype == b.ids.dtype == np.int64 and a.ids.tobytes() == b.ids.tobytes()
+    assert a.vectors.dtype == b.vectors.dtype == np.float32 and a.vectors.tobytes() == b.vectors.tobytes()
+    assert json.dumps(a.payloads) == json.dumps(b.payloads)  # types too: 1 and 1.0 print apart
+    if owned:
+        assert a.owned.tolist() == b.owned.tolist()
+    assert (a.dim, a.metric) == (b.dim, b.metric)
+    assert [e.meta() for e in a.cache] == [e.meta() for e in b.cache]
+    assert [e.embedding.tobytes() for e in a.cache] == [e.embedding.tobytes() for e in b.cache]
+
+
+@pytest.fixture(params=["memory", "durable", "remote"])
+def db(request, tmp_path):
+    with database(request.param, tmp_path) as opened:
+        yield opened
+
+
+def test_round_trip_is_bit_exact_and_restores_the_tenant(db, tmp_path):
+    col = fill(db)
+    path = tmp_path / "alice.npz"
+    archive = db.export_tenant("alice", path, collection="docs")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert not any(name.startswith(".") for name in os.listdir(tmp_path))  # no temporary left behind
+    ids, vectors, owned, payloads = expected_rows(col)
+    assert archive.ids.tolist() == ids.tolist() and archive.vectors.tobytes() == vectors.tobytes()
+    assert archive.owned.tolist() == owned.tolist() == [i not in set(SHARED.tolist()) for i in ids.tolist()]
+    assert json.dumps(archive.payloads) == json.dumps(payloads)
+    assert (archive.tenant, archive.collection, archive.dim, archive.metric) == ("alice", "docs", DIM, "cosine")
+    assert sorted(e.prompt for e in archive.cache) == [f"question {i} about wire fees" for i in range(5)]
+    data = path.read_bytes()
+    assert b"bob" not in data  # shared vectors come without saying with whom (and bob's entries stay out)
+    assert_same(TenantArchive.load(path), archive)
+
+    # alice loses and changes things; the import puts them back as they were
+    col.upsert(ALICE_IDS[:10], rows(10, 5), tenant="alice", payloads=[{"changed": True}] * 10)
+    col.revoke(ALICE_IDS[10:20], tenant="alice")  # only she saw them: deleted
+    db.cache.invalidate("alice", "finance")
+    report = db.import_tenant(path)
+    assert (report.inserted, report.restored, report.shared, report.skipped) == (10, ALICE_IDS.size - 10, 7, 0)
+    assert (report.cache_entries, report.cache_skipped) == (2, 3)
+    assert_same(db.export_tenant("alice", collection="docs"), archive)
+    again = db.import_tenant(path)  # idempotent: a second run changes nothing
+    assert (again.inserted, again.cache_entries) == (0, 0)
+    assert col.get_payloads(BOB_IDS[:2]) == [{"src": int(i)} for i in BOB_IDS[:2]]  # bob's stay bob's
+    assert not col.owned(SHARED, tenant="alice").any()
+
+
+def test_import_into_another_collection_and_another_server(db, tmp_path):
+    fill(db)
+    path = tmp_path / "alice.npz"
+    archive = db.export_tenant("alice", path, collection="docs")
+    db.create_collection("docs2", dim=DIM, metric="cosine")
+    report = db.import_tenant(path, collection="docs2", tenant="alicia")
+    assert (report.inserted, report.restored, report.shared) == (len(archive), 0, 0)
+    copy = db.export_tenant("alicia", collection="docs2")
+    # everything alice saw is alicia's own there: the vectors bob shared became her copies
+    assert copy.owned.all()
+    assert_same(copy, TenantArchive(**{**archive.__dict__, "tenant": "alicia", "collection": "docs2"}), owned=False)
+
+    server = CuratorServer(ServerConfig(data=str(tmp_path / "other"), port=0)).start()
+    try:
+        with curator.connect(server.address) as other:
+            other.create_collection("docs", dim=DIM, metric="cosine")
+            report = other.import_tenant(path)
+            assert (report.inserted, report.cache_entries) == (len(archive), 5)
+            back = other.export_tenant("alice", collection="docs")
+            assert_same(back, archive, owned=False)
+            hit = other.cache.lookup("alice", "question 1 about wire fees", embedding=unit(1), embedding_model=MODEL,
+                                     category="finance", model_settings={"temperature": 0.1})
+            assert hit.hit and hit.answer == "answer 1"
+            found = other.collection("docs").search(archive.vectors[0], k=1, tenant="alice")
+            assert found.ids.tolist() == [archive.ids[0]]
+            # and a copy straight from one database to the other, under a new name
+            other.create_collection("copies", dim=DIM, metric="cosine")
+            report = db.copy_tenant("alice", "alice2", collection="docs", to=other, to_collection="copies")
+            assert report.inserted == len(archive) and report.cache_entries == 5
+            assert_same(other.export_tenant("alice2", collection="copies"),
+                        TenantArchive(**{**archive.__dict__, "tenant": "alice2"}), owned=False)
+    finally:
+        server.stop()
+
+
+def test_copy_to_a_new_tenant(db):
+    col = fill(db)
+    report = db.copy_tenant("alice", "carol", collection="docs")
+    # one collection: carol shares alice's vectors (stored once; owners unchanged)
+    assert report.shared == ALICE_IDS.size + SHARED.size and report.cache_entries == 5
+    assert col.count(tenant="carol") == col.count(tenant="alice")
+    assert not col.owned(ALICE_IDS, tenant="carol").any() and col.owned(ALICE_IDS, tenant="alice").all()
+    assert sorted(col.tenants_of(int(ALICE_IDS[0]))) == ["alice", "carol"]
+    # another collection: carol's own copies
+    db.create_collection("docs2", dim=DIM, metric="cosine")
+    report = db.copy_tenant("alice", "carol", collection="docs", to_collection="docs2")
+    assert report.inserted == ALICE_IDS.size + SHARED.size and report.cache_skipped == 5  # held already
+    assert db.collection("docs2").owned(ALICE_IDS, tenant="carol").all()
+    with pytest.raises(curator.InvalidArgumentError, match="onto itself"):
+        db.copy_tenant("alice", collection="docs")
+
+
+def test_refusals(db, tmp_path):
+    col = fill(db)
+    path = tmp_path / "alice.npz"
+    db.export_tenant("alice", path, collection="docs")
+    db.create_collection("wide", dim=DIM + 1, metric="cosine")
+    with pytest.raises(curator.InvalidArgumentError, match="dimension 8 and metric 'cosine'.*dimension 9"):
+        db.import_tenant(path, collection="wide")
+    db.create_collection("l2", dim=DIM)
+    with pytest.raises(curator.InvalidArgumentError, match="same dimension and metric"):
+        db.import_tenant(path, collection="l2")
+    with pytest.raises(curator.NotFoundError):
+        db.export_tenant("nobody", collection="docs")
+    with pytest.raises(curator.NotFoundError):
+        db.import_tenant(path, collection="missing")
+
+    # ids bob holds: refused whole (nothing of the batch written), or skipped when asked
+    with pytest.raises(curator.AlreadyExistsError, match="taken by other tenants"):
+        db.import_tenant(path, tenant="dave")
+    assert "dave" not in col.tenants()
+    report = db.import_tenant(path, tenant="dave", skip_taken=True)
+    assert (report.inserted, report.skipped) == (0, ALICE_IDS.size + SHARED.size)
+
+    # a changed file, another version, not an archive at all
+    archive = TenantArchive.load(path)
+    with np.load(path) as stored:
+        content = {name: stored[name].copy() for name in stored.files}
+    content["vectors"][0, 0] += 1
+    bad = tmp_path / "changed.npz"
+    np.savez(bad, **content)
+    with pytest.raises(curator.InvalidArgumentError, match="damaged or was changed"):
+        db.import_tenant(bad)
+    header = json.loads(content["header"].tobytes()) | {"version": 2}
+    content["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(bad, **content)
+    with pytest.raises(curator.InvalidArgumentError, match="version 2; this Curator reads version 1"):
+        TenantArchive.load(bad)
+    bad.write_bytes(b"not an archive at all")
+    with pytest.raises(curator.InvalidArgumentError, match="not a Curator tenant archive"):
+        db.import_tenant(bad)
+    assert len(archive) == ALICE_IDS.size + SHARED.size
+
+
+WRITES = 30
+
+
+def test_export_reads_one_moment_while_another_thread_writes(db):
+    """Each write upserts every id alice has plus 40 new ones, all with value k and payload {"k": k}
+    (one call, all or nothing): a consistent archive holds one k throughout and exactly the ids of
+    writes 0..k."""
+    col = db.create_collection("moving", dim=DIM)
+    first = np.arange(500, dtype=np.int64)
+    col.insert(first, np.zeros((first.size, DIM), np.float32), tenant="alice", payloads=[{"k": -1}] * first.size)
+    writes, failures = [0], []
+
+    def writer():
+        try:
+            for k in range(WRITES):
+                ids = np.arange(500 + 40 * (k + 1), dtype=np.int64)
+                col.upsert(ids, np.full((ids.size, DIM), k, np.float32), tenant="alice",
+                           payloads=[{"k": k}] * ids.size)
+                writes[0] = k + 1
+        except Exception as error:  # noqa: BLE001 - reported by the test
+            failures.append(error)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen = set()
+    try:
+        while thread.is_alive() or not seen:
+            archive = db.export_tenant("alice", collection="moving", cache=False)
+            k = archive.payloads[0]["k"]  # -1: before the first write
+            assert (archive.vectors == max(k, 0)).all()
+            assert archive.payloads == [{"k": k}] * len(archive)
+            assert archive.ids.tolist() == list(range(500 + 40 * (k + 1)))
+            assert archive.owned.all()
+            seen.add(k)
+    finally:
+        thread.join()
+    assert not failures and writes[0] == WRITES
+    assert len(seen) > 1  # the exports did meet the writes
+
+
+# -- a server with keys ---------------------------------------------------------------------------
+
+KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789", "admin": "key-admin-0123456789",
+        "scoped": "key-scoped-0123456789"}
+
+
+@pytest.fixture
+def served(tmp_path):
+    keys = tmp_path / "keys.toml"
+    keys.write_text("".join(
+        f'[[keys]]\nname = "{name}"\nsha256 = "{digest_of(key)}"\n'
+        + ("admin = true\n" if name == "admin" else 'tenants = ["alice"]\ncollections = ["other"]\n'
+           if name == "scoped" else f'tenants = ["{name}"]\n')
+        for name, key in KEYS.items()))
+    server = CuratorServer(ServerConfig(port=0, keys=str(keys), id_collisions_per_hour=5)).start()
+    clients = {name: curator.connect(server.address, api_key=key) for name, key in KEYS.items()}
+    fill(clients["admin"])
+    yield clients
+    for client in clients.values():
+        client.close()
+    server.stop()
+
+
+def test_a_tenant_key_exports_and_imports_only_its_tenants(served, tmp_path):
+    alice, bob, admin = served["alice"], served["bob"], served["admin"]
+    path = tmp_path / "alice.npz"
+    archive = alice.export_tenant("alice", path, collection="docs")
+    assert_same(archive, admin.export_tenant("alice", collection="docs"))
+    with pytest.raises(curator.PermissionDeniedError):
+        alice.export_tenant("bob", collection="docs")
+    with pytest.raises(curator.PermissionDeniedError):
+        bob.import_tenant(path)  # as alice, the archive's tenant
+    with pytest.raises(curator.NotFoundError):
+        served["scoped"].export_tenant("alice", collection="docs")  # out of its collections: as if absent
+    with pytest.raises(curator.PermissionDeniedError, match="admin"):
+        alice.import_tenant(path, skip_taken=True)
+    # alice's own archive goes back in (bob's shared vectors: left as they are)
+    report = alice.import_tenant(path)
+    assert (report.restored, report.shared) == (ALICE_IDS.size, SHARED.size)
+    # bob importing alice's archive as bob meets ids he cannot see: one message, no id, no count
+    with pytest.raises(curator.AlreadyExistsError) as refused:
+        bob.import_tenant(path, tenant="bob")
+    assert str(refused.value) == TAKEN
+
+
+# -- the wire format ------------------------------------------------------------------------------
+
+payload_values = st.one_of(
+    st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
+    st.text(max_size=20), st.lists(st.text(max_size=5), max_size=4))
+payloads = st.dictionaries(st.text(min_size=1, max_size=8).filter(lambda f: f not in ("and", "or", "not")),
+                           payload_values, max_size=5)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(payloads, min_size=1, max_size=30), st.integers(200, 5000), st.integers(0, 4))
+def test_random_payloads_round_trip_through_file_and_wire(tmp_path, drawn, max_bytes, n_cache):
+    n = len(drawn)
+    archive = TenantArchive("t", "c", 3, "l2", np.arange(n, dtype=np.int64) * 7, rows(n, n)[:, :3].copy(),
+                            np.arange(n) % 2 == 0, drawn, created=1.5)
+    archive.cache = [curator.tenant_archive.CacheEntry("cat", "m", "", float(i), f"p{i}\n", "a", unit(i, 4))
+                     for i in range(n_cache)]
+    path = tmp_path / "p.npz"
+    archive.save(path)
+    assert_same(TenantArchive.load(path), archive)
+    assembler = archive_wire.Assembler()
+    for chunk in archive_wire.chunks(archive, max_bytes):
+        rows_in = len(chunk.rows.ids) // 8
+        assert chunk.ByteSize() <= max_bytes + 64 or rows_in <= 1 or chunk.HasField("header")
+        assembler.add(archive_wire.pb.ArchiveChunk.FromString(chunk.SerializeToString()))
+    assert_same(assembler.archive(), archive)
