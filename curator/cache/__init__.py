@@ -4,8 +4,8 @@
 policies per category and tenant, a category classifier, stats. The engine is `SemanticCache`.
 """
 
-from .api import Cache, Completion, Lookup
+from .api import Cache, ChatPrompt, Completion, Lookup
 from .engine import SemanticCache
 from .policy import DEFAULT_CATEGORY, Policies, Policy
 
-__all__ = ["Cache", "Completion", "Lookup", "SemanticCache", "Policies", "Policy", "DEFAULT_CATEGORY"]
+__all__ = ["Cache", "ChatPrompt", "Completion", "Lookup", "SemanticCache", "Policies", "Policy", "DEFAULT_CATEGORY"]

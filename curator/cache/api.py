@@ -15,6 +15,7 @@ class Lookup:
     """What a lookup found, and why: enough for a caller to see why it hit or missed.
 
     reason: "hit", or for a miss: "empty" (no entry to compare with), "below_threshold",
+    "expired" (the entry chosen outlived the ttl it was stored with, `store_chat`),
     "ambiguous" (an entry with a different answer is almost as close), "near_miss:<what>" (the
     guard saw a different number, date, negation or name), "not_cacheable", "bypassed" (the
     category does not pay for lookups now).
@@ -31,6 +32,23 @@ class Lookup:
     age: float | None = None       # seconds since the hit entry was stored
     entry_id: int = -1             # the hit entry, for feedback
     relaxed: bool = False          # a hit only because the upstream's load relaxed the threshold
+    extra: dict | None = None      # on a hit: what was stored beside the answer (`store_chat`'s extra)
+
+
+@dataclass(frozen=True, eq=False)
+class ChatPrompt:
+    """A chat request as the cache keys it, rendered, embedded and classified once, so that a front
+    door calling the model itself (the HTTP gateway) looks up and later stores with the same key
+    as complete(): tenant, category, embedding model, settings (params and system messages)."""
+
+    tenant: str
+    text: str                      # the conversation without its system messages: what is matched
+    embedding: np.ndarray          # unit length
+    model: str                     # the embedding model
+    settings: str                  # the key of the params and system messages
+    category: str
+    category_source: str           # "caller", "classifier" or "default"
+    seconds: float = 0.0           # spent rendering, embedding and classifying it
 
 
 @dataclass(frozen=True)

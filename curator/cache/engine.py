@@ -16,6 +16,7 @@ store that would pass it, after what the store evicts, is refused.
 import contextlib
 import hashlib
 import json
+import math
 import threading
 import time
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from .. import validate
 from ..errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
-from .api import Cache, Completion, Lookup
+from .api import Cache, ChatPrompt, Completion, Lookup
 from .calibrate import decide
 from .classifier import CentroidClassifier
 from .economics import Economics
@@ -37,6 +38,8 @@ from .records import ENTRY, SETTING, MemoryRecords, decode_entry, encode_entry, 
 from .upstream import STORABLE_FINISH, Upstream
 
 NEIGHBOURS = 10         # entries compared per lookup (the best, and its rivals for the ambiguity rule)
+MAX_EXTRA_BYTES = 4096  # what store_chat keeps beside an answer (the upstream's model, usage, ...), as JSON
+SAME_PROMPT = 1 - 1e-4  # the same text embeds to the same vector: candidates for replacing an entry
 EXPIRY_SWEEP_EVERY = 256  # stores between sweeps of expired entries
 _POLICIES_KEY, _CLASSIFIER_KEY = SETTING + b"policies", SETTING + b"classifier"
 _COUNTERS = ("lookups", "hits", "misses", "relaxed_hits", "ambiguous", "near_misses", "false_hits",
@@ -138,8 +141,7 @@ class SemanticCache(Cache):
             raise InvalidArgumentError("this cache fronts no model: configure an upstream chat-completions URL")
         tenant = validate.name(tenant, "tenant")
         params = dict(params or {})
-        prompt, system = _render(messages)
-        settings = settings_key({**params, "system": system} if system else params)
+        prompt, settings = _chat_key(messages, params)
         prompt, embedding, model = self._prompt_and_embedding(prompt, embedding, embedding_model)
         lookup = self._timed_lookup(start, tenant, prompt, embedding, model, category, settings)
         if lookup.hit:
@@ -290,6 +292,87 @@ class SemanticCache(Cache):
             groups = [group for (owner, _), group in self._groups.items() if owner == tenant]
         return sum(group.live for group in groups)
 
+    # -- front doors that call the model themselves (server/gateway.py) ------------------------------
+
+    def chat_prompt(self, tenant, messages, *, params=None, category=None, embedding=None,
+                    embedding_model=None) -> ChatPrompt:
+        """Render, embed and classify chat messages once, keyed exactly as complete() keys them
+        (params and system messages make the settings key), for `lookup_chat` and `store_chat`."""
+        start = time.perf_counter()
+        tenant = validate.name(tenant, "tenant")
+        text, settings = _chat_key(messages, params)
+        text, embedding, model = self._prompt_and_embedding(text, embedding, embedding_model)
+        category, source = self._category(category, embedding)
+        return ChatPrompt(tenant, text, embedding, model, settings, category, source, time.perf_counter() - start)
+
+    def lookup_chat(self, prompt: ChatPrompt, *, max_age: float | None = None) -> Lookup:
+        """A lookup of a chat prompt; with `max_age`, only entries at most that many seconds old
+        may answer (older ones stay, for callers without the limit). Counted and observed as
+        lookup() is, the prompt's embedding time included."""
+        start = time.perf_counter()
+        max_age = _seconds(max_age, "max_age", zero_ok=True)
+        policy, base = self._policy(prompt.tenant, prompt.category)
+        lookup = self._lookup(prompt.tenant, prompt.category, prompt.category_source, policy, base,
+                              (prompt.model, prompt.settings), prompt.text, prompt.embedding, max_age)
+        self._count(prompt.tenant, prompt.category, lookup)
+        self.observer.lookup(prompt.category, lookup, prompt.seconds + time.perf_counter() - start)
+        return lookup
+
+    def store_chat(self, prompt: ChatPrompt, answer: str, *, ttl: float | None = None, extra: dict | None = None,
+                   replace: bool = False) -> int:
+        """Store a whole answer to a chat prompt; its entry id, or -1 when it was not stored (the
+        category is not cacheable, or the answer does not fit the category's or tenant's quota).
+        `ttl`: this entry expires sooner than its category's ttl (never later). `extra`: a small
+        JSON mapping kept beside the answer and returned with hits (`Lookup.extra`). `replace`:
+        first drop the entries stored for the very same prompt (a refreshed answer replaces them)."""
+        if not isinstance(answer, str):
+            raise InvalidArgumentError(f"answer must be a string, got {type(answer).__name__}")
+        ttl = _seconds(ttl, "ttl")
+        if extra is not None:
+            if not isinstance(extra, dict):
+                raise InvalidArgumentError(f"extra must be a mapping, got {type(extra).__name__}")
+            try:
+                size = len(json.dumps(extra, separators=(",", ":")).encode())
+            except (TypeError, ValueError) as error:
+                raise InvalidArgumentError(f"extra must be JSON values: {error}") from None
+            if size > MAX_EXTRA_BYTES:
+                raise InvalidArgumentError(f"extra of {size} bytes as JSON; at most {MAX_EXTRA_BYTES} allowed")
+        policy, _ = self._policy(prompt.tenant, prompt.category)
+        if not policy.cacheable or policy.max_entries == 0:
+            return -1
+        if replace:
+            self._forget_prompt(prompt)
+        fields = {"extra": extra} if extra is not None else {}
+        if ttl is not None:
+            fields["expires"] = self._clock() + ttl
+        try:
+            return self._store(prompt.tenant, prompt.category, policy, (prompt.model, prompt.settings), prompt.text,
+                               answer, prompt.embedding, fields)
+        except ResourceExhaustedError:  # the category's bytes or the tenant's entries: the answer stays uncached
+            return -1
+
+    def _forget_prompt(self, prompt: ChatPrompt) -> int:
+        """Drop the entries of the prompt's partition stored for exactly its text; how many."""
+        group = self._group(prompt.tenant, prompt.category, create=False)
+        partition = group.partitions.get((prompt.model, prompt.settings)) if group is not None else None
+        if partition is None:
+            return 0
+        with group.lock:
+            slots, similarities = partition.nearest(prompt.embedding, NEIGHBOURS)
+            slots = slots[similarities >= SAME_PROMPT]
+            ids = partition.entry_ids[slots].tolist()
+        same = []
+        for slot, entry_id in zip(slots.tolist(), ids):
+            value = self._records.read_record(entry_key(entry_id))
+            if value is not None and decode_entry(value)[0]["prompt"] == prompt.text:
+                same.append((slot, entry_id))
+        if not same:
+            return 0
+        with group.lock:  # each slot still holding the entry read (not removed or reused since)
+            gone = partition.remove(np.array([s for s, i in same if partition.entry_ids[s] == i], np.int64))
+        self._records.write_records([], [entry_key(i) for i in gone.tolist()])
+        return int(gone.size)
+
     # -- per-tenant archives (curator/tenant_archive.py) ------------------------------------------
 
     def tenant_entries(self, tenant: str) -> list[tuple[dict, np.ndarray]]:
@@ -384,7 +467,8 @@ class SemanticCache(Cache):
         self.observer.lookup(category, lookup, time.perf_counter() - start)
         return lookup
 
-    def _lookup(self, tenant, category, source, policy: Policy, base: Policy, key, prompt, embedding) -> Lookup:
+    def _lookup(self, tenant, category, source, policy: Policy, base: Policy, key, prompt, embedding,
+                max_age=None) -> Lookup:
         def miss(reason, similarity=None):
             return Lookup(False, reason, category, source, policy.min_similarity, similarity)
 
@@ -409,6 +493,9 @@ class SemanticCache(Cache):
                 if stale.any():
                     self._expire_slots(tenant, category, partition, slots[stale])
                     slots, similarities = slots[~stale], similarities[~stale]
+            if slots.size and max_age is not None:  # older entries are not expired, only not wanted now
+                young = now - partition.created[slots] <= max_age
+                slots, similarities = slots[young], similarities[young]
             if slots.size == 0:
                 return searched_miss("empty")
             best_similarity = float(similarities[0])
@@ -425,6 +512,11 @@ class SemanticCache(Cache):
             return searched_miss("empty", best_similarity)
         meta, _ = decode_entry(value)
         similarity = float(similarities[chosen])
+        if meta.get("expires") is not None and now > meta["expires"]:  # stored with a ttl of its own
+            with group.lock:
+                if partition.entry_ids[slot] == entry_id:
+                    self._expire_slots(tenant, category, partition, np.array([slot]))
+            return searched_miss("expired", similarity)
         if policy.guard and prompt is not None:
             conflict = near_miss(prompt, meta["prompt"])
             if conflict is not None:
@@ -434,12 +526,13 @@ class SemanticCache(Cache):
             if partition.entry_ids[slot] == entry_id:
                 partition.touch(slot, now)
         return Lookup(True, "hit", category, source, policy.min_similarity, similarity, meta["answer"],
-                      meta["prompt"], now - created, entry_id, relaxed=similarity < base.min_similarity)
+                      meta["prompt"], now - created, entry_id, relaxed=similarity < base.min_similarity,
+                      extra=meta.get("extra"))
 
-    def _store(self, tenant, category, policy: Policy, key, prompt, answer, embedding) -> int:
+    def _store(self, tenant, category, policy: Policy, key, prompt, answer, embedding, fields=None) -> int:
         now = self._clock()
         meta = {"tenant": tenant, "category": category, "model": key[0], "settings": key[1], "created": now,
-                "prompt": prompt, "answer": answer}
+                "prompt": prompt, "answer": answer, **(fields or {})}
         record = encode_entry(meta, embedding)
         size = len(record)
         if policy.max_bytes is not None and size > policy.max_bytes:
@@ -631,6 +724,23 @@ def _newest_within(entries: list, policy: Policy) -> list:
         fits = np.cumsum(sizes[::-1])[::-1] <= policy.max_bytes
         entries = [entry for entry, fit in zip(entries, fits.tolist()) if fit]
     return entries
+
+
+def _seconds(value, name, zero_ok=False) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            not (value >= 0 if zero_ok else value > 0):
+        raise InvalidArgumentError(f"{name} must be a finite number of seconds {'>= 0' if zero_ok else '> 0'} "
+                                   f"or None, got {value!r}")
+    return float(value)
+
+
+def _chat_key(messages, params) -> tuple[str, str]:
+    """(the prompt matched, the settings key) of chat messages: the params and system messages key the entry."""
+    prompt, system = _render(messages)
+    params = dict(params or {})
+    return prompt, settings_key({**params, "system": system} if system else params)
 
 
 def _render(messages) -> tuple[str, str]:
