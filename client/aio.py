@@ -143,6 +143,15 @@ class AsyncRemoteCollection:
     async def drop_tenant(self, tenant: str) -> None:
         await self._run(self._calls.drop_tenant(tenant))
 
+    async def tenant_state(self, tenant: str) -> str:
+        return await self._run(self._calls.tenant_state(tenant))
+
+    async def deactivate_tenant(self, tenant: str) -> None:
+        await self._run(self._calls.tenant_state(tenant, "Deactivate"))
+
+    async def activate_tenant(self, tenant: str) -> None:
+        await self._run(self._calls.tenant_state(tenant, "Activate"))
+
     async def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
                      ef: int | None = None) -> SearchResult:
         return await self._search(self._calls.search(query, k, tenant, ef, filter))

@@ -137,6 +137,11 @@ class CollectionCalls:
     def drop_tenant(self, tenant) -> Call:
         return Call("tenants", "Drop", pb.TenantRef(collection=self.name, tenant=tenant), False)
 
+    def tenant_state(self, tenant, change: str = "State") -> Call:
+        """State (a read), or Deactivate / Activate (writes that return the state after them)."""
+        request = pb.TenantRef(collection=self.name, tenant=validate.name(tenant, "tenant"))
+        return Call("tenants", change, request, True, lambda r: r.state)
+
     def _query(self, query) -> bytes:
         """One query as float32 bytes. A float32 vector of the right shape goes as it is: the
         server refuses NaN and infinity in it with the same InvalidArgumentError."""
@@ -175,8 +180,17 @@ class CollectionCalls:
         return Call("vectors", "Train", request, True)
 
     def stats(self) -> Call:
-        return Call("collections", "Describe", pb.CollectionRef(name=self.name), True,
-                    lambda r: {"vectors": int(r.vectors), "tenants": int(r.tenants)})
+        return Call("collections", "Describe", pb.CollectionRef(name=self.name), True, _stats)
+
+
+def _stats(reply: pb.CollectionInfo) -> dict:
+    """The counts of Describe, and for an admin key while some tenant is inactive, its states'."""
+    stats = {"vectors": int(reply.vectors), "tenants": int(reply.tenants)}
+    if reply.inactive_tenants:
+        stats.update(resident_vectors=int(reply.resident_vectors),
+                     evicted_vectors=int(reply.vectors - reply.resident_vectors),
+                     inactive_tenants=int(reply.inactive_tenants))
+    return stats
 
 
 def create_collection(name, dim, metric, options) -> Call:

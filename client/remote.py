@@ -174,6 +174,15 @@ class RemoteCollection(Collection):
     def drop_tenant(self, tenant: str) -> None:
         self._run(self._calls.drop_tenant(tenant))
 
+    def tenant_state(self, tenant: str) -> str:
+        return self._run(self._calls.tenant_state(tenant))
+
+    def deactivate_tenant(self, tenant: str) -> None:
+        self._run(self._calls.tenant_state(tenant, "Deactivate"))
+
+    def activate_tenant(self, tenant: str) -> None:
+        self._run(self._calls.tenant_state(tenant, "Activate"))
+
     def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
                ef: int | None = None) -> SearchResult:
         return self._search(self._calls.search(query, k, tenant, ef, filter))

@@ -132,6 +132,20 @@ class Collection(ABC):
         """Remove a tenant, its grants, and the vectors only it could see."""
 
     @abstractmethod
+    def tenant_state(self, tenant: str) -> str:
+        """"active" or "inactive" (README, "Tenant states"); asking does not wake the tenant."""
+
+    @abstractmethod
+    def deactivate_tenant(self, tenant: str) -> None:
+        """Make `tenant` inactive: its sub-tree is dropped from memory and the vectors only inactive
+        tenants see are evicted (kept on disk); it answers as before, woken by the first call that
+        names it (search, count, scroll, insert, upsert, grant, revoke, drop) or `activate_tenant`."""
+
+    @abstractmethod
+    def activate_tenant(self, tenant: str) -> None:
+        """Make `tenant` active again now (its evicted vectors read back, its sub-tree rebuilt)."""
+
+    @abstractmethod
     def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
                ef: int | None = None) -> "SearchResult":
         """The k nearest vectors `tenant` may see (every vector when None) whose payloads match

@@ -12,7 +12,14 @@ Each call validates its arguments at the edge (`validate`), then runs on the col
   serves until the new one replaces it in one step. An explicit `train()` works the same way,
   in the caller's thread.
 With a data directory, every write is also recorded there before it returns; without one
-(":memory:") nothing outlives the process. Tenant quotas (`quotas`) are checked inside a write's
+(":memory:") nothing outlives the process.
+
+Tenant states (`states.py`, README "Tenant states"): a call that names an inactive tenant wakes
+it first, as a write of its own in the collection's write turn (`_wake_held`), then runs; a read
+that finds one (`TenantAsleep`) wakes it and runs again. A write that names evicted ids loads
+them for its turn and evicts again afterwards what no active tenant sees (`_write`). With
+`idle_deactivate_seconds`, `IdleTenants` deactivates tenants no call has named for that long,
+one write turn each, so searches never wait for more than one tenant's eviction. Tenant quotas (`quotas`) are checked inside a write's
 turn, before it changes the index: a refused write changes nothing.
 """
 
@@ -30,7 +37,7 @@ import numpy as np
 from . import tenant_archive, validate
 from .api import Collection, Database, SearchResult
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StorageError
-from .index import Change, CuratorIndex, ExclusiveNeeded, IndexConfig
+from .index import Change, CuratorIndex, ExclusiveNeeded, IndexConfig, TenantAsleep
 from .metric import Metric
 from .quotas import LIMITS, CollectionUsage, Quota, Quotas, TenantQuota, Touch, Usage
 from .rwlock import ReadWriteLock
@@ -38,6 +45,7 @@ from .storage import DataDirectory
 from .tree import ClusteringTree, TreeShape
 
 log = logging.getLogger("curator")
+_NO_IDS = np.zeros(0, np.int64)
 
 _TREE_OPTIONS = {f.name for f in fields(TreeShape)}
 _INDEX_OPTIONS = {f.name for f in fields(IndexConfig)} - {"tree"}
@@ -68,8 +76,16 @@ class EmbeddedCollection(Collection):
         self._writing = threading.Lock()  # one write (or retrain's layout) at a time; taken before _lock
         index.exclusive = self._lock.held_exclusively
         index.train_inline = False
+        if directory is not None:
+            index.shelf = directory.shelf(cid, dim)
         self.retraining = Retraining(self)
+        self.idle = IdleTenants(self, index.config.idle_deactivate_seconds)
         self.usage = CollectionUsage(self, quotas, usage)  # this collection's part; `usage`: the database's
+
+    def close(self) -> None:
+        """Stop the background threads (retraining, idle tenants); the database closes the rest."""
+        self.idle.close()
+        self.retraining.close()
 
     def _read(self, read):
         """Run a read beside other reads; one that must change the index runs again alone."""
@@ -78,23 +94,71 @@ class EmbeddedCollection(Collection):
                 return read()
             except ExclusiveNeeded:
                 pass
-        with self._writing, self._lock.exclusive():
-            return read()
+        return self._alone(read)
 
-    def _write(self, apply, touch: Touch | None = None) -> Change:
+    def _alone(self, read):
+        """A read that must change the index first: it runs holding the index alone, after waking
+        the inactive tenants it names (each a write of its own)."""
+        with self._writing:
+            while True:
+                try:
+                    with self._lock.exclusive():
+                        return read()
+                except TenantAsleep as asleep:
+                    self._check_failed()
+                    if not self._wake_held([asleep.tenant]):
+                        raise RuntimeError(f"tenant {asleep.tenant!r} could not be woken") from None
+
+    def _wake_held(self, tenants) -> bool:
+        """Wake the inactive ones of `tenants` (None: every inactive tenant), each as a write of
+        its own; the caller holds `_writing`. Returns whether any was woken. Its record's fsync
+        is not waited for: a wake lost in a crash leaves the tenant inactive, nothing else."""
+        index = self.index
+        woken = False
+        for tenant in tenants:
+            if tenant is not None:
+                t = index.tenant_numbers.get(tenant)
+                if t is None or not index.tenancy.asleep[t]:
+                    continue
+            with self._lock.exclusive():
+                change = index.activate(tenant)
+            self._record(change)
+            woken |= bool(change.woken)
+        return woken
+
+    def _write(self, apply, touch: Touch | None = None, tenants: tuple = ()) -> Change:
         """Apply one write to the index and record it; returns once it is as durable as promised.
-        `touch` says what it names, for the tenant quotas checked before it (`quotas`)."""
+        `touch` says what it names, for the tenant quotas checked before it (`quotas`); `tenants`
+        are those it names, woken first if inactive. Evicted ids it names are in memory for its
+        turn (`CuratorIndex.load_evicted`), and what no active tenant sees afterwards is evicted."""
         with self._writing:
             self._check_failed()
-            with self.usage.writing(touch):
+            self._wake_held(tenants)
+            loaded = _NO_IDS
+            if touch is not None and touch.ids is not None and self.index.evicted:
                 with self._lock.exclusive():
-                    change = apply()
-            ticket = self._record(change)
+                    loaded = self.index.load_evicted(touch.ids)
+            change = None
+            try:
+                with self.usage.writing(touch):
+                    with self._lock.exclusive():
+                        change = apply()
+                ticket = self._record(change)
+            finally:
+                self._settle(loaded, change)
         if ticket is not None:
             ticket.wait()  # the fsync: outside every lock, shared with other writes waiting for one
         if self.retraining.due():
             self.retraining.start()
         return change
+
+    def _settle(self, loaded: np.ndarray, change: Change | None) -> None:
+        """After a write: evict what it loaded, or let go of (a revoke, a drop), that no active
+        tenant sees any more."""
+        ids = loaded if change is None else np.concatenate([loaded, change.regranted])
+        if ids.size and self._failed is None and self.index.tenancy.asleep.any():
+            with self._lock.exclusive():
+                self.index.settle(ids)
 
     def _record(self, change: Change):
         """Record a change (the index is stable: the caller holds `_writing`)."""
@@ -136,12 +200,14 @@ class EmbeddedCollection(Collection):
     def insert(self, ids, vectors, *, tenant: str, payloads=None) -> None:
         ids, vectors, tenant = self._new_vectors(ids, vectors, tenant)
         payloads = validate.payloads(payloads, ids.size)
-        self._write(lambda: self.index.insert(ids, vectors, tenant, payloads), Touch("insert", ids, tenant, payloads))
+        self._write(lambda: self.index.insert(ids, vectors, tenant, payloads), Touch("insert", ids, tenant, payloads),
+                    (tenant,))
 
     def upsert(self, ids, vectors, *, tenant: str, payloads=None) -> None:
         ids, vectors, tenant = self._new_vectors(ids, vectors, tenant)
         payloads = validate.payloads(payloads, ids.size)
-        self._write(lambda: self.index.upsert(ids, vectors, tenant, payloads), Touch("upsert", ids, tenant, payloads))
+        self._write(lambda: self.index.upsert(ids, vectors, tenant, payloads), Touch("upsert", ids, tenant, payloads),
+                    (tenant,))
 
     def _new_vectors(self, ids, vectors, tenant):
         ids = validate.ids(ids)
@@ -178,11 +244,11 @@ class EmbeddedCollection(Collection):
 
     def grant(self, ids, *, tenant: str) -> int:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
-        return self._write(lambda: self.index.grant(ids, tenant), Touch("grant", ids, tenant)).regranted.size
+        return self._write(lambda: self.index.grant(ids, tenant), Touch("grant", ids, tenant), (tenant,)).regranted.size
 
     def revoke(self, ids, *, tenant: str) -> None:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
-        self._write(lambda: self.index.revoke(ids, tenant), Touch("shrink", ids))
+        self._write(lambda: self.index.revoke(ids, tenant), Touch("shrink", ids), (tenant,))
 
     def delete(self, ids) -> None:
         ids = validate.ids(ids)
@@ -198,7 +264,7 @@ class EmbeddedCollection(Collection):
 
     def contains(self, ids) -> np.ndarray:
         ids = validate.ids(ids)
-        return self._read(lambda: self.index.ids.lookup(ids) >= 0)
+        return self._read(lambda: self.index.ids.lookup(ids) != -1)  # evicted ids (-2) are stored too
 
     def visible_to(self, ids, *, tenant: str) -> np.ndarray:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
@@ -223,17 +289,39 @@ class EmbeddedCollection(Collection):
         tenant = validate.name(tenant, "tenant")
         self._write(lambda: self.index.create_tenant(tenant))
 
+    def tenant_state(self, tenant: str) -> str:
+        tenant = validate.name(tenant, "tenant")
+        with self._lock.shared():
+            return self.index.state(tenant)
+
+    def deactivate_tenant(self, tenant: str) -> None:
+        tenant = validate.name(tenant, "tenant")
+        self._write(lambda: self.index.deactivate(tenant))
+
+    def activate_tenant(self, tenant: str) -> None:
+        tenant = validate.name(tenant, "tenant")
+        self._write(lambda: self.index.activate(tenant))
+
+    def _deactivate_idle(self, tenant: str, seconds: float) -> None:
+        """Deactivate `tenant` if no call has named it for `seconds` (checked again in the write turn)."""
+        def apply():
+            index = self.index
+            t = index.tenant_numbers.get(tenant)
+            if t is None or index.last_used[t] > time.monotonic() - seconds:
+                return Change()
+            return index.deactivate(tenant)
+        self._write(apply)
+
     def drop_tenant(self, tenant: str) -> None:
         tenant = validate.name(tenant, "tenant")
-        self._write(lambda: self.index.drop_tenant(tenant), Touch("drop", tenant=tenant))
+        self._write(lambda: self.index.drop_tenant(tenant), Touch("drop", tenant=tenant), (tenant,))
 
     def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
                ef: int | None = None) -> SearchResult:
         query, k, ef = self._search_arguments(query, k, tenant, ef)
         found = self._search_shared(query, k, tenant, filter, ef, True)
-        if found is None:  # it must build something first: alone
-            with self._writing, self._lock.exclusive():
-                found = SearchResult(*self.index.search_planned(query, k, tenant, filter, ef))
+        if found is None:  # it must build something (or wake its tenant) first: alone
+            found = self._alone(lambda: SearchResult(*self.index.search_planned(query, k, tenant, filter, ef)))
         return found
 
     def search_now(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
@@ -317,9 +405,44 @@ class EmbeddedCollection(Collection):
                 "pairs": int(index.tenancy.count.sum()),
                 "tree_nodes": index.tree.n_nodes,
                 "shortlists": index.tenancy.n_live_shortlists,
+                "resident_vectors": index.resident_count(),
+                "evicted_vectors": index.evicted,
+                "inactive_tenants": int(index.tenancy.asleep[: index.tenancy.n_tenants].sum()),
                 "memory_bytes": index.nbytes,
             }
         return self._read(read)
+
+
+class IdleTenants:
+    """Deactivates the tenants of one collection that no call has named for `seconds`
+    (`idle_deactivate_seconds`), from a background thread that looks every `seconds / 4` (at
+    most every minute). Each tenant is one write turn of its own; searches wait at most for one."""
+
+    def __init__(self, collection: EmbeddedCollection, seconds: float | None):
+        self._collection, self.seconds = collection, seconds
+        self._closing = threading.Event()
+        self._thread = None
+        if seconds is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name=f"curator-idle-{collection.name}")
+            self._thread.start()
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        collection, seconds = self._collection, self.seconds
+        while not self._closing.wait(min(max(seconds / 4, 0.01), 60.0)):
+            try:
+                with collection._lock.shared():
+                    idle = collection.index.idle_tenants(seconds)
+                for tenant in idle:
+                    if self._closing.is_set():
+                        return
+                    collection._deactivate_idle(tenant, seconds)
+            except Exception:  # noqa: BLE001 - a failed pass leaves tenants active; say why, try again later
+                log.exception("deactivating idle tenants of collection %r failed", collection.name)
 
 
 class Retraining:
@@ -437,7 +560,7 @@ class EmbeddedDatabase(Database):
         with self._lock:
             if name not in self._collections:
                 raise NotFoundError(f"unknown collection {name!r}")
-            self._collections[name].retraining.close()
+            self._collections[name].close()
             if self._directory is not None:
                 self._directory.drop_collection(name, self._cids[name])
             del self._collections[name]
@@ -515,7 +638,7 @@ class EmbeddedDatabase(Database):
     def close(self) -> None:
         with self._lock:
             for collection in self._collections.values():
-                collection.retraining.close()
+                collection.close()
             self._collections.clear()
             if self._directory is not None:
                 self._directory.close()

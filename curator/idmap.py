@@ -4,6 +4,10 @@ An open-addressing hash table (linear probing) in two numpy arrays, edited and r
 loops: a lookup of n ids is one call, and an entry costs 12 bytes a slot at a load of at most
 2/3 (~20 bytes an id), against ~56 for a numba typed dict. Deletes leave tombstones, swept out
 when the table is rebuilt on growth.
+
+A slot value below -1 is a marker rather than a place in the vector store: `EVICTED` (-2) maps the
+ids of vectors that are stored but not in memory (their tenants are inactive, see `states.py`),
+so that they stay known to `lookup` (inserts collide with them, reads find them on the shelf).
 """
 
 import numba
@@ -11,6 +15,7 @@ import numpy as np
 
 _EMPTY = -1
 _TOMBSTONE = -2  # ids are >= 0, so negative keys are free for bookkeeping
+EVICTED = -2  # the slot of an evicted id (a slot, not a key: unrelated to _TOMBSTONE)
 
 
 class IdMap:
@@ -45,6 +50,13 @@ class IdMap:
 
     def discard(self, ids: np.ndarray) -> None:
         self._count -= _discard(self._keys, np.ascontiguousarray(ids, np.int64))
+
+    def ids(self, slot: int | None = None) -> np.ndarray:
+        """Every id held (unordered), or those mapped to `slot` (e.g. EVICTED): one pass over the table."""
+        live = self._keys >= 0
+        if slot is not None:
+            live &= self._slots == slot
+        return self._keys[live]
 
     @property
     def nbytes(self) -> int:

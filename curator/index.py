@@ -10,11 +10,16 @@ is a single leaf and every search is exact. At `train_size` the tree is trained 
 vectors (at most `train_sample` of them); it is trained again when the collection has grown
 `retrain_growth` times past the last training, or when vectors inserted since lie on average
 `drift_limit` times farther from their leaf centroids than the training vectors did.
+
+Tenant states (see `states.py` and README, "Tenant states"): the index holds the vectors some
+active tenant sees; an inactive tenant has no sub-tree, and the vectors only inactive tenants see
+are evicted to the collection's shelf (`deactivate`, `activate`, `load_evicted`, `settle`).
 """
 
 import contextlib
 import copy
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -25,9 +30,10 @@ from . import device, filters, planner
 from . import search as kernels
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, PermissionDeniedError
 from .graph import Graph
-from .idmap import IdMap
+from .idmap import EVICTED, IdMap
 from .metric import MAX_NORM, MIN_COSINE_NORM, Metric
 from .payloads import Payloads
+from .states import ACTIVE, INACTIVE, MemoryShelf, Shelved
 from .tenancy import TenantSubtrees
 from .tree import ClusteringTree, TreeShape
 
@@ -38,6 +44,15 @@ _PARALLEL = threading.Lock()
 class ExclusiveNeeded(Exception):
     """A read found work that changes the index (a tenant's sub-tree still to build after opening,
     the HNSW graph to build): its caller runs it again holding the index exclusively."""
+
+
+class TenantAsleep(ExclusiveNeeded):
+    """A call named an inactive tenant (`tenant`; None: a call over every vector while some are
+    evicted). Nothing was changed: the caller wakes it (`activate`, a write) and calls again."""
+
+    def __init__(self, tenant: str | None):
+        super().__init__(tenant)
+        self.tenant = tenant
 
 
 def _always() -> bool:
@@ -69,7 +84,8 @@ class Change:
 
     `written`: new vectors; `regranted`: vectors whose set of tenants changed and which live on;
     `deleted`: vectors gone; `payloads`: vectors whose payload was written; `tenants_added` /
-    `tenants_dropped`: tenant numbers; `retrained`: the shared tree was (re)trained.
+    `tenants_dropped`: tenant numbers; `retrained`: the shared tree was (re)trained; `slept`:
+    tenants made inactive, each with its manifest (the ids it sees); `woken`: tenants made active.
     """
 
     written: np.ndarray = field(default_factory=lambda: _NO_IDS)
@@ -79,6 +95,8 @@ class Change:
     tenants_added: list[int] = field(default_factory=list)
     tenants_dropped: list[int] = field(default_factory=list)
     retrained: bool = False
+    slept: dict[int, np.ndarray] = field(default_factory=dict)
+    woken: list[int] = field(default_factory=list)
 
 
 _NO_IDS = np.zeros(0, np.int64)
@@ -111,6 +129,9 @@ class IndexConfig:
     # and otherwise picks the plan of least estimated cost.
     exact_limit: int = 256
     tree_max_tenant: int = 100_000
+    # Seconds a tenant may go unnamed by any call before it is made inactive (README, "Tenant
+    # states"); None: never by itself.
+    idle_deactivate_seconds: float | None = None
 
     def __post_init__(self):
         if self.split_limit < 2 or self.ef < 1 or self.train_size < 1 or not self.retrain_interval >= 0:
@@ -121,6 +142,10 @@ class IndexConfig:
             raise InvalidArgumentError("hnsw_m must be >= 2, hnsw_ef_construction and hnsw_ef >= 1, exact_limit >= 0")
         if self.tree.branching < 2 or self.tree.leaf_size < 1:
             raise InvalidArgumentError("branching must be >= 2 and leaf_size >= 1")
+        idle = self.idle_deactivate_seconds
+        if idle is not None and (isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0 < idle < 1e9):
+            raise InvalidArgumentError(f"idle_deactivate_seconds must be a number of seconds > 0, or None (never); "
+                                       f"got {idle!r}")
 
 
 class CuratorIndex:
@@ -156,15 +181,21 @@ class CuratorIndex:
         # Whether an insert trains the tree itself when it is due; a collection serving many
         # threads trains in the background instead (`training_due`, `retrained`, `adopt`).
         self.train_inline = True
+        # Where evicted vectors wait (states.py): the data directory's records, set by the
+        # collection, or this process.
+        self.shelf = MemoryShelf(dim)
+        self.evicted = 0  # ids known but not in memory (IdMap slot EVICTED)
+        self.last_used: list[float] = []  # tenant -> monotonic time it was last named by a call
 
     # -- writes ----------------------------------------------------------------------------------
 
     def insert(self, ids: np.ndarray, vectors: np.ndarray, tenant: str, payloads: list | None = None) -> Change:
+        self._check_awake(tenant)
         if payloads is not None:
             self.payloads.check(payloads)
         known = self.ids.lookup(ids)
-        if (known >= 0).any():
-            dup = ids[known >= 0]
+        if (known != -1).any():  # evicted ids are known too
+            dup = ids[known != -1]
             raise AlreadyExistsError(
                 f"{dup.size} id(s) already exist, e.g. {dup[:5].tolist()}; delete them first or use new ids"
             )
@@ -198,10 +229,14 @@ class CuratorIndex:
     def upsert(self, ids: np.ndarray, vectors: np.ndarray, tenant: str, payloads: list | None = None) -> Change:
         """Insert new ids; give existing ones the new vector, keeping their tenants (and adding `tenant`).
         Given payloads replace the existing ones; None keeps them."""
+        self._check_awake(tenant)
         inv_norm = self.metric.inverse_norms(vectors)  # checks every vector before anything changes
         if payloads is not None:
             self.payloads.check(payloads)
         known = self.ids.lookup(ids)
+        if (known == EVICTED).any():  # a collection loads them first (`load_evicted`): used alone, refuse
+            raise PermissionDeniedError(f"{int((known == EVICTED).sum())} of these vectors are owned by an inactive "
+                                        f"tenant: only a vector's owner may overwrite it; {tenant!r} may only read them")
         old = known >= 0
         if old.any():
             self._require_owner(known[old], tenant)
@@ -253,7 +288,18 @@ class CuratorIndex:
         return Change(payloads=ids)
 
     def get_payloads(self, ids: np.ndarray) -> list[dict]:
-        return self.payloads.read(self._slots(ids))
+        slots = self._known(ids)
+        if not (slots == EVICTED).any():
+            return self.payloads.read(slots)
+        out = [{}] * ids.size
+        resident = np.flatnonzero(slots >= 0)
+        for i, payload in zip(resident.tolist(), self.payloads.read(slots[resident])):
+            out[i] = payload
+        evicted = np.flatnonzero(slots == EVICTED)
+        shelved = self.shelf.fetch(ids[evicted])
+        for row, payload in zip(shelved.payload_rows.tolist(), shelved.payloads):
+            out[evicted[row]] = payload
+        return out
 
     def grant(self, ids: np.ndarray, tenant: str) -> Change:
         self.version += 1
@@ -292,6 +338,134 @@ class CuratorIndex:
         self.tenant_names[t] = None
         return change
 
+    # -- tenant states (states.py) ---------------------------------------------------------------
+
+    def state(self, tenant: str) -> str:
+        return INACTIVE if self.tenancy.asleep[self._number(tenant)] else ACTIVE
+
+    def deactivate(self, tenant: str) -> Change:
+        """Make `tenant` inactive: its manifest (every id it sees) goes to the shelf, its sub-tree
+        is dropped, and the vectors no active tenant sees any more are evicted."""
+        t = self._number(tenant)
+        if self.tenancy.asleep[t]:
+            return Change()
+        self.version += 1
+        slots = self.tenancy.sleep(t)
+        manifest = np.sort(self.slot_ids[slots])
+        self.shelf.put_manifest(t, manifest)
+        self._evict(self._unseen(slots))
+        return Change(slept={t: manifest})
+
+    def activate(self, tenant: str | None) -> Change:
+        """Make `tenant` active again (None: every inactive tenant): the vectors of its manifest it
+        still sees come back into memory (one read from the shelf), and its sub-tree is built."""
+        if tenant is None:
+            change = Change()
+            for t in np.flatnonzero(self.tenancy.asleep[: self.tenancy.n_tenants]).tolist():
+                change.woken += self.activate(self.tenant_names[t]).woken
+            return change
+        t = self._number(tenant)
+        if not self.tenancy.asleep[t]:
+            return Change()
+        self.version += 1
+        manifest = self.shelf.manifest(t)
+        slots = self.ids.lookup(manifest)
+        resident = slots[slots >= 0]
+        resident = resident[self.tenancy.access.contains(resident, np.full(resident.size, t))]
+        shelved = self.shelf.fetch(manifest[slots == EVICTED])
+        admitted = self._admit(shelved.subset(shelved.seen_by(t)))  # not: an id deleted and used again since
+        self.tenancy.wake(t, np.concatenate([resident, admitted]))
+        self.shelf.drop_manifest(t)
+        self.last_used[t] = time.monotonic()
+        return Change(woken=[t])
+
+    def load_evicted(self, ids: np.ndarray) -> np.ndarray:
+        """Bring the evicted ones of `ids` into memory, for a write that names them; returns
+        their ids, for `settle` once the write is done."""
+        if not self.evicted:
+            return _NO_IDS
+        ids = np.unique(ids)
+        out = ids[self.ids.lookup(ids) == EVICTED]
+        if out.size:
+            self.version += 1
+            self._admit(self.shelf.fetch(out))
+        return out
+
+    def settle(self, ids: np.ndarray) -> None:
+        """Evict those of `ids` that are in memory but seen by no active tenant any more (after a
+        write that loaded them, a revoke, a tenant dropped)."""
+        if ids.size == 0 or not self.tenancy.asleep.any():
+            return
+        slots = self.ids.lookup(ids)
+        unseen = self._unseen(slots[slots >= 0])
+        if unseen.size:
+            self.version += 1
+            self._evict(unseen)
+
+    def idle_tenants(self, seconds: float) -> list[str]:
+        """Active tenants no call has named for `seconds`."""
+        n = self.tenancy.n_tenants
+        idle = np.asarray(self.last_used[:n]) < time.monotonic() - seconds
+        idle &= ~self.tenancy.asleep[:n]
+        return [self.tenant_names[t] for t in np.flatnonzero(idle).tolist() if self.tenant_names[t] is not None]
+
+    def evicted_payload_bytes(self, n_tenants: int) -> np.ndarray:
+        """Per tenant, the payload bytes of the evicted vectors it sees (the quota tally's part
+        that is not in memory)."""
+        if not self.evicted:
+            return np.zeros(n_tenants, np.int64)
+        return self.shelf.payload_bytes(n_tenants, self.ids.ids(EVICTED))
+
+    def _unseen(self, slots: np.ndarray) -> np.ndarray:
+        """Those of these slots that no active tenant sees."""
+        tenants, origin = self.tenancy.access.gather(slots)
+        seen = np.zeros(slots.size, bool)
+        seen[origin[~self.tenancy.asleep[tenants]]] = True
+        return slots[~seen]
+
+    def _evict(self, slots: np.ndarray) -> None:
+        """Out of memory, onto the shelf: the slots are freed, the ids stay known as EVICTED."""
+        if slots.size == 0:
+            return
+        ids = self.slot_ids[slots]
+        if self.shelf.keeps_records:
+            self.shelf.keep(self._shelved(slots))
+        self.tenancy.access.clear(slots)  # every tenant's count stays: they still see them
+        self._release(slots)
+        self.ids.assign(ids, np.full(ids.size, EVICTED))
+        self.evicted += ids.size
+
+    def _shelved(self, slots: np.ndarray) -> Shelved:
+        tenants, origin = self.tenancy.access.gather(slots)
+        payloads = self.payloads.read(slots)
+        rows = np.array([i for i, p in enumerate(payloads) if p], np.int64)
+        return Shelved(self.slot_ids[slots].copy(), self.vectors[slots].copy(), tenants,
+                       np.bincount(origin, minlength=slots.size), self.owner[slots].copy(), rows,
+                       [payloads[i] for i in rows.tolist()])
+
+    def _admit(self, shelved: Shelved) -> np.ndarray:
+        """Evicted vectors back into memory with their access lists, owners and payloads (no
+        sub-tree: the caller builds the one of the tenant it wakes); returns their slots."""
+        n = shelved.ids.size
+        if n == 0:
+            return _NO_IDS
+        slots = self._allocate(n)
+        self.vectors[slots] = shelved.vectors
+        self.inv_norm[slots] = self.metric.inverse_norms(shelved.vectors)
+        self.slot_ids[slots] = shelved.ids
+        self.owner[slots] = shelved.owners
+        self.ids.assign(shelved.ids, slots)
+        prepared = self._prepared(slots)
+        self.tenancy.place(slots, self.tree.route(prepared)[0])
+        self.tenancy.access.append(np.repeat(slots, shelved.counts), shelved.tenants)
+        if shelved.payloads:
+            self.payloads.write(slots[shelved.payload_rows], shelved.payloads)
+        if self.graph is not None:
+            self.graph.add(slots, prepared)
+        self.evicted -= n
+        self.shelf.forget(shelved.ids)
+        return slots
+
     def train(self, sample: np.ndarray | None = None) -> Change:
         """(Re)train the shared tree on `sample`, or on the stored vectors, and re-route everything."""
         sample = self.training_sample() if sample is None else self.metric.prepare(sample)
@@ -310,8 +484,10 @@ class CuratorIndex:
 
     def training_due(self) -> bool:
         """Whether the tree should be (re)trained now (see the training rule above)."""
-        n = len(self.ids)
+        n = len(self.ids)  # every vector, evicted ones too: the tree is the collection's
         cfg = self.config
+        if n == self.evicted:
+            return False  # nothing in memory to train on
         if not self.tree.trained:
             return n >= cfg.train_size
         grown = n >= cfg.retrain_growth * self._trained_count
@@ -344,7 +520,10 @@ class CuratorIndex:
         payloads = copy.deepcopy(self.payloads)
         payloads.permute(old, n)
         graph = None if self.graph is None else self.graph.renumbered(old, self.vectors.shape[0])
-        return Retrained(tree, vectors, inv_norm, slot_ids, owner, n, IdMap.of(slot_ids[:n], np.arange(n)), payloads,
+        evicted = self.ids.ids(EVICTED)
+        ids = IdMap.of(np.concatenate([slot_ids[:n], evicted]),
+                       np.concatenate([np.arange(n), np.full(evicted.size, EVICTED)]))
+        return Retrained(tree, vectors, inv_norm, slot_ids, owner, n, ids, payloads,
                          self.tenancy.rebuilt(tree, old, leaves[order]), graph, max(slots.size, sample_size, 1),
                          self.version)
 
@@ -391,13 +570,19 @@ class CuratorIndex:
             index.inv_norm[slots] = inv_norm[order]
             index.slot_ids[slots] = ids[order]
             index.owner[slots] = stored["owners"][order]
-            index.ids = IdMap.of(ids[order], slots)
             index.tenancy.place(slots, leaves[order])
+        else:
+            ids, order, slots = _NO_IDS, _NO_IDS, _NO_IDS
+        evicted = stored.get("evicted_ids", _NO_IDS)  # seen only by inactive tenants: not loaded
+        index.ids = IdMap.of(np.concatenate([ids[order], evicted]), np.concatenate([slots, np.full(evicted.size, EVICTED)]))
+        index.evicted = evicted.size
         names = stored["tenant_names"]
         index.tenant_names = list(names)
         index.tenant_numbers = {name: t for t, name in enumerate(names) if name is not None}
+        index.last_used = [time.monotonic()] * len(names)
         pair_slots = index.ids.lookup(stored["pair_ids"])
-        index.tenancy.load(len(names), pair_slots, stored["pair_tenants"])
+        index.tenancy.load(len(names), pair_slots, stored["pair_tenants"], stored.get("asleep"),
+                           stored.get("tenant_counts"))
         if len(stored["payloads"]):
             index.payloads.write(index.ids.lookup(stored["payload_ids"]), stored["payloads"])
         if config.hnsw is True and n:
@@ -411,17 +596,28 @@ class CuratorIndex:
     # -- reads -----------------------------------------------------------------------------------
 
     def get(self, ids: np.ndarray) -> np.ndarray:
-        return self.vectors[self._slots(ids)]
+        slots = self._known(ids)
+        evicted = slots == EVICTED
+        if not evicted.any():
+            return self.vectors[slots]
+        out = np.empty((ids.size, self.dim), np.float32)
+        out[~evicted] = self.vectors[slots[~evicted]]
+        out[evicted] = self.shelf.fetch(ids[evicted]).vectors
+        return out
 
     def tenants_of(self, id_: int) -> list[str]:
-        slot = self._slots(np.array([id_], np.int64))[0]
-        return sorted(self.tenant_names[t] for t in self.tenancy.tenants_of(slot).tolist())
+        slot = self._known(np.array([id_], np.int64))[0]
+        if slot == EVICTED:
+            tenants = self.shelf.fetch(np.array([id_], np.int64)).tenants
+        else:
+            tenants = self.tenancy.tenants_of(slot)
+        return sorted(self.tenant_names[t] for t in tenants.tolist())
 
     def scroll(self, tenant: str | None, after_id: int, limit: int) -> tuple[np.ndarray, int]:
         """Up to `limit` ids above `after_id`, ascending (all, or those `tenant` may see), and the
         id to continue after (-1 when done)."""
         if tenant is None:
-            live = self.slot_ids[: self.n_slots]
+            live = self.ids.ids() if self.evicted else self.slot_ids[: self.n_slots]
             ids = live[live > after_id]
         else:
             t = self._tenant(tenant)
@@ -432,18 +628,26 @@ class CuratorIndex:
         return page, int(page[-1]) if ids.size > limit else -1
 
     def visible_to(self, ids: np.ndarray, tenant: str) -> np.ndarray:
+        """Does not wake `tenant`: an inactive one's evicted vectors are looked up on the shelf."""
         t = self.tenant_numbers.get(tenant)
         slots = self.ids.lookup(ids)
         known = slots >= 0
         out = np.zeros(ids.size, bool)
         if t is not None and known.any():
             out[known] = self.tenancy.access.contains(slots[known], np.full(int(known.sum()), t))
+        evicted = slots == EVICTED
+        if t is not None and self.tenancy.asleep[t] and evicted.any():  # an active tenant sees none of them
+            out[evicted] = self.shelf.fetch(ids[evicted]).seen_by(t)
         return out
 
     def count(self, tenant: str | None = None) -> int:
         if tenant is None:
             return len(self.ids)
         return int(self.tenancy.count[self._tenant(tenant)])
+
+    def resident_count(self) -> int:
+        """Vectors in memory (some active tenant sees them)."""
+        return len(self.ids) - self.evicted
 
     def tenants(self) -> list[str]:
         return sorted(self.tenant_numbers)
@@ -473,7 +677,7 @@ class CuratorIndex:
         if tenant is not None and where is None:
             return (*self.search_one(query, k, tenant, ef), "tree")
         allowed = self._allowed(tenant, where)
-        plan = planner.choose(allowed, tenant, k, ef, self.config, len(self.ids))
+        plan = planner.choose(allowed, tenant, k, ef, self.config, self.resident_count())
         if plan == "exact":
             return (*self._exact(query, k, allowed), plan)
         prepared = self._prepared_query(query)
@@ -509,7 +713,7 @@ class CuratorIndex:
             rows = np.array(rows)
             if where is not None or tenant is None:
                 allowed = self._allowed(tenant, where)
-                if planner.choose(allowed, tenant, k, ef, self.config, len(self.ids)) == "exact":
+                if planner.choose(allowed, tenant, k, ef, self.config, self.resident_count()) == "exact":
                     prepared = self.metric.prepare(queries[rows])  # finite: checked by the caller
                     slots, candidates = self._candidates(allowed)
                     if slots.size:
@@ -538,6 +742,8 @@ class CuratorIndex:
             return cached
         n = self.n_slots
         if tenant is None:
+            if self.evicted:
+                raise TenantAsleep(None)  # every vector: the evicted ones must come back first
             mask = self.slot_ids[:n] >= 0
             tenant_size = len(self.ids)
         else:
@@ -643,21 +849,50 @@ class CuratorIndex:
     # -- internals ---------------------------------------------------------------------------------
 
     def _tenant(self, name: str, create: bool = False, change: Change | None = None) -> int:
+        """The number of a tenant a call names: it must be active (else TenantAsleep), and it has
+        been used now (for `idle_tenants`)."""
         t = self.tenant_numbers.get(name)
         if t is not None:
+            if self.tenancy.asleep[t]:
+                raise TenantAsleep(name)
+            self.last_used[t] = time.monotonic()
             return t
         if not create:
             raise NotFoundError(f"unknown tenant {name!r}: it has never been granted a vector, or was dropped")
         t = self.tenancy.add_tenant()
         self.tenant_numbers[name] = t
         self.tenant_names.append(name)
+        self.last_used.append(time.monotonic())
         change.tenants_added.append(t)
         return t
+
+    def _number(self, name: str) -> int:
+        """A tenant's number whatever its state."""
+        t = self.tenant_numbers.get(name)
+        if t is None:
+            raise NotFoundError(f"unknown tenant {name!r}: it has never been granted a vector, or was dropped")
+        return t
+
+    def _check_awake(self, name: str) -> None:
+        """Before a write changes anything: the tenant it names is not inactive."""
+        t = self.tenant_numbers.get(name)
+        if t is not None and self.tenancy.asleep[t]:
+            raise TenantAsleep(name)
 
     def _slots(self, ids: np.ndarray) -> np.ndarray:
         slots = self.ids.lookup(ids)
         if (slots < 0).any():
+            if (slots == EVICTED).any():
+                raise RuntimeError("a write named evicted ids without loading them (load_evicted)")
             missing = ids[slots < 0]
+            raise NotFoundError(f"{missing.size} unknown id(s), e.g. {missing[:5].tolist()}")
+        return slots
+
+    def _known(self, ids: np.ndarray) -> np.ndarray:
+        """Slots of ids for a read: EVICTED for those on the shelf; NotFoundError for unknown ones."""
+        slots = self.ids.lookup(ids)
+        if (slots == -1).any():
+            missing = ids[slots == -1]
             raise NotFoundError(f"{missing.size} unknown id(s), e.g. {missing[:5].tolist()}")
         return slots
 
@@ -687,10 +922,14 @@ class CuratorIndex:
         self._free_slots = np.concatenate([self._free_slots, slots])
 
     def owned(self, ids: np.ndarray, tenant: str) -> np.ndarray:
-        """For each id, whether `tenant` owns it (unknown ids: False)."""
+        """For each id, whether `tenant` owns it (unknown ids: False). Does not wake `tenant`."""
         t = self.tenant_numbers.get(tenant, -2)
         slots = self.ids.lookup(ids)
-        return (slots >= 0) & (self.owner[np.maximum(slots, 0)] == t)
+        out = (slots >= 0) & (self.owner[np.maximum(slots, 0)] == t)
+        evicted = slots == EVICTED
+        if t >= 0 and self.tenancy.asleep[t] and evicted.any():
+            out[evicted] = self.shelf.fetch(ids[evicted]).owners == t
+        return out
 
     def _require_owner(self, slots: np.ndarray, tenant: str) -> None:
         t = self.tenant_numbers.get(tenant, -2)

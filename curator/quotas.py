@@ -311,6 +311,7 @@ class CollectionUsage:
             if held.size:
                 tenants, origin = index.tenancy.access.gather(index.ids.lookup(ids[held]))
                 np.add.at(tally, tenants, sizes[held][origin])
+        tally += index.evicted_payload_bytes(tally.size)  # vectors only inactive tenants see (states.py)
         self.tally = tally
 
     @contextlib.contextmanager

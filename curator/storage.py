@@ -16,7 +16,9 @@ Durability modes:
   killed, not the machine losing power).
 
 This module knows records and bytes; it never looks inside the index beyond the arrays a
-`Change` names.
+`Change` names. It is also the shelf of inactive tenants' evicted vectors (`states.py`): their
+records are read back from here (`CollectionShelf`), and opening loads only the vectors some
+active tenant sees.
 """
 
 import io
@@ -30,16 +32,20 @@ import numpy as np
 from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
 from .errors import InvalidArgumentError, StorageError
+from .states import Shelved
 
 FORMAT = 1
 DURABILITY = ("sync", "batch", "none")
 
 _FORMAT_KEY = b"F"
 _COLLECTION, _VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD = b"C", b"V", b"A", b"T", b"R", b"P"
+_INACTIVE = b"I"  # I + cid + tenant number: the tenant is inactive; value: b"i" + its manifest (ids, int64 LE)
+_CHUNK = 1 << 16  # records a scan turns into arrays at a time: bounded temporary Python objects
 # Records other parts keep here through write_records / scan_records (STORAGE.md), besides the
 # semantic cache's S and Y (cache/records.py): tenant quotas set through the API (`quotas.py`) and
 # API keys' rates set through the API (the server's `rates.py`).
 QUOTA, KEY_RATES = b"Q", b"K"
+_NO_IDS = np.zeros(0, np.int64)
 
 
 class DataDirectory:
@@ -121,35 +127,128 @@ class DataDirectory:
     def drop_collection(self, name: str, cid: int) -> None:
         batch = WriteBatch(raw_mode=True)
         batch.delete(_COLLECTION + name.encode())
-        for kind in (_VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD):
+        for kind in (_VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD, _INACTIVE):
             batch.delete_range(_prefix(kind, cid), _prefix(kind, cid + 1))
         self._wait(self.commit(batch))
 
     def load(self, cid: int, dim: int) -> dict:
-        """Everything stored for one collection, as arrays."""
-        vector_ids, vector_rows = self._scan_ids(_VECTOR, cid)
-        access_ids, access_rows = self._scan_ids(_ACCESS, cid)
-        if not np.array_equal(vector_ids, access_ids):
-            raise StorageError(f"{self.path}: collection {cid} has vectors and access lists that do not match")
-        vectors = np.frombuffer(b"".join(vector_rows), np.float32).reshape(-1, dim)
-        counts = np.fromiter((len(r) // 4 for r in access_rows), np.int64, len(access_rows))
-        pair_tenants = np.frombuffer(b"".join(access_rows), np.int32).astype(np.int64)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        """Everything stored for one collection that belongs in memory, as arrays: the vectors
+        some active tenant sees (the others' ids come as `evicted_ids`), their access lists and
+        payloads, and every tenant's count of vectors (`tenant_counts`, evicted ones included).
+        Every access list is read; only the resident vectors' rows and payloads are."""
         tenants = {int.from_bytes(k[5:9], "big"): v.decode() for k, v in self._scan(_prefix(_TENANT, cid))}
         names = [tenants.get(t) for t in range(max(tenants, default=-1) + 1)]
+        inactive = [int.from_bytes(k[5:9], "big") for k, _ in self._scan(_prefix(_INACTIVE, cid))]
+        id_parts, count_parts, tenant_parts = [_NO_IDS], [_NO_IDS], [np.zeros(0, np.int32)]
+        for ids, rows in self._scan_chunks(_ACCESS, cid):
+            id_parts.append(ids)
+            count_parts.append(np.fromiter((len(r) // 4 for r in rows), np.int64, len(rows)))
+            tenant_parts.append(np.frombuffer(b"".join(rows), "<i4"))
+        access_ids, counts = np.concatenate(id_parts), np.concatenate(count_parts)
+        pair_tenants = np.concatenate(tenant_parts).astype(np.int64)
+        n_tenants = max(len(names), max(inactive, default=-1) + 1, int(pair_tenants.max(initial=-1)) + 1)
+        asleep = np.zeros(n_tenants, bool)
+        asleep[inactive] = True
+        pair_vector = np.repeat(np.arange(access_ids.size), counts)
+        resident = np.zeros(access_ids.size, bool)
+        resident[pair_vector[~asleep[pair_tenants]]] = True
+        vectors = self._resident_rows(cid, dim, access_ids, resident)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        kept_pairs = resident[pair_vector]
         tree = self._db.get(_prefix(_TREE, cid))
-        payload_ids, payload_rows = self._scan_ids(_PAYLOAD, cid)
+        payload_ids, payloads = self._resident_payloads(cid, access_ids, resident)
         return {
             "payload_ids": payload_ids,
-            "payloads": [json.loads(row) for row in payload_rows],
-            "ids": vector_ids,
-            "vectors": vectors.copy(),
-            "pair_ids": np.repeat(vector_ids, counts),
-            "pair_tenants": pair_tenants,
-            "owners": pair_tenants[starts].astype(np.int32) if vector_ids.size else np.zeros(0, np.int32),
+            "payloads": payloads,
+            "ids": access_ids[resident],
+            "vectors": vectors,
+            "pair_ids": np.repeat(access_ids, counts)[kept_pairs],
+            "pair_tenants": pair_tenants[kept_pairs],
+            "owners": pair_tenants[starts[resident]].astype(np.int32),
             "tenant_names": names,
             "tree": None if tree is None else _decode_arrays(tree),
+            "evicted_ids": access_ids[~resident],
+            "asleep": asleep,
+            "tenant_counts": np.bincount(pair_tenants, minlength=n_tenants),
         }
+
+    def _resident_rows(self, cid: int, dim: int, ids: np.ndarray, resident: np.ndarray) -> np.ndarray:
+        """The rows of the resident vectors: one scan of the V records when most are resident
+        (rows of evicted ones dropped chunk by chunk), else one multi-get of theirs."""
+        n = int(resident.sum())
+        vectors = np.empty((n, dim), np.float32)
+        if 2 * n < ids.size:
+            wanted = ids[resident]
+            for start in range(0, n, _CHUNK):
+                part = wanted[start : start + _CHUNK]
+                rows = self._db.get(_keys(_VECTOR, cid, part))
+                if any(row is None for row in rows):
+                    raise StorageError(f"{self.path}: collection {cid} has access lists without vectors")
+                vectors[start : start + part.size] = np.frombuffer(b"".join(rows), "<f4").reshape(-1, dim)
+            return vectors
+        position = filled = 0
+        for chunk_ids, rows in self._scan_chunks(_VECTOR, cid):
+            expected = ids[position : position + chunk_ids.size]
+            if not np.array_equal(chunk_ids, expected):
+                raise StorageError(f"{self.path}: collection {cid} has vectors and access lists that do not match")
+            keep = resident[position : position + chunk_ids.size]
+            position += chunk_ids.size
+            if keep.all():
+                block = np.frombuffer(b"".join(rows), "<f4")
+            else:
+                block = np.frombuffer(b"".join(r for r, k in zip(rows, keep.tolist()) if k), "<f4")
+            vectors[filled : filled + int(keep.sum())] = block.reshape(-1, dim)
+            filled += int(keep.sum())
+        if position != ids.size:
+            raise StorageError(f"{self.path}: collection {cid} has vectors and access lists that do not match")
+        return vectors
+
+    def _resident_payloads(self, cid: int, ids: np.ndarray, resident: np.ndarray) -> tuple[np.ndarray, list]:
+        """Ids and decoded payloads of the resident vectors that have one (others' are not decoded)."""
+        id_parts, payloads = [_NO_IDS], []
+        for chunk_ids, rows in self._scan_chunks(_PAYLOAD, cid):
+            keep = _member(chunk_ids, ids, resident)
+            id_parts.append(chunk_ids[keep])
+            payloads.extend(json.loads(row) for row, k in zip(rows, keep.tolist()) if k)
+        return np.concatenate(id_parts), payloads
+
+    def shelf(self, cid: int, dim: int) -> "CollectionShelf":
+        return CollectionShelf(self, cid, dim)
+
+    def fetch(self, cid: int, ids: np.ndarray, dim: int) -> Shelved:
+        """Evicted vectors read back (states.py): rows, access lists (owner first) and payloads of
+        these ids, three multi-gets."""
+        if ids.size == 0:
+            return Shelved.empty(dim)
+        rows = self._db.get(_keys(_VECTOR, cid, ids))
+        lists = self._db.get(_keys(_ACCESS, cid, ids))
+        if any(row is None for row in rows) or any(row is None for row in lists):
+            raise StorageError(f"{self.path}: collection {cid} is missing records of evicted vectors")
+        counts = np.fromiter((len(r) // 4 for r in lists), np.int64, len(lists))
+        tenants = np.frombuffer(b"".join(lists), "<i4").astype(np.int32)
+        owners = tenants[np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)]
+        stored = self._db.get(_keys(_PAYLOAD, cid, ids))
+        payload_rows = [i for i, row in enumerate(stored) if row is not None]
+        return Shelved(np.asarray(ids, np.int64), np.frombuffer(b"".join(rows), "<f4").reshape(-1, dim).copy(),
+                       tenants, counts, owners, np.array(payload_rows, np.int64),
+                       [json.loads(stored[i]) for i in payload_rows])
+
+    def manifest(self, cid: int, t: int) -> np.ndarray:
+        raw = self._db.get(_inactive_key(cid, t))
+        return _NO_IDS if raw is None else np.frombuffer(raw, "<i8", offset=1).astype(np.int64)
+
+    def evicted_payload_bytes(self, cid: int, n_tenants: int, ids: np.ndarray) -> np.ndarray:
+        """Per tenant, the stored payload bytes of these evicted vectors it sees."""
+        tally = np.zeros(n_tenants, np.int64)
+        ids = np.sort(ids)
+        for chunk_ids, rows in self._scan_chunks(_PAYLOAD, cid):
+            keep = _member(chunk_ids, ids, np.ones(ids.size, bool))
+            if keep.any():
+                sizes = np.fromiter((len(r) for r in rows), np.int64, len(rows))[keep]
+                lists = self._db.get(_keys(_ACCESS, cid, chunk_ids[keep]))
+                counts = np.fromiter((len(r) // 4 for r in lists), np.int64, len(lists))
+                np.add.at(tally, np.frombuffer(b"".join(lists), "<i4"), np.repeat(sizes, counts))
+        return tally
 
     def record(self, cid: int, change, index) -> "_Ticket | None":
         """Persist what one write did (an index `Change`) as one atomic batch."""
@@ -180,6 +279,10 @@ class DataDirectory:
             batch.put(_tenant_key(cid, t), index.tenant_names[t].encode())
         for t in change.tenants_dropped:
             batch.delete(_tenant_key(cid, t))
+        for t, manifest in change.slept.items():
+            batch.put(_inactive_key(cid, t), b"i" + manifest.astype("<i8").tobytes())
+        for t in change.woken + change.tenants_dropped:
+            batch.delete(_inactive_key(cid, t))
         if change.retrained:
             tree = index.tree
             batch.put(_prefix(_TREE, cid), _encode_arrays(
@@ -216,12 +319,45 @@ class DataDirectory:
                 return
             yield key, value
 
-    def _scan_ids(self, kind: bytes, cid: int) -> tuple[np.ndarray, list[bytes]]:
+    def _scan_chunks(self, kind: bytes, cid: int):
+        """(ids, values) of one collection's records of a kind, in key order, _CHUNK at a time."""
         keys, values = [], []
         for key, value in self._scan(_prefix(kind, cid)):
             keys.append(key[5:])
             values.append(value)
-        return np.frombuffer(b"".join(keys), ">u8").astype(np.int64), values
+            if len(keys) == _CHUNK:
+                yield np.frombuffer(b"".join(keys), ">u8").astype(np.int64), values
+                keys, values = [], []
+        if keys:
+            yield np.frombuffer(b"".join(keys), ">u8").astype(np.int64), values
+
+
+class CollectionShelf:
+    """Where one collection's evicted vectors wait with a data directory: their records, where
+    they already are (states.py). Reads come from here; what the index hands over when it evicts
+    or wakes is already stored, or stored by the write's record (`Change.slept`, `woken`)."""
+
+    keeps_records = False
+
+    def __init__(self, directory: DataDirectory, cid: int, dim: int):
+        self._directory, self._cid, self._dim = directory, cid, dim
+
+    def fetch(self, ids: np.ndarray) -> Shelved:
+        return self._directory.fetch(self._cid, ids, self._dim)
+
+    def manifest(self, t: int) -> np.ndarray:
+        return self._directory.manifest(self._cid, t)
+
+    def payload_bytes(self, n_tenants: int, ids: np.ndarray) -> np.ndarray:
+        return self._directory.evicted_payload_bytes(self._cid, n_tenants, ids)
+
+    def keep(self, shelved: Shelved) -> None: ...
+
+    def forget(self, ids: np.ndarray) -> None: ...
+
+    def put_manifest(self, t: int, ids: np.ndarray) -> None: ...
+
+    def drop_manifest(self, t: int) -> None: ...
 
 
 def check_directory(path: Path) -> dict:
@@ -352,6 +488,18 @@ def _prefix(kind: bytes, cid: int) -> bytes:
 
 def _tenant_key(cid: int, t: int) -> bytes:
     return _prefix(_TENANT, cid) + t.to_bytes(4, "big")
+
+
+def _inactive_key(cid: int, t: int) -> bytes:
+    return _prefix(_INACTIVE, cid) + t.to_bytes(4, "big")
+
+
+def _member(values: np.ndarray, sorted_ids: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """For each value, whether it is in `sorted_ids` with its flag set."""
+    if sorted_ids.size == 0:
+        return np.zeros(values.size, bool)
+    at = np.minimum(np.searchsorted(sorted_ids, values), sorted_ids.size - 1)
+    return (sorted_ids[at] == values) & flags[at]
 
 
 def _keys(kind: bytes, cid: int, ids: np.ndarray) -> list[bytes]:

@@ -14,6 +14,11 @@ when the shortlists under a split node shrink to `split_limit // 2` in all they 
 gap keeps a list at the boundary from flapping). A (vector, tenant) pair costs one int32 in a
 shortlist and one int32 in the vector's access list, both in `Slabs` pools.
 
+An inactive tenant (`asleep`, see `states.py`) has no sub-tree: `sleep` drops it and `wake`
+builds it again. It keeps its entries in the access lists of the vectors still in memory and its
+`count` (every vector it sees, in memory or evicted); grants and removals that reach it change
+only those.
+
 Loops here run per shortlist or per tenant touched by a batch, never per vector; the per-vector
 work is numpy or compiled `Slabs` edits. This module knows slots and tenant numbers only, not
 user ids or tenant names.
@@ -38,6 +43,7 @@ class TenantSubtrees:
         self.leaf_of = np.zeros(0, np.int32)  # slot -> leaf of the shared tree
         self.access = Slabs()  # slot -> tenants that may see it
         self._reset_subtrees(0)
+        self.asleep = np.zeros(16, bool)  # tenant -> inactive: no sub-tree (see states.py)
 
     def _reset_subtrees(self, n_tenants: int) -> None:
         self.members = Slabs()  # shortlist -> slots
@@ -64,16 +70,22 @@ class TenantSubtrees:
     def n_live_shortlists(self) -> int:
         return self.n_shortlists - len(self._free_shortlists)
 
-    def load(self, n_tenants: int, pair_slots: np.ndarray, pair_tenants: np.ndarray) -> None:
-        """Take (slot, tenant) pairs from storage: access lists now, sub-trees on first use."""
+    def load(self, n_tenants: int, pair_slots: np.ndarray, pair_tenants: np.ndarray,
+             asleep: np.ndarray | None = None, counts: np.ndarray | None = None) -> None:
+        """Take (slot, tenant) pairs from storage: access lists now, sub-trees on first use.
+        `asleep`: the inactive tenants (never built); `counts`: every vector each tenant sees,
+        evicted ones included (default: the pairs given)."""
         self._reset_subtrees(n_tenants)
+        self.asleep = np.zeros(max(n_tenants, 16), bool)
+        if asleep is not None:
+            self.asleep[: asleep.size] = asleep
         self.access.append(pair_slots, pair_tenants)
         order = np.argsort(pair_tenants, kind="stable")
         self._pending = pair_slots[order]
-        counts = np.bincount(pair_tenants, minlength=n_tenants)
-        self._pending_offsets = np.concatenate([[0], np.cumsum(counts)])
-        self.count[:n_tenants] = counts
-        self._unbuilt = counts > 0
+        resident = np.bincount(pair_tenants, minlength=n_tenants)
+        self._pending_offsets = np.concatenate([[0], np.cumsum(resident)])
+        self.count[:n_tenants] = resident if counts is None else counts[:n_tenants]
+        self._unbuilt = (resident > 0) & ~self.asleep[: resident.size]
 
     def pending(self, t: int) -> bool:
         """Whether tenant t's sub-tree is still to build (`ensure`)."""
@@ -102,7 +114,33 @@ class TenantSubtrees:
         self.directory.reserve(t + 1)
         if t >= self.count.shape[0]:
             self.count = np.concatenate([self.count, np.zeros(self.count.shape[0], np.int64)])
+        if t >= self.asleep.shape[0]:
+            self.asleep = np.concatenate([self.asleep, np.zeros(self.asleep.shape[0], bool)])
         return t
+
+    def sleep(self, t: int) -> np.ndarray:
+        """Drop tenant t's sub-tree (it goes inactive); returns the slots it sees. Its entries in
+        the access lists and its count stay."""
+        if self.pending(t):
+            self._unbuilt[t] = False
+            slots = self._pending[self._pending_offsets[t] : self._pending_offsets[t + 1]].copy()
+        else:
+            lists = self.directory.get(t).astype(np.int64)
+            slots = self.members.gather(lists)[0]
+            self.members.clear(lists)
+            self.directory.clear(np.array([t]))
+            self._free_shortlists.extend(lists.tolist())
+        self.nodes[t] = NodeMap()
+        self.asleep[t] = True
+        return slots
+
+    def wake(self, t: int, slots: np.ndarray) -> None:
+        """Build tenant t's sub-tree again over the slots it sees (each already has t in its
+        access list): it is active from now on."""
+        self.asleep[t] = False
+        if slots.size:
+            self._insert(np.sort(slots), t)
+        self.count[t] = slots.size
 
     def slots_of(self, t: int) -> np.ndarray:
         self.ensure(t)
@@ -129,7 +167,8 @@ class TenantSubtrees:
         slots = slots[~self.access.contains(slots, np.full(slots.shape[0], t))]
         if slots.size:
             self.access.append(slots, np.full(slots.shape[0], t))
-            self._insert(slots, t)
+            if not self.asleep[t]:
+                self._insert(slots, t)
             self.count[t] += slots.size
         return slots
 
@@ -157,17 +196,20 @@ class TenantSubtrees:
 
     def _take(self, slots: np.ndarray, t: int) -> None:
         """Remove slots that tenant t can see from its sub-tree (not from their access lists)."""
+        self.count[t] -= slots.size
+        if self.asleep[t]:
+            return  # no sub-tree: the count is all there is
         self.ensure(t)
         nodes = self._frontier(slots, t)
         touched, inverse = _groups(nodes)
         lists = self.nodes[t].lookup(touched).astype(np.int64)
         self.members.remove(lists[inverse], slots)
-        self.count[t] -= slots.size
         self._tidy(t, touched)
 
     def drop(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """Remove tenant t's sub-tree and grants; returns the slots it could see, and of them
         those no tenant can see any more."""
+        assert not self.asleep[t], "an inactive tenant is woken before it is dropped"
         self.ensure(t)
         lists = self.directory.get(t).astype(np.int64)
         slots = self.members.gather(lists)[0]
@@ -185,6 +227,7 @@ class TenantSubtrees:
         new = copy.copy(self)  # what rebuild replaces is shared until it does; the rest is copied
         new.access = copy.deepcopy(self.access)
         new.leaf_of = self.leaf_of.copy()
+        new.asleep = self.asleep.copy()
         new.rebuild(tree, old_slots, leaves)
         return new
 
@@ -196,13 +239,16 @@ class TenantSubtrees:
         renumber = np.full(self.leaf_of.shape[0], -1, np.int64)
         renumber[old_slots] = np.arange(old_slots.size)
         # Sorted, so each shortlist lists its vectors in memory order: scans then read forwards.
-        per_tenant = [np.sort(renumber[self.slots_of(t)]) for t in range(self.n_tenants)]
+        per_tenant = [None if self.asleep[t] else np.sort(renumber[self.slots_of(t)]) for t in range(self.n_tenants)]
+        counts = self.count
         self.access.renumber(old_slots)
         self.tree = tree
         self.leaf_of[: old_slots.size] = leaves
         self._reset_subtrees(self.n_tenants)
         for t, mine in enumerate(per_tenant):
-            if mine.size:
+            if mine is None:
+                self.count[t] = counts[t]  # inactive: no sub-tree, and its evicted vectors count too
+            elif mine.size:
                 self._insert(mine, t)
                 self.count[t] = mine.size
         self.members.compact()
@@ -296,11 +342,14 @@ class TenantSubtrees:
         maps = sum(m.nbytes for m in self.nodes)
         return (
             self.members.nbytes + self.directory.nbytes + self.access.nbytes + self.leaf_of.nbytes
-            + self.shortlist_node.nbytes + self.shortlist_tenant.nbytes + self.count.nbytes + maps
+            + self.shortlist_node.nbytes + self.shortlist_tenant.nbytes + self.count.nbytes + self.asleep.nbytes + maps
         )
 
     def check(self, t: int) -> None:
         """Assert the invariants of tenant t's sub-tree (for tests; costs O(|t|))."""
+        if self.asleep[t]:
+            assert len(self.nodes[t]) == 0 and self.directory.size[t] == 0, "an inactive tenant with a sub-tree"
+            return
         self.ensure(t)
         state, tree = self.nodes[t], self.tree
         lists = self.directory.get(t)

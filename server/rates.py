@@ -10,14 +10,14 @@ Rates belong to a key's name: keys sharing one (an old and a new key while rotat
 buckets. In open mode there are no keys, so no rates.
 
 Which calls count (`kind_of`, by the method's name): reads are the calls that only look (Get*,
-Search, SearchBatch, Count, Scroll, Describe, List, Stats, Contains, VisibleTo, Owned, TenantsOf,
-PayloadSchema, ServerInfo, the cache's Lookup, Classify, GetPolicy, CacheStats); every other
-method of the contract is a write (Insert, SetPayloads, Grant, Revoke, Delete, Train, Create,
-Drop, Snapshot, the cache's Store, Complete, Invalidate, Feedback, SetPolicy, TrainClassifier),
-one call one token however many ids or queries it carries (`--max-batch` bounds those). Opening a
-search stream counts nothing; each search on it counts as one read (`SearchService` asks here per
-search), so a stream is no way around a rate. The Limits service itself is not rate-limited, so
-an admin can always lift a limit; health and reflection need no key.
+Search, SearchBatch, Count, Scroll, Describe, List, Stats, State, Contains, VisibleTo, Owned,
+TenantsOf, PayloadSchema, ServerInfo, the cache's Lookup, Classify, GetPolicy, CacheStats); every
+other method of the contract is a write (Insert, SetPayloads, Grant, Revoke, Delete, Train, Create,
+Drop, Deactivate, Activate, Snapshot, the cache's Store, Complete, Invalidate, Feedback, SetPolicy,
+TrainClassifier), one call one token however many ids or queries it carries (`--max-batch` bounds
+those). Opening a search stream counts nothing; each search on it counts as one read
+(`SearchService` asks here per search), so a stream is no way around a rate. The Limits service
+itself is not rate-limited, so an admin can always lift a limit; health and reflection need no key.
 
 A check is O(1) under one short lock and never waits: it runs on grpcio's polling thread. The
 clock is injectable, so tests step time instead of sleeping.
@@ -39,7 +39,7 @@ EPSILON = 1e-9  # a bucket refilled for exactly the time a token takes holds tha
 
 _READ_METHODS = {
     "Collections": {"Describe", "List"},
-    "Tenants": {"List", "Stats"},
+    "Tenants": {"List", "Stats", "State"},
     "VectorsService": {"Get", "Count", "TenantsOf", "Contains", "VisibleTo", "Owned", "Scroll", "GetPayloads",
                        "PayloadSchema"},
     "Search": {"Search", "SearchBatch"},

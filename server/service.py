@@ -183,10 +183,11 @@ class CollectionsService(_Base, rpc.CollectionsServicer):
         vectors each may see, summed: one shared between two of them counts twice)."""
         if principal.admin:
             stats = col.stats()
-            vectors, tenants = stats["vectors"], stats["tenants"]
-        else:
-            mine = set(col.tenants()) & principal.tenants
-            vectors, tenants = sum(col.count(tenant=t) for t in mine), len(mine)
+            return pb.CollectionInfo(name=col.name, dim=col.dim, metric=col.metric, vectors=stats["vectors"],
+                                     tenants=stats["tenants"], resident_vectors=stats.get("resident_vectors", 0),
+                                     inactive_tenants=stats.get("inactive_tenants", 0))
+        mine = set(col.tenants()) & principal.tenants
+        vectors, tenants = sum(col.count(tenant=t) for t in mine), len(mine)
         return pb.CollectionInfo(name=col.name, dim=col.dim, metric=col.metric, vectors=vectors, tenants=tenants)
 
     @handler
@@ -241,6 +242,28 @@ class TenantsService(_Base, rpc.TenantsServicer):
         principal.require_tenant(request.tenant)
         count = self._collection(request.collection, principal).count(tenant=request.tenant)
         return pb.TenantStats(tenant=request.tenant, vectors=count)
+
+    # Tenant states: a key acts for its own tenants only (require_tenant refuses any other name
+    # the same way, whether it exists or not, so no other tenant's state is revealed).
+
+    def _state(self, request, principal, change=None) -> pb.TenantState:
+        principal.require_tenant(request.tenant)
+        col = self._collection(request.collection, principal)
+        if change is not None:
+            getattr(col, change)(request.tenant)
+        return pb.TenantState(tenant=request.tenant, state=col.tenant_state(request.tenant))
+
+    @handler
+    def State(self, request, principal):
+        return self._state(request, principal)
+
+    @handler
+    def Deactivate(self, request, principal):
+        return self._state(request, principal, "deactivate_tenant")
+
+    @handler
+    def Activate(self, request, principal):
+        return self._state(request, principal, "activate_tenant")
 
 
 class VectorsService(_Base, rpc.VectorsServiceServicer):

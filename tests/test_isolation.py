@@ -1,6 +1,8 @@
 """Isolation, as a stateful property: random inserts, grants, revokes, deletes and drops, checked
 against a plain model after every step. A tenant never sees a vector it was not granted, always
-gets min(k, visible) results, and the sub-tree invariants hold throughout."""
+gets min(k, visible) results, and the sub-tree invariants hold throughout. Tenants are made
+inactive and woken at random (tenant states): every answer stays the model's, a call naming a
+tenant wakes it, and exactly the vectors only inactive tenants see are out of memory."""
 
 import shutil
 import tempfile
@@ -32,8 +34,10 @@ class Isolation(RuleBasedStateMachine):
         self.tenants: set[str] = set()
         self.numbers: dict[str, int] = {}  # tenants in the order they came into being
         self.created = 0  # numbers are never reused: a dropped tenant's name comes back as a new one
+        self.asleep: set[str] = set()  # inactive tenants
 
     def _tenant(self, tenant):
+        self.asleep.discard(tenant)  # a call that names a tenant wakes it
         self.tenants.add(tenant)
         if tenant not in self.numbers:
             self.numbers[tenant], self.created = self.created, self.created + 1
@@ -68,6 +72,7 @@ class Isolation(RuleBasedStateMachine):
         if any(self.owner.get(i, tenant) != tenant for i in ids):
             with pytest.raises(curator.PermissionDeniedError):  # only the owner overwrites
                 self.col.upsert(ids, POOL[rows], tenant=tenant)
+            self.asleep.discard(tenant)  # woken before it was refused
             return
         self.col.upsert(ids, POOL[rows], tenant=tenant)
         self._tenant(tenant)
@@ -95,6 +100,7 @@ class Isolation(RuleBasedStateMachine):
         if not live:
             return
         self.col.revoke(live, tenant=tenant)
+        self.asleep.discard(tenant)
         for i in live:
             if tenant in self.access[i]:
                 self._let_go(i, tenant)
@@ -115,6 +121,7 @@ class Isolation(RuleBasedStateMachine):
         tenant = data.draw(st.sampled_from(sorted(self.tenants)))
         self.col.drop_tenant(tenant)
         self.tenants.discard(tenant)
+        self.asleep.discard(tenant)
         del self.numbers[tenant]
         for i in list(self.access):
             if tenant in self.access[i]:
@@ -128,6 +135,7 @@ class Isolation(RuleBasedStateMachine):
         visible = np.array(sorted(i for i, who in self.access.items() if tenant in who), np.int64)
         query = POOL[q] + 0.1
         ids, dists = self.col.search(query, k=k, tenant=tenant, ef=ef)
+        self.asleep.discard(tenant)
         assert ids.size == min(k, visible.size)
         assert set(ids.tolist()) <= set(visible.tolist()), "a tenant saw a vector it was not granted"
         assert np.unique(ids).size == ids.size and np.all(np.diff(dists) >= 0)
@@ -137,6 +145,20 @@ class Isolation(RuleBasedStateMachine):
         batch_ids, _ = self.col.search_batch(np.stack([query, query]), k=k, tenants=[tenant, tenant], ef=ef)
         np.testing.assert_array_equal(batch_ids[0, : ids.size], ids)
 
+    @precondition(lambda self: self.tenants)
+    @rule(data=st.data())
+    def deactivate(self, data):
+        tenant = data.draw(st.sampled_from(sorted(self.tenants)))
+        self.col.deactivate_tenant(tenant)
+        self.asleep.add(tenant)
+
+    @precondition(lambda self: self.asleep)
+    @rule(data=st.data())
+    def activate(self, data):
+        tenant = data.draw(st.sampled_from(sorted(self.asleep)))
+        self.col.activate_tenant(tenant)
+        self.asleep.discard(tenant)
+
     @invariant()
     def counts_and_subtrees_agree(self):
         assert self.col.count() == len(self.access)
@@ -144,8 +166,12 @@ class Isolation(RuleBasedStateMachine):
         index = self.col.index
         for tenant in self.tenants:
             expected = sum(tenant in who for who in self.access.values())
-            assert self.col.count(tenant=tenant) == expected
-            index.tenancy.check(index.tenant_numbers[tenant])
+            asleep = tenant in self.asleep
+            assert self.col.tenant_state(tenant) == ("inactive" if asleep else "active")
+            t = index.tenant_numbers[tenant]
+            assert (int(index.tenancy.count[t]) if asleep else self.col.count(tenant=tenant)) == expected
+            index.tenancy.check(t)
+        assert index.evicted == sum(who <= self.asleep for who in self.access.values())
         for tenant in self.tenants if self.access else ():
             ids = np.array(sorted(self.access), np.int64)
             expected = [self.owner[i] == tenant for i in ids.tolist()]

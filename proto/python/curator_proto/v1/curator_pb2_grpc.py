@@ -263,6 +263,21 @@ class TenantsStub(object):
                 request_serializer=curator_dot_v1_dot_curator__pb2.TenantRef.SerializeToString,
                 response_deserializer=curator_dot_v1_dot_curator__pb2.TenantStats.FromString,
                 _registered_method=True)
+        self.State = channel.unary_unary(
+                '/curator.v1.Tenants/State',
+                request_serializer=curator_dot_v1_dot_curator__pb2.TenantRef.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.TenantState.FromString,
+                _registered_method=True)
+        self.Deactivate = channel.unary_unary(
+                '/curator.v1.Tenants/Deactivate',
+                request_serializer=curator_dot_v1_dot_curator__pb2.TenantRef.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.TenantState.FromString,
+                _registered_method=True)
+        self.Activate = channel.unary_unary(
+                '/curator.v1.Tenants/Activate',
+                request_serializer=curator_dot_v1_dot_curator__pb2.TenantRef.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.TenantState.FromString,
+                _registered_method=True)
 
 
 class TenantsServicer(object):
@@ -294,6 +309,26 @@ class TenantsServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def State(self, request, context):
+        """Tenant states (README, "Tenant states"): "active" or "inactive". State only reads; a tenant
+        key may ask and change its own tenants' states, never another's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Deactivate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Activate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TenantsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -316,6 +351,21 @@ def add_TenantsServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=curator_dot_v1_dot_curator__pb2.TenantRef.FromString,
                     response_serializer=curator_dot_v1_dot_curator__pb2.TenantStats.SerializeToString,
+            ),
+            'State': grpc.unary_unary_rpc_method_handler(
+                    servicer.State,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.TenantRef.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.TenantState.SerializeToString,
+            ),
+            'Deactivate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deactivate,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.TenantRef.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.TenantState.SerializeToString,
+            ),
+            'Activate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Activate,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.TenantRef.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.TenantState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -428,6 +478,87 @@ class Tenants(object):
             '/curator.v1.Tenants/Stats',
             curator_dot_v1_dot_curator__pb2.TenantRef.SerializeToString,
             curator_dot_v1_dot_curator__pb2.TenantStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def State(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Tenants/State',
+            curator_dot_v1_dot_curator__pb2.TenantRef.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.TenantState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deactivate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Tenants/Deactivate',
+            curator_dot_v1_dot_curator__pb2.TenantRef.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.TenantState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Activate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Tenants/Activate',
+            curator_dot_v1_dot_curator__pb2.TenantRef.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.TenantState.FromString,
             options,
             channel_credentials,
             insecure,
