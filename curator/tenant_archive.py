@@ -16,10 +16,9 @@ file beside it and renamed into place, mode 0600:
 - `header`: uint8, UTF-8 JSON {format: "curator-tenant-archive", version: 1, tenant, collection,
   dim, metric, created (Unix seconds), vectors, owned, cache_entries, sha256};
 - `ids` <i8 (n,), `vectors` <f4 (n, dim), `owned` bool (n,);
-- `payloads`: uint8, n lines of compact UTF-8 JSON, one object per vector ({} for none), each
-  ending in "\\n";
-- `cache`: uint8, one JSON line per cache entry {category, model, settings, created, prompt,
-  answer, dim}; `cache_embeddings` <f4, the entries' embeddings one after another.
+- `payloads`: uint8, compact UTF-8 JSON: an array of n objects, one per vector ({} for none);
+- `cache`: uint8, UTF-8 JSON: an array of one object per cache entry {category, model, settings,
+  created, prompt, answer, dim}; `cache_embeddings` <f4, the entries' embeddings one after another.
 `sha256` is the digest of those six arrays' bytes in that order: a changed or truncated file is
 refused, as is another format or version.
 
@@ -111,8 +110,8 @@ class TenantArchive:
             "ids": np.ascontiguousarray(self.ids, "<i8"),
             "vectors": np.ascontiguousarray(self.vectors, "<f4").reshape(len(self), self.dim or 0),
             "owned": np.ascontiguousarray(self.owned, bool),
-            "payloads": _bytes_array(payload_lines(self.payloads)),
-            "cache": _bytes_array(b"".join(map(cache_line, self.cache))),
+            "payloads": _bytes_array(json_array(self.payloads)),
+            "cache": _bytes_array(json_array(cache_metas(self.cache))),
             "cache_embeddings": np.concatenate([np.asarray(e.embedding, "<f4").ravel() for e in self.cache])
             if self.cache else np.zeros(0, "<f4"),
         }
@@ -161,7 +160,7 @@ class TenantArchive:
         if ids.shape != (n,) or vectors.shape != (n, dim) or owned.shape != (n,):
             raise InvalidArgumentError(f"{where}: arrays of shapes {ids.shape}, {vectors.shape}, {owned.shape} "
                                        f"do not match the header's {n} vectors of dimension {dim}")
-        payloads = parse_lines(content["payloads"].tobytes(), n, f"{where}: payloads")
+        payloads = parse_array(content["payloads"].tobytes(), n, f"{where}: payloads")
         cache = cache_entries(content["cache"].tobytes(), content["cache_embeddings"], header["cache_entries"], where)
         return cls(header["tenant"], header["collection"], header["dim"], header["metric"],
                    ids.astype(np.int64), vectors.astype(np.float32), owned.astype(bool), payloads, cache,
@@ -255,7 +254,10 @@ class Importer:
                 f"{int(taken.sum())} id(s) of the archive are taken by other tenants in collection {col.name!r}, "
                 f"e.g. {ids[taken][:5].tolist()}; import into another collection, or skip them (skip_taken)")
         write = absent | mine
-        if write.any():
+        if write.all():
+            # one write either way; an insert, where it can be, checks the payloads once, not twice
+            (col.insert if absent.all() else col.upsert)(ids, vectors, tenant=tenant, payloads=payloads)
+        elif write.any():
             rows = np.flatnonzero(write)
             col.upsert(ids[rows], vectors[rows], tenant=tenant, payloads=[payloads[i] for i in rows.tolist()])
         report = self.report
@@ -349,39 +351,38 @@ def cache_only(archive: TenantArchive) -> TenantArchive:
 # -- encoding -------------------------------------------------------------------------------------
 
 
-def payload_lines(payloads: list[dict]) -> bytes:
-    return b"".join(_line(p or {}) for p in payloads)
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def cache_line(entry: CacheEntry) -> bytes:
-    return _line(entry.meta() | {"dim": int(entry.embedding.size)})
+def json_array(values: list) -> bytes:
+    """Compact UTF-8 JSON of a list, in one call (about 6x faster than an encoding per value)."""
+    return _JSON.encode([value or {} for value in values]).encode()
 
 
-def parse_lines(data: bytes, n: int, what: str) -> list:
-    """n JSON values, one a line (each line ends in a newline), parsed in one call."""
-    if n == 0:
-        if data:
-            raise InvalidArgumentError(f"{what}: {len(data)} bytes where none were expected")
-        return []
-    if not data.endswith(b"\n") or data.count(b"\n") != n:
-        raise InvalidArgumentError(f"{what}: expected {n} lines of JSON")
+def cache_metas(entries: list[CacheEntry]) -> list[dict]:
+    return [entry.meta() | {"dim": int(entry.embedding.size)} for entry in entries]
+
+
+def parse_array(data: bytes, n: int | None, what: str) -> list[dict]:
+    """A JSON array of n objects (None: of any number)."""
     try:
-        # JSON escapes newlines inside strings, so each "\n" ends a value: one list to parse
-        values = json.loads(b"[" + data[:-1].replace(b"\n", b",") + b"]")
+        values = json.loads(data) if data else []
     except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidArgumentError(f"{what}: not JSON lines ({error})") from None
-    if len(values) != n:
-        raise InvalidArgumentError(f"{what}: expected {n} lines of JSON, got {len(values)}")
+        raise InvalidArgumentError(f"{what}: not JSON ({error})") from None
+    if type(values) is not list or n is not None and len(values) != n:
+        raise InvalidArgumentError(f"{what}: expected a JSON array of {n if n is not None else 'some'} objects")
     if not all(type(v) is dict for v in values):
-        raise InvalidArgumentError(f"{what}: each line must be a JSON object")
+        raise InvalidArgumentError(f"{what}: each element must be a JSON object")
     return values
 
 
-def cache_entries(lines: bytes, embeddings: np.ndarray, n: int, where: str = "archive") -> list[CacheEntry]:
-    metas = parse_lines(lines, n, f"{where}: cache entries")
+def cache_entries(data: bytes, embeddings: np.ndarray, n: int | None, where: str = "archive") -> list[CacheEntry]:
+    metas = parse_array(data, n, f"{where}: cache entries")
     embeddings = np.asarray(embeddings).ravel()
     try:
-        dims = [int(meta.pop("dim")) for meta in metas]
+        dims = [meta.pop("dim") for meta in metas]
+        if not all(type(d) is int for d in dims):
+            raise ValueError("each entry's dim must be an integer")
         if any(d < 1 for d in dims) or sum(dims) != embeddings.size:
             raise ValueError(f"dimensions {sum(dims)} in all, {embeddings.size} embedding values")
         ends = np.cumsum(dims)
@@ -426,10 +427,6 @@ def checked_header(header: dict, where="archive") -> dict:
             header["dim"] < 1 or header["metric"] is None):
         raise InvalidArgumentError(f"{where}: header counts or dimension out of range")
     return header
-
-
-def _line(value: dict) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
 def _bytes_array(data: bytes) -> np.ndarray:

@@ -2,9 +2,9 @@
 `TenantArchive` to a stream of `ArchiveChunk`s and back, shared by the server and the SDKs.
 
 The chunks carry the columns of the archive file (`curator/tenant_archive.py`): ids and vectors as
-packed little-endian bytes, payloads and cache entries as JSON lines. Rows are cut into chunks of
-at most `max_bytes` (and BATCH rows, one write on import): whatever the payloads weigh, a chunk
-stays within a message limit. Everything read is checked: a malformed chunk is InvalidArgumentError.
+packed little-endian bytes, payloads and cache entries as JSON arrays (one per chunk). Rows are cut
+into chunks of at most `max_bytes` (and BATCH rows, one write on import): whatever the payloads
+weigh, a chunk stays within a message limit. Everything read is checked: a malformed chunk is InvalidArgumentError.
 """
 
 import numpy as np
@@ -46,35 +46,51 @@ def chunks(archive: ta.TenantArchive, max_bytes: int = CHUNK_BYTES, skip_taken: 
     """The archive as ArchiveChunks: its header, its rows, its cache entries."""
     yield pb.ArchiveChunk(header=header_to_wire(archive, skip_taken))
     n, dim = len(archive), archive.dim or 0
-    if n:
-        lines = [ta.payload_lines([p]) for p in archive.payloads]
-        sizes = np.fromiter(map(len, lines), np.int64, n) + 8 + 4 * dim + 1
-        ids = np.ascontiguousarray(archive.ids, "<i8")
-        vectors = np.ascontiguousarray(archive.vectors, "<f4")
-        owned = np.ascontiguousarray(archive.owned, np.uint8)
-        for start, stop in _cuts(sizes, max_bytes):
-            yield pb.ArchiveChunk(rows=pb.ArchiveRows(
-                ids=ids[start:stop].tobytes(), vectors=vectors[start:stop].tobytes(),
-                owned=owned[start:stop].tobytes(), payloads=b"".join(lines[start:stop])))
-    if archive.cache:
-        lines = [ta.cache_line(entry) for entry in archive.cache]
-        sizes = np.array([len(line) + 4 * e.embedding.size for line, e in zip(lines, archive.cache)], np.int64)
-        for start, stop in _cuts(sizes, max_bytes):
-            embeddings = np.concatenate([np.asarray(e.embedding, "<f4").ravel() for e in archive.cache[start:stop]])
-            yield pb.ArchiveChunk(cache=pb.ArchiveCache(entries=b"".join(lines[start:stop]),
-                                                        embeddings=embeddings.tobytes()))
+    ids = np.ascontiguousarray(archive.ids, "<i8")
+    vectors = np.ascontiguousarray(archive.vectors, "<f4")
+    owned = np.ascontiguousarray(archive.owned, np.uint8)
+
+    def rows(start: int, stop: int):
+        payloads = ta.json_array(archive.payloads[start:stop])
+        return (stop - start) * (8 + 4 * dim + 1) + len(payloads), lambda: pb.ArchiveChunk(rows=pb.ArchiveRows(
+            ids=ids[start:stop].tobytes(), vectors=vectors[start:stop].tobytes(),
+            owned=owned[start:stop].tobytes(), payloads=payloads))
+
+    yield from _cut(n, rows, _average(archive.payloads) + 8 + 4 * dim + 1, max_bytes)
+    cache = archive.cache
+
+    def entries(start: int, stop: int):
+        metas = ta.json_array(ta.cache_metas(cache[start:stop]))
+        embeddings = [np.asarray(e.embedding, "<f4").ravel() for e in cache[start:stop]]
+        return len(metas) + 4 * sum(e.size for e in embeddings), lambda: pb.ArchiveChunk(cache=pb.ArchiveCache(
+            entries=metas, embeddings=np.concatenate(embeddings).tobytes()))
+
+    yield from _cut(len(cache), entries, 4 * max((e.embedding.size for e in cache), default=0) + 1_000, max_bytes)
 
 
-def _cuts(sizes: np.ndarray, max_bytes: int):
-    """(start, stop) of consecutive runs of rows of at most max_bytes in all (a larger row goes
-    alone) and at most BATCH rows."""
-    ends = np.cumsum(sizes)
-    start, base = 0, 0
-    while start < sizes.size:
-        stop = int(np.searchsorted(ends, base + max_bytes, side="right"))
-        stop = min(max(stop, start + 1), start + ta.BATCH)
-        yield start, stop
-        base, start = int(ends[stop - 1]), stop
+def _average(payloads: list[dict]) -> float:
+    """The JSON bytes of a payload, on average over a sample of at most 256."""
+    sample = payloads[:: max(1, len(payloads) // 256)]
+    return len(ta.json_array(sample)) / max(1, len(sample))
+
+
+def _cut(n: int, encode, row_bytes: float, max_bytes: int):
+    """Chunks of consecutive rows: at most BATCH, about max_bytes at the estimated `row_bytes`, and
+    halved until they fit (a single row that does not goes alone). `encode(start, stop)` gives the
+    bytes and a maker of the chunk."""
+    per = max(1, min(ta.BATCH, int(max_bytes // row_bytes)))
+    for start in range(0, n, per):
+        yield from _fitted(start, min(n, start + per), encode, max_bytes)
+
+
+def _fitted(start: int, stop: int, encode, max_bytes: int):
+    size, make = encode(start, stop)
+    if size <= max_bytes or stop - start == 1:
+        yield make()
+        return
+    middle = (start + stop) // 2
+    yield from _fitted(start, middle, encode, max_bytes)
+    yield from _fitted(middle, stop, encode, max_bytes)
 
 
 def rows_from_wire(rows: pb.ArchiveRows, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
@@ -87,14 +103,13 @@ def rows_from_wire(rows: pb.ArchiveRows, dim: int) -> tuple[np.ndarray, np.ndarr
     ids = np.frombuffer(rows.ids, "<i8").astype(np.int64)
     vectors = np.frombuffer(rows.vectors, "<f4").reshape(n, dim).astype(np.float32)
     owned = np.frombuffer(rows.owned, np.uint8).astype(bool)
-    return ids, vectors, owned, ta.parse_lines(rows.payloads, n, "archive rows: payloads")
+    return ids, vectors, owned, ta.parse_array(rows.payloads, n, "archive rows: payloads")
 
 
 def cache_from_wire(cache: pb.ArchiveCache) -> list[ta.CacheEntry]:
     if len(cache.embeddings) % 4:
         raise InvalidArgumentError("archive cache entries: embeddings are not whole float32 values")
-    return ta.cache_entries(cache.entries, np.frombuffer(cache.embeddings, "<f4"), cache.entries.count(b"\n"),
-                            "archive cache entries")
+    return ta.cache_entries(cache.entries, np.frombuffer(cache.embeddings, "<f4"), None, "archive cache entries")
 
 
 class Assembler:
