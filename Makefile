@@ -51,7 +51,7 @@ bench: $(STAMP) system
 	$(PY) -m benchmarks.remote
 	$(PY) -m benchmarks.filtered
 
-# Load tests against a server the harness starts on loopback (benchmarks/load; results in
+# Load tests against a server the harness starts on loopback (curator_loadtest, `curator loadtest`; results in
 # benchmarks/results/): ramps to the highest rate held with p99 under 50 ms, search-only and mixed.
 load: $(STAMP) system
 	$(PY) -m benchmarks.load ramp --mix search --out benchmarks/results/load_ramp_search

@@ -27,10 +27,9 @@ import numpy as np
 
 import curator  # first: the SDK picks grpc's TCP stack before grpc is imported
 import grpc
+from curator_loadtest import data as D
 from curator_proto import filters_wire
 from curator_proto.v1 import curator_pb2 as pb
-
-from . import data as D
 
 REFUSALS = {"RESOURCE_EXHAUSTED", "INVALID_ARGUMENT", "UNAUTHENTICATED"}
 EXCEPTION_CODES = {"ResourceExhaustedError": "RESOURCE_EXHAUSTED", "InvalidArgumentError": "INVALID_ARGUMENT",

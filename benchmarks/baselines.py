@@ -10,7 +10,7 @@ All use cosine distance (1 - cos), like the Curator collections they are compare
 import hnswlib
 import numpy as np
 
-from .data import MultiTenantData
+from curator_loadtest.data import MultiTenantData
 
 
 class PerTenantHnsw:

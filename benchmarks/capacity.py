@@ -2,12 +2,12 @@
 
     python -m benchmarks.capacity [--quick] [--threads N] [--compare PATH] [--rounds R] [--seconds S]
 
-GloVe x WordNet (benchmarks/data.py), k=10, default ef. Every caller runs a closed loop (its next
+GloVe x WordNet (curator_loadtest/data.py), k=10, default ef. Every caller runs a closed loop (its next
 search when the last returns) over its own stream of the data's queries, query i as its tenant
 (data.searcher, as benchmarks/remote.py), for `--seconds` a window:
 - embedded: 1..N threads searching one collection in this process. One thread's mean time per
   search is the engine time.
-- served: `curator serve` on loopback (benchmarks/load/server.py), loaded through the SDK before
+- served: `curator serve` on loopback (curator_loadtest/server.py), loaded through the SDK before
   timing, driven by 1, 2 and 4 client processes of one thread and by 4 and 16 threads in one
   client process (the blocking SDK, in processes of their own: benchmarks/workers.py):
   searches/s, p50/p99, and the CPU per search of the server (its process and any children) and
@@ -35,11 +35,11 @@ import grpc
 import numpy as np
 
 import curator
+from curator_loadtest import data as D
+from curator_loadtest.server import ManagedServer
 
-from . import data as D
 from . import floor, workers
 from .checkout import Checkout, title
-from .load.server import ManagedServer
 from .measure import (blas_threads, closed_loop, cpu_seconds, free_port, latency_summary, markdown_table,
                       write_results)
 

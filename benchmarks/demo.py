@@ -12,8 +12,7 @@ import time
 import numpy as np
 
 import curator
-
-from . import data as D
+from curator_loadtest import data as D
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ and an exact scan, on payload filters correlated and uncorrelated with the vecto
 
     python -m benchmarks.filtered [--quick] [--queries 1000] [--rebuild]
 
-Data (benchmarks/data.py, ``glove_filtered``): all 400 000 GloVe 6B 50-d vectors, cosine, with
+Data (curator_loadtest/data.py, ``glove_filtered``): all 400 000 GloVe 6B 50-d vectors, cosine, with
 payloads ``{"u": int, "cluster": "c<k>"}``. ``u`` is uniform in [0, 1000), independent of the vector
 (uncorrelated: ``{"u": {"lt": 1}}`` matches 0.1%, ``lt 10`` 1%, ...); ``cluster`` is the vector's
 spherical k-means cluster (1 000 clusters), and a correlated filter is ``{"cluster": {"in": [...]}}``
@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 import curator
+from curator_loadtest import data as D
 
-from . import data as D
 from .baselines import ExactScan, FaissHnswSelector, HnswlibFilter
 from .measure import blas_threads, latency_summary, markdown_table, rss_bytes, timed_loop
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 import curator
+from curator_loadtest.server import ManagedServer
 from curator_server.auth import digest_of
 
 from .checkout import Checkout, title
-from .load.server import ManagedServer
 from .measure import markdown_table, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"

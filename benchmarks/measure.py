@@ -6,13 +6,14 @@ import ctypes
 import gc
 import json
 import os
-import socket
 import threading
 import time
 from collections import Counter
 
 import numpy as np
 import psutil
+
+from curator_loadtest.server import free_port  # noqa: F401 - where the tests and benchmarks take it from
 
 _libc = ctypes.CDLL("libc.so.6")
 
@@ -63,13 +64,6 @@ def write_results(results_dir, name: str, results: dict, text: str) -> None:
     (results_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
     (results_dir / f"{name}.md").write_text(text)
     print(text)
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 _BLAS_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",

@@ -2,7 +2,7 @@
 
     python -m benchmarks.multitenant [--datasets wordnet,zipf] [--queries 1000]
 
-Two real data sets (benchmarks/data.py): GloVe x WordNet tenants and 200k GloVe vectors with
+Two real data sets (curator_loadtest/data.py): GloVe x WordNet tenants and 200k GloVe vectors with
 1 000 Zipf tenants. One query at a time on one thread (k=10), and Curator's batched mode. For each
 method: recall@10 against brute force, QPS, p50/p99 latency, build time, resident memory growth
 and bytes per (vector, tenant) pair. Writes a markdown table, a JSON file and a recall-vs-QPS
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 import curator
+from curator_loadtest import data as D
 
-from . import data as D
 from .baselines import BruteForce, PerTenantHnsw, SharedHnswFilter
 from .measure import latency_summary, markdown_table, rss_bytes, timed_loop
 

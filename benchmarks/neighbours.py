@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 
 import curator
+from curator_loadtest import data as D
+from curator_loadtest.server import ManagedServer
 
-from . import data as D
 from . import workers
 from .attacks import ATTACKS, REFUSALS
 from .checkout import Checkout, title
-from .load.server import ManagedServer
 from .measure import markdown_table, write_results
 
 RESULTS = Path(__file__).parent / "results"

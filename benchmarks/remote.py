@@ -36,10 +36,10 @@ import numpy as np
 
 import curator
 from curator_client import aio
+from curator_loadtest import data as D
+from curator_loadtest.data import searcher
 
-from . import data as D
 from . import floor
-from .data import searcher
 from .measure import free_port, latency_summary, timed_loop
 
 RESULTS = Path(__file__).parent / "results"

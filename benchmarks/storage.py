@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import curator
-
-from . import data as D
+from curator_loadtest import data as D
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -106,18 +106,9 @@ def main(argv=None) -> int:
 
 
 def _loadtest(argv: list[str]) -> int:
-    """The load-test harness lives in the source checkout's benchmarks/load, beside this package."""
-    try:
-        from benchmarks.load.cli import main as loadtest
-    except ModuleNotFoundError:
-        from pathlib import Path
+    """The load-test harness ships with the package (curator_loadtest); imported only when asked for."""
+    from curator_loadtest.cli import main as loadtest
 
-        checkout = Path(__file__).resolve().parent.parent
-        if not (checkout / "benchmarks" / "load").is_dir():
-            print("curator loadtest needs a source checkout of Curator (benchmarks/load)", file=sys.stderr)
-            return 2
-        sys.path.insert(0, str(checkout))
-        from benchmarks.load.cli import main as loadtest
     return loadtest(argv)
 
 

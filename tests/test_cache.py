@@ -1,5 +1,5 @@
 """The semantic cache, embedded (in memory and on a data directory) and remote (a real server on
-loopback), against a real OpenAI-compatible upstream on loopback (benchmarks/stand_in_llm.py).
+loopback), against a real OpenAI-compatible upstream on loopback (curator_loadtest/stand_in_llm.py).
 
 Most tests bring their own embeddings (a 16-d test model) so that similarities are exact and the
 tests fast; tests/test_cache_model.py runs the real MiniLM model."""
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import curator
-from benchmarks.stand_in_llm import StandInLLM
+from curator_loadtest.stand_in_llm import StandInLLM
 from curator import InvalidArgumentError, NotFoundError, UpstreamError, UpstreamTimeoutError
 from tests.conftest import concurrently, database
 

@@ -5,7 +5,7 @@ OpenAI-compatible /v1/embeddings endpoint."""
 import pytest
 
 import curator
-from benchmarks.stand_in_llm import EMBEDDING_DIM, StandInLLM
+from curator_loadtest.stand_in_llm import EMBEDDING_DIM, StandInLLM
 
 EXAMPLES = {
     "banking": ["what is my checking account balance", "transfer money to my savings account",

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import curator
 from curator import filters
-from benchmarks import data as D
+from curator_loadtest import data as D
 
 LANGS = ["en", "de", "fr", "es"]
 

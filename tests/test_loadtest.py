@@ -1,8 +1,8 @@
-"""The load-test harness (benchmarks/load) against a real server on loopback: a short open-loop
-run of the mixed workload, with the server and the stand-in model behind its cache started by
-the harness itself, has every operation, no errors, counts equal to what the server's
-Prometheus endpoint says it served, cache completions that partly hit and partly reach the
-model, and every acknowledged write reads back. Plus the pieces the figures rest on: histogram
+"""The load-test harness (curator_loadtest: `curator loadtest`) against a real server on loopback:
+a short open-loop run of the mixed workload, with the server and the stand-in model behind its
+cache started by the harness itself, has every operation, no errors, counts equal to what the
+server's Prometheus endpoint says it served, cache completions that partly hit and partly reach
+the model, and every acknowledged write reads back. Plus the pieces the figures rest on: histogram
 percentiles, the tenant law, the mix; and the clear error when a target server has no model."""
 
 import json
@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.load import cli
-from benchmarks.load.histogram import Histogram
-from benchmarks.load.ramp import passes
-from benchmarks.load.server_metrics import compare
-from benchmarks.load.workload import OPERATIONS, ZipfTenants, needs_upstream, parse_mix
+from curator_loadtest import cli
+from curator_loadtest.histogram import Histogram
+from curator_loadtest.ramp import passes
+from curator_loadtest.server_metrics import compare
+from curator_loadtest.workload import OPERATIONS, ZipfTenants, needs_upstream, parse_mix
 from curator_server.app import CuratorServer, ServerConfig
 
 SMALL = ["--dataset", "zipf", "--vectors", "2000", "--tenants", "20"]

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import generate_latest
 
 import curator
-from benchmarks.stand_in_llm import StandInLLM
+from curator_loadtest.stand_in_llm import StandInLLM
 from curator import InvalidArgumentError, PermissionDeniedError, Quota, ResourceExhaustedError
 from curator.quotas import parse_config, payload_bytes, read_config
 from curator_server.app import CuratorServer, ServerConfig

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import curator
-from benchmarks import data as D
+from curator_loadtest import data as D
 
 K = 10
 

@@ -10,7 +10,8 @@ Two ways to split them into tenants:
 Queries are GloVe vectors that are not in the base set, chosen so that they land near
 the data of their tenant. ``ground_truth`` gives the exact filtered top-k and
 ``recall_at_k`` scores results against it. Generated data sets and ground truths are
-cached as ``.npz`` files under ``<repo>/.cache/data/``, keyed by a hash of their
+cached as ``.npz`` files under ``<repo>/.cache/data/`` in a source checkout (elsewhere under
+``$XDG_CACHE_HOME/curator/data``, by default ``~/.cache/curator/data``), keyed by a hash of their
 parameters.
 
 For filtered search, ``glove_filtered`` gives all of GloVe with payload fields correlated
@@ -31,7 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "data"
+
+def _cache_dir() -> Path:
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "curator").is_dir():
+        return checkout / ".cache" / "data"  # a source checkout: beside the other benchmarks' caches
+    home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(home) / "curator" / "data"  # installed: site-packages is no place for data
+
+
+CACHE_DIR = _cache_dir()
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
 
 # Bump when a generator changes, so that stale cache files are not picked up.

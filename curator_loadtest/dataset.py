@@ -1,4 +1,4 @@
-"""The data a load test runs on: GloVe vectors with tenants (benchmarks/data.py), loaded once.
+"""The data a load test runs on: GloVe vectors with tenants (`data`), loaded once.
 
 `wordnet` is GloVe x WordNet (~39k vectors, ~420 real, overlapping tenants); `zipf` is the first
 `vectors` GloVe rows with `tenants` synthetic tenants of Zipf sizes. Every vector also gets a
@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from .. import data as D
+from . import data as D
 from .workload import WorkloadData, payloads_of
 
 DATASETS = ("wordnet", "zipf")
@@ -19,7 +19,11 @@ def build(name: str, vectors: int | None = None, tenants: int | None = None) -> 
     if name == "wordnet":
         if vectors is not None or tenants is not None:
             raise ValueError("--vectors and --tenants choose the size of the zipf data set; wordnet's is fixed")
-        return D.glove_wordnet(n_queries=100)
+        try:
+            return D.glove_wordnet(n_queries=100)
+        except FileNotFoundError as error:
+            raise SystemExit(f"the wordnet data set needs WordNet's noun file ({error.filename}): install "
+                             "Debian's wordnet-base, or use --dataset zipf") from None
     if name == "zipf":
         n = vectors or 50_000
         return D.zipf_tenants(n_vectors=n, n_tenants=tenants or max(10, min(1000, n // 100)),

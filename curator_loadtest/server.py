@@ -2,10 +2,11 @@
 fresh temporary data directory and free loopback ports, stopped (SIGTERM, drained) and removed
 at the end. Its pid is what the soak samples for memory and open files. `cache_config` is the
 text of its `--cache-config` file (TOML), written into that directory. `checkout` runs it from
-another checkout (benchmarks/checkout.py); `api_key` is the key its readiness check sends (a
-server with --keys answers no keyless call)."""
+another checkout (anything with `popen(args, **options)`, as benchmarks/checkout.py); `api_key`
+is the key its readiness check sends (a server with --keys answers no keyless call)."""
 
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,15 +15,17 @@ from pathlib import Path
 
 import curator
 
-from ..checkout import Checkout
-from ..measure import free_port
 
-ROOT = Path(__file__).absolute().parent.parent.parent  # the checkout (not resolved: it may be linked)
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class ManagedServer:
     def __init__(self, durability: str = "sync", workers: int = 16, extra_args: tuple[str, ...] = (),
-                 cache_config: str | None = None, checkout: Checkout | None = None, api_key: str | None = None):
+                 cache_config: str | None = None, checkout=None, api_key: str | None = None):
         self.durability, self.workers, self.extra_args = durability, workers, extra_args
         self.cache_config = cache_config
         self.checkout, self.api_key = checkout, api_key
@@ -48,7 +51,7 @@ class ManagedServer:
             command += ["--cache-config", str(config)]
         with open(self.log_path, "wb") as log:
             if self.checkout is None:
-                self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                self.process = subprocess.Popen(command, cwd=self.directory, stdout=log, stderr=subprocess.STDOUT)
             else:
                 self.process = self.checkout.popen(command[1:], stdout=log, stderr=subprocess.STDOUT)
         try:

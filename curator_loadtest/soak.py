@@ -10,7 +10,6 @@ import threading
 import time
 
 import numpy as np
-import psutil
 
 from .driver import Phase, WorkerPool
 from .report import phase_summary
@@ -20,6 +19,8 @@ class ServerSampler:
     """RSS, open files and threads of one process every `interval` seconds, on a thread."""
 
     def __init__(self, pid: int, interval: float, run_start: float):
+        import psutil  # the `loadtest` extra; `curator loadtest -h` works without it
+
         self.process, self.interval, self.run_start = psutil.Process(pid), interval, run_start
         self.samples: list[dict] = []
         self._stop = threading.Event()
