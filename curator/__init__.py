@@ -5,6 +5,8 @@
     col = db.create_collection("docs", dim=50, metric="cosine")
 """
 
+__version__ = "0.1.0"  # in this one place: pyproject.toml reads it, `curator --version` prints it
+
 from .api import Collection, Database
 from .errors import (
     AlreadyExistsError,
@@ -23,7 +25,7 @@ from .quotas import Quota, TenantQuota, Usage
 from .validate import MAX_EF, MAX_K
 
 __all__ = [
-    "open", "Database", "Collection", "Metric", "MAX_K", "MAX_EF",
+    "__version__", "open", "Database", "Collection", "Metric", "MAX_K", "MAX_EF",
     "CuratorError", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError",
     "PermissionDeniedError", "ResourceExhaustedError", "StorageError", "UnauthenticatedError",
     "UpstreamError", "UpstreamTimeoutError", "restore", "connect", "Quota", "TenantQuota", "Usage",

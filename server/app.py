@@ -33,7 +33,7 @@ from .rates import Rates
 from .streams import OpenStreams
 
 log = logging.getLogger("curator.server")
-VERSION = "0.1.0"
+VERSION = curator.__version__  # the one place is curator/__init__.py; pyproject.toml reads it too
 SWITCH_INTERVAL = 0.0005  # seconds; see CuratorServer.__init__
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")
 

@@ -8,13 +8,14 @@ from curator.cache import config as cache_config
 from curator.errors import InvalidArgumentError
 from curator.quotas import read_config as read_quotas
 
-from .app import CuratorServer, InsecureConfigError, ServerConfig
+from .app import VERSION, CuratorServer, InsecureConfigError, ServerConfig
 from .auth import KeysFileError, append_entry, key_entry, new_key
 from .service import Limits
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="curator", description="Curator multi-tenant vector database")
+    parser.add_argument("--version", action="version", version=f"curator {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--data", default="./curator-data", help='data directory, or ":memory:"')
