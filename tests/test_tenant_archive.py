@@ -315,3 +315,47 @@ def test_random_payloads_round_trip_through_file_and_wire(tmp_path, drawn, max_b
         assert chunk.ByteSize() <= max_bytes + 64 or rows_in <= 1 or chunk.HasField("header")
         assembler.add(archive_wire.pb.ArchiveChunk.FromString(chunk.SerializeToString()))
     assert_same(assembler.archive(), archive)
+
+
+def test_an_inactive_tenant_is_exported_and_imported_the_same(db):
+    col = fill(db)
+    before = db.export_tenant("alice", collection="docs")
+    col.deactivate_tenant("alice")
+    assert_same(db.export_tenant("alice", collection="docs"), before)  # woken to be read
+    col.deactivate_tenant("alice")
+    report = db.import_tenant(before)
+    assert (report.restored, report.shared) == (ALICE_IDS.size, SHARED.size)
+    assert_same(db.export_tenant("alice", collection="docs"), before)
+
+
+def test_the_asyncio_sdk(tmp_path):
+    import asyncio
+
+    from curator_client import aio
+
+    server = CuratorServer(ServerConfig(port=0)).start()
+
+    async def run():
+        async with await aio.connect(server.address) as db:
+            col = await db.create_collection("docs", dim=DIM, metric="cosine")
+            await col.insert(ALICE_IDS, rows(ALICE_IDS.size, 1), tenant="alice",
+                             payloads=[TRICKY[i % len(TRICKY)] for i in range(ALICE_IDS.size)])
+            await db.cache.store("alice", "a question", "an answer", embedding=unit(1), embedding_model=MODEL)
+            path = tmp_path / "alice.npz"
+            archive = await db.export_tenant("alice", path, collection="docs")
+            assert len(archive) == ALICE_IDS.size and len(archive.cache) == 1
+            await db.create_collection("docs2", dim=DIM, metric="cosine")
+            report = await db.import_tenant(path, collection="docs2", tenant="bob")
+            assert (report.inserted, report.cache_entries) == (ALICE_IDS.size, 1)
+            assert_same(await db.export_tenant("bob", collection="docs2"),
+                        TenantArchive(**{**archive.__dict__, "tenant": "bob", "collection": "docs2"}))
+            report = await db.copy_tenant("alice", "carol", collection="docs")
+            assert report.shared == ALICE_IDS.size and await col.count(tenant="carol") == ALICE_IDS.size
+            with pytest.raises(curator.InvalidArgumentError, match="dimension"):
+                await db.create_collection("wide", dim=DIM + 1, metric="cosine")
+                await db.import_tenant(path, collection="wide")
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()
