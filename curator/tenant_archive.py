@@ -47,14 +47,16 @@ by whoever owned them) and copies the cache entries.
 import hashlib
 import json
 import os
+import threading
 import time
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import validate
-from .errors import AlreadyExistsError, InvalidArgumentError
+from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StorageError
 from .metric import Metric
 
 FORMAT = "curator-tenant-archive"
@@ -117,34 +119,44 @@ class TenantArchive:
         }
 
     def save(self, path) -> None:
-        """Write the archive to `path` atomically (a temporary file renamed into place), mode 0600."""
+        """Write the archive to `path` atomically (a temporary file renamed into place, fsynced), mode
+        0600; StorageError when it cannot be written."""
         path = Path(path)
         content = self.content()
         header = _bytes_array(json.dumps(self.header(digest(content)), ensure_ascii=False).encode())
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            with os.fdopen(fd, "wb") as out:
-                np.savez(out, header=header, **content)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    np.savez(out, header=header, **content)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temporary, path)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
+        except OSError as error:
+            raise StorageError(f"cannot write the tenant archive {path}: {error}") from None
 
     @classmethod
     def load(cls, path) -> "TenantArchive":
         """Read an archive, refusing (InvalidArgumentError) one that is not a tenant archive, of
-        another format version, or whose content does not match its checksum."""
+        another format version, or whose content does not match its checksum (NotFoundError: no
+        file there)."""
         try:
-            with np.load(path, allow_pickle=False) as stored:
+            stored = np.load(path, allow_pickle=False)
+            if not isinstance(stored, np.lib.npyio.NpzFile):
+                raise ValueError("one array, not an .npz file")
+            with stored:
                 if set(stored.files) != set(MEMBERS):
                     raise InvalidArgumentError(f"{path} is not a Curator tenant archive: it holds "
                                                f"{sorted(stored.files)}, expected {sorted(MEMBERS)}")
                 header = _header(stored["header"].tobytes(), path)
                 content = {name: stored[name] for name in CONTENT}
-        except (OSError, ValueError, EOFError) as error:
+        except FileNotFoundError:
+            raise NotFoundError(f"no tenant archive at {path}") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             if isinstance(error, InvalidArgumentError):
                 raise
             raise InvalidArgumentError(f"{path} is not a Curator tenant archive (an .npz file): {error}") from None

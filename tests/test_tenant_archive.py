@@ -359,3 +359,20 @@ def test_the_asyncio_sdk(tmp_path):
         asyncio.run(run())
     finally:
         server.stop()
+
+
+def test_files_that_are_not_archives_or_cannot_be_written(tmp_path):
+    with pytest.raises(curator.NotFoundError, match="no tenant archive"):
+        TenantArchive.load(tmp_path / "missing.npz")
+    np.save(tmp_path / "one.npy", np.arange(3))
+    with pytest.raises(curator.InvalidArgumentError, match="not a Curator tenant archive"):
+        TenantArchive.load(tmp_path / "one.npy")
+    np.savez(tmp_path / "other.npz", a=np.arange(3))
+    with pytest.raises(curator.InvalidArgumentError, match="it holds"):
+        TenantArchive.load(tmp_path / "other.npz")
+    archive = TenantArchive("t", None, None, None, np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
+                            np.zeros(0, bool), [])
+    with pytest.raises(curator.StorageError, match="cannot write"):
+        archive.save(tmp_path / "no such directory" / "t.npz")
+    archive.save(tmp_path / "t.npz")
+    assert_same(TenantArchive.load(tmp_path / "t.npz"), archive)
