@@ -374,6 +374,13 @@ class CuratorIndex:
         resident = resident[self.tenancy.access.contains(resident, np.full(resident.size, t))]
         shelved = self.shelf.fetch(manifest[slots == EVICTED])
         admitted = self._admit(shelved.subset(shelved.seen_by(t)))  # not: an id deleted and used again since
+        if resident.size + admitted.size != self.tenancy.count[t]:
+            # The manifest misses some (a version without tenant states wrote since): look at every vector.
+            shelved = self.shelf.fetch(self.ids.ids(EVICTED))
+            admitted = np.concatenate([admitted, self._admit(shelved.subset(shelved.seen_by(t)))])
+            live = self._live_slots()
+            resident = live[self.tenancy.access.contains(live, np.full(live.size, t))]
+            resident = np.setdiff1d(resident, admitted)
         self.tenancy.wake(t, np.concatenate([resident, admitted]))
         self.shelf.drop_manifest(t)
         self.last_used[t] = time.monotonic()

@@ -234,6 +234,25 @@ def test_reopening_keeps_inactive_tenants_out_of_memory(tmp_path):
         assert col.tenant_state("t0") == "active" and col.index.evicted == 0
 
 
+def test_a_stale_manifest_is_noticed_when_its_tenant_wakes(tmp_path):
+    """A version without tenant states may write to the directory and leave a manifest short: the
+    tenant's count (from the access lists) tells, and every evicted id is looked at instead."""
+    from curator.storage import _inactive_key
+
+    path = str(tmp_path / "data")
+    with curator.open(path) as db:
+        col = db.create_collection("c", dim=DIM, **SMALL_TREE)
+        seen = populate(col)
+        before = answers(col, "t0", seen["t0"])
+        col.deactivate_tenant("t0")
+        short = b"i" + np.arange(5, dtype="<i8").tobytes()
+        db.records.write_records([(_inactive_key(col._cid, col.index.tenant_numbers["t0"]), short)])
+    with curator.open(path) as db:
+        col = db.collection("c")
+        assert col.tenant_state("t0") == "inactive"
+        assert answers(col, "t0", seen["t0"]) == before
+
+
 def test_an_idle_tenant_is_deactivated_by_itself(tmp_path):
     with pytest.raises(curator.InvalidArgumentError):
         curator.open(":memory:").create_collection("bad", dim=DIM, idle_deactivate_seconds=0)
