@@ -45,6 +45,7 @@ _READ_METHODS = {
     "Search": {"Search", "SearchBatch"},
     "Admin": {"ServerInfo"},
     "Cache": {"Lookup", "GetPolicy", "Classify", "CacheStats"},
+    "TenantArchive": {"Export"},
 }
 _PER_SEARCH = {"SearchStream", "SearchGroups"}  # counted per search by the servicer, not per call
 _EXEMPT_SERVICES = {"Limits"}

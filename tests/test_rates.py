@@ -77,6 +77,11 @@ def test_a_bucket_exactly_at_just_over_and_after_the_window():
     assert bucket.tokens == 2.0
 
 
+def test_a_tenant_archive_export_is_a_read_and_an_import_a_write():
+    assert kind_of("/curator.v1.TenantArchive/Export") == READS
+    assert kind_of("/curator.v1.TenantArchive/Import") == WRITES
+
+
 def test_every_method_of_the_contract_is_a_read_a_write_or_counted_per_search():
     kinds = {}
     for service in pb.DESCRIPTOR.services_by_name.values():
