@@ -1,8 +1,9 @@
 """A stand-in LLM: a small, real OpenAI-compatible server on loopback (HTTP, a thread per request).
 
 The semantic cache's tests and the load-test harness put it where a real model would be: it
-serves /v1/chat/completions (whole or streamed answers) and /v1/embeddings (a bag-of-words
-stand-in). It answers "answer <n> to: <last user message>" after `delay` seconds, as a real model
+serves /v1/chat/completions (whole or streamed answers, with usage: words counted as tokens;
+streamed, when `stream_options.include_usage` asks), /v1/embeddings (a bag-of-words stand-in)
+and /v1/models. It answers "answer <n> to: <last user message>" after `delay` seconds, as a real model
 takes its time, and counts the chat calls it received. Tests switch its behaviour per test:
 `delay`, `status` (an HTTP error instead of an answer), `break_stream` (a streamed answer cut off
 before its end), `finish_reason`. It listens on 127.0.0.1 only and never calls anything itself.
@@ -46,6 +47,12 @@ class StandInLLM:
             def log_message(self, *args):  # quiet
                 pass
 
+            def do_GET(self):
+                if not self.path.endswith("/models"):
+                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                self._send(200, {"object": "list", "data": [{"id": "stand-in", "object": "model", "created": 0,
+                                                             "owned_by": "curator-tests"}]})
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.path.endswith("/embeddings"):
@@ -59,8 +66,13 @@ class StandInLLM:
                     return self._send(upstream.status, {"error": {"message": "the model is overloaded"}})
                 question = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
                 answer = f"answer {n} to: {question}"
+                prompt_words = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+                usage = {"prompt_tokens": prompt_words, "completion_tokens": len(answer.split()),
+                         "total_tokens": prompt_words + len(answer.split())}
+                head = {"id": f"chatcmpl-standin-{n}", "created": int(time.time()), "model": body.get("model", "stand-in")}
                 if not body.get("stream"):
-                    return self._send(200, {"choices": [{"index": 0, "finish_reason": upstream.finish_reason,
+                    return self._send(200, {**head, "object": "chat.completion", "usage": usage,
+                                            "choices": [{"index": 0, "finish_reason": upstream.finish_reason,
                                                          "message": {"role": "assistant", "content": answer}}]})
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -73,8 +85,12 @@ class StandInLLM:
                         self.connection.shutdown(2)  # the connection drops mid-answer
                         return
                     last = i == len(words) - 1
-                    chunk = {"choices": [{"index": 0, "delta": {"content": word + ("" if last else " ")},
+                    chunk = {**head, "object": "chat.completion.chunk",
+                             "choices": [{"index": 0, "delta": {"content": word + ("" if last else " ")},
                                           "finish_reason": upstream.finish_reason if last else None}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    chunk = {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.close_connection = True

@@ -25,10 +25,11 @@ from .admission import Admission
 from .archive_service import ArchiveService
 from .cache_service import CacheService
 from .decoding import Decoding
+from .gateway import Gateway, GatewayConfig
 from .probes import ProbeBudget
 from .auth import KeyRing, readable_by_others
 from .limits_service import LimitsService
-from .metrics import CacheMetrics, Metrics, MetricsInterceptor, QuotaMetrics
+from .metrics import CacheMetrics, GatewayMetrics, Metrics, MetricsInterceptor, QuotaMetrics
 from .rates import Rates
 from .streams import OpenStreams
 
@@ -87,6 +88,7 @@ class ServerConfig:
     grace_seconds: float = 10.0
     cache: dict | None = None  # the semantic cache's configuration ([cache] of --cache-config)
     quotas: dict | None = None  # configured tenant quotas (--quotas; curator/quotas.py), under those set by the API
+    gateway: GatewayConfig | None = None  # the OpenAI-compatible HTTP gateway (--http-port); None: none
 
 
 def _worker_threads() -> None:
@@ -170,6 +172,10 @@ class CuratorServer:
             self.port = self.grpc.add_secure_port(address, credentials)
         else:
             self.port = self.grpc.add_insecure_port(address)
+        self.gateway = None if config.gateway is None else Gateway(
+            self.db.cache, self.keys, self.rates, GatewayMetrics(self.metrics.registry),
+            (config.cache or {}).get("upstream"), config.gateway, config.host,
+            (config.tls_cert, config.tls_key) if config.tls_cert else None)
         self.metrics_port = None
         self._metrics_server = None
         self._stopped = threading.Event()
@@ -202,6 +208,8 @@ class CuratorServer:
                                                         registry=self.metrics.registry)
             self.metrics_port = self._metrics_server.server_port
         self.grpc.start()
+        if self.gateway is not None:
+            self.gateway.start(self.config.grace_seconds)
         for name in ("", ARCHIVE_SERVICE) + tuple(pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on %s (data %s, metrics port %s)", self.address, self.config.data, self.metrics_port)
@@ -215,6 +223,8 @@ class CuratorServer:
         self.health.enter_graceful_shutdown()
         stopped = self.grpc.stop(self.config.grace_seconds)  # refuses new calls from here on
         self.streams.cancel_all()  # clients finish their searches with unary calls, or elsewhere
+        if self.gateway is not None:
+            self.gateway.stop()  # drains its requests meanwhile, within the same grace period
         stopped.wait()
         self.db.close()
         if self._metrics_server is not None:

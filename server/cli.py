@@ -9,6 +9,7 @@ from curator.errors import InvalidArgumentError
 from curator.quotas import read_config as read_quotas
 
 from .app import VERSION, CuratorServer, InsecureConfigError, ServerConfig
+from .gateway import GatewayConfig
 from .auth import KeysFileError, append_entry, key_entry, new_key
 from .service import Limits
 
@@ -44,6 +45,15 @@ def main(argv=None) -> int:
     serve.add_argument("--max-k", type=int, default=1_000)
     serve.add_argument("--cache-config", default=None,
                        help="TOML file with the semantic cache's [cache] table (embedding, upstream, load, policies)")
+    serve.add_argument("--http-port", type=int, default=None,
+                       help="serve an OpenAI-compatible HTTP API at http://HOST:PORT/v1, the cache in front of "
+                            "--cache-config's upstream (server/gateway.py)")
+    serve.add_argument("--http-max-body-bytes", type=int, default=GatewayConfig.max_body_bytes,
+                       help="largest request body the HTTP gateway reads (past it 413)")
+    serve.add_argument("--http-max-answer-bytes", type=int, default=GatewayConfig.max_answer_bytes,
+                       help="largest answer the HTTP gateway stores (larger ones are relayed, not stored)")
+    serve.add_argument("--http-max-calls-per-key", type=int, default=GatewayConfig.max_calls_per_key,
+                       help="one key's HTTP requests in flight, past it 429 (0: no limit)")
     serve.add_argument("--id-collisions-per-hour", type=float, default=60.0,
                        help="collisions of a tenant key's writes with ids it cannot see before its writes naming "
                             "ids pause (server/probes.py; 0: no limit)")
@@ -96,10 +106,13 @@ def main(argv=None) -> int:
         max_streams_per_key=args.max_streams_per_key,
         limits=Limits(args.max_message_bytes, args.max_batch, args.max_k), tenant_metrics_top=args.tenant_metrics_top,
         id_collisions_per_hour=args.id_collisions_per_hour,
-        cache=cache_config.read(args.cache_config) if args.cache_config else None, quotas=quotas)
+        cache=cache_config.read(args.cache_config) if args.cache_config else None, quotas=quotas,
+        gateway=None if args.http_port is None else GatewayConfig(
+            args.http_port, args.http_max_body_bytes, args.http_max_answer_bytes,
+            max_calls_per_key=args.http_max_calls_per_key))
     try:
         server = CuratorServer(config)
-    except (KeysFileError, InsecureConfigError) as error:
+    except (KeysFileError, InsecureConfigError, InvalidArgumentError) as error:
         print(f"curator serve: {error}", file=sys.stderr)
         return 2
     server.serve_forever()

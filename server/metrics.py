@@ -246,3 +246,27 @@ class _QuotaCollector:
                 usage.add_metric([tenant, limit], value)
                 quota.add_metric([tenant, limit], limits[limit])
         yield from (usage, quota)
+
+
+class GatewayMetrics:
+    """The HTTP gateway's requests (server/gateway.py) by route, status and X-Cache outcome, and
+    their latency (a streamed answer's to its end). Routes are the gateway's two and "other"."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.requests = Counter("curator_http_requests", "HTTP gateway requests by route, status and X-Cache outcome "
+                                "(HIT, SEMANTIC_HIT, MISS, BYPASS; none for refusals)",
+                                ["route", "status", "cache"], registry=registry)
+        self.latency = Histogram("curator_http_request_seconds", "HTTP gateway request latency by route and X-Cache "
+                                 "outcome (streams: to their end)", ["route", "cache"], registry=registry,
+                                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                                          5, 10, 30, 60))
+        self._series: dict[tuple[str, int, str], tuple] = {}
+
+    def observe(self, route: str, status: int, cache: str, seconds: float) -> None:
+        series = self._series.get((route, status, cache))
+        if series is None:
+            label = cache or "none"
+            series = self._series[(route, status, cache)] = (self.requests.labels(route, str(status), label),
+                                                             self.latency.labels(route, label))
+        series[0].inc()
+        series[1].observe(seconds)
