@@ -43,6 +43,9 @@ class StandInLLM:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go in two writes: on a kept-alive connection Nagle's algorithm held the
+            # body until the client's delayed ACK, ~40 ms an answer (real model servers set this too)
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass

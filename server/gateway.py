@@ -51,6 +51,8 @@ from curator import validate
 from curator.errors import (InvalidArgumentError, PermissionDeniedError, ResourceExhaustedError, UnauthenticatedError,
                             UpstreamError, UpstreamTimeoutError)
 
+from curator.cache.policy import category_name
+
 from . import openai_wire as wire
 from .auth import OPEN, KeyRing, Principal
 from .rates import READS, WRITES
@@ -87,11 +89,15 @@ class Refusal(Exception):
         return web.Response(status=self.status, body=body, content_type=_JSON, headers=self.headers)
 
 
+def check_upstream(upstream: dict | None) -> None:
+    if not upstream or not upstream.get("url"):
+        raise InvalidArgumentError("the HTTP gateway fronts a model: give [cache.upstream] url in --cache-config")
+
+
 class Gateway:
     def __init__(self, cache, keys: KeyRing, rates, metrics, upstream: dict, config: GatewayConfig, host: str,
                  tls: tuple[str, str] | None = None):
-        if not upstream or not upstream.get("url"):
-            raise InvalidArgumentError("the HTTP gateway fronts a model: give [cache.upstream] url in --cache-config")
+        check_upstream(upstream)
         self.cache, self.keys, self.rates, self.metrics, self.config = cache, keys, rates, metrics, config
         self.host, self.tls = host, tls
         self.base_url = upstream["url"].rstrip("/")
@@ -286,16 +292,22 @@ class Gateway:
             raise Refusal(400, str(error), param=error.param) from None
         stream = body.get("stream") is True
         category = request.headers.get(CATEGORY_HEADER) or None
+        if category is not None:
+            try:
+                category = category_name(category)
+            except InvalidArgumentError as error:
+                raise Refusal(400, str(error), param=CATEGORY_HEADER) from None
         prompt = lookup = None
         timing = {}
         if uncacheable is None and (controls.lookup or controls.store):
             try:
                 prompt, lookup, timing["lookup"] = await self._run(self._look, tenant, messages, params, category,
                                                                    controls)
-            except InvalidArgumentError as error:
-                raise Refusal(400, str(error), param=CATEGORY_HEADER if category else "messages") from None
-            except (ResourceExhaustedError, UpstreamError, UpstreamTimeoutError) as error:
-                # a prompt too long to embed, or the embedding endpoint failing: answered uncached
+            except (InvalidArgumentError, ResourceExhaustedError) as error:
+                # nothing to match (only system messages, blank text) or too long to embed: the
+                # model may still answer it, uncached
+                log.debug("HTTP gateway: answering uncached: %s", error)
+            except (UpstreamError, UpstreamTimeoutError) as error:  # the embedding endpoint failing
                 log.warning("HTTP gateway: answering uncached: %s", error)
             if prompt is not None:
                 timing = {"prompt": prompt.seconds, **timing}

@@ -8,6 +8,7 @@ each other's entries. No wall-clock assertions."""
 import json
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -156,6 +157,15 @@ def test_requests_the_cache_cannot_answer_pass_through_as_bypass(server, llm):
         assert ask(alice, "call a tool please", tools=[tool])[1] == "BYPASS"
     assert ask(alice, "two answers please", n=2)[1] == "BYPASS"
     assert llm.calls == calls + 3
+
+
+def test_identical_concurrent_misses_make_one_upstream_call(server, llm):
+    llm.delay = 1.0  # the first is still waiting for the model when the others look up
+    calls = llm.calls
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: ask(client(server), "one question asked four times at once")[:2], range(4)))
+    assert llm.calls == calls + 1
+    assert len({answer for answer, _ in answers}) == 1 and {cache for _, cache in answers} <= {"MISS", "HIT"}
 
 
 # -- tenants -------------------------------------------------------------------------------------------
@@ -334,6 +344,20 @@ def test_a_key_over_its_rate_is_429_with_retry_after(server, llm):
 
 def test_models_are_passed_through(server, llm):
     assert [m.id for m in client(server).models.list()] == ["stand-in"]
+
+
+def test_other_routes_and_bad_requests_answer_in_openais_error_shape(server, llm):
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{server.gateway.port}/v1/nothing", timeout=10)
+    assert refused.value.code == 404 and set(json.load(refused.value)["error"]) == {"message", "type", "param",
+                                                                                      "code"}
+    alice = client(server)
+    with pytest.raises(openai.BadRequestError) as refused:
+        ask(alice, "hello there", extra_headers={"X-Cache-Category": "c" * 300})
+    assert refused.value.body["param"] == "X-Cache-Category"
+    # nothing to match (blank text): the model answers it, uncached
+    raw = alice.chat.completions.with_raw_response.create(model="m", messages=[{"role": "user", "content": "  "}])
+    assert raw.headers["x-cache"] == "BYPASS"
 
 
 def test_requests_are_counted_by_route_status_and_outcome(server, llm):
