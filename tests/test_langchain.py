@@ -229,3 +229,16 @@ def test_a_chat_models_conversation_is_matched_without_its_system_message_which_
         '"kwargs": {"content": "hi", "type": "human"}}]', "llm")
     assert (text, settings) == ("hi", {"llm": "llm"})
     assert cache_key("plain prompt", "llm") == ("plain prompt", {"llm": "llm"})
+
+
+def readme_example(index: int) -> str:
+    """The README's code examples of "LangChain and LlamaIndex" (0: LangChain, 1: LlamaIndex)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("\n## LangChain and LlamaIndex\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[index]
+
+
+def test_the_readme_example_runs():
+    exec(compile(readme_example(0), "README.md (LangChain)", "exec"), {})  # its asserts are the checks

@@ -220,3 +220,9 @@ def test_a_vector_store_index_on_the_store_retrieves_with_filters_and_deletes_do
     assert {hit.node.ref_doc_id for hit in hits} == {"doc-cities-1", "doc-cities-2"}
     index.delete_ref_doc("doc-cities-2")
     assert [hit.node.get_content() for hit in retriever.retrieve("anything")] == ["cities document 1"]
+
+
+def test_the_readme_example_runs():
+    from tests.test_langchain import readme_example
+
+    exec(compile(readme_example(1), "README.md (LlamaIndex)", "exec"), {})  # its asserts are the checks
