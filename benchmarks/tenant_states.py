@@ -15,8 +15,8 @@ is only that directory's), `--repeats` times in alternation, which measures:
   a server that has served each of them;
 - in the inactive copy: `--wakes` inactive tenants, chosen at random, each woken by its first
   search (the latency counted is that search: wake + search), then searched again (the search
-  alone), and as many woken explicitly (`activate_tenant`) after being deactivated again; RSS
-  after. The woken tenants are deactivated again before the process ends, so runs compare.
+  alone), and as many woken explicitly (`activate_tenant`, which waits for its fsync) after being
+  deactivated again; RSS after. faiss runs on one thread, as in the server's RPC workers. The woken tenants are deactivated again before the process ends, so runs compare.
 A process that opens a directory of one tenant of 10 vectors and searches it gives the baseline
 RSS (Python, numpy, numba and its compiled kernels, faiss, RocksDB's fixed costs). Writes benchmarks/results/tenant_states.md and tenant_states.json.
 """
@@ -88,6 +88,8 @@ def build(root: Path, tenants: int, per: int, dim: int, inactive: float) -> dict
 
 def measure(path: str, dim: int, wakes: int, seed: int) -> dict:
     """The figures of one directory, in this process (a child: its RSS is this directory's)."""
+    import faiss
+
     import curator
 
     anchors = anchors_for(dim)
@@ -112,6 +114,7 @@ def measure(path: str, dim: int, wakes: int, seed: int) -> dict:
     out["rss_served"] = rss_bytes()
     out["memory_bytes_served"] = col.stats()["memory_bytes"]
     if wakes and asleep:
+        faiss.omp_set_num_threads(1)  # as the server's RPC workers, which make the calls (server/app.py)
         rng = np.random.default_rng(seed)
         picked = [asleep[i] for i in rng.choice(len(asleep), min(wakes, len(asleep)), replace=False)]
         first, again, explicit = np.empty(len(picked)), np.empty(len(picked)), np.empty(len(picked))

@@ -33,7 +33,7 @@ from .graph import Graph
 from .idmap import EVICTED, IdMap
 from .metric import MAX_NORM, MIN_COSINE_NORM, Metric
 from .payloads import Payloads
-from .states import ACTIVE, INACTIVE, MemoryShelf, Shelved
+from .states import ACTIVE, INACTIVE, Manifest, MemoryShelf, Shelved, tree_key
 from .tenancy import TenantSubtrees
 from .tree import ClusteringTree, TreeShape
 
@@ -95,7 +95,7 @@ class Change:
     tenants_added: list[int] = field(default_factory=list)
     tenants_dropped: list[int] = field(default_factory=list)
     retrained: bool = False
-    slept: dict[int, np.ndarray] = field(default_factory=dict)
+    slept: dict[int, Manifest] = field(default_factory=dict)
     woken: list[int] = field(default_factory=list)
 
 
@@ -185,6 +185,7 @@ class CuratorIndex:
         # collection, or this process.
         self.shelf = MemoryShelf(dim)
         self.evicted = 0  # ids known but not in memory (IdMap slot EVICTED)
+        self._tree_keys: tuple | None = None  # (tree, its fingerprint)
         self.last_used: list[float] = []  # tenant -> monotonic time it was last named by a call
 
     # -- writes ----------------------------------------------------------------------------------
@@ -351,7 +352,8 @@ class CuratorIndex:
             return Change()
         self.version += 1
         slots = self.tenancy.sleep(t)
-        manifest = np.sort(self.slot_ids[slots])
+        slots = slots[np.argsort(self.slot_ids[slots])]
+        manifest = Manifest(self.slot_ids[slots], self.tenancy.leaf_of[slots], self._tree_key())
         self.shelf.put_manifest(t, manifest)
         self._evict(self._unseen(slots))
         return Change(slept={t: manifest})
@@ -369,11 +371,14 @@ class CuratorIndex:
             return Change()
         self.version += 1
         manifest = self.shelf.manifest(t)
-        slots = self.ids.lookup(manifest)
+        slots = self.ids.lookup(manifest.ids)
         resident = slots[slots >= 0]
         resident = resident[self.tenancy.access.contains(resident, np.full(resident.size, t))]
-        shelved = self.shelf.fetch(manifest[slots == EVICTED])
-        admitted = self._admit(shelved.subset(shelved.seen_by(t)))  # not: an id deleted and used again since
+        evicted = slots == EVICTED
+        shelved = self.shelf.fetch(manifest.ids[evicted])
+        mine = shelved.seen_by(t)  # not: an id deleted and used again since
+        same_tree = manifest.tree_key == self._tree_key()
+        admitted = self._admit(shelved.subset(mine), manifest.leaves[evicted][mine] if same_tree else None)
         if resident.size + admitted.size != self.tenancy.count[t]:
             # The manifest misses some (a version without tenant states wrote since): look at every vector.
             shelved = self.shelf.fetch(self.ids.ids(EVICTED))
@@ -450,9 +455,17 @@ class CuratorIndex:
                        np.bincount(origin, minlength=slots.size), self.owner[slots].copy(), rows,
                        [payloads[i] for i in rows.tolist()])
 
-    def _admit(self, shelved: Shelved) -> np.ndarray:
+    def _tree_key(self) -> bytes:
+        """The fingerprint of the shared tree in use (states.tree_key), made once per tree."""
+        cached = self._tree_keys
+        if cached is None or cached[0] is not self.tree:
+            cached = self._tree_keys = (self.tree, tree_key(self.tree))
+        return cached[1]
+
+    def _admit(self, shelved: Shelved, leaves: np.ndarray | None = None) -> np.ndarray:
         """Evicted vectors back into memory with their access lists, owners and payloads (no
-        sub-tree: the caller builds the one of the tenant it wakes); returns their slots."""
+        sub-tree: the caller builds the one of the tenant it wakes), in `leaves` (None: routed
+        through the tree); returns their slots."""
         n = shelved.ids.size
         if n == 0:
             return _NO_IDS
@@ -463,7 +476,7 @@ class CuratorIndex:
         self.owner[slots] = shelved.owners
         self.ids.assign(shelved.ids, slots)
         prepared = self._prepared(slots)
-        self.tenancy.place(slots, self.tree.route(prepared)[0])
+        self.tenancy.place(slots, self.tree.route(prepared)[0] if leaves is None else leaves)
         self.tenancy.access.append(np.repeat(slots, shelved.counts), shelved.tenants)
         if shelved.payloads:
             self.payloads.write(slots[shelved.payload_rows], shelved.payloads)

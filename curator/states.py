@@ -8,13 +8,14 @@ vector shared by an active and an inactive tenant stays resident with both in it
 so revokes, drops and ownership stay exact; only the inactive tenant's sub-tree is gone.
 
 - Deactivating t (`CuratorIndex.deactivate`) writes its *manifest*, the ids of every vector t saw
-  then (on disk: the `I` record, STORAGE.md), drops its sub-tree and evicts what no active tenant
-  sees. Evicted ids stay in the IdMap with the slot `EVICTED`: inserts collide with them, `get`,
+  then and the leaf of the shared tree each was in (on disk: the `I` record, STORAGE.md), drops
+  its sub-tree and evicts what no active tenant sees. Evicted ids stay in the IdMap with the slot `EVICTED`: inserts collide with them, `get`,
   `get_payloads`, `tenants_of`, `visible_to` and `owned` answer from the shelf.
 - A call that names an inactive tenant (search, count, scroll, insert, upsert, grant, revoke,
   drop; see README) wakes it first (`CuratorIndex.activate`): the manifest's ids still evicted
-  and still seen by t are read back in one multi-get and routed through the current tree, the
-  resident ones it still sees are found by lookup, and its sub-tree is rebuilt from both.
+  and still seen by t are read back in one multi-get and placed in their leaves (the manifest's,
+  when the tree is still the one they were taken from; else routed through it), the resident
+  ones it still sees are found by lookup, and its sub-tree is rebuilt from both.
   While t is inactive nothing can grant it a vector (a grant names t, which wakes it), so the
   manifest always covers what t sees.
 - A write that names evicted ids (an admin delete, set_payloads, a grant to an active tenant)
@@ -26,12 +27,45 @@ states behave the same without a data directory), or wake a tenant from a read t
 index shared (`TenantAsleep` sends the call back to its collection, which wakes it as a write).
 """
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
 ACTIVE, INACTIVE = "active", "inactive"
 STATES = (ACTIVE, INACTIVE)
+
+
+@dataclass
+class Manifest:
+    """What an inactive tenant saw when it was deactivated: ids (ascending), the leaf of each in the
+    shared tree of then, and that tree's fingerprint (`tree_key`): the leaves hold while it is
+    the same tree."""
+
+    ids: np.ndarray
+    leaves: np.ndarray
+    tree_key: bytes
+
+    def encode(self) -> bytes:
+        return b"i" + self.tree_key + self.ids.astype("<i8").tobytes() + self.leaves.astype("<i4").tobytes()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Manifest":
+        n = (len(raw) - 9) // 12
+        return cls(np.frombuffer(raw, "<i8", n, 9).astype(np.int64),
+                   np.frombuffer(raw, "<i4", n, 9 + 8 * n).astype(np.int32), raw[1:9])
+
+    @classmethod
+    def empty(cls) -> "Manifest":
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int32), bytes(8))
+
+
+def tree_key(tree) -> bytes:
+    """A fingerprint of a shared tree (its centroids and parents): 8 bytes."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(np.ascontiguousarray(tree.centroids).tobytes())
+    digest.update(np.ascontiguousarray(tree.parent).tobytes())
+    return digest.digest()
 
 
 @dataclass
@@ -84,7 +118,7 @@ class MemoryShelf:
     def __init__(self, dim: int):
         self.dim = dim
         self._rows: dict[int, tuple] = {}  # id -> (vector, access list, owner, payload)
-        self._manifests: dict[int, np.ndarray] = {}
+        self._manifests: dict[int, Manifest] = {}
 
     def keep(self, shelved: Shelved) -> None:
         payloads = dict(zip(shelved.payload_rows.tolist(), shelved.payloads))
@@ -107,11 +141,11 @@ class MemoryShelf:
                        np.array([row[1].size for row in rows], np.int64), np.array([row[2] for row in rows], np.int32),
                        np.array(with_payload, np.int64), [dict(rows[i][3]) for i in with_payload])
 
-    def manifest(self, t: int) -> np.ndarray:
-        return self._manifests.get(t, np.zeros(0, np.int64))
+    def manifest(self, t: int) -> Manifest:
+        return self._manifests.get(t) or Manifest.empty()
 
-    def put_manifest(self, t: int, ids: np.ndarray) -> None:
-        self._manifests[t] = np.asarray(ids, np.int64).copy()
+    def put_manifest(self, t: int, manifest: Manifest) -> None:
+        self._manifests[t] = manifest
 
     def drop_manifest(self, t: int) -> None:
         self._manifests.pop(t, None)

@@ -29,17 +29,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, BlockBasedOptions, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
 from .errors import InvalidArgumentError, StorageError
-from .states import Shelved
+from .states import Manifest, Shelved
 
 FORMAT = 1
 DURABILITY = ("sync", "batch", "none")
 
 _FORMAT_KEY = b"F"
 _COLLECTION, _VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD = b"C", b"V", b"A", b"T", b"R", b"P"
-_INACTIVE = b"I"  # I + cid + tenant number: the tenant is inactive; value: b"i" + its manifest (ids, int64 LE)
+_INACTIVE = b"I"  # I + cid + tenant number: the tenant is inactive; value: its manifest (states.Manifest)
 _CHUNK = 1 << 16  # records a scan turns into arrays at a time: bounded temporary Python objects
 # Records other parts keep here through write_records / scan_records (STORAGE.md), besides the
 # semantic cache's S and Y (cache/records.py): tenant quotas set through the API (`quotas.py`) and
@@ -75,8 +75,11 @@ class DataDirectory:
             check_directory(path)
         options = Options(raw_mode=True)
         options.create_if_missing(fresh)
+        options.set_block_based_table_factory(_table_options())
         try:
-            db = Rdict(str(path), options)
+            # Named, the default column family takes these options when the directory exists too
+            # (rocksdict otherwise reopens it with the options stored in it).
+            db = Rdict(str(path), options, column_families={"default": options})
         except Exception as error:  # rocksdict raises plain Exception with RocksDB's status text
             raise _storage_error(error, path) from None
         if fresh:
@@ -233,9 +236,9 @@ class DataDirectory:
                        tenants, counts, owners, np.array(payload_rows, np.int64),
                        [json.loads(stored[i]) for i in payload_rows])
 
-    def manifest(self, cid: int, t: int) -> np.ndarray:
+    def manifest(self, cid: int, t: int) -> Manifest:
         raw = self._db.get(_inactive_key(cid, t))
-        return _NO_IDS if raw is None else np.frombuffer(raw, "<i8", offset=1).astype(np.int64)
+        return Manifest.empty() if raw is None else Manifest.decode(raw)
 
     def evicted_payload_bytes(self, cid: int, n_tenants: int, ids: np.ndarray) -> np.ndarray:
         """Per tenant, the stored payload bytes of these evicted vectors it sees."""
@@ -280,7 +283,7 @@ class DataDirectory:
         for t in change.tenants_dropped:
             batch.delete(_tenant_key(cid, t))
         for t, manifest in change.slept.items():
-            batch.put(_inactive_key(cid, t), b"i" + manifest.astype("<i8").tobytes())
+            batch.put(_inactive_key(cid, t), manifest.encode())
         for t in change.woken + change.tenants_dropped:
             batch.delete(_inactive_key(cid, t))
         if change.retrained:
@@ -345,7 +348,7 @@ class CollectionShelf:
     def fetch(self, ids: np.ndarray) -> Shelved:
         return self._directory.fetch(self._cid, ids, self._dim)
 
-    def manifest(self, t: int) -> np.ndarray:
+    def manifest(self, t: int) -> Manifest:
         return self._directory.manifest(self._cid, t)
 
     def payload_bytes(self, n_tenants: int, ids: np.ndarray) -> np.ndarray:
@@ -355,7 +358,7 @@ class CollectionShelf:
 
     def forget(self, ids: np.ndarray) -> None: ...
 
-    def put_manifest(self, t: int, ids: np.ndarray) -> None: ...
+    def put_manifest(self, t: int, manifest: Manifest) -> None: ...
 
     def drop_manifest(self, t: int) -> None: ...
 
@@ -480,6 +483,17 @@ def _storage_error(error: Exception, path: Path) -> StorageError:
         return StorageError(f"{path} is already open, in this or another process (one process per data "
                             f"directory): {text}")
     return StorageError(f"{path} cannot be opened, it looks damaged; it was left untouched: {text}")
+
+
+def _table_options() -> BlockBasedOptions:
+    """Bloom filters (10 bits a key, ~1.2 bytes) on the tables RocksDB writes from now on: a point
+    read of an absent key (a vector without a payload, when a tenant wakes) then skips the tables
+    that cannot hold it. Without them such a read lands on the data block after the key, which
+    for keys between `I` and `R` is the tree's one large block, read again each time (measured:
+    the P lookups of a 100-vector wake took 4.0 ms p50, 100 000 384-d vectors)."""
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)
+    return table
 
 
 def _prefix(kind: bytes, cid: int) -> bytes:

@@ -72,6 +72,13 @@ def id_reads(col, ids) -> tuple:
             col.contains(ids).tolist())
 
 
+def assert_routed(index, tenant: str) -> None:
+    """The tenant's vectors sit in the leaves the tree routes them to (a woken tenant's come back
+    in the leaves its manifest kept, or routed again after a retrain)."""
+    slots = index.tenancy.slots_of(index.tenant_numbers[tenant])
+    np.testing.assert_array_equal(index.tenancy.leaf_of[slots], index.tree.route(index._prepared(slots))[0])
+
+
 def test_a_deactivated_tenant_answers_the_same_once_woken(db):
     col = db.create_collection("c", dim=DIM, **SMALL_TREE)
     seen = populate(col)
@@ -101,6 +108,8 @@ def test_a_deactivated_tenant_answers_the_same_once_woken(db):
     assert "evicted_vectors" not in col.stats() or col.stats()["evicted_vectors"] == 0
     for t in range(N_TENANTS):
         engine(db, col).index.tenancy.check(t)
+    for t in ("t0", "t2"):
+        assert_routed(engine(db, col).index, t)
 
 
 def test_states_of_unknown_tenants_are_not_found(db):
@@ -199,6 +208,7 @@ def test_retraining_with_inactive_tenants(embedded):
     assert col.tenant_state("t0") == "inactive" and col.index.evicted == 40
     assert col.count() == N_TENANTS * PER
     assert answers(col, "t0", seen["t0"]) == before
+    assert_routed(col.index, "t0")
     answers(col, "t1", seen["t1"])
 
 
