@@ -355,3 +355,43 @@ def test_a_tenant_key_manages_its_own_tenants_states_only(tmp_path):
         alice.close()
         admin.close()
         server.stop()
+
+
+def test_a_batch_of_searches_wakes_the_inactive_tenants_it_names(db):
+    col = db.create_collection("c", dim=DIM, **SMALL_TREE)
+    populate(col)
+    tenants = [f"t{t % N_TENANTS}" for t in range(len(QUERIES))]
+    before = col.search_batch(QUERIES, k=10, tenants=tenants, ef=100_000)
+    for t in (0, 2, 3):
+        col.deactivate_tenant(f"t{t}")
+    after = col.search_batch(QUERIES, k=10, tenants=tenants, ef=100_000)
+    np.testing.assert_array_equal(after.ids, before.ids)
+    assert all(col.tenant_state(t) == "active" for t in set(tenants))
+
+
+def test_the_asyncio_sdk_manages_tenant_states(tmp_path):
+    import asyncio
+
+    from curator_client import aio
+    from curator_server.app import CuratorServer, ServerConfig
+
+    server = CuratorServer(ServerConfig(data=str(tmp_path / "data"), port=0)).start()
+
+    async def run():
+        async with await aio.connect(server.address, retries=0) as db:
+            col = await db.create_collection("c", dim=DIM)
+            await col.insert(np.arange(20), X[:20], tenant="t0")
+            before = await col.search(QUERIES[0], k=5, tenant="t0")
+            await col.deactivate_tenant("t0")
+            assert await col.tenant_state("t0") == "inactive"
+            found = await col.search(QUERIES[0], k=5, tenant="t0")
+            np.testing.assert_array_equal(found.ids, before.ids)
+            assert await col.tenant_state("t0") == "active"
+            await col.deactivate_tenant("t0")
+            await col.activate_tenant("t0")
+            assert await col.tenant_state("t0") == "active"
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()
