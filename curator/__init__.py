@@ -33,21 +33,24 @@ __all__ = [
 
 
 def open(path: str = ":memory:", *, durability: str = "sync", cache: dict | None = None,  # noqa: A001
-         quotas: dict | None = None) -> Database:
+         quotas: dict | None = None, device: str = "auto") -> Database:
     """Open a database: ":memory:" keeps everything in this process; a path opens (or creates) a
     data directory there. durability: "sync" (fsync before a write returns), "batch" (group
     commit) or "none" (no fsync); see README. `cache`: the semantic cache's configuration
     (`curator.cache.config`: embedding, upstream, load, policies). `quotas`: configured tenant
     quotas, {"default": {limit: n}, "tenants": {name: {limit: n}}} (`curator.quotas`); those set
-    with `db.set_quota` override them."""
+    with `db.set_quota` override them. `device`: where bulk array work runs (README, "GPU"): "auto"
+    (a CUDA GPU when cupy sees one, else the CPU), "cpu", or "cuda" (an error where there is none)."""
+    from .device import select
     from .embedded import EmbeddedDatabase
     from .storage import DataDirectory
 
+    chosen = select(device)
     if path == ":memory:":
-        return EmbeddedDatabase(cache=cache, quotas=quotas)
+        return EmbeddedDatabase(cache=cache, quotas=quotas, device=chosen)
     directory = DataDirectory.open(path, durability)
     try:
-        return EmbeddedDatabase(directory, cache=cache, quotas=quotas)
+        return EmbeddedDatabase(directory, cache=cache, quotas=quotas, device=chosen)
     except Exception:
         directory.close()  # a refused configuration leaves the directory free for the next opener
         raise

@@ -34,8 +34,9 @@ from dataclasses import fields
 import faiss
 import numpy as np
 
-from . import tenant_archive, validate
+from . import device_search, tenant_archive, validate
 from .api import Collection, Database, SearchResult
+from .device import CPU, Device
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StorageError
 from .index import Change, CuratorIndex, ExclusiveNeeded, IndexConfig, TenantAsleep
 from .metric import Metric
@@ -86,6 +87,7 @@ class EmbeddedCollection(Collection):
         """Stop the background threads (retraining, idle tenants); the database closes the rest."""
         self.idle.close()
         self.retraining.close()
+        device_search.detach(self.index)
 
     def _read(self, read):
         """Run a read beside other reads; one that must change the index runs again alone."""
@@ -184,7 +186,7 @@ class EmbeddedCollection(Collection):
                 sample = index.training_sample()
         else:
             sample = index.metric.prepare(sample)
-        tree = ClusteringTree.train(sample, index.metric, index.config.tree)  # no lock held
+        tree = ClusteringTree.train(sample, index.metric, index.config.tree, device_search.device_of(index))  # no lock held
         with self._writing:
             self._check_failed()
             with self._lock.exclusive():
@@ -380,13 +382,14 @@ class EmbeddedCollection(Collection):
         else:
             def chunk(rows):
                 return index.search_planned_batch(queries[rows], k, tenants[rows], filter, ef)
-        if nq <= self.CHUNK:
+        size = self.CHUNK if index.accelerator is None else index.accelerator.chunk  # a device's batches are larger
+        if nq <= size:
             return SearchResult(*self._read(lambda: chunk(slice(0, nq))))
         ids = np.empty((nq, k), np.int64)
         dists = np.empty((nq, k), np.float32)
         plans = []
-        for start in range(0, nq, self.CHUNK):  # a loop per chunk of queries
-            rows = slice(start, start + self.CHUNK)
+        for start in range(0, nq, size):  # a loop per chunk of queries
+            rows = slice(start, start + size)
             ids[rows], dists[rows], chunk_plans = self._read(lambda: chunk(rows))
             plans.extend(chunk_plans)
         return SearchResult(ids, dists, plans)
@@ -409,6 +412,7 @@ class EmbeddedCollection(Collection):
                 "evicted_vectors": index.evicted,
                 "inactive_tenants": int(index.tenancy.asleep[: index.tenancy.n_tenants].sum()),
                 "memory_bytes": index.nbytes,
+                "device": device_search.stats_of(index),  # which device ran each part
             }
         return self._read(read)
 
@@ -500,9 +504,11 @@ class Retraining:
 class EmbeddedDatabase(Database):
     """Collections in this process: in memory only, or recorded in a data directory."""
 
-    def __init__(self, directory: DataDirectory | None = None, cache: dict | None = None, quotas: dict | None = None):
+    def __init__(self, directory: DataDirectory | None = None, cache: dict | None = None, quotas: dict | None = None,
+                 device: Device = CPU):
         from .cache.records import MemoryRecords
 
+        self.device = device  # where the collections' bulk array work runs (device.py)
         self._directory = directory
         # where parts beside the collections keep their records: the cache, quotas, the server's key rates
         self.records = directory if directory is not None else MemoryRecords()
@@ -517,6 +523,7 @@ class EmbeddedDatabase(Database):
                 metric = Metric.parse(settings["metric"])
                 config = index_config(settings["options"])
                 index = CuratorIndex.restore(settings["dim"], metric, config, directory.load(settings["cid"], settings["dim"]))
+                device_search.attach(index, device, name)
                 self._collections[name] = EmbeddedCollection(name, settings["dim"], metric, index, directory,
                                                              settings["cid"], self.quotas, self.usage)
                 self._cids[name] = settings["cid"]
@@ -538,6 +545,7 @@ class EmbeddedDatabase(Database):
                                                       "options": options})
             collection = EmbeddedCollection(name, int(dim), metric, CuratorIndex(int(dim), metric, config),
                                             self._directory, cid, self.quotas, self.usage)
+            device_search.attach(collection.index, self.device, name)
             if self.quotas.tracks_payloads:
                 collection.usage.rebuild()
             self._collections[name] = collection

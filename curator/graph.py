@@ -38,6 +38,19 @@ class Graph:
         # search that met it, and that stamp.
         self._marks = threading.local()
 
+    @classmethod
+    def adopting(cls, index: faiss.IndexHNSWFlat, slots: np.ndarray, metric: Metric, m: int,
+                 ef_construction: int) -> "Graph":
+        """A Graph over a faiss index built elsewhere (`knn_graph.build_hnsw`), its node i the
+        vector of slots[i]; it grows by faiss's own adds from then on."""
+        graph = cls(index.d, metric, m, ef_construction)
+        index.hnsw.efConstruction = ef_construction
+        graph.index = index
+        graph.node_slot = np.array(slots, np.int64)
+        graph.slot_node = np.full(max(int(slots.max(initial=-1)) + 1, 1), -1, np.int64)
+        graph.slot_node[graph.node_slot] = np.arange(slots.size)
+        return graph
+
     @property
     def n_live(self) -> int:
         return self.node_slot.size - self.dead

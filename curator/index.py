@@ -172,6 +172,7 @@ class CuratorIndex:
         self._drift_n = 0
         self.payloads = Payloads(self.vectors.shape[0])
         self.graph: Graph | None = None
+        self.accelerator = None  # device_search.Accelerator: batches on a device, set by the collection; None: CPU
         self.version = 0  # counts writes: cached masks of an older version are stale
         self._allowed_sets: OrderedDict = OrderedDict()  # (version, tenant, filter) -> planner.Allowed
         self._allowed_lock = threading.Lock()
@@ -490,7 +491,8 @@ class CuratorIndex:
         """(Re)train the shared tree on `sample`, or on the stored vectors, and re-route everything."""
         sample = self.training_sample() if sample is None else self.metric.prepare(sample)
         self.build_all()
-        return self.adopt(self.retrained(ClusteringTree.train(sample, self.metric, self.config.tree), sample.shape[0]))
+        tree = ClusteringTree.train(sample, self.metric, self.config.tree, self.accelerator and self.accelerator.device)
+        return self.adopt(self.retrained(tree, sample.shape[0]))
 
     def training_sample(self) -> np.ndarray:
         """A copy of the stored vectors to train on (at most `train_sample`), prepared for the metric."""
@@ -733,11 +735,18 @@ class CuratorIndex:
             rows = np.array(rows)
             if where is not None or tenant is None:
                 allowed = self._allowed(tenant, where)
-                if planner.choose(allowed, tenant, k, ef, self.config, self.resident_count()) == "exact":
+                plan = planner.choose(allowed, tenant, k, ef, self.config, self.resident_count())
+                found = self.accelerator and self.accelerator.search_group(self, queries[rows], tenant, allowed, plan, k, ef)
+                if found:  # on the device (device_search.py)
+                    ids[rows], dists[rows] = found[0], found[1]
+                    for i in rows.tolist():
+                        plans[i] = found[2]
+                    continue
+                if plan == "exact":
                     prepared = self.metric.prepare(queries[rows])  # finite: checked by the caller
                     slots, candidates = self._candidates(allowed)
                     if slots.size:
-                        top, d = device.exact_topk(prepared, candidates, k, self.metric)
+                        top, d = device.exact_topk(prepared, candidates, k, self.metric, xp=np)  # device: above
                         ids[rows, : top.shape[1]], dists[rows, : top.shape[1]] = self.slot_ids[slots[top]], d
                     for i in rows.tolist():
                         plans[i] = "exact"
@@ -820,8 +829,11 @@ class CuratorIndex:
 
     def _build_graph(self) -> None:
         cfg = self.config
-        self.graph = Graph(self.dim, self.metric, cfg.hnsw_m, cfg.hnsw_ef_construction)
         slots = self._live_slots()
+        if self.accelerator is not None and (built := self.accelerator.build_graph(self, slots)) is not None:
+            self.graph = built  # from a kNN graph computed on the device
+            return
+        self.graph = Graph(self.dim, self.metric, cfg.hnsw_m, cfg.hnsw_ef_construction)
         for start in range(0, slots.size, 100_000):  # bounded temporary copies
             part = slots[start : start + 100_000]
             self.graph.add(part, self._prepared(part))
@@ -835,6 +847,8 @@ class CuratorIndex:
             self.tenancy.ensure_all(numbers)
         if self.metric is Metric.COSINE:
             queries = Metric.COSINE.prepare(queries)
+        if self.accelerator is not None and (found := self.accelerator.search(self, queries, numbers, k, ef)) is not None:
+            return found  # on the device (device_search.py)
         nq = queries.shape[0]
         slots = np.full((nq, k), -1, np.int64)
         dists = np.full((nq, k), np.inf, np.float32)

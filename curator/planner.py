@@ -42,6 +42,7 @@ class Allowed:
     row_bytes: int  # bytes of one prepared row (an exact scan reads count of them)
     candidates: tuple | None = None  # (slots, rows prepared for the metric), for exact scans
     bitmap: tuple | None = None  # (graph, packed node bitmap), for graph searches
+    on_device: tuple | None = None  # (device mirror, allowed slots there), for device scans (device_search.py)
     plans: dict = field(default_factory=dict)  # (k, ef) -> the plan chosen
 
 

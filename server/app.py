@@ -88,6 +88,7 @@ class ServerConfig:
     grace_seconds: float = 10.0
     cache: dict | None = None  # the semantic cache's configuration ([cache] of --cache-config)
     quotas: dict | None = None  # configured tenant quotas (--quotas; curator/quotas.py), under those set by the API
+    device: str = "auto"  # where bulk array work runs: "auto", "cpu" or "cuda" (curator/device.py)
     gateway: GatewayConfig | None = None  # the OpenAI-compatible HTTP gateway (--http-port); None: none
 
 
@@ -128,8 +129,9 @@ class CuratorServer:
         self._check_exposure()
         if config.gateway is not None:
             check_upstream((config.cache or {}).get("upstream"))
-        self.db = curator.open(config.data, cache=config.cache, quotas=config.quotas) if config.data == ":memory:" \
-            else curator.open(config.data, durability=config.durability, cache=config.cache, quotas=config.quotas)
+        self.db = curator.open(config.data, cache=config.cache, quotas=config.quotas, device=config.device) \
+            if config.data == ":memory:" else curator.open(config.data, durability=config.durability, cache=config.cache,
+                                                           quotas=config.quotas, device=config.device)
         self.metrics = Metrics(self.db, None if config.data == ":memory:" else config.data, config.tenant_metrics_top)
         self.db.cache.observer = CacheMetrics(self.metrics.registry, self.db.cache)
         quota_metrics = QuotaMetrics(self.metrics.registry, self.db)

@@ -62,6 +62,9 @@ def main(argv=None) -> int:
                             "vector_bytes, payload_bytes, cache_entries (those set through the API override it)")
     serve.add_argument("--tenant-metrics-top", type=int, default=0,
                        help="label request metrics with the N busiest tenants (0: off)")
+    serve.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="where batched searches, tree training and graph builds run: a CUDA GPU (cupy; "
+                            "auto: when one is present) or the CPU")
     keygen = commands.add_parser("keygen", help="print a new API key and its entry for the keys file")
     keygen.add_argument("--name", required=True)
     keygen.add_argument("--tenant", action="append", default=[])
@@ -106,7 +109,7 @@ def main(argv=None) -> int:
         max_streams_per_key=args.max_streams_per_key,
         limits=Limits(args.max_message_bytes, args.max_batch, args.max_k), tenant_metrics_top=args.tenant_metrics_top,
         id_collisions_per_hour=args.id_collisions_per_hour,
-        cache=cache_config.read(args.cache_config) if args.cache_config else None, quotas=quotas,
+        cache=cache_config.read(args.cache_config) if args.cache_config else None, quotas=quotas, device=args.device,
         gateway=None if args.http_port is None else GatewayConfig(
             args.http_port, args.http_max_body_bytes, args.http_max_answer_bytes,
             max_calls_per_key=args.http_max_calls_per_key))

@@ -81,6 +81,13 @@ class _DatabaseCollector:
         vectors = GaugeMetricFamily("curator_vectors", "vectors stored", labels=["collection"])
         tenants = GaugeMetricFamily("curator_tenants", "tenants", labels=["collection"])
         memory = GaugeMetricFamily("curator_index_bytes", "index memory by part", labels=["collection", "part"])
+        # which device answered each part (curator/device_search.py): only where a device is selected
+        device_queries = CounterMetricFamily("curator_device_queries", "queries of batched searches by the device "
+                                             "that answered them", labels=["collection", "part", "device"])
+        device_memory = GaugeMetricFamily("curator_device_memory_bytes", "device memory a collection's vectors take",
+                                          labels=["collection", "device"])
+        device_fallbacks = CounterMetricFamily("curator_device_fallbacks", "device errors answered by the CPU instead",
+                                               labels=["collection", "device"])
         for name in self.db.list_collections():
             try:
                 stats = self.db.collection(name).stats()
@@ -90,7 +97,14 @@ class _DatabaseCollector:
             tenants.add_metric([name], stats["tenants"])
             for part, size in stats["memory_bytes"].items():
                 memory.add_metric([name, part], size)
-        yield from (vectors, tenants, memory)
+            on = stats.get("device") or {}
+            if "queries" in on:
+                for part, counts in on["queries"].items():
+                    device_queries.add_metric([name, part, on["device"]], counts["device"])
+                    device_queries.add_metric([name, part, "cpu"], counts["cpu"])
+                device_memory.add_metric([name, on["device"]], on["memory_bytes"])
+                device_fallbacks.add_metric([name, on["device"]], on["fallbacks"])
+        yield from (vectors, tenants, memory, device_queries, device_memory, device_fallbacks)
         if self.data_path:
             size = sum(f.stat().st_size for f in Path(self.data_path).rglob("*") if f.is_file())
             yield GaugeMetricFamily("curator_storage_bytes", "bytes in the data directory", value=size)
