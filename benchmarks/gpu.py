@@ -22,12 +22,15 @@ passed:
 2. batched multi-tenant search: batches of 1, 64 and 1 024 queries of tenants drawn by size, the
    CPU path (compiled, every core) against the device path at the same ef, ef swept: recall@10
    against exact per-tenant truth, QPS, and the QPS of each at its least ef with recall >= 0.95;
-3. graph: the HNSW graph of --graph-n vectors built by faiss on the CPU's cores
-   (IndexHNSWFlat, M 32, efConstruction 80) against the kNN-graph build on the device: build time,
-   and recall@10 of the project's graph search at beams 32..256 on both graphs;
+3. graph: the collection's HNSW graph (M 32, efConstruction 80) built on the device from the kNN
+   graph: build time, recall@10 of the project's graph search at beams 32..256;
 4. filtered: 1 024 queries with filters at 0.1/1/10/50% selectivity, the planner's CPU plans against
    the device (masked exact scans where the planner picks exact; its graph plan on the CPU
-   otherwise), and the device's exact scan at every selectivity: recall@10 and QPS.
+   otherwise, over the graph of stage 3), and the device's exact scan at every selectivity:
+   recall@10, QPS, whether every answer held min(k, matches);
+5. graph against faiss-cpu: faiss's IndexHNSWFlat on the CPU's cores over as many vectors as the
+   time left allows (its insertion rate measured on 50k first), the device's build of the same
+   vectors: times, speedup, recall@10 of both at the same beams.
 Prints a short table last.
 
 ## On the device machine (the device tool; nothing can be downloaded there)
@@ -43,7 +46,11 @@ Bring as wheels for its Python 3.12 (what it lacks: faiss-cpu, rocksdict, hnswli
 (about 25 MB; cupy, numba, torch, numpy, scipy are there already). Then one call of the device
 tool's `run`, carry [".whl"], timeout_s 570, with this command:
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; export PYTHONUNBUFFERED=1; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $OUT/gpu.txt; python3 benchmarks/gpu.py --check --out $OUT 2>&1 | tee $OUT/check.log && timeout 480 python3 benchmarks/gpu.py --bench --budget 450 --out $OUT 2>&1 | tee $OUT/bench.log
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; export PYTHONUNBUFFERED=1; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $OUT/gpu.txt; timeout 90 python3 benchmarks/gpu.py --check --out $OUT > $OUT/check.log 2>&1; tail -5 $OUT/check.log; timeout 450 python3 benchmarks/gpu.py --bench --budget 400 --commit SHA --out $OUT > $OUT/bench.log 2>&1; tail -40 $OUT/bench.log
+
+(SHA: `git rev-parse HEAD` here; the device's copy has no .git). The bench runs whatever the
+check says (its check.json tells); both logs come back whole under $OUT, their ends in the reply.
+$OUT brings back gpu.txt, check.json, check.log, bench.json, bench.md, bench.log.
 
 Commit what comes back under benchmarks/results/ (gpu.json, gpu.md) with the GPU's name, the
 commit and the date.
@@ -186,13 +193,15 @@ def header(dev, args) -> dict:
            "numba": numba.__version__, "numba_threads": numba.config.NUMBA_NUM_THREADS,
            "faiss": faiss.__version__, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
            "args": {k: v for k, v in vars(args).items() if k != "out"}}
-    try:
-        import subprocess
+    out["commit"] = getattr(args, "commit", None)
+    if not out["commit"]:
+        try:
+            import subprocess
 
-        out["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                       cwd=Path(__file__).resolve().parent.parent).stdout.strip()
-    except OSError:
-        pass
+            out["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                           cwd=Path(__file__).resolve().parent.parent).stdout.strip() or None
+        except OSError:
+            pass
     if dev.name == "cuda":
         import cupy
 
@@ -344,49 +353,28 @@ def bench(dev, out: Path, args) -> None:
         results.put("batched_search", {"truth_seconds": seconds, "runs": runs,
                                        "at_recall_095": _at_recall(runs, 0.95)})
 
-    # 3. graph build: faiss on the CPU's cores against the kNN graph on the device
-    n_graph = min(args.graph_n, args.n)
-    graph_x = np.ascontiguousarray(x[:n_graph])
-    graph_slots = index.ids.lookup(np.arange(n_graph, dtype=np.int64))  # graph nodes are the index's slots
+    # 3. graph build on the device: the collection's graph (the filtered stage's graph plan walks it)
     graph_q = queries[:1000]
-    stage = {"vectors": n_graph}
-    built, t_dev = timed(knn_graph.build_hnsw, graph_x, Metric.L2, 32, 80, dev)
-    stage["device_seconds"] = t_dev
-    dev_graph = Graph.adopting(built, graph_slots, Metric.L2, 32, 80)
-    cpu_graph = None
-    if left() > 3 * t_dev + 60:
-        cpu_graph = Graph(args.dim, Metric.L2, 32, 80)
-        _, t_cpu = timed(cpu_graph.add, graph_slots, graph_x)
-        stage["cpu_seconds"], stage["speedup"] = t_cpu, t_cpu / t_dev
-    graph_truth = devices.exact_topk(graph_q, graph_x, K, Metric.L2, xp=dev.xp)[0]
-    for beam in (32, 64, 128, 256):
-        for name, graph in (("device", dev_graph), ("cpu", cpu_graph)):
-            if graph is None:
-                continue
-            found, spent = timed(lambda g=graph: np.array(
-                [index.slot_ids[g.search(v, K, beam, None)[0]] for v in graph_q]))
-            stage[f"{name}_recall_at_{beam}"] = recall(found, graph_truth)
-            stage[f"{name}_qps_at_{beam}"] = len(graph_q) / spent
-    results.put("graph", stage)
+    all_slots = index.ids.lookup(np.arange(args.n, dtype=np.int64))  # graph nodes are the index's slots
+    built, t_dev = timed(knn_graph.build_hnsw, x, Metric.L2, 32, 80, dev)
+    dev_graph = Graph.adopting(built, all_slots, Metric.L2, 32, 80)
+    graph_truth = devices.exact_topk(graph_q, x, K, Metric.L2, xp=dev.xp)[0]
+    graph = {"vectors": args.n, "device_seconds": t_dev, **_graph_recall(dev_graph, "device", index, graph_q, graph_truth)}
+    results.put("graph", graph)
 
     # 4. filtered search (no tenant: filters over the whole collection)
-    if n_graph == args.n:
-        index.graph = cpu_graph or dev_graph
+    index.graph = dev_graph
     filtered = []
     fq = queries[: min(1024, queries.shape[0])]
     for selectivity in (0.001, 0.01, 0.1, 0.5):
-        if left() < 30:
+        if left() < 60:
             break
         where = {"bucket": {"lt": max(1, int(selectivity * 1000))}}
         allowed = index._allowed(None, where)
         truth = masked_truth(index, fq, allowed.mask, dev)
         for path, exact_rows in (("cpu", None), ("device", None), ("device_exact", args.n)):
-            if path != "cpu" and dev.name == "cpu":
-                continue
             index.accelerator = None if path == "cpu" else accelerator
             accelerator.exact_rows = exact_rows
-            if index.graph is None and path == "cpu" and selectivity >= 0.1:
-                continue  # the CPU's graph plan needs the collection's graph (--graph-n = --n)
             (found, _, plans), spent = timed(index.search_planned_batch, fq, K, [None] * len(fq), where,
                                              index.config.ef)
             filtered.append({"selectivity": selectivity, "path": path, "plan": max(set(plans), key=plans.count),
@@ -394,9 +382,40 @@ def bench(dev, out: Path, args) -> None:
                              "always_k": bool((found >= 0).sum(axis=1).min() >= min(K, allowed.count))})
         index.accelerator, accelerator.exact_rows = None, None
         results.put("filtered", filtered)
+
+    # 5. the graph built by faiss on the CPU's cores, on as many vectors as the time left allows
+    # (its rate measured on a prefix first), against the device's build of the same vectors
+    probe = min(args.n, 50_000)
+    _, t_probe = timed(Graph(args.dim, Metric.L2, 32, 80).add, all_slots[:probe], x[:probe])
+    rate = probe / t_probe
+    n_cmp = int(min(args.n, max(probe, rate * (left() - 30) * 0.5)))  # inserts slow down as the graph grows
+    graph["cpu_rate_per_second_at_50k"] = rate
+    if left() > 30:
+        cpu_graph = Graph(args.dim, Metric.L2, 32, 80)
+        _, t_cpu = timed(cpu_graph.add, all_slots[:n_cmp], x[:n_cmp])
+        if n_cmp == args.n:
+            same, t_same = dev_graph, t_dev
+        else:
+            built, t_same = timed(knn_graph.build_hnsw, x[:n_cmp], Metric.L2, 32, 80, dev)
+            same = Graph.adopting(built, all_slots[:n_cmp], Metric.L2, 32, 80)
+        truth = devices.exact_topk(graph_q, x[:n_cmp], K, Metric.L2, xp=dev.xp)[0]
+        graph["compared"] = {"vectors": n_cmp, "cpu_seconds": t_cpu, "device_seconds": t_same, "speedup": t_cpu / t_same,
+                             **_graph_recall(cpu_graph, "cpu", index, graph_q, truth),
+                             **_graph_recall(same, "device", index, graph_q, truth)}
+        results.put("graph", graph)
     results.put("seconds", time.perf_counter() - started)
     print(summary(results.data), flush=True)
     (out / "bench.md").write_text(summary(results.data))
+
+
+def _graph_recall(graph, name: str, index, queries, truth) -> dict:
+    """recall@10 and QPS (one thread, the project's graph search) at beams 32..256."""
+    out = {}
+    for beam in (32, 64, 128, 256):
+        found, spent = timed(lambda: np.array([index.slot_ids[graph.search(v, K, beam, None)[0]] for v in queries]))
+        out[f"{name}_recall_at_{beam}"] = recall(found, truth)
+        out[f"{name}_qps_at_{beam}"] = len(queries) / spent
+    return out
 
 
 def _at_recall(runs: list, target: float) -> dict:
@@ -410,7 +429,7 @@ def _at_recall(runs: list, target: float) -> dict:
 
 
 def summary(data: dict) -> str:
-    lines = [f"# GPU benchmark: {data['device']['label']} ({data.get('date', '')}, commit {data.get('commit', '?')[:10]})", ""]
+    lines = [f"# GPU benchmark: {data['device']['label']} ({data.get('date', '')}, commit {(data.get('commit') or '?')[:10]})", ""]
     training = data.get("training", {})
     if "cpu" in training:
         lines.append(f"training {training['vectors']} vectors: cpu {training['cpu']['seconds']:.1f} s, "
@@ -419,10 +438,13 @@ def summary(data: dict) -> str:
         lines.append(f"search {key}: ef {row['ef']} recall {row['recall']:.3f} {row['qps']:.0f} QPS")
     graph = data.get("graph", {})
     if graph:
-        lines.append(f"graph {graph['vectors']} vectors: device {graph['device_seconds']:.1f} s"
-                     + (f", cpu {graph['cpu_seconds']:.1f} s ({graph['speedup']:.1f}x)" if "cpu_seconds" in graph else "")
-                     + f"; recall@10 beam 64 device {graph.get('device_recall_at_64', 0):.3f}"
-                     + (f" cpu {graph['cpu_recall_at_64']:.3f}" if "cpu_recall_at_64" in graph else ""))
+        lines.append(f"graph {graph['vectors']} vectors on the device: {graph['device_seconds']:.1f} s, "
+                     f"recall@10 at beam 64 {graph['device_recall_at_64']:.3f}")
+        cmp = graph.get("compared")
+        if cmp:
+            lines.append(f"graph {cmp['vectors']} vectors: faiss-cpu {cmp['cpu_seconds']:.1f} s, device "
+                         f"{cmp['device_seconds']:.1f} s ({cmp['speedup']:.1f}x); recall@10 at beam 64 cpu "
+                         f"{cmp['cpu_recall_at_64']:.3f} device {cmp['device_recall_at_64']:.3f}")
     for row in data.get("filtered", []):
         lines.append(f"filter {row['selectivity']:.1%} {row['path']} ({row['plan']}): recall {row['recall']:.3f} "
                      f"{row['qps']:.0f} QPS always_k {row['always_k']}")
@@ -440,7 +462,7 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=2048)
     parser.add_argument("--centers", type=int, default=1000)
     parser.add_argument("--tenants", type=int, default=1000)
-    parser.add_argument("--graph-n", type=int, default=None)
+    parser.add_argument("--commit", default=None, help="the commit measured (the device's copy has no .git)")
     parser.add_argument("--efs", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
     parser.add_argument("--budget", type=float, default=450.0, help="seconds the benchmark's stages may take")
     args = parser.parse_args(argv)
@@ -449,7 +471,6 @@ def main(argv=None) -> int:
     small = args.cpu
     args.n = args.n or (20_000 if small else 1_000_000)
     args.dim = args.dim or (32 if small else 128)
-    args.graph_n = args.graph_n or args.n
     if small:
         args.queries, args.tenants, args.centers = min(args.queries, 512), min(args.tenants, 100), min(args.centers, 50)
     out = Path(args.out)
