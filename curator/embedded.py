@@ -12,15 +12,15 @@ Each call validates its arguments at the edge (`validate`), then runs on the col
   serves until the new one replaces it in one step. An explicit `train()` works the same way,
   in the caller's thread.
 With a data directory, every write is also recorded there before it returns; without one
-(":memory:") nothing outlives the process.
+(":memory:") nothing outlives the process. Tenant quotas (`quotas`) are checked inside a write's
+turn, before it changes the index: a refused write changes nothing.
 
 Tenant states (`states.py`, README "Tenant states"): a call that names an inactive tenant wakes
 it first, as a write of its own in the collection's write turn (`_wake_held`), then runs; a read
 that finds one (`TenantAsleep`) wakes it and runs again. A write that names evicted ids loads
 them for its turn and evicts again afterwards what no active tenant sees (`_write`). With
 `idle_deactivate_seconds`, `IdleTenants` deactivates tenants no call has named for that long,
-one write turn each, so searches never wait for more than one tenant's eviction. Tenant quotas (`quotas`) are checked inside a write's
-turn, before it changes the index: a refused write changes nothing.
+one write turn each, so searches never wait for more than one tenant's eviction.
 """
 
 import contextlib

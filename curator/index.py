@@ -596,7 +596,8 @@ class CuratorIndex:
         else:
             ids, order, slots = _NO_IDS, _NO_IDS, _NO_IDS
         evicted = stored.get("evicted_ids", _NO_IDS)  # seen only by inactive tenants: not loaded
-        index.ids = IdMap.of(np.concatenate([ids[order], evicted]), np.concatenate([slots, np.full(evicted.size, EVICTED)]))
+        index.ids = IdMap.of(np.concatenate([ids[order], evicted]),
+                             np.concatenate([slots, np.full(evicted.size, EVICTED)]))
         index.evicted = evicted.size
         names = stored["tenant_names"]
         index.tenant_names = list(names)

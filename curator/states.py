@@ -9,8 +9,9 @@ so revokes, drops and ownership stay exact; only the inactive tenant's sub-tree 
 
 - Deactivating t (`CuratorIndex.deactivate`) writes its *manifest*, the ids of every vector t saw
   then and the leaf of the shared tree each was in (on disk: the `I` record, STORAGE.md), drops
-  its sub-tree and evicts what no active tenant sees. Evicted ids stay in the IdMap with the slot `EVICTED`: inserts collide with them, `get`,
-  `get_payloads`, `tenants_of`, `visible_to` and `owned` answer from the shelf.
+  its sub-tree and evicts what no active tenant sees. Evicted ids stay in the IdMap with the
+  slot `EVICTED`: inserts collide with them, `get`, `get_payloads`, `tenants_of`, `visible_to`
+  and `owned` answer from the shelf.
 - A call that names an inactive tenant (search, count, scroll, insert, upsert, grant, revoke,
   drop; see README) wakes it first (`CuratorIndex.activate`): the manifest's ids still evicted
   and still seen by t are read back in one multi-get and placed in their leaves (the manifest's,
@@ -21,6 +22,9 @@ so revokes, drops and ownership stay exact; only the inactive tenant's sub-tree 
 - A write that names evicted ids (an admin delete, set_payloads, a grant to an active tenant)
   brings them into memory for its duration (`load_evicted`) and the index evicts again what no
   active tenant sees afterwards (`settle`), so every write runs through the usual code.
+
+A third state, *offloaded* (an inactive tenant's records moved out of the live store into an
+archive of its own), is not built: see README, "Tenant states".
 
 Must never: keep an evicted vector's row in memory (`MemoryShelf` aside, which exists so that
 states behave the same without a data directory), or wake a tenant from a read that holds the
