@@ -33,6 +33,7 @@ from .slabs import Slabs
 from .tree import ClusteringTree
 
 SPLIT = -1
+_ASLEEP = NodeMap()  # the map of every inactive tenant: empty, shared, never edited (~280 bytes saved each)
 
 
 class TenantSubtrees:
@@ -52,7 +53,9 @@ class TenantSubtrees:
         self.shortlist_tenant = np.zeros(64, np.int32)
         self.n_shortlists = 0  # high-water mark of shortlist ids
         self._free_shortlists: list[int] = []
-        self.nodes: list[NodeMap] = [NodeMap() for _ in range(n_tenants)]
+        asleep = getattr(self, "asleep", None)
+        self.nodes: list[NodeMap] = [_ASLEEP if asleep is not None and asleep[t] else NodeMap()
+                                     for t in range(n_tenants)]
         self.count = np.zeros(max(n_tenants, 16), np.int64)
         # Sub-trees not built yet (after `load`): tenant t's slots are pending[offsets[t]:offsets[t+1]]
         # until its first use, so that opening a database costs nothing per tenant.
@@ -75,10 +78,10 @@ class TenantSubtrees:
         """Take (slot, tenant) pairs from storage: access lists now, sub-trees on first use.
         `asleep`: the inactive tenants (never built); `counts`: every vector each tenant sees,
         evicted ones included (default: the pairs given)."""
-        self._reset_subtrees(n_tenants)
         self.asleep = np.zeros(max(n_tenants, 16), bool)
         if asleep is not None:
             self.asleep[: asleep.size] = asleep
+        self._reset_subtrees(n_tenants)
         self.access.append(pair_slots, pair_tenants)
         order = np.argsort(pair_tenants, kind="stable")
         self._pending = pair_slots[order]
@@ -130,7 +133,7 @@ class TenantSubtrees:
             self.members.clear(lists)
             self.directory.clear(np.array([t]))
             self._free_shortlists.extend(lists.tolist())
-        self.nodes[t] = NodeMap()
+        self.nodes[t] = _ASLEEP
         self.asleep[t] = True
         return slots
 
@@ -138,6 +141,7 @@ class TenantSubtrees:
         """Build tenant t's sub-tree again over the slots it sees (each already has t in its
         access list): it is active from now on."""
         self.asleep[t] = False
+        self.nodes[t] = NodeMap()
         if slots.size:
             self._insert(np.sort(slots), t)
         self.count[t] = slots.size
@@ -339,7 +343,7 @@ class TenantSubtrees:
 
     @property
     def nbytes(self) -> int:
-        maps = sum(m.nbytes for m in self.nodes)
+        maps = sum(m.nbytes for m in self.nodes if m is not _ASLEEP)
         return (
             self.members.nbytes + self.directory.nbytes + self.access.nbytes + self.leaf_of.nbytes
             + self.shortlist_node.nbytes + self.shortlist_tenant.nbytes + self.count.nbytes + self.asleep.nbytes + maps
