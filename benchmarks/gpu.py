@@ -54,6 +54,17 @@ $OUT brings back gpu.txt, check.json, check.log, bench.json, bench.md, bench.log
 
 Commit what comes back under benchmarks/results/ (gpu.json, gpu.md) with the GPU's name, the
 commit and the date.
+
+## What to expect (floors counted before any run, H200: ~50 TFLOP/s fp32, ~4 TB/s)
+
+- kNN graph of 1M x 128: 2.6e14 flops of fp32 products (>= 5 s) and a top-k over 1e12 distances
+  (4 TB read, >= 1 s): 10-20 s predicted; faiss-cpu inserts ~10-20k vectors/s on 16 cores, so
+  the 10x of the issue is at its edge (next levers: TF32 products, candidates from the tree's
+  leaves instead of every row).
+- a batch of 1 024 tenant queries at 4 x ef = 2 048 candidates: their rows gathered, 1 GB read
+  and written (~0.5 ms), the CPU's shortlist choice ~2 ms on 16 threads, 8 MB of candidate ids
+  sent: ~3-5 ms a batch against the CPU path's ~1 024 x 0.3 ms / 16 = 20 ms.
+- training 1M: a few batched products a level; Python bookkeeping per node (~16k nodes) ~1 s.
 """
 
 import argparse

@@ -90,7 +90,8 @@ def select(choice: "str | Device" = "auto", memory_fraction: float = 0.8) -> Dev
     if choice == "cpu":
         return CPU
     if choice == "numpy":
-        return Device("numpy", np, memory_budget=1 << 30, scratch_bytes=64 << 20, label="numpy (device paths on the CPU)")
+        return Device("numpy", np, memory_budget=1 << 30, scratch_bytes=64 << 20,
+                      label="numpy (device paths on the CPU)")
     cupy, why = _cupy()
     if cupy is None:
         if choice == "cuda":
