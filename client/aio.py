@@ -84,6 +84,7 @@ class _AsyncChannel:
                     continue
                 raise engine_error(error) from None
 
+
 class AsyncRemoteCollection:
     def __init__(self, channel: _AsyncChannel, info):
         self._run, self._search, self._calls = channel.run, channel.search, CollectionCalls(info)

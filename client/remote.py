@@ -115,6 +115,7 @@ class _Channel:
                     continue
                 raise engine_error(error) from None
 
+
 class RemoteCollection(Collection):
     def __init__(self, channel: _Channel, info):
         self._run, self._search, self._calls = channel.run, channel.search, CollectionCalls(info)
