@@ -1,6 +1,7 @@
 """How many of another tenant's ids a hostile tenant learns by probing with inserts.
 
-A server with keys holds bob's 100 ids, drawn at random in 0..1 000 000. Alice's key (her own
+A server with keys holds bob's 100 ids, chosen by bob at random in 0..1 000 000 (or, in the second
+scenario, drawn by the server: an insert without ids). Alice's key (her own
 tenant only) tries to insert ranges of candidate ids: a range that goes in holds none of bob's
 (she revokes it again, which deletes it); one refused ALREADY_EXISTS holds at least one, and is
 halved until single ids are left. Where a refusal names ids ("e.g. [...]", as the landed code's
@@ -42,11 +43,14 @@ def keys_file(directory: str) -> str:
     return str(path)
 
 
-def probe(address: str, calls: int) -> dict:
+def probe(address: str, calls: int, drawn: bool) -> dict:
     admin = curator.connect(address, api_key=KEYS["admin"], retries=0)
     col = admin.create_collection("shared", dim=2)
-    secret = np.random.default_rng(20).choice(SPACE, SECRET, replace=False)
-    col.insert(secret, np.ones((SECRET, 2)), tenant="bob")
+    if drawn:  # the server draws bob's ids
+        secret = np.asarray(col.insert(None, np.ones((SECRET, 2)), tenant="bob"), np.int64)
+    else:
+        secret = np.random.default_rng(20).choice(SPACE, SECRET, replace=False)
+        col.insert(secret, np.ones((SECRET, 2)), tenant="bob")
     col.insert([SPACE + 1], np.ones((1, 2)), tenant="alice")
     alice = curator.connect(address, api_key=KEYS["alice"], retries=0).collection("shared")
     bounds = np.linspace(0, SPACE, FIRST_RANGES + 1).astype(np.int64)
@@ -81,7 +85,8 @@ def probe(address: str, calls: int) -> dict:
     seconds = time.perf_counter() - start
     admin.close()
     right = len(found & set(secret.tolist()))
-    return {"found": right, "wrong": len(found) - right, "calls": made, "refused": refused,
+    return {"bob's ids": "drawn by the server" if drawn else "chosen in 0..1e6", "found": right,
+            "wrong": len(found) - right, "calls": made, "refused": refused,
             "seconds": round(seconds, 2), "settled": not ranges}
 
 
@@ -92,14 +97,15 @@ def main() -> None:
     args = parser.parse_args()
     checkouts = [Checkout.this()] + ([Checkout.other(args.compare)] if args.compare else [])
     rows = []
-    for checkout in checkouts:
+    for checkout, drawn in [(c, False) for c in checkouts] + [(checkouts[0], True)]:
         with tempfile.TemporaryDirectory() as directory:
             server = ManagedServer(durability="none", checkout=None if checkout.shim is None else checkout,
                                    extra_args=("--keys", keys_file(directory)), api_key=KEYS["admin"])
             with server:
-                rows.append({"checkout": title(checkout.describe()), **probe(server.address, args.calls)})
+                rows.append({"checkout": title(checkout.describe()), **probe(server.address, args.calls, drawn)})
     text = ("Bob's 100 ids in 0..1e6 that alice's key found by probing with inserts\n\n"
-            + markdown_table(rows, [("checkout", "checkout", "s"), ("found", "found (of 100)", "d"),
+            + markdown_table(rows, [("checkout", "checkout", "s"), ("bob's ids", "bob's ids", "s"),
+                                    ("found", "found (of 100)", "d"),
                                     ("wrong", "wrong", "d"), ("calls", "calls", "d"), ("refused", "refused", "d"),
                                     ("seconds", "seconds", ".2f"), ("settled", "every range settled", "")]))
     write_results(RESULTS, "id_probe", {"rows": rows, "calls_limit": args.calls}, text)

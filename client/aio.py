@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Sequence
 
 import grpc
+import numpy as np
 
 from curator import errors
 from curator.api import SearchResult
@@ -90,8 +91,8 @@ class AsyncRemoteCollection:
         self._run, self._search, self._calls = channel.run, channel.search, CollectionCalls(info)
         self.name, self.dim, self.metric = info.name, info.dim, info.metric
 
-    async def insert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
-        await self._run(self._calls.insert(ids, vectors, tenant, payloads))
+    async def insert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> np.ndarray:
+        return await self._run(self._calls.insert(ids, vectors, tenant, payloads))
 
     async def upsert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
         await self._run(self._calls.insert(ids, vectors, tenant, payloads, upsert=True))

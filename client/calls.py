@@ -67,10 +67,17 @@ class CollectionCalls:
         return wire.pack(validate.vectors(vectors, self.dim))
 
     def insert(self, ids, vectors, tenant, payloads=None, upsert=False) -> Call:
+        packed = self._pack(vectors)
+        if ids is None and not upsert:  # the server draws them, and answers with them
+            n = len(packed.data) // (4 * packed.dim)
+            request = pb.InsertRequest(collection=self.name, vectors=packed, tenant=tenant,
+                                       payloads=filters_wire.pack_payloads(payloads, n))
+            return Call("vectors", "Insert", request, False, lambda reply: np.asarray(reply.ids, np.int64))
         ids = self._ids(ids)
-        request = pb.InsertRequest(collection=self.name, ids=ids, vectors=self._pack(vectors), tenant=tenant,
+        request = pb.InsertRequest(collection=self.name, ids=ids, vectors=packed, tenant=tenant,
                                    upsert=upsert, payloads=filters_wire.pack_payloads(payloads, len(ids)))
-        return Call("vectors", "Insert", request, idempotent=upsert)
+        given = np.asarray(ids, np.int64)
+        return Call("vectors", "Insert", request, idempotent=upsert, parse=lambda reply: given)
 
     def set_payloads(self, ids, payloads, tenant=None) -> Call:
         ids = self._ids(ids)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 import grpc
+import numpy as np
 
 from curator.api import Collection, Database, SearchResult
 from curator_proto import archive_wire, wire
@@ -121,8 +122,8 @@ class RemoteCollection(Collection):
         self._run, self._search, self._calls = channel.run, channel.search, CollectionCalls(info)
         self.name, self.dim, self.metric = info.name, info.dim, info.metric
 
-    def insert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
-        self._run(self._calls.insert(ids, vectors, tenant, payloads))
+    def insert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> np.ndarray:
+        return self._run(self._calls.insert(ids, vectors, tenant, payloads))
 
     def upsert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
         self._run(self._calls.insert(ids, vectors, tenant, payloads, upsert=True))

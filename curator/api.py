@@ -47,8 +47,10 @@ class Collection(ABC):
     metric: str
 
     @abstractmethod
-    def insert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> None:
+    def insert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> np.ndarray:
         """Store new vectors (ids must be new) and grant them to `tenant`, their owner. All or nothing.
+        Returns the ids; with `ids=None` the database draws them at random from [2^32, 2^63), where
+        they meet no one's and tell nothing of others' (see "Isolation between tenants").
 
         `payloads`: one dict of metadata per vector (see `curator.payloads` for the types)."""
 

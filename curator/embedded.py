@@ -199,11 +199,30 @@ class EmbeddedCollection(Collection):
             ticket.wait()
         return change
 
-    def insert(self, ids, vectors, *, tenant: str, payloads=None) -> None:
+    def insert(self, ids, vectors, *, tenant: str, payloads=None) -> np.ndarray:
+        if ids is None:
+            return self._insert_drawn(vectors, tenant, payloads)
         ids, vectors, tenant = self._new_vectors(ids, vectors, tenant)
         payloads = validate.payloads(payloads, ids.size)
         self._write(lambda: self.index.insert(ids, vectors, tenant, payloads), Touch("insert", ids, tenant, payloads),
                     (tenant,))
+        return ids
+
+    def _insert_drawn(self, vectors, tenant, payloads) -> np.ndarray:
+        """Insert under ids drawn at random (`validate.drawn_ids`), drawn again in the unlikely
+        case that one was taken between the draw and the write."""
+        n = validate.vectors(vectors, self.dim).shape[0]
+        for attempt in range(3):
+            ids = validate.drawn_ids(n)
+            taken = self.contains(ids)
+            if taken.any():
+                continue
+            try:
+                return self.insert(ids, vectors, tenant=tenant, payloads=payloads)
+            except AlreadyExistsError:
+                if attempt == 2:
+                    raise
+        raise AlreadyExistsError("could not draw free ids in three tries")
 
     def upsert(self, ids, vectors, *, tenant: str, payloads=None) -> None:
         ids, vectors, tenant = self._new_vectors(ids, vectors, tenant)

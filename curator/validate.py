@@ -5,6 +5,8 @@ shape, finite values whose squared norms and distances fit in float32, sane k). 
 was wrong and what is allowed.
 """
 
+import secrets
+
 import numpy as np
 
 from .errors import InvalidArgumentError
@@ -39,6 +41,19 @@ def dim(value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_DIM:
         raise InvalidArgumentError(f"dim must be an integer between 1 and {MAX_DIM}, got {value!r}")
     return int(value)
+
+
+FIRST_DRAWN_ID = 1 << 32  # ids the database draws are at least this, above the ranges applications count in
+
+
+def drawn_ids(n: int) -> np.ndarray:
+    """n distinct ids drawn at random from [2^32, 2^63), for an insert that gives none: nothing in
+    them tells what other tenants hold or how many ids were drawn before."""
+    rng = np.random.default_rng(secrets.randbits(128))
+    while True:
+        ids = rng.integers(FIRST_DRAWN_ID, np.iinfo(np.int64).max, size=n, dtype=np.int64)
+        if np.unique(ids).size == n:
+            return ids
 
 
 def ids(values) -> np.ndarray:

@@ -275,9 +275,13 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
     def Insert(self, request, principal):
         principal.require_tenant(request.tenant)
         col = self._collection(request.collection, principal)
-        ids = self._ids(request.ids)
         vectors = wire.unpack(request.vectors)
         payloads = filters_wire.unpack_payloads(request.payloads) or None  # none given: keep (upsert)
+        if not request.ids and not request.upsert:  # the server draws the ids: none to collide, none to tell
+            self.limits.batch(vectors.shape[0], "vectors")
+            drawn = col.insert(None, vectors, tenant=request.tenant, payloads=payloads)
+            return pb.WriteResponse(changed=drawn.size, ids=drawn.tolist())
+        ids = self._ids(request.ids)
         write = col.upsert if request.upsert else col.insert
         if principal.admin:
             write(ids, vectors, tenant=request.tenant, payloads=payloads)

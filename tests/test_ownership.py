@@ -167,3 +167,30 @@ def test_the_budget_refills_evenly():
     budget.taken("k")
     with pytest.raises(curator.ResourceExhaustedError):
         budget.check("k")
+
+
+@pytest.mark.parametrize("where", ["embedded", "remote"])
+def test_an_insert_without_ids_gets_ids_drawn_at_random_above_two_to_the_32(served, where):
+    server, clients, _ = served
+    db = curator.open(":memory:") if where == "embedded" else clients["alice"]
+    col = db.create_collection("c", dim=DIM) if where == "embedded" else db.collection("c")
+    tenant = "alice"
+    first = col.insert(None, vectors(50, 3), tenant=tenant, payloads=[{"n": i} for i in range(50)])
+    second = col.insert(None, vectors(50, 4), tenant=tenant)
+    drawn = np.concatenate([first, second])
+    assert drawn.dtype == np.int64 and np.unique(drawn).size == 100 and (drawn >= 1 << 32).all()
+    assert not (np.diff(first) == 1).all()  # not a sequence: nothing in them counts what others drew
+    np.testing.assert_array_equal(col.get(first[:3]), vectors(50, 3)[:3])
+    assert col.get_payloads(first[:2]) == [{"n": 0}, {"n": 1}] and col.owned(drawn, tenant=tenant).all()
+    np.testing.assert_array_equal(col.insert([7, 8], vectors(2, 5), tenant=tenant), [7, 8])  # given ids come back
+
+
+def test_drawn_ids_need_no_collision_budget(served):
+    _, clients, secret = served
+    alice = clients["alice"].collection("c")
+    for target in np.sort(secret)[:6].tolist():  # spend her budget of 5
+        with pytest.raises((curator.AlreadyExistsError, curator.ResourceExhaustedError)):
+            alice.insert([target], np.ones((1, DIM)), tenant="alice")
+    with pytest.raises(curator.ResourceExhaustedError):
+        alice.insert([7_000_000], np.ones((1, DIM)), tenant="alice")
+    assert alice.insert(None, np.ones((3, DIM)), tenant="alice").size == 3  # no ids named: nothing to probe
