@@ -69,6 +69,7 @@ def start_server(data_dir: str) -> tuple[subprocess.Popen, str]:
     for _ in range(200):
         try:
             db.list_collections()
+            db.close()
             return process, address
         except curator.CuratorError:
             time.sleep(0.1)

@@ -17,8 +17,6 @@ benchmarks/results/tenant_archive.md and tenant_archive.json.
 
 import argparse
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,27 +25,11 @@ import numpy as np
 
 import curator
 
-from .measure import free_port, markdown_table, write_results
+from .measure import markdown_table, write_results
+from .remote import start_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
 BATCH = 1_000
-
-
-def start_server() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "curator_server", "serve", "--data", ":memory:",
-                                "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = f"127.0.0.1:{port}"
-    db = curator.connect(address, timeout=5, retries=10)
-    for _ in range(200):
-        try:
-            db.list_collections()
-            db.close()
-            return process, address
-        except curator.CuratorError:
-            time.sleep(0.1)
-    raise RuntimeError("the server did not start")
 
 
 def timed(call) -> tuple[float, object]:
@@ -100,7 +82,7 @@ def main(argv=None) -> None:
                 return min(timed(lambda: col.tenant_rows("t"))[0] for _ in range(3))
 
             rows.append(measure(db, "embedded", vectors, payloads, workdir, lock_hold))
-        server, address = start_server()
+        server, address = start_server(":memory:")
         try:
             with curator.connect(address) as db:
                 rows.append(measure(db, "remote", vectors, payloads, workdir))
