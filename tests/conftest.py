@@ -82,3 +82,13 @@ def concurrently(call, args: list[tuple]) -> tuple[list, list]:
     for t in threads:
         t.join()
     return results, errors
+
+
+def keys_file(path, keys: dict[str, tuple[str, list[str] | None]]) -> str:
+    """A keys file at `path` (0600) with one entry per name -> (key, tenants), None for an admin
+    key, written as `curator keygen` writes entries; returns the path."""
+    from curator_server.auth import key_entry
+
+    path.write_text("".join(key_entry(name, key, tenants or [], tenants is None) for name, (key, tenants) in keys.items()))
+    path.chmod(0o600)
+    return str(path)

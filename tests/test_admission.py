@@ -19,7 +19,7 @@ from curator_proto import wire
 from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 from curator_server.app import CuratorServer, ServerConfig
-from curator_server.auth import digest_of
+from tests.conftest import keys_file
 
 KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789", "admin": "key-admin-0123456789"}
 WORKERS = 8  # so a key may have 4 calls in flight, and the server 4 streams, 2 per key
@@ -31,12 +31,9 @@ def auth(who: str | None) -> tuple:
 
 
 def serve(tmp_path, **config) -> CuratorServer:
-    keys = tmp_path / "keys.toml"
-    keys.write_text(
-        f'[[keys]]\nname = "alice-app"\nsha256 = "{digest_of(KEYS["alice"])}"\ntenants = ["alice"]\n'
-        f'[[keys]]\nname = "bob-app"\nsha256 = "{digest_of(KEYS["bob"])}"\ntenants = ["bob"]\n'
-        f'[[keys]]\nname = "ops"\nsha256 = "{digest_of(KEYS["admin"])}"\nadmin = true\n')
-    server = CuratorServer(ServerConfig(data=":memory:", port=0, keys=str(keys), workers=WORKERS, **config)).start()
+    keys = keys_file(tmp_path / "keys.toml", {"alice-app": (KEYS["alice"], ["alice"]), "bob-app": (KEYS["bob"], ["bob"]),
+                                          "ops": (KEYS["admin"], None)})
+    server = CuratorServer(ServerConfig(data=":memory:", port=0, keys=keys, workers=WORKERS, **config)).start()
     with curator.connect(server.address, api_key=KEYS["admin"]) as admin:
         col = admin.create_collection("docs", dim=4)
         rng = np.random.default_rng(0)

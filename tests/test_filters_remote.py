@@ -17,9 +17,8 @@ from curator_proto import filters_wire as fw
 from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 from curator_server.app import CuratorServer, ServerConfig
-from curator_server.auth import digest_of
 
-from tests.conftest import clustered
+from tests.conftest import clustered, keys_file
 
 # -- the conversions, no server -------------------------------------------------------------------
 
@@ -215,12 +214,9 @@ FILTERS = [
 def served(tmp_path_factory):
     """A server with tenant keys, its collection filled like an embedded twin."""
     tmp = tmp_path_factory.mktemp("filters")
-    keys = tmp / "keys.toml"
-    keys.write_text(
-        f'[[keys]]\nname = "alice-app"\nsha256 = "{digest_of(KEYS["alice"])}"\ntenants = ["alice"]\n'
-        f'[[keys]]\nname = "bob-app"\nsha256 = "{digest_of(KEYS["bob"])}"\ntenants = ["bob"]\n'
-        f'[[keys]]\nname = "ops"\nsha256 = "{digest_of(KEYS["admin"])}"\nadmin = true\n')
-    server = CuratorServer(ServerConfig(data=str(tmp / "d"), port=0, keys=str(keys))).start()
+    keys = keys_file(tmp / "keys.toml", {"alice-app": (KEYS["alice"], ["alice"]), "bob-app": (KEYS["bob"], ["bob"]),
+                                          "ops": (KEYS["admin"], None)})
+    server = CuratorServer(ServerConfig(data=str(tmp / "d"), port=0, keys=keys)).start()
     admin = curator.connect(server.address, api_key=KEYS["admin"])
     twin = curator.open(":memory:")
     for db in (admin, twin):  # a low exact_limit and a cheap graph: every plan has a turn

@@ -16,7 +16,7 @@ import curator
 from curator.integrations.langchain import CuratorSemanticCache, CuratorVectorStore, cache_key
 from curator.integrations.tenant_collection import key_id
 from curator_server.app import CuratorServer, ServerConfig
-from curator_server.auth import digest_of
+from tests.conftest import keys_file
 
 KEYS = {"alice": "lc-key-alice-0123456789", "bob": "lc-key-bob-0123456789", "admin": "lc-key-admin-0123456789"}
 DIM = 16
@@ -32,12 +32,9 @@ def connect(request, tmp_path):
         yield lambda tenant: db
         db.close()
         return
-    keys = tmp_path / "keys.toml"
-    keys.write_text("".join(f'[[keys]]\nname = "{name}"\nsha256 = "{digest_of(key)}"\n'
-                            + ("admin = true\n" if name == "admin" else f'tenants = ["{name}"]\n')
-                            for name, key in KEYS.items()))
-    keys.chmod(0o600)
-    server = CuratorServer(ServerConfig(data=":memory:", port=0, keys=str(keys))).start()
+    keys = keys_file(tmp_path / "keys.toml",
+                     {name: (key, None if name == "admin" else [name]) for name, key in KEYS.items()})
+    server = CuratorServer(ServerConfig(data=":memory:", port=0, keys=keys)).start()
     opened = [curator.connect(server.address, api_key=KEYS["admin"])]
     opened[0].create_collection("docs", dim=DIM, metric="cosine")
 

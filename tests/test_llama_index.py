@@ -21,7 +21,7 @@ from llama_index.core.vector_stores.types import (
 import curator
 from curator.integrations.llama_index import CuratorVectorStore, to_filter
 from curator_server.app import CuratorServer, ServerConfig
-from curator_server.auth import digest_of
+from tests.conftest import keys_file
 
 KEYS = {"alice": "li-key-alice-0123456789", "bob": "li-key-bob-0123456789", "admin": "li-key-admin-0123456789"}
 DIM = 8
@@ -37,12 +37,9 @@ def collection(request, tmp_path):
                                            else db.create_collection(name, dim=DIM, metric="cosine"))
         db.close()
         return
-    keys = tmp_path / "keys.toml"
-    keys.write_text("".join(f'[[keys]]\nname = "{name}"\nsha256 = "{digest_of(key)}"\n'
-                            + ("admin = true\n" if name == "admin" else f'tenants = ["{name}"]\n')
-                            for name, key in KEYS.items()))
-    keys.chmod(0o600)
-    server = CuratorServer(ServerConfig(data=":memory:", port=0, keys=str(keys))).start()
+    keys = keys_file(tmp_path / "keys.toml",
+                     {name: (key, None if name == "admin" else [name]) for name, key in KEYS.items()})
+    server = CuratorServer(ServerConfig(data=":memory:", port=0, keys=keys)).start()
     admin = curator.connect(server.address, api_key=KEYS["admin"])
     opened = [admin]
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import curator
 from curator_server.app import CuratorServer, ServerConfig
-from curator_server.auth import digest_of
+from tests.conftest import keys_file
 
 DIM = 4
 KEYS = {"alice": "nonint-alice-0123456789", "bob": "nonint-bob-0123456789", "admin": "nonint-admin-0123456789"}
@@ -35,13 +35,9 @@ def bob_payload(i: int) -> dict:
 
 
 def start(tmp_path, name: str) -> CuratorServer:
-    keys = tmp_path / f"{name}.toml"
-    keys.write_text(
-        f'[[keys]]\nname = "alice"\nsha256 = "{digest_of(KEYS["alice"])}"\ntenants = ["alice", "alice2"]\n'
-        f'[[keys]]\nname = "bob"\nsha256 = "{digest_of(KEYS["bob"])}"\ntenants = ["bob"]\n'
-        f'[[keys]]\nname = "admin"\nsha256 = "{digest_of(KEYS["admin"])}"\nadmin = true\n')
-    keys.chmod(0o600)
-    server = CuratorServer(ServerConfig(port=0, keys=str(keys))).start()
+    keys = keys_file(tmp_path / f"{name}.toml", {"alice": (KEYS["alice"], ["alice", "alice2"]),
+                                                "bob": (KEYS["bob"], ["bob"]), "admin": (KEYS["admin"], None)})
+    server = CuratorServer(ServerConfig(port=0, keys=keys)).start()
     with curator.connect(server.address, api_key=KEYS["admin"]) as admin:
         col = admin.create_collection("c", dim=DIM, branching=4, leaf_size=8, train_size=64)
         rng = np.random.default_rng(3)

@@ -7,8 +7,8 @@ import pytest
 
 import curator
 from curator_server.app import CuratorServer, ServerConfig
-from curator_server.auth import digest_of
 from curator_server.probes import TAKEN, ProbeBudget
+from tests.conftest import keys_file
 
 DIM = 4
 KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789", "both": "key-both-0123456789",
@@ -73,13 +73,9 @@ def test_ownership_passes_to_the_longest_standing_tenant_left_and_survives_reope
 
 @pytest.fixture
 def served(tmp_path):
-    keys = tmp_path / "keys.toml"
-    keys.write_text("".join(
-        f'[[keys]]\nname = "{name}"\nsha256 = "{digest_of(key)}"\n'
-        + ("admin = true\n" if name == "admin" else
-           'tenants = ["alice", "bob"]\n' if name == "both" else f'tenants = ["{name}"]\n')
-        for name, key in KEYS.items()))
-    server = CuratorServer(ServerConfig(port=0, keys=str(keys), id_collisions_per_hour=5)).start()
+    keys = keys_file(tmp_path / "keys.toml", {name: (key, None if name == "admin" else ["alice", "bob"]
+                                                     if name == "both" else [name]) for name, key in KEYS.items()})
+    server = CuratorServer(ServerConfig(port=0, keys=keys, id_collisions_per_hour=5)).start()
     admin = curator.connect(server.address, api_key=KEYS["admin"])
     col = admin.create_collection("c", dim=DIM)
     secret = np.random.default_rng(7).choice(1_000_000, 100, replace=False)

@@ -15,9 +15,8 @@ from curator_loadtest.stand_in_llm import StandInLLM
 from curator import InvalidArgumentError, PermissionDeniedError, Quota, ResourceExhaustedError
 from curator.quotas import parse_config, payload_bytes, read_config
 from curator_server.app import CuratorServer, ServerConfig
-from curator_server.auth import digest_of
 from curator_server.cli import main as cli
-from tests.conftest import SMALL_TREE, database
+from tests.conftest import SMALL_TREE, database, keys_file
 
 DIM = 4
 ROW = DIM * 4  # bytes of one vector
@@ -315,10 +314,8 @@ KEYS = {"alice": "key-alice-0123456789", "admin": "key-admin-0123456789"}
 
 @pytest.fixture
 def secured(tmp_path):
-    keys = tmp_path / "keys.toml"
-    keys.write_text(f'[[keys]]\nname = "alice-app"\nsha256 = "{digest_of(KEYS["alice"])}"\ntenants = ["alice"]\n'
-                    f'[[keys]]\nname = "ops"\nsha256 = "{digest_of(KEYS["admin"])}"\nadmin = true\n')
-    server = CuratorServer(ServerConfig(data=str(tmp_path / "data"), port=0, keys=str(keys),
+    keys = keys_file(tmp_path / "keys.toml", {"alice-app": (KEYS["alice"], ["alice"]), "ops": (KEYS["admin"], None)})
+    server = CuratorServer(ServerConfig(data=str(tmp_path / "data"), port=0, keys=keys,
                                         quotas={"tenants": {"alice": {"vectors": 3}}})).start()
     admin = curator.connect(server.address, api_key=KEYS["admin"], retries=0)
     alice = curator.connect(server.address, api_key=KEYS["alice"], retries=0)

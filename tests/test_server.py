@@ -24,9 +24,8 @@ from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
 from benchmarks.measure import free_port
 from curator_server.app import CuratorServer, ServerConfig
-from curator_server.auth import digest_of
 from curator_server.service import Limits
-from tests.conftest import concurrently
+from tests.conftest import concurrently, keys_file
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789", "admin": "key-admin-0123456789"}
@@ -34,12 +33,9 @@ KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789", "admin": "
 
 @pytest.fixture
 def secured(tmp_path):
-    keys = tmp_path / "keys.toml"
-    keys.write_text(
-        f'[[keys]]\nname = "alice-app"\nsha256 = "{digest_of(KEYS["alice"])}"\ntenants = ["alice"]\n'
-        f'[[keys]]\nname = "bob-app"\nsha256 = "{digest_of(KEYS["bob"])}"\ntenants = ["bob"]\n'
-        f'[[keys]]\nname = "ops"\nsha256 = "{digest_of(KEYS["admin"])}"\nadmin = true\n')
-    server = CuratorServer(ServerConfig(data=str(tmp_path / "d"), port=0, keys=str(keys),
+    keys = keys_file(tmp_path / "keys.toml", {"alice-app": (KEYS["alice"], ["alice"]), "bob-app": (KEYS["bob"], ["bob"]),
+                                          "ops": (KEYS["admin"], None)})
+    server = CuratorServer(ServerConfig(data=str(tmp_path / "d"), port=0, keys=keys,
                                         limits=Limits(max_message_bytes=1 << 20, max_batch=500, max_k=50))).start()
     admin = curator.connect(server.address, api_key=KEYS["admin"])
     col = admin.create_collection("docs", dim=4)
