@@ -1,9 +1,11 @@
-"""The `curator` command: `curator serve` runs the server, `curator keygen` makes an API key."""
+"""The `curator` command: `curator serve` runs the server, `curator keygen` makes an API key, `curator
+import` / `curator export` move vectors between a collection and a file (curator/bulk.py)."""
 
 import argparse
 import logging
 import sys
 
+from curator import bulk
 from curator.cache import config as cache_config
 from curator.errors import InvalidArgumentError
 from curator.quotas import read_config as read_quotas
@@ -74,12 +76,15 @@ def main(argv=None) -> int:
     keygen.add_argument("--keys", default=None,
                         help="append the entry to this keys file (created readable by its owner only) "
                              "instead of printing it")
+    bulk.add_arguments(commands)
     commands.add_parser("loadtest", add_help=False,
                         help="drive a server like production traffic: run, ramp, soak (curator loadtest -h)")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["loadtest"]:
         return _loadtest(argv[1:])
     args = parser.parse_args(argv)
+    if args.command in ("import", "export"):
+        return bulk.command(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "keygen":
         if not args.admin and not args.tenant:
