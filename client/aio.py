@@ -154,6 +154,9 @@ class AsyncRemoteCollection:
     async def activate_tenant(self, tenant: str) -> None:
         await self._run(self._calls.tenant_state(tenant, "Activate"))
 
+    async def offload_tenant(self, tenant: str) -> None:
+        await self._run(self._calls.tenant_state(tenant, "Offload"))
+
     async def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
                      ef: int | None = None) -> SearchResult:
         return await self._search(self._calls.search(query, k, tenant, ef, filter))

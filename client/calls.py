@@ -145,7 +145,7 @@ class CollectionCalls:
         return Call("tenants", "Drop", pb.TenantRef(collection=self.name, tenant=tenant), False)
 
     def tenant_state(self, tenant, change: str = "State") -> Call:
-        """State (a read), or Deactivate / Activate (writes that return the state after them)."""
+        """State (a read), or Deactivate / Activate / Offload (writes that return the state after them)."""
         request = pb.TenantRef(collection=self.name, tenant=validate.name(tenant, "tenant"))
         return Call("tenants", change, request, True, lambda r: r.state)
 
@@ -191,12 +191,14 @@ class CollectionCalls:
 
 
 def _stats(reply: pb.CollectionInfo) -> dict:
-    """The counts of Describe, and for an admin key while some tenant is inactive, its states'."""
+    """The counts of Describe, and for an admin key while some tenant is inactive or offloaded,
+    its states'."""
     stats = {"vectors": int(reply.vectors), "tenants": int(reply.tenants)}
-    if reply.inactive_tenants:
+    if reply.inactive_tenants or reply.offloaded_tenants:
         stats.update(resident_vectors=int(reply.resident_vectors),
-                     evicted_vectors=int(reply.vectors - reply.resident_vectors),
-                     inactive_tenants=int(reply.inactive_tenants))
+                     evicted_vectors=int(reply.vectors - reply.resident_vectors - reply.offloaded_vectors),
+                     inactive_tenants=int(reply.inactive_tenants), offloaded_tenants=int(reply.offloaded_tenants),
+                     offloaded_vectors=int(reply.offloaded_vectors))
     return stats
 
 

@@ -185,6 +185,9 @@ class RemoteCollection(Collection):
     def activate_tenant(self, tenant: str) -> None:
         self._run(self._calls.tenant_state(tenant, "Activate"))
 
+    def offload_tenant(self, tenant: str) -> None:
+        self._run(self._calls.tenant_state(tenant, "Offload"))
+
     def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
                ef: int | None = None) -> SearchResult:
         return self._search(self._calls.search(query, k, tenant, ef, filter))

@@ -135,7 +135,7 @@ class Collection(ABC):
 
     @abstractmethod
     def tenant_state(self, tenant: str) -> str:
-        """"active" or "inactive" (README, "Tenant states"); asking does not wake the tenant."""
+        """"active", "inactive" or "offloaded" (README, "Tenant states"); asking does not wake the tenant."""
 
     @abstractmethod
     def deactivate_tenant(self, tenant: str) -> None:
@@ -146,6 +146,12 @@ class Collection(ABC):
     @abstractmethod
     def activate_tenant(self, tenant: str) -> None:
         """Make `tenant` active again now (its evicted vectors read back, its sub-tree rebuilt)."""
+
+    @abstractmethod
+    def offload_tenant(self, tenant: str) -> None:
+        """Make `tenant` offloaded: inactive, and the vectors only it sees moved out of the live
+        store into an archive of its own (README, "Tenant states"); restored by the first call
+        that names it or needs one of those vectors (or `activate_tenant`)."""
 
     @abstractmethod
     def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,

@@ -20,7 +20,9 @@ it first, as a write of its own in the collection's write turn (`_wake_held`), t
 that finds one (`TenantAsleep`) wakes it and runs again. A write that names evicted ids loads
 them for its turn and evicts again afterwards what no active tenant sees (`_write`). With
 `idle_deactivate_seconds`, `IdleTenants` deactivates tenants no call has named for that long,
-one write turn each, so searches never wait for more than one tenant's eviction.
+one write turn each, so searches never wait for more than one tenant's eviction. An offloaded
+tenant is restored by the same wake (`CuratorIndex.activate`); a write naming ids in an offloaded
+tenant's archive (other than an insert, which collides) restores that tenant first (`_write`).
 """
 
 import contextlib
@@ -136,6 +138,8 @@ class EmbeddedCollection(Collection):
         with self._writing:
             self._check_failed()
             self._wake_held(tenants)
+            if touch is not None and touch.ids is not None and touch.kind != "insert" and self.index.offloaded:
+                self._wake_held(self.index.offloaded_holders(touch.ids))  # their archives hold some of the ids
             loaded = _NO_IDS
             if touch is not None and touch.ids is not None and self.index.evicted:
                 with self._lock.exclusive():
@@ -285,7 +289,7 @@ class EmbeddedCollection(Collection):
 
     def contains(self, ids) -> np.ndarray:
         ids = validate.ids(ids)
-        return self._read(lambda: self.index.ids.lookup(ids) != -1)  # evicted ids (-2) are stored too
+        return self._read(lambda: self.index.contains(ids))  # evicted and archived ids are stored too
 
     def visible_to(self, ids, *, tenant: str) -> np.ndarray:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
@@ -322,6 +326,10 @@ class EmbeddedCollection(Collection):
     def activate_tenant(self, tenant: str) -> None:
         tenant = validate.name(tenant, "tenant")
         self._write(lambda: self.index.activate(tenant))
+
+    def offload_tenant(self, tenant: str) -> None:
+        tenant = validate.name(tenant, "tenant")
+        self._write(lambda: self.index.offload(tenant))
 
     def _deactivate_idle(self, tenant: str, seconds: float) -> None:
         """Deactivate `tenant` if no call has named it for `seconds` (checked again in the write turn)."""
@@ -429,7 +437,9 @@ class EmbeddedCollection(Collection):
                 "shortlists": index.tenancy.n_live_shortlists,
                 "resident_vectors": index.resident_count(),
                 "evicted_vectors": index.evicted,
-                "inactive_tenants": int(index.tenancy.asleep[: index.tenancy.n_tenants].sum()),
+                "inactive_tenants": int(index.tenancy.asleep[: index.tenancy.n_tenants].sum()) - len(index.offloaded),
+                "offloaded_tenants": len(index.offloaded),
+                "offloaded_vectors": sum(index.offloaded.values()),
                 "memory_bytes": index.nbytes,
                 "device": device_search.stats_of(index),  # which device ran each part
             }

@@ -13,7 +13,8 @@ vectors (at most `train_sample` of them); it is trained again when the collectio
 
 Tenant states (see `states.py` and README, "Tenant states"): the index holds the vectors some
 active tenant sees; an inactive tenant has no sub-tree, and the vectors only inactive tenants see
-are evicted to the collection's shelf (`deactivate`, `activate`, `load_evicted`, `settle`).
+are evicted to the collection's shelf (`deactivate`, `activate`, `load_evicted`, `settle`); an
+offloaded tenant's own vectors are in its archive, out of the IdMap (`offload`, `activate`).
 """
 
 import contextlib
@@ -33,7 +34,7 @@ from .graph import Graph
 from .idmap import EVICTED, IdMap
 from .metric import MAX_NORM, MIN_COSINE_NORM, Metric
 from .payloads import Payloads
-from .states import ACTIVE, INACTIVE, Manifest, MemoryShelf, Shelved, tree_key
+from .states import ACTIVE, INACTIVE, OFFLOADED, Manifest, MemoryShelf, Shelved, tree_key
 from .tenancy import TenantSubtrees
 from .tree import ClusteringTree, TreeShape
 
@@ -85,7 +86,9 @@ class Change:
     `written`: new vectors; `regranted`: vectors whose set of tenants changed and which live on;
     `deleted`: vectors gone; `payloads`: vectors whose payload was written; `tenants_added` /
     `tenants_dropped`: tenant numbers; `retrained`: the shared tree was (re)trained; `slept`:
-    tenants made inactive, each with its manifest (the ids it sees); `woken`: tenants made active.
+    tenants made inactive, each with its manifest (the ids it sees); `woken`: tenants made active;
+    `offloaded`: tenants offloaded, each with its archived vectors (out of the live store now);
+    `restored`: offloaded tenants brought back, each with the ids its archive held.
     """
 
     written: np.ndarray = field(default_factory=lambda: _NO_IDS)
@@ -97,6 +100,8 @@ class Change:
     retrained: bool = False
     slept: dict[int, Manifest] = field(default_factory=dict)
     woken: list[int] = field(default_factory=list)
+    offloaded: dict[int, Shelved] = field(default_factory=dict)
+    restored: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 _NO_IDS = np.zeros(0, np.int64)
@@ -186,6 +191,7 @@ class CuratorIndex:
         # collection, or this process.
         self.shelf = MemoryShelf(dim)
         self.evicted = 0  # ids known but not in memory (IdMap slot EVICTED)
+        self.offloaded: dict[int, int] = {}  # offloaded tenant -> vectors in its archive (not in the IdMap)
         self._tree_keys: tuple | None = None  # (tree, its fingerprint)
         self.last_used: list[float] = []  # tenant -> monotonic time it was last named by a call
 
@@ -196,8 +202,9 @@ class CuratorIndex:
         if payloads is not None:
             self.payloads.check(payloads)
         known = self.ids.lookup(ids)
-        if (known != -1).any():  # evicted ids are known too
-            dup = ids[known != -1]
+        if (known != -1).any() or self.offloaded and (self.shelf.holders(ids) >= 0).any():
+            # evicted ids are known too, and archived ones are known to the shelf
+            dup = ids[(known != -1) | (self.shelf.holders(ids) >= 0 if self.offloaded else False)]
             raise AlreadyExistsError(
                 f"{dup.size} id(s) already exist, e.g. {dup[:5].tolist()}; delete them first or use new ids"
             )
@@ -343,7 +350,48 @@ class CuratorIndex:
     # -- tenant states (states.py) ---------------------------------------------------------------
 
     def state(self, tenant: str) -> str:
-        return INACTIVE if self.tenancy.asleep[self._number(tenant)] else ACTIVE
+        t = self._number(tenant)
+        return OFFLOADED if t in self.offloaded else INACTIVE if self.tenancy.asleep[t] else ACTIVE
+
+    def offload(self, tenant: str) -> Change:
+        """Make `tenant` offloaded: inactive first, then the evicted vectors only it sees leave the
+        IdMap and the shelf for its archive (`Change.offloaded`); its manifest keeps the rest."""
+        t = self._number(tenant)
+        if t in self.offloaded:
+            return Change()
+        change = self.deactivate(tenant)
+        manifest = change.slept.get(t) or self.shelf.manifest(t)
+        evicted = np.flatnonzero(self.ids.lookup(manifest.ids) == EVICTED)
+        shelved = self.shelf.fetch(manifest.ids[evicted])
+        alone = (shelved.counts == 1) & shelved.seen_by(t)
+        archived = shelved.subset(alone)
+        keep = np.ones(manifest.ids.size, bool)
+        keep[evicted[alone]] = False
+        rest = Manifest(manifest.ids[keep], manifest.leaves[keep], manifest.tree_key)
+        self.version += 1
+        self.shelf.put_manifest(t, rest)
+        self.shelf.forget(archived.ids)
+        self.shelf.archive(t, archived)
+        self.ids.discard(archived.ids)
+        self.evicted -= archived.ids.size
+        self.offloaded[t] = int(archived.ids.size)
+        change.slept[t] = rest
+        change.offloaded[t] = archived
+        return change
+
+    def offloaded_holders(self, ids: np.ndarray) -> list[str]:
+        """The offloaded tenants whose archives hold some of `ids` (a write naming them restores them)."""
+        if not self.offloaded:
+            return []
+        holders = self.shelf.holders(np.unique(ids))
+        return [self.tenant_names[t] for t in np.unique(holders[holders >= 0]).tolist()]
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Whether each id is stored: in memory, evicted, or in an offloaded tenant's archive."""
+        out = self.ids.lookup(ids) != -1
+        if self.offloaded and not out.all():
+            out[~out] = self.shelf.holders(ids[~out]) >= 0
+        return out
 
     def deactivate(self, tenant: str) -> Change:
         """Make `tenant` inactive: its manifest (every id it sees) goes to the shelf, its sub-tree
@@ -365,12 +413,27 @@ class CuratorIndex:
         if tenant is None:
             change = Change()
             for t in np.flatnonzero(self.tenancy.asleep[: self.tenancy.n_tenants]).tolist():
-                change.woken += self.activate(self.tenant_names[t]).woken
+                woken = self.activate(self.tenant_names[t])
+                change.woken += woken.woken
+                change.restored |= woken.restored  # their archives' records go back too
+                change.written = np.concatenate([change.written, woken.written])
+                change.payloads = np.concatenate([change.payloads, woken.payloads])
             return change
         t = self._number(tenant)
         if not self.tenancy.asleep[t]:
             return Change()
         self.version += 1
+        change = Change(woken=[t])
+        restored = _NO_IDS
+        if t in self.offloaded:  # its archive back first: the ids are its alone, so free
+            archived = self.shelf.archived(t)
+            self.evicted += archived.ids.size  # counted as evicted until admitted
+            restored = self._admit(archived)
+            self.shelf.unarchive(t)
+            del self.offloaded[t]
+            change.restored[t] = archived.ids
+            change.written = archived.ids
+            change.payloads = archived.ids[archived.payload_rows]
         manifest = self.shelf.manifest(t)
         slots = self.ids.lookup(manifest.ids)
         resident = slots[slots >= 0]
@@ -380,6 +443,7 @@ class CuratorIndex:
         mine = shelved.seen_by(t)  # not: an id deleted and used again since
         same_tree = manifest.tree_key == self._tree_key()
         admitted = self._admit(shelved.subset(mine), manifest.leaves[evicted][mine] if same_tree else None)
+        admitted = np.concatenate([restored, admitted])
         if resident.size + admitted.size != self.tenancy.count[t]:
             # The manifest misses some (a version without tenant states wrote since): look at every vector.
             shelved = self.shelf.fetch(self.ids.ids(EVICTED))
@@ -390,7 +454,7 @@ class CuratorIndex:
         self.tenancy.wake(t, np.concatenate([resident, admitted]))
         self.shelf.drop_manifest(t)
         self.last_used[t] = time.monotonic()
-        return Change(woken=[t])
+        return change
 
     def load_evicted(self, ids: np.ndarray) -> np.ndarray:
         """Bring the evicted ones of `ids` into memory, for a write that names them; returns
@@ -599,6 +663,7 @@ class CuratorIndex:
         index.ids = IdMap.of(np.concatenate([ids[order], evicted]),
                              np.concatenate([slots, np.full(evicted.size, EVICTED)]))
         index.evicted = evicted.size
+        index.offloaded = dict(stored.get("offloaded", {}))
         names = stored["tenant_names"]
         index.tenant_names = list(names)
         index.tenant_numbers = {name: t for t, name in enumerate(names) if name is not None}
@@ -640,6 +705,8 @@ class CuratorIndex:
         """Up to `limit` ids above `after_id`, ascending (all, or those `tenant` may see), and the
         id to continue after (-1 when done)."""
         if tenant is None:
+            if self.offloaded:
+                raise TenantAsleep(None)  # every vector: the archived ones must come back first
             live = self.ids.ids() if self.evicted else self.slot_ids[: self.n_slots]
             ids = live[live > after_id]
         else:
@@ -661,11 +728,13 @@ class CuratorIndex:
         evicted = slots == EVICTED
         if t is not None and self.tenancy.asleep[t] and evicted.any():  # an active tenant sees none of them
             out[evicted] = self.shelf.fetch(ids[evicted]).seen_by(t)
+        if t in self.offloaded and (slots == -1).any():  # its archive: vectors it alone sees
+            out[slots == -1] = self.shelf.holders(ids[slots == -1]) == t
         return out
 
     def count(self, tenant: str | None = None) -> int:
         if tenant is None:
-            return len(self.ids)
+            return len(self.ids) + sum(self.offloaded.values())
         return int(self.tenancy.count[self._tenant(tenant)])
 
     def resident_count(self) -> int:
@@ -772,7 +841,7 @@ class CuratorIndex:
             return cached
         n = self.n_slots
         if tenant is None:
-            if self.evicted:
+            if self.evicted or self.offloaded:
                 raise TenantAsleep(None)  # every vector: the evicted ones must come back first
             mask = self.slot_ids[:n] >= 0
             tenant_size = len(self.ids)
@@ -928,6 +997,9 @@ class CuratorIndex:
         slots = self.ids.lookup(ids)
         if (slots == -1).any():
             missing = ids[slots == -1]
+            holders = self.offloaded_holders(missing)
+            if holders:  # in an offloaded tenant's archive: restored first (a write), then read
+                raise TenantAsleep(holders[0])
             raise NotFoundError(f"{missing.size} unknown id(s), e.g. {missing[:5].tolist()}")
         return slots
 
@@ -964,6 +1036,8 @@ class CuratorIndex:
         evicted = slots == EVICTED
         if t >= 0 and self.tenancy.asleep[t] and evicted.any():
             out[evicted] = self.shelf.fetch(ids[evicted]).owners == t
+        if t in self.offloaded and (slots == -1).any():  # its archive: vectors it alone sees, and owns
+            out[slots == -1] = self.shelf.holders(ids[slots == -1]) == t
         return out
 
     def _require_owner(self, slots: np.ndarray, tenant: str) -> None:

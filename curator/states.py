@@ -23,8 +23,16 @@ so revokes, drops and ownership stay exact; only the inactive tenant's sub-tree 
   brings them into memory for its duration (`load_evicted`) and the index evicts again what no
   active tenant sees afterwards (`settle`), so every write runs through the usual code.
 
-A third state, *offloaded* (an inactive tenant's records moved out of the live store into an
-archive of its own), is not built: see README, "Tenant states".
+The third state, *offloaded* (`CuratorIndex.offload`): the tenant is made inactive, then the
+evicted vectors only it sees (access list exactly [t], so owned by t) leave the live store for an
+archive of its own (with a data directory: a per-tenant archive file, `tenant_archive.py`'s
+format, beside the directory; `MemoryShelf` keeps it in the process). Vectors it shares with
+any other tenant stay where they are (resident or evicted, t still in their access lists), and
+its manifest keeps only those. Its archived ids leave the IdMap: they stay known on the shelf
+alone (`holders`, one key per id on disk, read with one multi-get), so an insert of one
+collides, `contains`, `visible_to` and `owned` answer without restoring, and a call that needs
+an archived vector (get, payloads, tenants_of, a write naming it) or names the tenant restores
+it first: `activate` writes the archive's vectors back (one batch) and wakes the tenant.
 
 Must never: keep an evicted vector's row in memory (`MemoryShelf` aside, which exists so that
 states behave the same without a data directory), or wake a tenant from a read that holds the
@@ -36,8 +44,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ACTIVE, INACTIVE = "active", "inactive"
-STATES = (ACTIVE, INACTIVE)
+ACTIVE, INACTIVE, OFFLOADED = "active", "inactive", "offloaded"
+STATES = (ACTIVE, INACTIVE, OFFLOADED)
 
 
 @dataclass
@@ -123,6 +131,23 @@ class MemoryShelf:
         self.dim = dim
         self._rows: dict[int, tuple] = {}  # id -> (vector, access list, owner, payload)
         self._manifests: dict[int, Manifest] = {}
+        self._archives: dict[int, Shelved] = {}  # offloaded tenant -> its archived vectors
+        self._holders: dict[int, int] = {}  # archived id -> its offloaded tenant
+
+    def archive(self, t: int, shelved: Shelved) -> None:
+        self._archives[t] = shelved
+        self._holders.update(dict.fromkeys(shelved.ids.tolist(), t))
+
+    def archived(self, t: int) -> Shelved:
+        return self._archives.get(t) or Shelved.empty(self.dim)
+
+    def unarchive(self, t: int) -> None:
+        for id_ in self._archives.pop(t, Shelved.empty(self.dim)).ids.tolist():
+            self._holders.pop(id_, None)
+
+    def holders(self, ids: np.ndarray) -> np.ndarray:
+        """For each id, the offloaded tenant whose archive holds it (-1: none)."""
+        return np.fromiter((self._holders.get(i, -1) for i in ids.tolist()), np.int64, ids.size)
 
     def keep(self, shelved: Shelved) -> None:
         payloads = dict(zip(shelved.payload_rows.tolist(), shelved.payloads))

@@ -18,7 +18,9 @@ Durability modes:
 This module knows records and bytes; it never looks inside the index beyond the arrays a
 `Change` names. It is also the shelf of inactive tenants' evicted vectors (`states.py`): their
 records are read back from here (`CollectionShelf`), and opening loads only the vectors some
-active tenant sees.
+active tenant sees. Offloaded tenants' archives are files beside the directory
+(`<directory>-offloaded/<cid>/<tenant number>.npz`, `archive_path`): opening reads none of them,
+only one small `X` record per offloaded tenant.
 """
 
 import io
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from rocksdict import AccessType, BlockBasedOptions, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
-from .errors import InvalidArgumentError, StorageError
+from .errors import InvalidArgumentError, NotFoundError, StorageError
 from .states import Manifest, Shelved
 
 FORMAT = 1
@@ -40,6 +42,9 @@ DURABILITY = ("sync", "batch", "none")
 _FORMAT_KEY = b"F"
 _COLLECTION, _VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD = b"C", b"V", b"A", b"T", b"R", b"P"
 _INACTIVE = b"I"  # I + cid + tenant number: the tenant is inactive; value: its manifest (states.Manifest)
+# O + cid + id: the id is in an offloaded tenant's archive; value: that tenant's number (u32 BE).
+# X + cid + tenant number: the tenant is offloaded; value: JSON {"vectors": n} (its archive's size).
+_ARCHIVED, _OFFLOADED = b"O", b"X"
 _CHUNK = 1 << 16  # records a scan turns into arrays at a time: bounded temporary Python objects
 # Records other parts keep here through write_records / scan_records (STORAGE.md), besides the
 # semantic cache's S and Y (cache/records.py): tenant quotas set through the API (`quotas.py`) and
@@ -58,6 +63,9 @@ class DataDirectory:
         self._write_options = WriteOptions()  # never fsynced in the write: `_GroupCommit` does it
         self._group = (_GroupCommit(db, group_delay if durability == "batch" else 0.0)
                        if durability in ("sync", "batch") else None)
+        # Held while archive files and the records naming them change together (an offload, a
+        # restore) and while a snapshot copies both: a snapshot never sees one without the other.
+        self._archives_lock = threading.Lock()
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -111,11 +119,13 @@ class DataDirectory:
         target = Path(target)
         if target.exists():
             raise InvalidArgumentError(f"snapshot target {target} already exists; choose a new path")
-        try:
-            Checkpoint(self._db).create_checkpoint(str(target))
-        except Exception as error:
-            raise StorageError(f"snapshot to {target} failed: {error}") from None
-        target.chmod(0o700)
+        with self._archives_lock:
+            try:
+                Checkpoint(self._db).create_checkpoint(str(target))
+            except Exception as error:
+                raise StorageError(f"snapshot to {target} failed: {error}") from None
+            target.chmod(0o700)
+            _copy_archives(self.archives, _archives_of(target))
 
     # -- collections ---------------------------------------------------------------------------
 
@@ -130,9 +140,54 @@ class DataDirectory:
     def drop_collection(self, name: str, cid: int) -> None:
         batch = WriteBatch(raw_mode=True)
         batch.delete(_COLLECTION + name.encode())
-        for kind in (_VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD, _INACTIVE):
+        for kind in (_VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD, _INACTIVE, _ARCHIVED, _OFFLOADED):
             batch.delete_range(_prefix(kind, cid), _prefix(kind, cid + 1))
         self._wait(self.commit(batch))
+        shutil.rmtree(self.archives / str(cid), ignore_errors=True)  # its offloaded tenants' archives
+
+    # -- offloaded tenants' archives -------------------------------------------------------------
+
+    @property
+    def archives(self) -> Path:
+        return _archives_of(self.path)
+
+    def archive_path(self, cid: int, t: int) -> Path:
+        return self.archives / str(cid) / f"{t}.npz"
+
+    def archived(self, cid: int, t: int, dim: int) -> Shelved:
+        """An offloaded tenant's archived vectors (its alone: access list [t], owned by t)."""
+        from .tenant_archive import TenantArchive
+
+        try:
+            archive = TenantArchive.load(self.archive_path(cid, t))
+        except (NotFoundError, InvalidArgumentError) as error:
+            raise StorageError(f"the archive of offloaded tenant {t} of collection {cid} cannot be read: {error}") from None
+        n = len(archive)
+        rows = np.array([i for i, p in enumerate(archive.payloads) if p], np.int64)
+        return Shelved(archive.ids, archive.vectors.reshape(n, dim), np.full(n, t, np.int32), np.ones(n, np.int64),
+                       np.full(n, t, np.int32), rows, [archive.payloads[i] for i in rows.tolist()])
+
+    def holders(self, cid: int, ids: np.ndarray) -> np.ndarray:
+        """For each id, the offloaded tenant whose archive holds it (-1: none): one multi-get of
+        `O` keys (bloom filters make an absent key cheap)."""
+        if ids.size == 0:
+            return np.zeros(0, np.int64)
+        return np.fromiter((-1 if raw is None else int.from_bytes(raw, "big")
+                            for raw in self._db.get(_keys(_ARCHIVED, cid, ids))), np.int64, ids.size)
+
+    def _write_archive(self, cid: int, t: int, shelved: Shelved, index) -> None:
+        """The archive file of a tenant being offloaded, written (atomically, 0600) before the
+        batch that deletes its records from the live store."""
+        from .tenant_archive import TenantArchive
+
+        payloads = [{}] * shelved.ids.size
+        for row, payload in zip(shelved.payload_rows.tolist(), shelved.payloads):
+            payloads[row] = payload
+        path = self.archive_path(cid, t)
+        private_directory(self.archives)
+        private_directory(path.parent)
+        TenantArchive(index.tenant_names[t], None, index.dim, index.metric.label, shelved.ids, shelved.vectors,
+                      np.ones(shelved.ids.size, bool), payloads).save(path)
 
     def load(self, cid: int, dim: int) -> dict:
         """Everything stored for one collection that belongs in memory, as arrays: the vectors
@@ -142,6 +197,8 @@ class DataDirectory:
         tenants = {int.from_bytes(k[5:9], "big"): v.decode() for k, v in self._scan(_prefix(_TENANT, cid))}
         names = [tenants.get(t) for t in range(max(tenants, default=-1) + 1)]
         inactive = [int.from_bytes(k[5:9], "big") for k, _ in self._scan(_prefix(_INACTIVE, cid))]
+        offloaded = {int.from_bytes(k[5:9], "big"): json.loads(v)["vectors"]
+                     for k, v in self._scan(_prefix(_OFFLOADED, cid))}
         id_parts, count_parts, tenant_parts = [_NO_IDS], [_NO_IDS], [np.zeros(0, np.int32)]
         for ids, rows in self._scan_chunks(_ACCESS, cid):
             id_parts.append(ids)
@@ -149,9 +206,11 @@ class DataDirectory:
             tenant_parts.append(np.frombuffer(b"".join(rows), "<i4"))
         access_ids, counts = np.concatenate(id_parts), np.concatenate(count_parts)
         pair_tenants = np.concatenate(tenant_parts).astype(np.int64)
-        n_tenants = max(len(names), max(inactive, default=-1) + 1, int(pair_tenants.max(initial=-1)) + 1)
+        n_tenants = max(len(names), max(inactive, default=-1) + 1, max(offloaded, default=-1) + 1,
+                        int(pair_tenants.max(initial=-1)) + 1)
         asleep = np.zeros(n_tenants, bool)
         asleep[inactive] = True
+        asleep[list(offloaded)] = True
         pair_vector = np.repeat(np.arange(access_ids.size), counts)
         resident = np.zeros(access_ids.size, bool)
         resident[pair_vector[~asleep[pair_tenants]]] = True
@@ -172,7 +231,10 @@ class DataDirectory:
             "tree": None if tree is None else _decode_arrays(tree),
             "evicted_ids": access_ids[~resident],
             "asleep": asleep,
-            "tenant_counts": np.bincount(pair_tenants, minlength=n_tenants),
+            "tenant_counts": np.bincount(pair_tenants, minlength=n_tenants)
+            + np.bincount(np.array(list(offloaded), np.int64), np.array(list(offloaded.values()), np.float64),
+                          n_tenants).astype(np.int64),
+            "offloaded": offloaded,
         }
 
     def _resident_rows(self, cid: int, dim: int, ids: np.ndarray, resident: np.ndarray) -> np.ndarray:
@@ -254,7 +316,16 @@ class DataDirectory:
         return tally
 
     def record(self, cid: int, change, index) -> "_Ticket | None":
-        """Persist what one write did (an index `Change`) as one atomic batch."""
+        """Persist what one write did (an index `Change`) as one atomic batch. An offload writes
+        its archive file first; a restore removes it once the batch is durable."""
+        if change.offloaded or change.restored:
+            with self._archives_lock:
+                return self._record(cid, change, index)
+        return self._record(cid, change, index)
+
+    def _record(self, cid: int, change, index) -> "_Ticket | None":
+        for t, shelved in change.offloaded.items():
+            self._write_archive(cid, t, shelved, index)
         batch = WriteBatch(raw_mode=True)
         if change.written.size:
             slots = index.ids.lookup(change.written)
@@ -286,12 +357,29 @@ class DataDirectory:
             batch.put(_inactive_key(cid, t), manifest.encode())
         for t in change.woken + change.tenants_dropped:
             batch.delete(_inactive_key(cid, t))
+        for t, shelved in change.offloaded.items():
+            for key in (_keys(_VECTOR, cid, shelved.ids) + _keys(_ACCESS, cid, shelved.ids)
+                        + _keys(_PAYLOAD, cid, shelved.ids)):
+                batch.delete(key)
+            number = t.to_bytes(4, "big")
+            for key in _keys(_ARCHIVED, cid, shelved.ids):
+                batch.put(key, number)
+            batch.put(_prefix(_OFFLOADED, cid) + number, json.dumps({"vectors": int(shelved.ids.size)}).encode())
+        for t, ids in change.restored.items():
+            for key in _keys(_ARCHIVED, cid, ids):
+                batch.delete(key)
+            batch.delete(_prefix(_OFFLOADED, cid) + t.to_bytes(4, "big"))
         if change.retrained:
             tree = index.tree
             batch.put(_prefix(_TREE, cid), _encode_arrays(
                 centroids=tree.centroids, parent=tree.parent, distortion=np.float64(tree.distortion),
                 trained_count=np.int64(index.trained_count)))
-        return self.commit(batch)
+        ticket = self.commit(batch)
+        if change.restored:
+            self._wait(ticket)  # the records are back for good before their archive goes
+            for t in change.restored:
+                self.archive_path(cid, t).unlink(missing_ok=True)
+        return ticket
 
     # -- records of other parts (the semantic cache keeps its entries and settings here) --------
 
@@ -354,6 +442,16 @@ class CollectionShelf:
     def payload_bytes(self, n_tenants: int, ids: np.ndarray) -> np.ndarray:
         return self._directory.evicted_payload_bytes(self._cid, n_tenants, ids)
 
+    def archived(self, t: int) -> Shelved:
+        return self._directory.archived(self._cid, t, self._dim)
+
+    def holders(self, ids: np.ndarray) -> np.ndarray:
+        return self._directory.holders(self._cid, ids)
+
+    def archive(self, t: int, shelved: Shelved) -> None: ...  # the write's record writes the file
+
+    def unarchive(self, t: int) -> None: ...  # the write's record removes the file
+
     def keep(self, shelved: Shelved) -> None: ...
 
     def forget(self, ids: np.ndarray) -> None: ...
@@ -394,6 +492,19 @@ def restore(snapshot, target) -> None:
     private_directory(target)
     shutil.copytree(snapshot, target, dirs_exist_ok=True)
     target.chmod(0o700)
+    _copy_archives(_archives_of(snapshot), _archives_of(target))
+
+
+def _archives_of(path: Path) -> Path:
+    """Where a data directory's offloaded tenants' archives are: beside it, `<path>-offloaded`."""
+    path = Path(path).resolve()
+    return path.with_name(path.name + "-offloaded")
+
+
+def _copy_archives(source: Path, target: Path) -> None:
+    if source.is_dir():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+        target.chmod(0o700)
 
 
 def private_directory(path: Path) -> None:

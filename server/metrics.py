@@ -150,13 +150,13 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 class CacheMetrics:
     """The semantic cache's events as Prometheus series, per category (an `Observer` of the engine).
 
-    Categories come from callers, so their labels are capped: the first `max_categories` seen get
-    their own label, later ones are summed under "_other"."""
+    Categories come from callers, so only those an admin named get a label of their own: the
+    categories of configured policies (and tenant overrides), the classifier's, and the default;
+    every other is summed under "_other". No caller can take a label, keep one from another
+    category, or make series without bound (a first-come cap could be filled by one tenant)."""
 
-    def __init__(self, registry: CollectorRegistry, cache, max_categories: int = 64):
-        self.cache, self.max_categories = cache, max_categories
-        self._labels: set[str] = set()
-        self._lock = threading.Lock()
+    def __init__(self, registry: CollectorRegistry, cache):
+        self.cache = cache
         self.lookups = Counter("curator_cache_lookups", "cache lookups by category and outcome "
                                "(hit, relaxed_hit, miss, near_miss, ambiguous, bypassed)",
                                ["category", "outcome"], registry=registry)
@@ -171,11 +171,7 @@ class CacheMetrics:
         registry.register(_CacheCollector(cache, self.label))
 
     def label(self, category: str) -> str:
-        with self._lock:
-            if category in self._labels or len(self._labels) < self.max_categories:
-                self._labels.add(category)
-                return category
-        return OTHER
+        return category if category in self.cache.labelled_categories() else OTHER
 
     def lookup(self, category, lookup, seconds) -> None:
         category = self.label(category)

@@ -13,7 +13,7 @@ Which calls count (`kind_of`, by the method's name): reads are the calls that on
 Search, SearchBatch, Count, Scroll, Describe, List, Stats, State, Contains, VisibleTo, Owned,
 TenantsOf, PayloadSchema, ServerInfo, the cache's Lookup, Classify, GetPolicy, CacheStats); every
 other method of the contract is a write (Insert, SetPayloads, Grant, Revoke, Delete, Train, Create,
-Drop, Deactivate, Activate, Snapshot, the cache's Store, Complete, Invalidate, Feedback, SetPolicy,
+Drop, Deactivate, Activate, Offload, Snapshot, the cache's Store, Complete, Invalidate, Feedback, SetPolicy,
 TrainClassifier), one call one token however many ids or queries it carries (`--max-batch` bounds
 those). Opening a search stream counts nothing; each search on it counts as one read
 (`SearchService` asks here per search), so a stream is no way around a rate. The Limits service

@@ -185,7 +185,9 @@ class CollectionsService(_Base, rpc.CollectionsServicer):
             stats = col.stats()
             return pb.CollectionInfo(name=col.name, dim=col.dim, metric=col.metric, vectors=stats["vectors"],
                                      tenants=stats["tenants"], resident_vectors=stats.get("resident_vectors", 0),
-                                     inactive_tenants=stats.get("inactive_tenants", 0))
+                                     inactive_tenants=stats.get("inactive_tenants", 0),
+                                     offloaded_tenants=stats.get("offloaded_tenants", 0),
+                                     offloaded_vectors=stats.get("offloaded_vectors", 0))
         mine = set(col.tenants()) & principal.tenants
         vectors, tenants = sum(col.count(tenant=t) for t in mine), len(mine)
         return pb.CollectionInfo(name=col.name, dim=col.dim, metric=col.metric, vectors=vectors, tenants=tenants)
@@ -264,6 +266,10 @@ class TenantsService(_Base, rpc.TenantsServicer):
     @handler
     def Activate(self, request, principal):
         return self._state(request, principal, "activate_tenant")
+
+    @handler
+    def Offload(self, request, principal):
+        return self._state(request, principal, "offload_tenant")
 
 
 class VectorsService(_Base, rpc.VectorsServiceServicer):

@@ -12,6 +12,11 @@
     inflight_target = 16
     [cache.policies.default]            # then [cache.policies.categories.<name>] and
     min_similarity = 0.9                # [cache.policies.tenants.<tenant>.<category>]
+    [cache.limits]                      # each tenant's budget over all its categories (limits.py)
+    tenant_entries = 100_000
+    tenant_bytes = 268_435_456
+    tenant_categories = 64
+    answer_bytes = 1_048_576
 """
 
 import tomllib
@@ -20,11 +25,12 @@ from pathlib import Path
 from ..errors import InvalidArgumentError
 from .embedders import EndpointModel, LocalModel
 from .engine import SemanticCache
+from .limits import Limits
 from .load import LoadMonitor
 from .policy import Policies
 from .upstream import Upstream
 
-SECTIONS = {"embedding", "upstream", "load", "policies"}
+SECTIONS = {"embedding", "upstream", "load", "policies", "limits"}
 
 
 def read(path) -> dict:
@@ -54,4 +60,8 @@ def build(config: dict | None, records) -> SemanticCache:
                             timeout=float(upstream.get("timeout", 30.0)), stream=bool(upstream.get("stream", False)))
     load = LoadMonitor(**config.get("load", {}))
     policies = Policies.from_dict(config["policies"]) if "policies" in config else None
-    return SemanticCache(records, policies=policies, embedder=embedder, upstream=upstream, load=load)
+    limits = config.get("limits")
+    if limits is not None and not isinstance(limits, dict):
+        raise InvalidArgumentError("cache limits must be a table ([cache.limits])")
+    return SemanticCache(records, policies=policies, embedder=embedder, upstream=upstream, load=load,
+                         limits=Limits.from_dict(limits))

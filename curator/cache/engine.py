@@ -9,14 +9,21 @@ Only a hit reads the record store.
 
 Entries of one (tenant, category) form a group sharing the quota; a group's lock covers its
 partitions. Eviction picks victims by the policy (LRU or LFU) across the group's partitions.
-A tenant's `cache_entries` quota (`curator/quotas.py`) bounds its entries over every group: a
-store that would pass it, after what the store evicts, is refused.
+A tenant's budget over every group (`limits.py`: entries, or its `cache_entries` quota from
+`curator/quotas.py` where one is set; bytes; categories) and the answer size limit refuse a store
+that would pass them, after what the store evicts.
+
+Entry ids are random 63-bit numbers (a draw meeting a stored entry is drawn again), so that an id
+says nothing of how many entries other tenants stored; whatever needs an order uses creation times.
+One embedding model has one dimension across the cache (the first stored, or held when a data
+directory opens); another is refused naming both.
 """
 
 import contextlib
 import hashlib
 import json
 import math
+import secrets
 import threading
 import time
 
@@ -31,6 +38,7 @@ from .economics import Economics
 from .embedders import MAX_PROMPT_CHARS, LocalModel
 from .flight import SingleFlight
 from .guard import near_miss
+from .limits import Limits
 from .load import LoadMonitor, relaxed
 from .partition import Partition
 from .policy import DEFAULT_CATEGORY, Policies, Policy, category_name
@@ -91,7 +99,7 @@ def answer_key(answer: str) -> int:
 class SemanticCache(Cache):
     def __init__(self, records=None, *, policies: Policies | None = None, embedder=None, upstream: Upstream | None = None,
                  load: LoadMonitor | None = None, economics: Economics | None = None, observer: Observer | None = None,
-                 clock=time.time):
+                 clock=time.time, limits: Limits | None = None):
         self._records = records if records is not None else MemoryRecords()
         self._embedder = embedder if embedder is not None else LocalModel()
         self.upstream = upstream
@@ -100,8 +108,13 @@ class SemanticCache(Cache):
         self.observer = observer or Observer()
         self._clock = clock
         self.quotas = None  # the database's tenant quotas (`curator.quotas.Quotas`), set by the database
+        self.limits = limits or Limits()
         self._lock = threading.Lock()       # the maps below; groups have their own locks
         self._groups: dict[tuple[str, str], _Group] = {}
+        self._tenant_groups: dict[str, dict[str, _Group]] = {}  # tenant -> category -> its group (the same)
+        self._dims: dict[str, int] = {}  # embedding model -> the one dimension its entries have
+        self._budget_locks = [threading.Lock() for _ in range(64)]  # tenant budgets, striped by name
+        self._labelled: tuple = (None, None, frozenset())  # (named categories, classifier, labels) memo
         self._counters: dict[tuple[str, str], dict[str, int]] = {}
         self._flight = SingleFlight()
         self._stores_since_sweep = 0
@@ -109,7 +122,7 @@ class SemanticCache(Cache):
         self._policies = policies or (Policies.from_dict(json.loads(stored)) if stored else Policies())
         stored = self._records.read_record(_CLASSIFIER_KEY)
         self._classifier = CentroidClassifier.from_dict(json.loads(stored)) if stored else None
-        self._next_id = self._reopen()
+        self._reopen()
 
     # -- the API -------------------------------------------------------------------------------
 
@@ -162,10 +175,8 @@ class SemanticCache(Cache):
                 try:
                     entry = self._store(tenant, lookup.category, policy, (model, settings), prompt, answer.text,
                                         embedding)
-                except ResourceExhaustedError as error:
-                    if error.limit != "cache_entries":
-                        raise
-                    # the tenant's quota of entries is full: the answer is still the caller's, uncached
+                except ResourceExhaustedError:
+                    pass  # no room for it (a tenant or category budget, the answer's size): answered uncached
             return answer, entry
 
         (answer, entry), leader = self._flight.run((tenant, lookup.category, model, settings, prompt), ask_upstream)
@@ -177,6 +188,11 @@ class SemanticCache(Cache):
         with self._lock:
             keys = [key for key in self._groups if key[0] == tenant and (category is None or key[1] == category)]
             groups = [self._groups.pop(key) for key in keys]
+            mine = self._tenant_groups.get(tenant, {})
+            for _, name in keys:
+                mine.pop(name, None)
+            if not mine:
+                self._tenant_groups.pop(tenant, None)
         removed = []
         for group in groups:
             with group.lock:
@@ -260,12 +276,37 @@ class SemanticCache(Cache):
             with group.lock:
                 row["entries"] += group.live
                 row["bytes"] += group.bytes
+        totals = {"entries": sum(r["entries"] for r in categories.values()),
+                  "bytes": sum(r["bytes"] for r in categories.values())}
+        if tenant is not None:
+            # only what the tenant's own lookups and stores made: the measured costs and the
+            # upstream's load are every tenant's doing (an admin's stats() shows them)
+            for row in categories.values():
+                row["hit_rate"] = row["hits"] / row["lookups"] if row["lookups"] else 0.0
+            return {"categories": categories, **totals, "limits": self.tenant_limits(tenant)}
         economics = self.economics.report()
         for category, row in categories.items():
             row.update(economics.get(category, {}))
-        return {"categories": categories, "load": self.load.snapshot(),
-                "entries": sum(r["entries"] for r in categories.values()),
-                "bytes": sum(r["bytes"] for r in categories.values())}
+        return {"categories": categories, "load": self.load.snapshot(), **totals}
+
+    def tenant_limits(self, tenant: str) -> dict:
+        """The tenant's budget: entries (its `cache_entries` quota where one is set), bytes,
+        categories, and the largest answer stored."""
+        quota = self.quotas.of(tenant).cache_entries if self.quotas is not None else None
+        return {"entries": quota if quota is not None else self.limits.tenant_entries,
+                "bytes": self.limits.tenant_bytes, "categories": self.limits.tenant_categories,
+                "answer_bytes": self.limits.answer_bytes}
+
+    def labelled_categories(self) -> frozenset:
+        """Categories an admin named (in policies or the classifier's training) and the default:
+        the ones metrics give a label of their own (callers cannot add to them)."""
+        named, classifier = self._policies.named_categories(), self._classifier
+        memo = self._labelled
+        if memo[0] is named and memo[1] is classifier:
+            return memo[2]
+        labels = named | {DEFAULT_CATEGORY} | frozenset(classifier.categories if classifier is not None else ())
+        self._labelled = (named, classifier, labels)
+        return labels
 
     def expire(self) -> int:
         """Remove every entry past its category's TTL now; returns how many."""
@@ -288,9 +329,11 @@ class SemanticCache(Cache):
 
     def entries_of(self, tenant: str) -> int:
         """The tenant's live entries, over every category."""
+        return sum(group.live for group in self._groups_of(tenant))
+
+    def _groups_of(self, tenant: str) -> list[_Group]:
         with self._lock:
-            groups = [group for (owner, _), group in self._groups.items() if owner == tenant]
-        return sum(group.live for group in groups)
+            return list(self._tenant_groups.get(tenant, {}).values())
 
     # -- front doors that call the model themselves (server/gateway.py) ------------------------------
 
@@ -376,40 +419,39 @@ class SemanticCache(Cache):
     # -- per-tenant archives (curator/tenant_archive.py) ------------------------------------------
 
     def tenant_entries(self, tenant: str) -> list[tuple[dict, np.ndarray]]:
-        """The tenant's entries, oldest first (by creation time, which a restore keeps): (category,
-        model, settings, created, prompt, answer) and the embedding as stored. Each (tenant,
-        category) is read at one moment."""
+        """The tenant's entries, oldest first (by creation time, which a restore keeps; entry ids are
+        random and order nothing): (category, model, settings, created, prompt, answer) and the
+        embedding as stored. Each (tenant, category) is read at one moment."""
         tenant = validate.name(tenant, "tenant")
-        with self._lock:
-            groups = [group for (owner, _), group in self._groups.items() if owner == tenant]
         ids = []
-        for group in groups:
+        for group in self._groups_of(tenant):
             with group.lock:
                 ids += [p.entry_ids[p.live_slots()] for p in group.partitions.values()]
         entries = []
-        for entry_id in np.sort(np.concatenate(ids)).tolist() if ids else []:
+        for entry_id in np.concatenate(ids).tolist() if ids else []:
             value = self._records.read_record(entry_key(entry_id))
             if value is not None:  # removed since
                 meta, embedding = decode_entry(value, with_embedding=True)
                 del meta["tenant"]
-                entries.append((meta, embedding.copy()))
-        entries.sort(key=lambda entry: entry[0]["created"])  # stable: ties in the order they were stored
-        return entries
+                entries.append((entry_id, meta, embedding.copy()))
+        entries.sort(key=lambda entry: (entry[1]["created"], entry[0]))  # ties: by id, as a directory reopens
+        return [(meta, embedding) for _, meta, embedding in entries]
 
     def restore_entries(self, tenant: str, entries: list[tuple[dict, np.ndarray]]) -> tuple[int, int]:
         """Store archived entries (as `tenant_entries` gives them) for `tenant`, each keeping its
         category, model, settings key, creation time, prompt, answer and embedding; returns (added,
         skipped). Skipped: an entry the tenant holds already (the same six fields), so restoring
-        twice adds nothing, and entries of a category not cacheable for the tenant. The category's
-        policy evicts as a store would (an archive with more than max_entries or max_bytes keeps its
-        newest) and the tenant's quota refuses a group that would pass it, whole."""
+        twice adds nothing, answers over `answer_bytes`, and entries of a category not cacheable for
+        the tenant. The category's policy evicts as a store would (an archive with more than
+        max_entries or max_bytes keeps its newest) and the tenant's budget (`limits.py`, quota)
+        refuses a group that would pass it, whole."""
         tenant = validate.name(tenant, "tenant")
         held = {_identity(meta) for meta, _ in self.tenant_entries(tenant)}
         groups: dict[tuple, list] = {}
         skipped = 0
         for meta, embedding in entries:
             meta, embedding = _restorable(meta, embedding, self._embedder)
-            if _identity(meta) in held:
+            if _identity(meta) in held or len(meta["answer"].encode()) > self.limits.answer_bytes:
                 skipped += 1
                 continue
             held.add(_identity(meta))
@@ -427,7 +469,8 @@ class SemanticCache(Cache):
         records = [encode_entry({"tenant": tenant, **meta}, embedding) for meta, embedding in entries]
         sizes = np.array([len(r) for r in records], np.int64)
         embeddings = np.stack([embedding for _, embedding in entries])
-        group = self._group(tenant, category, create=True)
+        self._check_dim(key[0], embeddings.shape[1])
+        group = self._category_group(tenant, category)
         with group.lock:
             partition = group.partitions.get(key)
             if partition is None:
@@ -435,11 +478,11 @@ class SemanticCache(Cache):
             if partition.dim != embeddings.shape[1]:
                 raise InvalidArgumentError(f"embeddings of dimension {embeddings.shape[1]} given; this cache's "
                                            f"entries for model {key[0]!r} have dimension {partition.dim}")
-            with self._lock:
-                ids = np.arange(self._next_id, self._next_id + len(entries), dtype=np.int64)
-                self._next_id += len(entries)
+            ids = np.array(self._new_ids(len(entries)), np.int64)
             evicted = self._victims(group, policy, extra_entries=len(entries), extra_bytes=int(sizes.sum()))
-            with self._quota(tenant, len(entries) - sum(slots.size for _, slots in evicted)):
+            with self._budget(tenant, group, len(entries) - sum(slots.size for _, slots in evicted),
+                              int(sizes.sum()) - sum(int(p.nbytes[slots].sum()) for p, slots in evicted)):
+                self._register_dim(key[0], embeddings.shape[1])
                 evicted_ids = [p.remove(slots) for p, slots in evicted]
                 self._records.write_records([(entry_key(i), r) for i, r in zip(ids.tolist(), records)],
                                             [entry_key(i) for removed in evicted_ids for i in removed.tolist()])
@@ -499,7 +542,10 @@ class SemanticCache(Cache):
             if slots.size == 0:
                 return searched_miss("empty")
             best_similarity = float(similarities[0])
-            chosen = decide(similarities, partition.answer_keys[slots], policy.min_similarity, policy.ambiguity_margin)
+            answers = partition.answer_keys[slots]
+            chosen = decide(similarities, answers, policy.min_similarity, policy.ambiguity_margin)
+            rivals = similarities[answers != answers[int(np.argmax(similarities)) if chosen is None else chosen]]
+            other = float(rivals.max()) if rivals.size else None
             if chosen is None:
                 reason = "below_threshold" if best_similarity < policy.min_similarity else "ambiguous"
                 return searched_miss(reason, best_similarity)
@@ -530,6 +576,12 @@ class SemanticCache(Cache):
                       extra=meta.get("extra"))
 
     def _store(self, tenant, category, policy: Policy, key, prompt, answer, embedding, fields=None) -> int:
+        answer_bytes = len(answer.encode())
+        if answer_bytes > self.limits.answer_bytes:
+            raise ResourceExhaustedError(f"answer of {_number(answer_bytes)} bytes (UTF-8); at most "
+                                         f"{_number(self.limits.answer_bytes)} are cached (answer_bytes)",
+                                         limit="answer_bytes")
+        self._check_dim(key[0], embedding.shape[0])
         now = self._clock()
         meta = {"tenant": tenant, "category": category, "model": key[0], "settings": key[1], "created": now,
                 "prompt": prompt, "answer": answer, **(fields or {})}
@@ -538,7 +590,7 @@ class SemanticCache(Cache):
         if policy.max_bytes is not None and size > policy.max_bytes:
             raise ResourceExhaustedError(f"entry of {size} bytes exceeds category {category!r}'s quota of "
                                          f"{policy.max_bytes} bytes")
-        group = self._group(tenant, category, create=True)
+        group = self._category_group(tenant, category)
         with group.lock:
             partition = group.partitions.get(key)
             if partition is None:
@@ -546,11 +598,11 @@ class SemanticCache(Cache):
             elif partition.dim != embedding.shape[0]:
                 raise InvalidArgumentError(f"embedding of dimension {embedding.shape[0]} given; this cache's "
                                            f"entries for model {key[0]!r} have dimension {partition.dim}")
-            with self._lock:
-                entry_id = self._next_id
-                self._next_id += 1
+            (entry_id,) = self._new_ids(1)
             evicted = self._victims(group, policy, extra_entries=1, extra_bytes=size)
-            with self._quota(tenant, 1 - sum(slots.size for _, slots in evicted)):
+            with self._budget(tenant, group, 1 - sum(slots.size for _, slots in evicted),
+                              size - sum(int(p.nbytes[slots].sum()) for p, slots in evicted)):
+                self._register_dim(key[0], embedding.shape[0])
                 evicted_ids = [p.remove(slots) for p, slots in evicted]
                 # the record first: a crash between the two leaves a record that reopening restores
                 self._records.write_records([(entry_key(entry_id), record)],
@@ -568,12 +620,72 @@ class SemanticCache(Cache):
             self.expire()
         return entry_id
 
-    def _quota(self, tenant: str, growth: int):
-        """Refuse a store that would take the tenant past its quota of entries; held while it stores."""
-        if self.quotas is None or growth <= 0 or not self.quotas.active:
-            return contextlib.nullcontext()
-        return self.quotas.charged({tenant: {"cache_entries": growth}},
-                                   lambda owner, limits: {"cache_entries": self.entries_of(owner)})
+    @contextlib.contextmanager
+    def _budget(self, tenant: str, group: _Group, entries: int, nbytes: int):
+        """Refuse a store that would take the tenant past its budget (`limits.py`): `entries` and
+        `nbytes` more (after what the store evicts) in `group`, a new category when the group is
+        empty. Held while the store adds: two stores of one tenant never pass on the same headroom.
+        Counts only the tenant's own groups."""
+        with self._budget_locks[hash(tenant) % len(self._budget_locks)]:
+            groups = self._groups_of(tenant)
+            limits = self.tenant_limits(tenant)
+            if group.live == 0:
+                held = sum(1 for other in groups if other is not group and other.live > 0)
+                if held >= limits["categories"]:
+                    self._refuse(f"tenant {tenant!r} holds entries in {held} categories; its quota is "
+                                 f"{limits['categories']} (cache_categories)", "cache_categories")
+            if entries > 0:
+                now = sum(other.live for other in groups)
+                if now + entries > limits["entries"]:
+                    self._refuse(f"tenant {tenant!r} would hold {_number(now + entries)} cache entries "
+                                 f"({_number(now)} now); its quota is {_number(limits['entries'])} (cache_entries)",
+                                 "cache_entries")
+            if nbytes > 0:
+                now = sum(other.bytes for other in groups)
+                if now + nbytes > limits["bytes"]:
+                    self._refuse(f"tenant {tenant!r} would hold {_number(now + nbytes)} bytes of cache entries "
+                                 f"({_number(now)} now); its quota is {_number(limits['bytes'])} (cache_bytes)",
+                                 "cache_bytes")
+            yield
+
+    def _refuse(self, message: str, limit: str):
+        if self.quotas is not None:
+            self.quotas.observer.refused(limit)
+        raise ResourceExhaustedError(message, limit=limit)
+
+    def _category_group(self, tenant: str, category: str) -> _Group:
+        """The (tenant, category) group to store in; a new one only while the tenant holds entries in
+        fewer categories than its budget (checked again under the budget's lock as the store adds)."""
+        group = self._group(tenant, category, create=False)
+        if group is None:
+            cap = self.tenant_limits(tenant)["categories"]
+            held = sum(1 for other in self._groups_of(tenant) if other.live > 0)
+            if held >= cap:
+                self._refuse(f"tenant {tenant!r} holds entries in {held} categories; its quota is {cap} "
+                             f"(cache_categories)", "cache_categories")
+            group = self._group(tenant, category, create=True)
+        return group
+
+    def _new_ids(self, n: int) -> list[int]:
+        """n random 63-bit entry ids that no stored entry has."""
+        ids: list[int] = []
+        while len(ids) < n:
+            entry_id = secrets.randbits(63)
+            if entry_id not in ids and self._records.read_record(entry_key(entry_id)) is None:
+                ids.append(entry_id)
+        return ids
+
+    def _check_dim(self, model: str, dim: int) -> None:
+        known = self._dims.get(model)
+        if known is not None and known != dim:
+            raise InvalidArgumentError(f"embedding of dimension {dim} for model {model!r}; this cache's {model!r} "
+                                       f"embeddings have dimension {known} (one dimension per embedding model)")
+
+    def _register_dim(self, model: str, dim: int) -> None:
+        with self._lock:
+            known = self._dims.setdefault(model, dim)
+        if known != dim:  # another dimension stored first, since this store checked
+            self._check_dim(model, dim)
 
     @staticmethod
     def _victims(group: _Group, policy: Policy, extra_entries: int, extra_bytes: int) -> list:
@@ -629,6 +741,7 @@ class SemanticCache(Cache):
         if model == self._embedder.name and vector.size != self._embedder.dim:
             raise InvalidArgumentError(f"embedding of dimension {vector.size}; {model} embeddings have "
                                        f"{self._embedder.dim} (name another embedding_model for other models)")
+        self._check_dim(model, vector.size)
         return prompt, vector / norm, model
 
     def _category(self, category, embedding) -> tuple[str, str]:
@@ -649,6 +762,7 @@ class SemanticCache(Cache):
             group = self._groups.get((tenant, category))
             if group is None and create:
                 group = self._groups[(tenant, category)] = _Group()
+                self._tenant_groups.setdefault(tenant, {})[category] = group
             return group
 
     def _count(self, tenant, category, lookup: Lookup) -> None:
@@ -666,23 +780,32 @@ class SemanticCache(Cache):
             counts = self._counters.setdefault((tenant, category), dict.fromkeys(_COUNTERS, 0))
             counts[name] += int(by)
 
-    def _reopen(self) -> int:
-        """Rebuild the partitions from the stored entries; returns the next entry id."""
+    def _reopen(self) -> None:
+        """Rebuild the partitions from the stored entries (each partition's in creation order, as
+        they were stored) and the dimension of each embedding model."""
         rows: dict[tuple, list] = {}
-        last = -1
+        dims: dict[str, dict[int, int]] = {}  # model -> dimension -> entries
         for key, value in self._records.scan_records(ENTRY):
             meta, embedding = decode_entry(value, with_embedding=True)
             entry_id = int.from_bytes(key[1:], "big")
-            last = max(last, entry_id)
+            by_dim = dims.setdefault(meta["model"], {})
+            by_dim[embedding.size] = by_dim.get(embedding.size, 0) + 1
             rows.setdefault((meta["tenant"], meta["category"], meta["model"], meta["settings"]), []).append(
                 (entry_id, embedding, meta["created"], len(value), answer_key(meta["answer"])))
+        # a directory written before the rule may hold one model at two dimensions: the one most of
+        # its entries have is the model's; the others stay readable (archives, invalidate)
+        self._dims = {model: max(by_dim, key=by_dim.get) for model, by_dim in dims.items()}
         for (tenant, category, model, settings), entries in rows.items():
+            entries.sort(key=lambda entry: (entry[2], entry[0]))
             ids, embeddings, created, sizes, answers = zip(*entries)
             group = self._group(tenant, category, create=True)
             partition = group.partitions[(model, settings)] = Partition(len(embeddings[0]), capacity=len(ids))
-            partition.add(np.array(ids), np.stack(embeddings), np.array(created), np.array(sizes),
+            partition.add(np.array(ids, np.int64), np.stack(embeddings), np.array(created), np.array(sizes),
                           np.array(answers, np.uint64))
-        return last + 1
+
+
+def _number(n: int) -> str:
+    return f"{n:,}".replace(",", " ")
 
 
 def _identity(meta: dict) -> tuple:

@@ -105,6 +105,7 @@ class Policies:
         self._categories: dict[str, dict] = {}        # category -> changed fields
         self._tenants: dict[tuple[str, str], dict] = {}  # (tenant, category) -> changed fields
         self._resolved: dict[tuple[str, str], Policy] = {}  # memo of resolve(), emptied by every change
+        self._named: frozenset | None = None  # memo of named_categories(), emptied by every change
 
     def resolve(self, tenant: str, category: str) -> Policy:
         key = (tenant, category)
@@ -131,6 +132,7 @@ class Policies:
                     default.merged(fields)  # every override must still be valid on the new default
                 self._default = default
                 self._resolved.clear()
+                self._named = None
                 return default
             category = category_name(category)
             key = (tenant, category)
@@ -140,7 +142,17 @@ class Policies:
             policy = self._default.merged({**base, **merged})  # validates the whole result
             table[slot] = merged
             self._resolved.clear()
+            self._named = None
             return policy
+
+    def named_categories(self) -> frozenset:
+        """The categories an admin gave a policy of their own, or a tenant override (the same object
+        until a policy changes)."""
+        named = self._named
+        if named is None:
+            with self._lock:
+                named = self._named = frozenset(self._categories) | frozenset(c for _, c in self._tenants)
+        return named
 
     def reset(self, category: str, tenant: str | None = None) -> None:
         """Forget a category's policy (or a tenant's override of it)."""
@@ -150,6 +162,7 @@ class Policies:
             else:
                 self._tenants.pop((tenant, category), None)
             self._resolved.clear()
+            self._named = None
 
     def as_dict(self) -> dict:
         """The whole configuration, as stored and as `load` reads it."""

@@ -278,6 +278,11 @@ class TenantsStub(object):
                 request_serializer=curator_dot_v1_dot_curator__pb2.TenantRef.SerializeToString,
                 response_deserializer=curator_dot_v1_dot_curator__pb2.TenantState.FromString,
                 _registered_method=True)
+        self.Offload = channel.unary_unary(
+                '/curator.v1.Tenants/Offload',
+                request_serializer=curator_dot_v1_dot_curator__pb2.TenantRef.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.TenantState.FromString,
+                _registered_method=True)
 
 
 class TenantsServicer(object):
@@ -310,8 +315,8 @@ class TenantsServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def State(self, request, context):
-        """Tenant states (README, "Tenant states"): "active" or "inactive". State only reads; a tenant
-        key may ask and change its own tenants' states, never another's.
+        """Tenant states (README, "Tenant states"): "active", "inactive" or "offloaded". State only
+        reads; a tenant key may ask and change its own tenants' states, never another's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -324,6 +329,12 @@ class TenantsServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def Activate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Offload(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -364,6 +375,11 @@ def add_TenantsServicer_to_server(servicer, server):
             ),
             'Activate': grpc.unary_unary_rpc_method_handler(
                     servicer.Activate,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.TenantRef.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.TenantState.SerializeToString,
+            ),
+            'Offload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Offload,
                     request_deserializer=curator_dot_v1_dot_curator__pb2.TenantRef.FromString,
                     response_serializer=curator_dot_v1_dot_curator__pb2.TenantState.SerializeToString,
             ),
@@ -557,6 +573,33 @@ class Tenants(object):
             request,
             target,
             '/curator.v1.Tenants/Activate',
+            curator_dot_v1_dot_curator__pb2.TenantRef.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.TenantState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Offload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Tenants/Offload',
             curator_dot_v1_dot_curator__pb2.TenantRef.SerializeToString,
             curator_dot_v1_dot_curator__pb2.TenantState.FromString,
             options,
