@@ -17,8 +17,9 @@ class Lookup:
     reason: "hit", or for a miss: "empty" (no entry to compare with), "below_threshold",
     "expired" (the entry chosen outlived the ttl it was stored with, `store_chat`),
     "ambiguous" (an entry with a different answer is almost as close), "near_miss:<what>" (the
-    guard saw a different number, date, negation or name), "not_cacheable", "bypassed" (the
-    category does not pay for lookups now).
+    guard saw a different number, date, negation, name or direction; `why` says what and
+    `cached_prompt` names the prompt compared), "not_cacheable", "bypassed" (the category does
+    not pay for lookups now).
     """
 
     hit: bool
@@ -33,6 +34,8 @@ class Lookup:
     entry_id: int = -1             # the hit entry, for feedback
     relaxed: bool = False          # a hit only because the upstream's load relaxed the threshold
     extra: dict | None = None      # on a hit: what was stored beside the answer (`store_chat`'s extra)
+    other_similarity: float | None = None  # of the best entry with another answer (what margins are fitted on)
+    why: str | None = None         # on a near miss: what the guard saw differ
 
 
 @dataclass(frozen=True, eq=False)

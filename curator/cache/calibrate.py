@@ -39,6 +39,10 @@ Fitting (``fit_policy``):
    calibration lookups. k = s2 / tau2 is an empirical-Bayes estimate: s2 / n_c is the sampling
    variance of a category's raw threshold (bootstrap), tau2 the spread of true category
    thresholds beyond sampling noise. Margins are shrunk the same way.
+4. A category whose calibration hits, under the policy chosen, are all wrong gets a threshold
+   just above its highest wrong hit (``ABOVE_WRONG`` over it; above 1.0 the category never hits
+   unless the prompt is the same): one-sided evidence is not pulled back to the global threshold
+   by shrinkage, and removing hits that are all false never lowers F1.
 
 Plain functions over numpy arrays; no state, no I/O. It must never look at prompts or answers.
 """
@@ -50,6 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 NEG_INF = -np.inf
+ABOVE_WRONG = 1e-3  # how far above a category's highest wrong hit its threshold goes (step 4)
 DEFAULT_MARGINS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.10)
 
 
@@ -305,4 +310,21 @@ def fit_policy(category: np.ndarray, best: np.ndarray, correct: np.ndarray, answ
         if abs(new_lam - lam) < 1e-6:
             break
         lam = new_lam
-    return best_p
+    return refuse_all_wrong(best_p, category, best, correct, n_categories, other)
+
+
+def refuse_all_wrong(p: Policy, category, best, correct, n_categories: int, other=None) -> Policy:
+    """``p`` with the threshold of each category whose hits under ``p`` are all wrong raised just
+    above its highest wrong hit (step 4 of ``fit_policy``)."""
+    category = np.asarray(category, dtype=np.int64)
+    correct = np.asarray(correct, dtype=bool)
+    h = p.hits(category, best, other)
+    n_hits = np.bincount(category[h], minlength=n_categories)
+    n_right = np.bincount(category[h & correct], minlength=n_categories)
+    wrong_only = np.flatnonzero((n_hits > 0) & (n_right == 0))
+    if wrong_only.size == 0:
+        return p
+    t = p.thresholds.copy()
+    for c in wrong_only:
+        t[c] = max(t[c], float(np.max(best[h & (category == c)])) + ABOVE_WRONG)
+    return Policy(t, p.margins, p.global_threshold, p.global_margin, p.prior_count, p.lam)

@@ -32,14 +32,15 @@ import numpy as np
 from .. import validate
 from ..errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from .api import Cache, ChatPrompt, Completion, Lookup
-from .calibrate import decide
+from .calibrate import decide, fit_policy
 from .classifier import CentroidClassifier
 from .economics import Economics
 from .embedders import MAX_PROMPT_CHARS, LocalModel
 from .flight import SingleFlight
-from .guard import near_miss
+from .guard import check as guard_check
 from .limits import Limits
 from .load import LoadMonitor, relaxed
+from .lookuplog import LookupLog
 from .partition import Partition
 from .policy import DEFAULT_CATEGORY, Policies, Policy, category_name
 from .records import ENTRY, SETTING, MemoryRecords, decode_entry, encode_entry, entry_key
@@ -117,6 +118,7 @@ class SemanticCache(Cache):
         self._labelled: tuple = (None, None, frozenset())  # (named categories, classifier, labels) memo
         self._counters: dict[tuple[str, str], dict[str, int]] = {}
         self._flight = SingleFlight()
+        self._log = LookupLog()  # lookups and feedback, for calibrate()
         self._stores_since_sweep = 0
         stored = self._records.read_record(_POLICIES_KEY)
         self._policies = policies or (Policies.from_dict(json.loads(stored)) if stored else Policies())
@@ -208,6 +210,7 @@ class SemanticCache(Cache):
         meta = decode_entry(value)[0] if value is not None else None
         if meta is None or meta["tenant"] != tenant:  # another tenant's entry is as unknown as a missing one
             raise NotFoundError(f"tenant {tenant!r} has no cache entry {entry_id!r}")
+        self._log.feedback(tenant, entry_id, bool(correct))
         if correct:
             return
         self._bump(tenant, meta["category"], "false_hits")
@@ -236,6 +239,29 @@ class SemanticCache(Cache):
 
     def policies(self) -> dict:
         return self._policies.as_dict()
+
+    def calibrate(self, tenant=None, *, apply=True) -> dict:
+        """Fit each category's min_similarity and ambiguity_margin (`calibrate.fit_policy`) from the
+        logged hits that got feedback (`lookuplog.py`); with `apply`, set them (for the tenant's
+        categories when a tenant is named). A category whose judged hits were all wrong gets a
+        threshold above its highest wrong hit (1.0 at most: only the same prompt). Returns, per
+        category, the fitted values and the hits they were fitted on."""
+        if tenant is not None:
+            tenant = validate.name(tenant, "tenant")
+        names, category, best, other, correct = self._log.labelled(tenant)
+        if not names:
+            return {}
+        fitted = fit_policy(category, best, correct, correct, len(names), other=other)
+        out = {}
+        for k, name in enumerate(names):
+            sel = category == k
+            threshold = float(min(max(fitted.thresholds[k], -1.0), 1.0))
+            margin = float(min(max(fitted.margins[k], 0.0), 2.0))
+            out[name] = {"min_similarity": threshold, "ambiguity_margin": margin, "hits": int(sel.sum()),
+                         "wrong_hits": int((sel & ~correct).sum())}
+            if apply:
+                self.set_policy(name, tenant=tenant, min_similarity=threshold, ambiguity_margin=margin)
+        return out
 
     def train_classifier(self, examples, *, min_similarity=0.0) -> None:
         if not isinstance(examples, dict) or not examples:
@@ -512,8 +538,10 @@ class SemanticCache(Cache):
 
     def _lookup(self, tenant, category, source, policy: Policy, base: Policy, key, prompt, embedding,
                 max_age=None) -> Lookup:
+        other = None  # the best similarity of an entry with another answer than the best's
+
         def miss(reason, similarity=None):
-            return Lookup(False, reason, category, source, policy.min_similarity, similarity)
+            return Lookup(False, reason, category, source, policy.min_similarity, similarity, other_similarity=other)
 
         def searched_miss(reason, similarity=None):  # a miss that cost a search: counts toward break-even
             self.economics.lookup(category, False, time.perf_counter() - search_start)
@@ -564,16 +592,18 @@ class SemanticCache(Cache):
                     self._expire_slots(tenant, category, partition, np.array([slot]))
             return searched_miss("expired", similarity)
         if policy.guard and prompt is not None:
-            conflict = near_miss(prompt, meta["prompt"])
-            if conflict is not None:
-                return searched_miss(f"near_miss:{conflict}", similarity)
+            refusal = guard_check(prompt, meta["prompt"])
+            if refusal is not None:
+                self.economics.lookup(category, False, time.perf_counter() - search_start)
+                return Lookup(False, f"near_miss:{refusal.reason}", category, source, policy.min_similarity,
+                              similarity, cached_prompt=meta["prompt"], other_similarity=other, why=refusal.detail)
         self.economics.lookup(category, True, fetch_start - search_start, time.perf_counter() - fetch_start)
         with group.lock:
             if partition.entry_ids[slot] == entry_id:
                 partition.touch(slot, now)
         return Lookup(True, "hit", category, source, policy.min_similarity, similarity, meta["answer"],
                       meta["prompt"], now - created, entry_id, relaxed=similarity < base.min_similarity,
-                      extra=meta.get("extra"))
+                      extra=meta.get("extra"), other_similarity=other)
 
     def _store(self, tenant, category, policy: Policy, key, prompt, answer, embedding, fields=None) -> int:
         answer_bytes = len(answer.encode())
@@ -766,6 +796,7 @@ class SemanticCache(Cache):
             return group
 
     def _count(self, tenant, category, lookup: Lookup) -> None:
+        self._log.record(tenant, category, lookup.hit, lookup.similarity, lookup.other_similarity, lookup.entry_id)
         reason = lookup.reason.split(":")[0]
         names = ["lookups", "hits" if lookup.hit else "misses"]
         names += ["relaxed_hits"] if lookup.relaxed else []

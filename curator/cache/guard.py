@@ -323,14 +323,15 @@ def _lexicon() -> dict[str, str]:
     add("bank", "zelle")
 
     units = {
-        "cup": "cups", "ounce": "ounces oz", "gram": "grams", "kilogram": "kilograms kilo kilos kg",
+        "cup": "cups", "ounce": "ounces oz", "gram": "grams g", "kilogram": "kilograms kilo kilos kg",
         "pound": "pounds lb lbs", "mile": "miles", "kilometer": "kilometers kilometre kilometres km",
         "inch": "inches", "foot": "feet", "meter": "meters metre metres", "liter": "liters litre litres",
         "gallon": "gallons", "quart": "quarts", "pint": "pints", "tablespoon": "tablespoons tbsp",
         "teaspoon": "teaspoons tsp", "celsius": "centigrade", "fahrenheit": "", "yard": "yards",
         "centimeter": "centimeters centimetre centimetres cm", "millimeter": "millimeters mm",
         "milliliter": "milliliters ml", "ton": "tons tonne tonnes", "calorie": "calories kcal",
-        "stone": "stones",
+        "stone": "stones", "kilobyte": "kilobytes kb", "megabyte": "megabytes mb megs",
+        "gigabyte": "gigabytes gb gigs", "terabyte": "terabytes tb",
     }
     for canonical, aliases in units.items():
         add("unit", canonical, *aliases.split())
@@ -366,7 +367,7 @@ _NOT_PLACES = frozenset(
     "victoria salem lincoln jackson columbia george nancy kaya cali concord champion frisco norman eugene "
     "pueblo bend gary mission centennial elizabeth jersey carmel sandy layton college regina hamilton "
     "florence austin charlotte madison savannah jordan chad georgia guinea turkey china bristol troy "
-    "dale orleans ajax bali gaya nigeria mandi patan rampur sur une lima angel angels santa clara "
+    "dale orleans ajax bali gaya nigeria mandi patan rampur sur une angel angels santa clara "
     "gold coast long beach sterling heights rock hill rochester hills west valley city north".split()
 )
 
@@ -477,7 +478,7 @@ _ANTONYM_PAIRS = [tuple(p.split("/")) for p in (
     "accept/reject accept/decline approve/deny approved/denied approved/declined allow/block "
     "allowed/forbidden enter/exit inbound/outbound incoming/outgoing lend/borrow send/receive "
     "sent/received sunrise/sunset first/last big/small bigger/smaller large/small larger/smaller "
-    "heavy/light full/empty income/expenses income/spending asleep/awake day/night "
+    "enable/disable activate/deactivate heavy/light full/empty income/expenses income/spending asleep/awake day/night "
     "checkin/checkout login/logout signin/signout turnon/turnoff switchon/switchoff poweron/poweroff "
     "clockin/clockout turnup/turndown"
 ).split()]
@@ -522,12 +523,14 @@ _NON = re.compile(r"\bnon[\s-](?=[a-z]{3})")
 # Greetings name a part of the day and ask nothing about it.
 _GREETING = re.compile(r"\bgood\s+(?:morning|afternoon|evening|night|day)\b|^(?:morning|evening)\b")
 # Two-word verbs whose particle is the meaning ("check in" / "check out"): one token each.
-_PARTICLE = re.compile(r"\b(check|log|sign|turn|switch|power|clock)(?:ed|ing|s)?\s+(in|out|on|off|up|down)\b")
+_PARTICLE = re.compile(r"(?<![\w'])(check|log|sign|turn|switch|power|clock)(?:ed|ing|s)?\s+(in|out|on|off|up|down)\b")
 
 
 def normalise(text: str) -> str:
     """Lower case, straight apostrophes, single spaces, number words as digits, units apart."""
     t = _APOSTROPHES.sub("'", text.lower())
+    if not t.isascii():  # "zürich" = "zurich", "são paulo" = "sao paulo"
+        t = "".join(c for c in unicodedata.normalize("NFKD", t) if not unicodedata.combining(c))
     t = _SPACES.sub(" ", t).strip()
     if not _NUMBER_WORD_SET.isdisjoint(_WORD.findall(t)):
         t = _NUM_RUN.sub(_digits_for_words, t)
