@@ -8,6 +8,14 @@ may use, and must get the same answers and the same errors, word for word: nothi
 ids, fields, types, counts or cache entries reaches him. (His searches are exact, so that the
 shared tree's layout, which alice's vectors shape, does not decide which neighbours he gets; the
 tree is the paper's point, and what it may leak is approximate recall, not content.)
+
+Bob's cache statistics are compared whole, byte sizes included: each server's cache runs on a
+clock that stands still (`start`), because an entry's size holds its creation time's digits, and
+the two worlds run at different moments whatever alice does. His entry ids are random (never a
+function of how many entries alice stored): `bob_sees` reports only that they are 63-bit ids and
+the tests check that his consecutive stores are not consecutive numbers. (An embedding model's
+dimension is one across the cache, so a tenant storing another dimension under a model name
+alice uses would learn it is in use; alice and bob use model "m" at one dimension here.)
 """
 
 import numpy as np
@@ -38,6 +46,7 @@ def start(tmp_path, name: str) -> CuratorServer:
     keys = keys_file(tmp_path / f"{name}.toml", {"alice": (KEYS["alice"], ["alice", "alice2"]),
                                                 "bob": (KEYS["bob"], ["bob"]), "admin": (KEYS["admin"], None)})
     server = CuratorServer(ServerConfig(port=0, keys=keys)).start()
+    server.db.cache._clock = lambda: 1_700_000_000.0  # the same creation time in both worlds (see above)
     with curator.connect(server.address, api_key=KEYS["admin"]) as admin:
         col = admin.create_collection("c", dim=DIM, branching=4, leaf_size=8, train_size=64)
         rng = np.random.default_rng(3)
@@ -81,22 +90,24 @@ def alice_acts(address: str, actions, seed: int) -> None:
                     for i in range(n):
                         db.cache.store("alice", f"alice asks {i}", f"alice's answer {i}",
                                        embedding=np.eye(8, dtype=np.float32)[i % 8], embedding_model="m")
+                        for j in (i, i + 1):  # hits and misses in bob's category (the default)
+                            db.cache.lookup("alice", f"alice asks {j}", embedding=np.eye(8, dtype=np.float32)[j % 8],
+                                            embedding_model="m")
                 else:
                     col.search(rng.random(DIM, dtype=np.float32), k=n, tenant="alice", filter=extra or None)
             except curator.CuratorError:
                 pass  # alice's own failures are hers
 
 
-def cache_counts(stats: dict) -> dict:
-    """A tenant's cache statistics without the measured costs and byte sizes (a timestamp's
-    digits in each entry): what its own lookups and stores counted."""
-    return {category: {k: v for k, v in row.items() if not k.endswith(("_s", "bytes", "hit_rate"))}
-            for category, row in stats["categories"].items()}
-
-
-def bob_sees(address: str) -> list:
-    """Everything bob's key can ask, with the answer or the error, as comparable values."""
+def bob_sees(address: str, entry_ids: list | None = None) -> list:
+    """Everything bob's key can ask, with the answer or the error, as comparable values; the
+    entry ids his stores got are appended to `entry_ids` (random: compared apart)."""
     seen = []
+    entry_ids = [] if entry_ids is None else entry_ids
+
+    def stored(entry_id: int) -> bool:
+        entry_ids.append(entry_id)
+        return 0 <= entry_id < 1 << 63
 
     def ask(name, call):
         try:
@@ -147,15 +158,25 @@ def bob_sees(address: str) -> list:
             ("cache lookup", lambda: (lambda r: (r.hit, r.answer))(
                 db.cache.lookup("bob", "alice asks 0", embedding=np.eye(8, dtype=np.float32)[0],
                                 embedding_model="m"))),
-            ("cache store", lambda: db.cache.store("bob", "bob asks", "bob's answer",
-                                                   embedding=np.eye(8, dtype=np.float32)[1], embedding_model="m") * 0),
+            ("cache store", lambda: stored(db.cache.store("bob", "bob asks", "bob's answer",
+                                                          embedding=np.eye(8, dtype=np.float32)[1], embedding_model="m"))),
+            ("cache store again", lambda: stored(db.cache.store("bob", "bob asks more", "bob's other answer",
+                                                                embedding=np.eye(8, dtype=np.float32)[2],
+                                                                embedding_model="m"))),
             ("cache hit", lambda: (lambda r: (r.hit, r.answer))(
                 db.cache.lookup("bob", "bob asks", embedding=np.eye(8, dtype=np.float32)[1], embedding_model="m"))),
-            ("cache stats", lambda: cache_counts(db.cache.stats("bob"))),
+            ("cache stats", lambda: db.cache.stats("bob")),
             ("quota", lambda: db.quota("bob").usage),
         ]:
             ask(name, call)
     return seen
+
+
+def assert_random_ids(quiet: list, busy: list) -> None:
+    """Bob's two stores in each world: a global sequence would give consecutive numbers, offset
+    by alice's stores in the busy world; random ids are far apart and differ between worlds."""
+    assert len(quiet) == len(busy) == 2 and len(set(quiet + busy)) == 4
+    assert abs(quiet[1] - quiet[0]) > 1 << 20 and abs(busy[1] - busy[0]) > 1 << 20
 
 
 def test_bob_sees_the_same_with_and_without_alice(tmp_path):
@@ -163,7 +184,9 @@ def test_bob_sees_the_same_with_and_without_alice(tmp_path):
     try:
         alice_acts(busy.address, [("insert", 20, {"year": "old", "secret": 1, "lang": 3}), ("grant", 10, None),
                                   ("cache", 3, None), ("payloads", 5, {"price": "cheap", "tags": True})], 1)
-        assert bob_sees(quiet.address) == bob_sees(busy.address)
+        quiet_ids, busy_ids = [], []
+        assert bob_sees(quiet.address, quiet_ids) == bob_sees(busy.address, busy_ids)
+        assert_random_ids(quiet_ids, busy_ids)
     finally:
         quiet.stop(), busy.stop()
 
@@ -176,6 +199,8 @@ def test_whatever_alice_does_bob_sees_the_same(tmp_path_factory, actions, seed):
     quiet, busy = start(tmp, "quiet"), start(tmp, "busy")
     try:
         alice_acts(busy.address, actions, seed)
-        assert bob_sees(quiet.address) == bob_sees(busy.address)
+        quiet_ids, busy_ids = [], []
+        assert bob_sees(quiet.address, quiet_ids) == bob_sees(busy.address, busy_ids)
+        assert_random_ids(quiet_ids, busy_ids)
     finally:
         quiet.stop(), busy.stop()
