@@ -260,3 +260,17 @@ def test_metric_labels_are_the_categories_admins_named():
     assert metrics.label("later") == "later"
     cache._classifier = type("Trained", (), {"categories": ["travel"]})()  # as train_classifier leaves it
     assert metrics.label("travel") == "travel" and metrics.label("squat1") == "_other"
+
+
+def test_a_tenants_counters_of_categories_are_bounded():
+    """Lookups may name any category; past 4 x its category budget a tenant's further categories
+    (none an admin named) count in one "_other" row, so lookups cannot grow its stats without end."""
+    cache = cache_of(tenant_categories=2)
+    cache.set_policy("finance", min_similarity=0.9)
+    for i in range(20):
+        cache.lookup("mallory", embedding=unit(i), category=f"c{i}", embedding_model="m")
+    cache.lookup("mallory", embedding=unit(1), category="finance", embedding_model="m")
+    rows = cache.stats("mallory")["categories"]
+    assert sorted(rows) == sorted([f"c{i}" for i in range(8)] + ["_other", "finance"])
+    assert rows["_other"]["lookups"] == 12 and rows["finance"]["lookups"] == 1
+    assert sorted(cache.stats("acme")["categories"]) == []

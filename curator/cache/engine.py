@@ -50,6 +50,8 @@ NEIGHBOURS = 10         # entries compared per lookup (the best, and its rivals 
 MAX_EXTRA_BYTES = 4096  # what store_chat keeps beside an answer (the upstream's model, usage, ...), as JSON
 SAME_PROMPT = 1 - 1e-4  # the same text embeds to the same vector: candidates for replacing an entry
 EXPIRY_SWEEP_EVERY = 256  # stores between sweeps of expired entries
+COUNTED_CATEGORIES = 4    # x a tenant's category budget: categories counted apart in its stats
+OTHER_CATEGORY = "_other"  # the stats row of a tenant's categories past that
 _POLICIES_KEY, _CLASSIFIER_KEY = SETTING + b"policies", SETTING + b"classifier"
 _COUNTERS = ("lookups", "hits", "misses", "relaxed_hits", "ambiguous", "near_misses", "false_hits",
              "stores", "evictions", "expirations", "bypassed")
@@ -117,6 +119,7 @@ class SemanticCache(Cache):
         self._budget_locks = [threading.Lock() for _ in range(64)]  # tenant budgets, striped by name
         self._labelled: tuple = (None, None, frozenset())  # (named categories, classifier, labels) memo
         self._counters: dict[tuple[str, str], dict[str, int]] = {}
+        self._counter_rows: dict[str, int] = {}  # tenant -> its rows in _counters
         self._flight = SingleFlight()
         self._log = LookupLog()  # lookups and feedback, for calibrate()
         self._stores_since_sweep = 0
@@ -802,14 +805,29 @@ class SemanticCache(Cache):
         names += ["relaxed_hits"] if lookup.relaxed else []
         names += [_REASON_COUNTERS[reason]] if reason in _REASON_COUNTERS else []
         with self._lock:
-            counts = self._counters.setdefault((tenant, category), dict.fromkeys(_COUNTERS, 0))
+            counts = self._row(tenant, category)
             for name in names:
                 counts[name] += 1
 
     def _bump(self, tenant, category, name, by=1) -> None:
         with self._lock:
-            counts = self._counters.setdefault((tenant, category), dict.fromkeys(_COUNTERS, 0))
-            counts[name] += int(by)
+            self._row(tenant, category)[name] += int(by)
+
+    def _row(self, tenant, category) -> dict[str, int]:
+        """The tenant's counters of a category (the caller holds the lock). Lookups may name any
+        category, so a tenant gets rows of its own for at most COUNTED_CATEGORIES x its category
+        budget; past that, categories no admin named count in its "_other" row."""
+        counts = self._counters.get((tenant, category))
+        if counts is None:
+            rows = self._counter_rows.get(tenant, 0)
+            if rows >= COUNTED_CATEGORIES * self.tenant_limits(tenant)["categories"] and \
+                    category not in self.labelled_categories():
+                category = OTHER_CATEGORY
+                counts = self._counters.get((tenant, category))
+            if counts is None:
+                counts = self._counters[(tenant, category)] = dict.fromkeys(_COUNTERS, 0)
+                self._counter_rows[tenant] = rows + 1
+        return counts
 
     def _reopen(self) -> None:
         """Rebuild the partitions from the stored entries (each partition's in creation order, as
