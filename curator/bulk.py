@@ -219,7 +219,7 @@ def _parquet_rows(path, table, row, first_id) -> Rows:
         if pa.types.is_struct(payload.type):
             payloads = [{k: v for k, v in p.items() if v is not None} if p else {} for p in payload.to_pylist()]
         else:
-            payloads = [_json_object(path, row + i, text) for i, text in enumerate(payload.to_pylist())]
+            payloads = _json_objects(path, row, payload.to_pylist())
     return Rows(ids, vectors, tenants, grants, payloads, row + n)
 
 
@@ -237,6 +237,18 @@ def _json_object(path, row, text):
     if not isinstance(value, dict):
         raise InvalidArgumentError(f"{path}: row {row}: payload must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def _json_objects(path, row, texts: list) -> list[dict]:
+    """Payloads from their JSON texts, parsed as one array (one call instead of one a row: half the
+    time); when that fails or is not one object a row, row by row to name the bad one."""
+    try:
+        values = json.loads("[" + ",".join(text or "{}" for text in texts) + "]")
+        if len(values) == len(texts) and all(type(v) is dict for v in values):
+            return values
+    except ValueError:
+        pass
+    return [_json_object(path, row + i, text) for i, text in enumerate(texts)]
 
 
 def _json_list(path, row, text):
@@ -259,7 +271,7 @@ def _numpy_rows(path, row, ids, vectors, tenants, grants, payloads, first_id) ->
            else np.asarray(ids).astype(np.int64, copy=False))
     tenants = None if tenants is None else np.array([t or None for t in tenants.tolist()], dtype=object)
     grants = None if grants is None else [_json_list(path, row + i, g) for i, g in enumerate(grants.tolist())]
-    payloads = None if payloads is None else [_json_object(path, row + i, p) for i, p in enumerate(payloads.tolist())]
+    payloads = None if payloads is None else _json_objects(path, row, payloads.tolist())
     return Rows(ids, np.ascontiguousarray(vectors, dtype=np.float32), tenants, grants, payloads, row + n)
 
 

@@ -218,3 +218,31 @@ def test_the_command_imports_and_exports(tmp_path):
         assert_equal_to_file(db.collection("docs"), *expected)
     missing = cli("import", path, "--collection", "other", "--data", data)
     assert missing.returncode == 1 and "--metric" in missing.stderr
+
+
+def test_a_killed_import_resumes(tmp_path):
+    """`curator import` killed (SIGKILL) halfway, then run again: the collection equals the file."""
+    import time
+
+    path = tmp_path / "rows.parquet"
+    expected = parquet_file(path, n=4000)
+    data = tmp_path / "data"
+    progress = bulk.progress_path(path)
+    command = [sys.executable, "-m", "curator_server", "import", str(path), "--collection", "docs", "--data",
+               str(data), "--metric", "l2", "--batch", "20"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if progress.exists() and json.loads(progress.read_text())["rows"] >= 400:
+            break
+        time.sleep(0.005)
+    process.kill()
+    process.wait()
+    record = json.loads(progress.read_text())
+    if record["done"]:
+        pytest.skip("the import finished before it could be killed")
+    resumed = cli("import", path, "--collection", "docs", "--data", data, "--batch", "20")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed at row {record['rows']}" in resumed.stderr
+    with curator.open(str(data)) as db:
+        assert_equal_to_file(db.collection("docs"), *expected)
