@@ -45,7 +45,8 @@ class PermissionDeniedError(CuratorError):
 class ResourceExhaustedError(CuratorError):
     """A request goes beyond a configured limit. `limit` names a tenant quota or key rate when
     one refused it (vectors, vector_bytes, payload_bytes, cache_entries, reads_per_second,
-    writes_per_second); `retry_after` is the seconds until a rate allows the call again."""
+    writes_per_second) or a semantic cache budget did (cache_entries, cache_bytes,
+    cache_categories, answer_bytes: `curator/cache/limits.py`); `retry_after` is the seconds until a rate allows the call again."""
 
     code = "RESOURCE_EXHAUSTED"
 

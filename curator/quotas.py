@@ -9,7 +9,8 @@ database-wide here) and, for entries, the semantic cache:
 - `vector_bytes`: those vectors' float32 bytes (dim x 4 each);
 - `payload_bytes`: the payloads on those vectors, each the length of its compact JSON as stored
   (`STORAGE.md`, `P` records; 0 for none);
-- `cache_entries`: the tenant's entries in the semantic cache.
+- `cache_entries`: the tenant's entries in the semantic cache (where no quota sets it, the
+  cache's own `tenant_entries` applies instead: `curator/cache/limits.py`; the cache checks it).
 
 All follow what the tenant can see, not who wrote it: a payload belongs to its vector, and
 tenants sharing a vector share it, so a grant brings the vector's payload along and a revoke

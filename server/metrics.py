@@ -230,8 +230,8 @@ class QuotaMetrics:
 
     def __init__(self, registry: CollectorRegistry, db):
         self.refusals = Counter("curator_quota_refused", "calls refused by a tenant quota or a key rate, by limit "
-                                "(vectors, vector_bytes, payload_bytes, cache_entries, reads_per_second, "
-                                "writes_per_second)", ["limit"], registry=registry)
+                                "(vectors, vector_bytes, payload_bytes, cache_entries, cache_bytes, cache_categories, "
+                                "answer_bytes, reads_per_second, writes_per_second)", ["limit"], registry=registry)
         registry.register(_QuotaCollector(db))
 
     def refused(self, limit: str) -> None:

@@ -123,4 +123,6 @@ class Cache(ABC):
     @abstractmethod
     def stats(self, tenant: str | None = None) -> dict:
         """Per category: lookups, hits, misses, relaxed hits, false hits, evictions, expirations,
-        entries, bytes, lookup cost, break-even and observed hit rate; and the upstream's load."""
+        entries, bytes and the observed hit rate. For a tenant, only what its own lookups and
+        stores made, and its limits (`limits.py`); for all (tenant None, an admin's), also each
+        category's measured costs and break-even hit rate, and the upstream's load."""
