@@ -87,7 +87,8 @@ class Change:
     `deleted`: vectors gone; `payloads`: vectors whose payload was written; `tenants_added` /
     `tenants_dropped`: tenant numbers; `retrained`: the shared tree was (re)trained; `slept`:
     tenants made inactive, each with its manifest (the ids it sees); `woken`: tenants made active;
-    `offloaded`: tenants offloaded, each with its archived vectors (out of the live store now);
+    `offloaded`: tenants offloaded, each with its archived vectors (out of the live store now)
+    and their leaves (a manifest of the archived ids);
     `restored`: offloaded tenants brought back, each with the ids its archive held.
     """
 
@@ -100,7 +101,7 @@ class Change:
     retrained: bool = False
     slept: dict[int, Manifest] = field(default_factory=dict)
     woken: list[int] = field(default_factory=list)
-    offloaded: dict[int, Shelved] = field(default_factory=dict)
+    offloaded: dict[int, tuple[Shelved, Manifest]] = field(default_factory=dict)
     restored: dict[int, np.ndarray] = field(default_factory=dict)
 
 
@@ -368,15 +369,16 @@ class CuratorIndex:
         keep = np.ones(manifest.ids.size, bool)
         keep[evicted[alone]] = False
         rest = Manifest(manifest.ids[keep], manifest.leaves[keep], manifest.tree_key)
+        leaves = Manifest(archived.ids, manifest.leaves[evicted[alone]], manifest.tree_key)
         self.version += 1
         self.shelf.put_manifest(t, rest)
         self.shelf.forget(archived.ids)
-        self.shelf.archive(t, archived)
+        self.shelf.archive(t, archived, leaves)
         self.ids.discard(archived.ids)
         self.evicted -= archived.ids.size
         self.offloaded[t] = int(archived.ids.size)
         change.slept[t] = rest
-        change.offloaded[t] = archived
+        change.offloaded[t] = (archived, leaves)
         return change
 
     def offloaded_holders(self, ids: np.ndarray) -> list[str]:
@@ -426,9 +428,10 @@ class CuratorIndex:
         change = Change(woken=[t])
         restored = _NO_IDS
         if t in self.offloaded:  # its archive back first: the ids are its alone, so free
-            archived = self.shelf.archived(t)
+            archived, leaves = self.shelf.archived(t)
             self.evicted += archived.ids.size  # counted as evicted until admitted
-            restored = self._admit(archived)
+            same_tree = leaves.tree_key == self._tree_key() and np.array_equal(leaves.ids, archived.ids)
+            restored = self._admit(archived, leaves.leaves if same_tree else None)  # no routing when it can
             self.shelf.unarchive(t)
             del self.offloaded[t]
             change.restored[t] = archived.ids

@@ -131,19 +131,20 @@ class MemoryShelf:
         self.dim = dim
         self._rows: dict[int, tuple] = {}  # id -> (vector, access list, owner, payload)
         self._manifests: dict[int, Manifest] = {}
-        self._archives: dict[int, Shelved] = {}  # offloaded tenant -> its archived vectors
+        self._archives: dict[int, tuple] = {}  # offloaded tenant -> its archived vectors and their leaves
         self._holders: dict[int, int] = {}  # archived id -> its offloaded tenant
 
-    def archive(self, t: int, shelved: Shelved) -> None:
-        self._archives[t] = shelved
+    def archive(self, t: int, shelved: Shelved, leaves: Manifest) -> None:
+        self._archives[t] = (shelved, leaves)
         self._holders.update(dict.fromkeys(shelved.ids.tolist(), t))
 
-    def archived(self, t: int) -> Shelved:
-        return self._archives.get(t) or Shelved.empty(self.dim)
+    def archived(self, t: int) -> tuple[Shelved, Manifest]:
+        return self._archives.get(t) or (Shelved.empty(self.dim), Manifest.empty())
 
     def unarchive(self, t: int) -> None:
-        for id_ in self._archives.pop(t, Shelved.empty(self.dim)).ids.tolist():
+        for id_ in self.archived(t)[0].ids.tolist():
             self._holders.pop(id_, None)
+        self._archives.pop(t, None)
 
     def holders(self, ids: np.ndarray) -> np.ndarray:
         """For each id, the offloaded tenant whose archive holds it (-1: none)."""

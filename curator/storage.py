@@ -44,7 +44,9 @@ _COLLECTION, _VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD = b"C", b"V", b"A", b"T"
 _INACTIVE = b"I"  # I + cid + tenant number: the tenant is inactive; value: its manifest (states.Manifest)
 # O + cid + id: the id is in an offloaded tenant's archive; value: that tenant's number (u32 BE).
 # X + cid + tenant number: the tenant is offloaded; value: JSON {"vectors": n} (its archive's size).
-_ARCHIVED, _OFFLOADED = b"O", b"X"
+# L + cid + tenant number: the leaves of its archived vectors (a states.Manifest), read when it is
+# restored, never when opening.
+_ARCHIVED, _OFFLOADED, _LEAVES = b"O", b"X", b"L"
 _CHUNK = 1 << 16  # records a scan turns into arrays at a time: bounded temporary Python objects
 # Records other parts keep here through write_records / scan_records (STORAGE.md), besides the
 # semantic cache's S and Y (cache/records.py): tenant quotas set through the API (`quotas.py`) and
@@ -140,7 +142,7 @@ class DataDirectory:
     def drop_collection(self, name: str, cid: int) -> None:
         batch = WriteBatch(raw_mode=True)
         batch.delete(_COLLECTION + name.encode())
-        for kind in (_VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD, _INACTIVE, _ARCHIVED, _OFFLOADED):
+        for kind in (_VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD, _INACTIVE, _ARCHIVED, _OFFLOADED, _LEAVES):
             batch.delete_range(_prefix(kind, cid), _prefix(kind, cid + 1))
         self._wait(self.commit(batch))
         shutil.rmtree(self.archives / str(cid), ignore_errors=True)  # its offloaded tenants' archives
@@ -154,8 +156,9 @@ class DataDirectory:
     def archive_path(self, cid: int, t: int) -> Path:
         return self.archives / str(cid) / f"{t}.npz"
 
-    def archived(self, cid: int, t: int, dim: int) -> Shelved:
-        """An offloaded tenant's archived vectors (its alone: access list [t], owned by t)."""
+    def archived(self, cid: int, t: int, dim: int) -> tuple[Shelved, Manifest]:
+        """An offloaded tenant's archived vectors (its alone: access list [t], owned by t), and
+        the leaves they were in."""
         from .tenant_archive import TenantArchive
 
         try:
@@ -164,8 +167,10 @@ class DataDirectory:
             raise StorageError(f"the archive of offloaded tenant {t} of collection {cid} cannot be read: {error}") from None
         n = len(archive)
         rows = np.array([i for i, p in enumerate(archive.payloads) if p], np.int64)
-        return Shelved(archive.ids, archive.vectors.reshape(n, dim), np.full(n, t, np.int32), np.ones(n, np.int64),
-                       np.full(n, t, np.int32), rows, [archive.payloads[i] for i in rows.tolist()])
+        raw = self._db.get(_prefix(_LEAVES, cid) + t.to_bytes(4, "big"))
+        return (Shelved(archive.ids, archive.vectors.reshape(n, dim), np.full(n, t, np.int32), np.ones(n, np.int64),
+                        np.full(n, t, np.int32), rows, [archive.payloads[i] for i in rows.tolist()]),
+                Manifest.empty() if raw is None else Manifest.decode(raw))
 
     def holders(self, cid: int, ids: np.ndarray) -> np.ndarray:
         """For each id, the offloaded tenant whose archive holds it (-1: none): one multi-get of
@@ -324,7 +329,7 @@ class DataDirectory:
         return self._record(cid, change, index)
 
     def _record(self, cid: int, change, index) -> "_Ticket | None":
-        for t, shelved in change.offloaded.items():
+        for t, (shelved, _) in change.offloaded.items():
             self._write_archive(cid, t, shelved, index)
         batch = WriteBatch(raw_mode=True)
         if change.written.size:
@@ -357,7 +362,7 @@ class DataDirectory:
             batch.put(_inactive_key(cid, t), manifest.encode())
         for t in change.woken + change.tenants_dropped:
             batch.delete(_inactive_key(cid, t))
-        for t, shelved in change.offloaded.items():
+        for t, (shelved, leaves) in change.offloaded.items():
             for key in (_keys(_VECTOR, cid, shelved.ids) + _keys(_ACCESS, cid, shelved.ids)
                         + _keys(_PAYLOAD, cid, shelved.ids)):
                 batch.delete(key)
@@ -365,10 +370,12 @@ class DataDirectory:
             for key in _keys(_ARCHIVED, cid, shelved.ids):
                 batch.put(key, number)
             batch.put(_prefix(_OFFLOADED, cid) + number, json.dumps({"vectors": int(shelved.ids.size)}).encode())
+            batch.put(_prefix(_LEAVES, cid) + number, leaves.encode())
         for t, ids in change.restored.items():
             for key in _keys(_ARCHIVED, cid, ids):
                 batch.delete(key)
             batch.delete(_prefix(_OFFLOADED, cid) + t.to_bytes(4, "big"))
+            batch.delete(_prefix(_LEAVES, cid) + t.to_bytes(4, "big"))
         if change.retrained:
             tree = index.tree
             batch.put(_prefix(_TREE, cid), _encode_arrays(
@@ -442,13 +449,13 @@ class CollectionShelf:
     def payload_bytes(self, n_tenants: int, ids: np.ndarray) -> np.ndarray:
         return self._directory.evicted_payload_bytes(self._cid, n_tenants, ids)
 
-    def archived(self, t: int) -> Shelved:
+    def archived(self, t: int) -> tuple[Shelved, Manifest]:
         return self._directory.archived(self._cid, t, self._dim)
 
     def holders(self, ids: np.ndarray) -> np.ndarray:
         return self._directory.holders(self._cid, ids)
 
-    def archive(self, t: int, shelved: Shelved) -> None: ...  # the write's record writes the file
+    def archive(self, t: int, shelved: Shelved, leaves: Manifest) -> None: ...  # the write's record writes the file
 
     def unarchive(self, t: int) -> None: ...  # the write's record removes the file
 

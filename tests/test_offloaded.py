@@ -11,7 +11,8 @@ from curator.storage import _keys
 from curator.tenant_archive import TenantArchive
 from tests.conftest import SMALL_TREE, engine
 from tests.test_server import KEYS
-from tests.test_tenant_states import DIM, N_TENANTS, PER, QUERIES, X, answers, id_reads, payload, populate
+from tests.test_tenant_states import (DIM, N_TENANTS, PER, QUERIES, X, answers, assert_routed, id_reads, payload,
+                                      populate)
 
 T0_OWN = np.arange(20, PER)  # t0 sees 0..59 and 120..129; 0..19 are shared with t1, 120..129 are t2's
 T2_OWN = np.arange(2 * PER + 10, 3 * PER)
@@ -53,6 +54,18 @@ def test_an_offloaded_tenant_answers_the_same_once_restored(db):
     assert stats.get("offloaded_vectors", 0) == stats.get("evicted_vectors", 0) == 0
     for t in range(N_TENANTS):
         engine(db, col).index.tenancy.check(t)
+    for t in ("t0", "t2"):  # back in the leaves they were archived from
+        assert_routed(engine(db, col).index, t)
+
+
+def test_a_tenant_offloaded_across_a_retrain_is_routed_again(db):
+    col = db.create_collection("c", dim=DIM, **SMALL_TREE)
+    seen = populate(col)
+    before = answers(col, "t0", seen["t0"])
+    col.offload_tenant("t0")
+    col.train(X[::2] * 1.5)  # another tree: the archived leaves no longer hold
+    assert answers(col, "t0", seen["t0"]) == before
+    assert_routed(engine(db, col).index, "t0")
 
 
 def test_reopening_reads_nothing_of_offloaded_tenants_and_restores_them_on_demand(tmp_path, monkeypatch):
