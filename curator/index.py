@@ -193,6 +193,7 @@ class CuratorIndex:
         self.shelf = MemoryShelf(dim)
         self.evicted = 0  # ids known but not in memory (IdMap slot EVICTED)
         self.offloaded: dict[int, int] = {}  # offloaded tenant -> vectors in its archive (not in the IdMap)
+        self.archived_payload_bytes: dict[int, int] = {}  # offloaded tenant -> its archive's payload bytes (quotas)
         self._tree_keys: tuple | None = None  # (tree, its fingerprint)
         self.last_used: list[float] = []  # tenant -> monotonic time it was last named by a call
 
@@ -377,6 +378,9 @@ class CuratorIndex:
         self.ids.discard(archived.ids)
         self.evicted -= archived.ids.size
         self.offloaded[t] = int(archived.ids.size)
+        from .quotas import payload_bytes  # quotas sits above the index
+
+        self.archived_payload_bytes[t] = sum(payload_bytes(p) for p in archived.payloads)
         change.slept[t] = rest
         change.offloaded[t] = (archived, leaves)
         return change
@@ -434,6 +438,7 @@ class CuratorIndex:
             restored = self._admit(archived, leaves.leaves if same_tree else None)  # no routing when it can
             self.shelf.unarchive(t)
             del self.offloaded[t]
+            self.archived_payload_bytes.pop(t, None)
             change.restored[t] = archived.ids
             change.written = archived.ids
             change.payloads = archived.ids[archived.payload_rows]
@@ -492,9 +497,12 @@ class CuratorIndex:
     def evicted_payload_bytes(self, n_tenants: int) -> np.ndarray:
         """Per tenant, the payload bytes of the evicted vectors it sees (the quota tally's part
         that is not in memory)."""
+        tally = np.zeros(n_tenants, np.int64)
+        for t, size in self.archived_payload_bytes.items():  # offloaded tenants' archives: kept, not read
+            tally[t] += size
         if not self.evicted:
-            return np.zeros(n_tenants, np.int64)
-        return self.shelf.payload_bytes(n_tenants, self.ids.ids(EVICTED))
+            return tally
+        return tally + self.shelf.payload_bytes(n_tenants, self.ids.ids(EVICTED))
 
     def _unseen(self, slots: np.ndarray) -> np.ndarray:
         """Those of these slots that no active tenant sees."""
@@ -666,7 +674,8 @@ class CuratorIndex:
         index.ids = IdMap.of(np.concatenate([ids[order], evicted]),
                              np.concatenate([slots, np.full(evicted.size, EVICTED)]))
         index.evicted = evicted.size
-        index.offloaded = dict(stored.get("offloaded", {}))
+        index.offloaded = {t: n for t, (n, _) in stored.get("offloaded", {}).items()}
+        index.archived_payload_bytes = {t: b for t, (_, b) in stored.get("offloaded", {}).items()}
         names = stored["tenant_names"]
         index.tenant_names = list(names)
         index.tenant_numbers = {name: t for t, name in enumerate(names) if name is not None}

@@ -43,7 +43,8 @@ _FORMAT_KEY = b"F"
 _COLLECTION, _VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD = b"C", b"V", b"A", b"T", b"R", b"P"
 _INACTIVE = b"I"  # I + cid + tenant number: the tenant is inactive; value: its manifest (states.Manifest)
 # O + cid + id: the id is in an offloaded tenant's archive; value: that tenant's number (u32 BE).
-# X + cid + tenant number: the tenant is offloaded; value: JSON {"vectors": n} (its archive's size).
+# X + cid + tenant number: the tenant is offloaded; value: JSON {"vectors": n, "payload_bytes": b} (its
+# archive's size, and its payloads' for the quota tally).
 # L + cid + tenant number: the leaves of its archived vectors (a states.Manifest), read when it is
 # restored, never when opening.
 _ARCHIVED, _OFFLOADED, _LEAVES = b"O", b"X", b"L"
@@ -202,7 +203,7 @@ class DataDirectory:
         tenants = {int.from_bytes(k[5:9], "big"): v.decode() for k, v in self._scan(_prefix(_TENANT, cid))}
         names = [tenants.get(t) for t in range(max(tenants, default=-1) + 1)]
         inactive = [int.from_bytes(k[5:9], "big") for k, _ in self._scan(_prefix(_INACTIVE, cid))]
-        offloaded = {int.from_bytes(k[5:9], "big"): json.loads(v)["vectors"]
+        offloaded = {int.from_bytes(k[5:9], "big"): (json.loads(v)["vectors"], json.loads(v).get("payload_bytes", 0))
                      for k, v in self._scan(_prefix(_OFFLOADED, cid))}
         id_parts, count_parts, tenant_parts = [_NO_IDS], [_NO_IDS], [np.zeros(0, np.int32)]
         for ids, rows in self._scan_chunks(_ACCESS, cid):
@@ -237,7 +238,7 @@ class DataDirectory:
             "evicted_ids": access_ids[~resident],
             "asleep": asleep,
             "tenant_counts": np.bincount(pair_tenants, minlength=n_tenants)
-            + np.bincount(np.array(list(offloaded), np.int64), np.array(list(offloaded.values()), np.float64),
+            + np.bincount(np.array(list(offloaded), np.int64), np.array([n for n, _ in offloaded.values()], np.float64),
                           n_tenants).astype(np.int64),
             "offloaded": offloaded,
         }
@@ -369,7 +370,8 @@ class DataDirectory:
             number = t.to_bytes(4, "big")
             for key in _keys(_ARCHIVED, cid, shelved.ids):
                 batch.put(key, number)
-            batch.put(_prefix(_OFFLOADED, cid) + number, json.dumps({"vectors": int(shelved.ids.size)}).encode())
+            batch.put(_prefix(_OFFLOADED, cid) + number, json.dumps(
+                {"vectors": int(shelved.ids.size), "payload_bytes": index.archived_payload_bytes.get(t, 0)}).encode())
             batch.put(_prefix(_LEAVES, cid) + number, leaves.encode())
         for t, ids in change.restored.items():
             for key in _keys(_ARCHIVED, cid, ids):

@@ -237,3 +237,19 @@ def test_the_asyncio_sdk_offloads(tmp_path):
         asyncio.run(run())
     finally:
         server.stop()
+
+
+def test_quotas_count_what_an_offloaded_tenant_holds(tmp_path):
+    path = str(tmp_path / "data")
+    with curator.open(path) as db:
+        col = db.create_collection("c", dim=DIM, **SMALL_TREE)
+        populate(col)
+        db.set_quota("t0", payload_bytes=10**9)
+        held = db.quota("t0").usage.payload_bytes
+        col.offload_tenant("t0")
+        assert db.quota("t0").usage.payload_bytes == held and db.quota("t0").usage.vectors == 70
+    with curator.open(path) as db:  # the tally made while it is away: from its X record, not its archive
+        assert db.collection("c").tenant_state("t0") == "offloaded"
+        assert db.quota("t0").usage.payload_bytes == held
+        assert db.quota("t0").usage.vectors == 70
+        assert db.collection("c").tenant_state("t0") == "offloaded"
