@@ -13,7 +13,7 @@ Formats, by the file's suffix:
 - `.npy`: memory-mapped. A structured array with fields id <i8, vector <f4 (dim,), tenant,
   grants and payload (unicode; grants and payload as JSON text, "" for none); or, on import
   only, a plain 2-d array of vectors (ids from the row position, owner from `tenant`).
-- `.npz` (numpy.savez, no pickles): arrays `ids` (n,) int64, `vectors` (n, dim) float32 and
+- `.npz` (numpy.savez, no pickles; memory-mapped unless compressed): arrays `ids` (n,) int64, `vectors` (n, dim) float32 and
   optionally `tenants`, `grants`, `payloads` (n,) unicode, grants and payloads as JSON text.
 - `.jsonl` / `.ndjson`: one object a line {"id", "tenant", "grants", "payload", "vector"}; the
   vector's values are written as the doubles equal to the float32 values, so they read back
@@ -114,8 +114,10 @@ def count_rows(path) -> int:
     if kind == "npy":
         return np.load(path, mmap_mode="r").shape[0]
     if kind == "npz":
-        with np.load(path) as npz:
-            return _npz_member(npz, path, "vectors").shape[0]
+        vectors = _npz_arrays(path).get("vectors")
+        if vectors is None:
+            raise InvalidArgumentError(f"{path}: no 'vectors' array")
+        return vectors.shape[0]
     with open(path, "rb") as f:
         return sum(1 for line in f if line.strip())
 
@@ -293,29 +295,58 @@ def _read_npy(path, start, batch, first_id):
                               first_id)
 
 
-def _npz_member(npz, path, name):
-    if name not in npz.files:
-        raise InvalidArgumentError(f"{path}: no '{name}' array (arrays: {', '.join(npz.files) or 'none'})")
-    return npz[name]
+def _npz_arrays(path) -> dict:
+    """The arrays of a .npz by name, each memory-mapped when stored uncompressed (numpy.savez)
+    and read whole when compressed (numpy.savez_compressed)."""
+    import zipfile
+
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                name = info.filename[:-4]
+                version = None
+                if info.compress_type == zipfile.ZIP_STORED:
+                    f.seek(info.header_offset)
+                    local = f.read(30)  # the local file header: its name and extra field lengths at 26 and 28
+                    f.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+                           + int.from_bytes(local[28:30], "little"))
+                    version = np.lib.format.read_magic(f)
+                if version not in ((1, 0), (2, 0)):  # compressed (or a rare header version): read whole
+                    with archive.open(info) as member:
+                        arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+                    continue
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(f)
+                if dtype.hasobject:
+                    raise InvalidArgumentError(f"{path}: '{name}' holds Python objects; store strings as unicode")
+                arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                                         order="F" if fortran else "C") if np.prod(shape) else np.empty(shape, dtype)
+    except (zipfile.BadZipFile, ValueError) as exc:
+        if isinstance(exc, InvalidArgumentError):
+            raise
+        raise InvalidArgumentError(f"{path}: not a plain .npz ({exc})") from None
+    return arrays
 
 
 def _read_npz(path, start, batch, first_id):
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise InvalidArgumentError(f"{path}: not a plain .npz ({exc})") from None
-    with npz:
-        vectors = _npz_member(npz, path, "vectors")
-        n = vectors.shape[0] if vectors.ndim else 0
-        optional = {name: npz[name] if name in npz.files else None for name in ("ids", "tenants", "grants", "payloads")}
-        for name, array in optional.items():
-            if array is not None and array.shape[:1] != (n,):
-                raise InvalidArgumentError(f"{path}: '{name}' has {array.shape[:1]} rows, 'vectors' {n}")
-        for lo in range(start, n, batch):
-            hi = lo + batch
-            part = {k: None if v is None else v[lo:hi] for k, v in optional.items()}
-            yield _numpy_rows(path, lo, part["ids"], vectors[lo:hi], part["tenants"], part["grants"], part["payloads"],
-                              first_id)
+    npz = _npz_arrays(path)
+    if "vectors" not in npz:
+        raise InvalidArgumentError(f"{path}: no 'vectors' array (arrays: {', '.join(npz) or 'none'})")
+    vectors = npz["vectors"]
+    n = vectors.shape[0] if vectors.ndim else 0
+    optional = {name: npz.get(name) for name in ("ids", "tenants", "grants", "payloads")}
+    for name, array in optional.items():
+        if array is not None and array.shape[:1] != (n,):
+            raise InvalidArgumentError(f"{path}: '{name}' has {array.shape[:1]} rows, 'vectors' {n}")
+    for lo in range(start, n, batch):
+        hi = lo + batch
+        part = {k: None if v is None else v[lo:hi] for k, v in optional.items()}
+        yield _numpy_rows(path, lo, part["ids"], vectors[lo:hi], part["tenants"], part["grants"], part["payloads"],
+                          first_id)
 
 
 def _read_jsonl(path, start, position, batch, first_id):
@@ -578,6 +609,7 @@ def export_collection(collection, path, *, batch: int = BATCH, show_progress: bo
     kind = file_format(path)
     began = time.perf_counter()
     grant_ids, grant_tenants, grant_owned, names = tenancy(collection, batch)
+    name_array = np.array(names + [None], dtype=object)
     total = collection.count()
     writer = {"parquet": ParquetWriter, "npy": NpyWriter, "npz": NpzWriter, "jsonl": JsonlWriter}[kind](
         path, collection.dim)
@@ -594,19 +626,21 @@ def export_collection(collection, path, *, batch: int = BATCH, show_progress: bo
             payloads = collection.get_payloads(ids)
             lo = np.searchsorted(grant_ids, ids, "left")
             hi = np.searchsorted(grant_ids, ids, "right")
-            owners, grants = [], []
-            for a, b in zip(lo.tolist(), hi.tolist()):
+            # most vectors have one tenant, their owner: read those at once, the shared ones row by row
+            owners = name_array[grant_tenants[np.minimum(lo, grant_ids.size - 1)]] if grant_ids.size else \
+                np.full(ids.size, None, dtype=object)
+            grants = [[] for _ in range(ids.size)]
+            for i in np.flatnonzero(hi - lo != 1).tolist():
                 owner, others = None, []
-                for j in range(a, b):
+                for j in range(lo[i], hi[i]):
                     if grant_owned[j] and owner is None:
                         owner = names[grant_tenants[j]]
                     else:
                         others.append(names[grant_tenants[j]])
                 if owner is None and others:  # no owner recorded (it cannot happen): the first tenant
                     owner = others.pop(0)
-                owners.append(owner)
-                grants.append(others)
-            writer.write(Rows(ids, vectors, np.array(owners, dtype=object), grants, payloads, written + ids.size))
+                owners[i], grants[i] = owner, others
+            writer.write(Rows(ids, vectors, owners, grants, payloads, written + ids.size))
             written += ids.size
             bar.update(ids.size)
             if after == -1:

@@ -246,3 +246,15 @@ def test_a_killed_import_resumes(tmp_path):
     assert f"resumed at row {record['rows']}" in resumed.stderr
     with curator.open(str(data)) as db:
         assert_equal_to_file(db.collection("docs"), *expected)
+
+
+def test_npz_members_are_memory_mapped_unless_compressed(tmp_path):
+    vectors = np.random.default_rng(4).standard_normal((50, DIM)).astype(np.float32)
+    ids = np.arange(50, dtype=np.int64) + 7
+    np.savez(tmp_path / "plain.npz", ids=ids, vectors=vectors, tenants=np.array(["alice"] * 50))
+    np.savez_compressed(tmp_path / "packed.npz", ids=ids, vectors=vectors, tenants=np.array(["alice"] * 50))
+    assert isinstance(bulk._npz_arrays(tmp_path / "plain.npz")["vectors"], np.memmap)
+    for name in ("plain.npz", "packed.npz"):
+        (rows,) = bulk.read_rows(tmp_path / name, batch=100)
+        assert rows.ids.tolist() == ids.tolist() and rows.vectors.tobytes() == vectors.tobytes()
+        assert rows.tenants.tolist() == ["alice"] * 50
