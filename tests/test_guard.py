@@ -192,3 +192,11 @@ def test_cache_calibrate_fits_from_logged_lookups_and_feedback():
     cache.store("t", "good prompt x", "x", embedding=v, category="good", **kw)
     assert cache.lookup("t", "good question x", embedding=_near(v, 0.9), category="good", **kw).hit
     assert SemanticCache().calibrate() == {}  # nothing logged, nothing fitted
+
+
+@pytest.mark.parametrize("name", ["near_miss_pairs.tsv", "near_miss_fresh.tsv"])
+def test_the_guard_on_the_labelled_sets(name):
+    rows = list(csv.DictReader((NEAR_MISS_SET.parent / name).open(encoding="utf-8"), delimiter="\t"))
+    wrong = [(r["cached"], r["prompt"]) for r in rows
+             if (check(r["prompt"], r["cached"]) is not None) != (r["label"] == "trap")]
+    assert len(wrong) <= 0.05 * len(rows), wrong[:10]
