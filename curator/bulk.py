@@ -57,6 +57,7 @@ import numpy as np
 from .errors import InvalidArgumentError
 
 BATCH = 8192  # rows a write carries (one insert per owner, one grant per granted tenant)
+BATCH_BYTES = 16 << 20  # at most this much of vectors an import's write (a server takes 64 MiB messages)
 PROGRESS_FORMAT = "curator-import-progress"
 SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".npy": "npy", ".npz": "npz", ".jsonl": "jsonl",
             ".ndjson": "jsonl"}
@@ -497,13 +498,20 @@ def _groups(names: np.ndarray):
 
 
 def write_rows(collection, rows: Rows, *, tenant: str | None, upsert: bool) -> None:
-    """One batch: an insert (or upsert) per owner, then a grant per granted tenant."""
+    """One batch: an insert (or upsert) per owner, then a grant per granted tenant. The rows are
+    checked before the first write, so a bad row leaves its batch unwritten."""
     owners = rows.tenants
     if owners is None or (tenant is not None and any(o is None for o in owners.tolist())):
         owners = np.full(rows.ids.size, tenant, dtype=object) if owners is None else \
             np.array([tenant if o is None else o for o in owners.tolist()], dtype=object)
     if any(o is None for o in owners.tolist()):
         raise InvalidArgumentError("rows without an owner: the file has no 'tenant' for them; give a tenant")
+    granted: dict[str, list[int]] = {}
+    for id_, names in zip(rows.ids.tolist(), rows.grants or ()):
+        if isinstance(names, str) or not isinstance(names, (list, tuple, type(None))):
+            raise InvalidArgumentError(f"id {id_}: grants must be a list of tenant names, got {names!r}")
+        for name in names or ():
+            granted.setdefault(name, []).append(id_)
     write = collection.upsert if upsert else collection.insert
     for owner, picked in _groups(owners):
         if picked is None:
@@ -511,13 +519,8 @@ def write_rows(collection, rows: Rows, *, tenant: str | None, upsert: bool) -> N
         else:
             payloads = None if rows.payloads is None else [rows.payloads[i] for i in picked]
             write(rows.ids[picked], rows.vectors[picked], tenant=owner, payloads=payloads)
-    if rows.grants is not None:
-        granted: dict[str, list[int]] = {}
-        for id_, names in zip(rows.ids.tolist(), rows.grants):
-            for name in names or ():
-                granted.setdefault(name, []).append(id_)
-        for name, ids in granted.items():
-            collection.grant(np.asarray(ids, dtype=np.int64), tenant=name)
+    for name, ids in granted.items():
+        collection.grant(np.asarray(ids, dtype=np.int64), tenant=name)
 
 
 def _bar(total: int, initial: int, desc: str, show: bool | None):
@@ -529,18 +532,20 @@ def _bar(total: int, initial: int, desc: str, show: bool | None):
                 file=sys.stderr, dynamic_ncols=True)
 
 
-def import_file(collection, path, *, tenant: str | None = None, batch: int = BATCH, progress_file=None,
+def import_file(collection, path, *, tenant: str | None = None, batch: int | None = None, progress_file=None,
                 resume: bool = True, upsert: bool = False, first_id: int = 0, show_progress: bool | None = None,
                 limit_batches: int | None = None) -> Report:
     """Import a file's rows into `collection` (see the module docstring).
 
-    tenant: the owner of rows whose file names none. progress_file: where progress is recorded
+    tenant: the owner of rows whose file names none. batch: rows a write carries (default BATCH,
+    fewer past 512 dimensions: BATCH_BYTES of vectors, well under a server's message limit). progress_file: where progress is recorded
     (default: beside the input); resume False starts from the first row whatever it says.
     upsert: write every batch with upsert (ids that exist get the file's vector and payload; only
     their owner may do so) instead of insert (ids must be new). limit_batches: stop after that
     many batches, as an interruption would (tests and benchmarks)."""
     path = str(path)
     file_format(path)
+    batch = batch or max(1, min(BATCH, BATCH_BYTES // (4 * collection.dim)))
     if not os.path.exists(path):
         raise InvalidArgumentError(f"{path}: no such file")
     progress = Path(progress_file) if progress_file is not None else progress_path(path)
@@ -850,7 +855,8 @@ def add_arguments(commands) -> None:
                             help="with --data (see curator.open)")
         parser.add_argument("--server", default=None, help="HOST:PORT of a Curator server")
         parser.add_argument("--api-key", default=None, help="with --server: an admin key, or a tenant's")
-        parser.add_argument("--batch", type=int, default=BATCH, help="rows per write")
+        parser.add_argument("--batch", type=int, default=None if verb == "import" else BATCH,
+                            help=f"rows per write (default {BATCH}; an import's, fewer past 512 dimensions)")
         if verb == "import":
             parser.add_argument("--tenant", default=None, help="owner of the rows whose file names none")
             parser.add_argument("--metric", default=None,

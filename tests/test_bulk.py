@@ -177,6 +177,10 @@ def test_bad_files_say_what_is_wrong(tmp_path):
                       '{"id": 2, "tenant": "a", "vector": [1, 2]}\n')
     with pytest.raises(InvalidArgumentError, match="row 1: a vector of 2 values"):
         bulk.import_file(col, ragged)
+    grants = tmp_path / "grants.jsonl"
+    grants.write_text('{"id": 1, "tenant": "a", "grants": "bob", "vector": [1, 2, 3, 4, 5, 6, 7, 8]}\n')
+    with pytest.raises(InvalidArgumentError, match="grants must be a list of tenant names"):
+        bulk.import_file(col, grants)
     no_owner = tmp_path / "plain.npy"
     np.save(no_owner, np.ones((4, DIM), np.float32))
     with pytest.raises(InvalidArgumentError, match="give a tenant"):
