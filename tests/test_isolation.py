@@ -2,7 +2,9 @@
 against a plain model after every step. A tenant never sees a vector it was not granted, always
 gets min(k, visible) results, and the sub-tree invariants hold throughout. Tenants are made
 inactive and woken at random (tenant states): every answer stays the model's, a call naming a
-tenant wakes it, and exactly the vectors only inactive tenants see are out of memory."""
+tenant wakes it, and exactly the vectors only inactive tenants see are out of memory. Tenants are
+offloaded at random too: the vectors only they saw then leave the store for their archives, and
+a call naming the tenant, or a write naming one of those ids, restores it."""
 
 import shutil
 import tempfile
@@ -34,10 +36,21 @@ class Isolation(RuleBasedStateMachine):
         self.tenants: set[str] = set()
         self.numbers: dict[str, int] = {}  # tenants in the order they came into being
         self.created = 0  # numbers are never reused: a dropped tenant's name comes back as a new one
-        self.asleep: set[str] = set()  # inactive tenants
+        self.asleep: set[str] = set()  # inactive tenants (offloaded ones too)
+        self.archived: dict[str, set[int]] = {}  # offloaded tenants -> the ids their archives hold
+
+    def _restored_by(self, ids):
+        """A write naming ids some offloaded tenant's archive holds restores that tenant."""
+        for tenant, held in list(self.archived.items()):
+            if held & set(ids):
+                self._restore(tenant)
+
+    def _restore(self, tenant):
+        self.archived.pop(tenant, None)
+        self.asleep.discard(tenant)
 
     def _tenant(self, tenant):
-        self.asleep.discard(tenant)  # a call that names a tenant wakes it
+        self._restore(tenant)  # a call that names a tenant wakes it
         self.tenants.add(tenant)
         if tenant not in self.numbers:
             self.numbers[tenant], self.created = self.created, self.created + 1
@@ -69,10 +82,11 @@ class Isolation(RuleBasedStateMachine):
     @rule(ids=IDS, tenant=TENANTS, shift=st.integers(1, POOL.shape[0] - 1))
     def upsert(self, ids, tenant, shift):
         rows = [(i + shift) % POOL.shape[0] for i in ids]
+        self._restored_by(ids)
         if any(self.owner.get(i, tenant) != tenant for i in ids):
             with pytest.raises(curator.PermissionDeniedError):  # only the owner overwrites
                 self.col.upsert(ids, POOL[rows], tenant=tenant)
-            self.asleep.discard(tenant)  # woken before it was refused
+            self._restore(tenant)  # woken before it was refused
             return
         self.col.upsert(ids, POOL[rows], tenant=tenant)
         self._tenant(tenant)
@@ -88,6 +102,7 @@ class Isolation(RuleBasedStateMachine):
             return
         fresh = sum(tenant not in self.access[i] for i in live)
         assert self.col.grant(live, tenant=tenant) == fresh
+        self._restored_by(live)
         self._tenant(tenant)
         for i in live:
             self.access[i].add(tenant)
@@ -100,7 +115,8 @@ class Isolation(RuleBasedStateMachine):
         if not live:
             return
         self.col.revoke(live, tenant=tenant)
-        self.asleep.discard(tenant)
+        self._restore(tenant)
+        self._restored_by(live)
         for i in live:
             if tenant in self.access[i]:
                 self._let_go(i, tenant)
@@ -111,6 +127,7 @@ class Isolation(RuleBasedStateMachine):
         if not live:
             return
         self.col.delete(live)
+        self._restored_by(live)
         for i in live:
             del self.access[i]
             del self.owner[i]
@@ -121,7 +138,7 @@ class Isolation(RuleBasedStateMachine):
         tenant = data.draw(st.sampled_from(sorted(self.tenants)))
         self.col.drop_tenant(tenant)
         self.tenants.discard(tenant)
-        self.asleep.discard(tenant)
+        self._restore(tenant)
         del self.numbers[tenant]
         for i in list(self.access):
             if tenant in self.access[i]:
@@ -135,7 +152,7 @@ class Isolation(RuleBasedStateMachine):
         visible = np.array(sorted(i for i, who in self.access.items() if tenant in who), np.int64)
         query = POOL[q] + 0.1
         ids, dists = self.col.search(query, k=k, tenant=tenant, ef=ef)
-        self.asleep.discard(tenant)
+        self._restore(tenant)
         assert ids.size == min(k, visible.size)
         assert set(ids.tolist()) <= set(visible.tolist()), "a tenant saw a vector it was not granted"
         assert np.unique(ids).size == ids.size and np.all(np.diff(dists) >= 0)
@@ -157,7 +174,24 @@ class Isolation(RuleBasedStateMachine):
     def activate(self, data):
         tenant = data.draw(st.sampled_from(sorted(self.asleep)))
         self.col.activate_tenant(tenant)
-        self.asleep.discard(tenant)
+        self._restore(tenant)
+
+    @precondition(lambda self: self.tenants)
+    @rule(data=st.data())
+    def offload(self, data):
+        tenant = data.draw(st.sampled_from(sorted(self.tenants)))
+        self.col.offload_tenant(tenant)
+        if tenant not in self.archived:
+            self.archived[tenant] = {i for i, who in self.access.items() if who == {tenant}}
+        self.asleep.add(tenant)
+        # ids it alone sees are taken while it is away, for everyone
+        held = sorted(self.archived[tenant])[:3]
+        if held:
+            other = "t0" if tenant != "t0" else "t1"
+            with pytest.raises(curator.AlreadyExistsError):
+                self.col.insert(held, POOL[held], tenant=other)
+            assert self.col.tenant_state(tenant) == "offloaded"
+            self._tenant(other) if other in self.tenants else None
 
     @invariant()
     def counts_and_subtrees_agree(self):
@@ -167,11 +201,13 @@ class Isolation(RuleBasedStateMachine):
         for tenant in self.tenants:
             expected = sum(tenant in who for who in self.access.values())
             asleep = tenant in self.asleep
-            assert self.col.tenant_state(tenant) == ("inactive" if asleep else "active")
+            state = "offloaded" if tenant in self.archived else "inactive" if asleep else "active"
+            assert self.col.tenant_state(tenant) == state
             t = index.tenant_numbers[tenant]
             assert (int(index.tenancy.count[t]) if asleep else self.col.count(tenant=tenant)) == expected
             index.tenancy.check(t)
-        assert index.evicted == sum(who <= self.asleep for who in self.access.values())
+        archived = set().union(*self.archived.values())
+        assert index.evicted == sum(who <= self.asleep and i not in archived for i, who in self.access.items())
         for tenant in self.tenants if self.access else ():
             ids = np.array(sorted(self.access), np.int64)
             expected = [self.owner[i] == tenant for i in ids.tolist()]
@@ -204,6 +240,7 @@ class DurableIsolation(Isolation):
         if self.access:
             ids = np.array(sorted(self.access), np.int64)
             np.testing.assert_array_equal(self.col.get(ids), POOL[[self.rows[i] for i in ids.tolist()]])
+            self._restored_by(ids.tolist())  # the archives holding some came back to answer
 
     def teardown(self):
         self.db.close()
