@@ -274,3 +274,23 @@ def test_a_tenants_counters_of_categories_are_bounded():
     assert sorted(rows) == sorted([f"c{i}" for i in range(8)] + ["_other", "finance"])
     assert rows["_other"]["lookups"] == 12 and rows["finance"]["lookups"] == 1
     assert sorted(cache.stats("acme")["categories"]) == []
+
+
+def test_another_tenants_traffic_never_bypasses_a_tenants_lookups():
+    """auto_bypass follows each tenant's own hit rate in the category (costs are pooled)."""
+    from curator.cache.economics import Economics
+
+    cache = cache_of()
+    cache.economics = Economics(min_lookups=20, probe_every=5)
+    cache.set_policy("chat", auto_bypass=True, min_similarity=0.99)
+    cache.economics.upstream("chat", 1.0)  # the model's cost, shared by all
+
+    def reasons(tenant, first, n):
+        return [cache.lookup(tenant, embedding=unit(first + i), category="chat", embedding_model="m").reason
+                for i in range(n)]
+
+    assert "bypassed" not in reasons("alice", 200, 20)  # every prompt new: a 0% hit rate
+    assert reasons("alice", 300, 10).count("bypassed") == 8  # one in 5 still probes
+    assert "bypassed" not in reasons("bob", 400, 10)  # bob's lookups are his own
+    assert cache.stats("bob")["categories"]["chat"]["bypassed"] == 0
+    assert cache.stats()["categories"]["chat"]["bypassed_lookups"] == 8

@@ -6,6 +6,10 @@ break-even hit rate is c_miss / (c_llm - c_hit). Each category keeps running mea
 costs and its observed hit rate. With `auto_bypass` a category whose observed hit rate stays below
 break-even (after `min_lookups`) is bypassed: lookups skip the search, except one in
 `probe_every`, which keeps measuring so the category comes back when it pays again.
+
+The cache asks with one tenant's own counts of the category (`should_bypass(category, counts)`):
+whether a tenant's lookups are bypassed follows its own hit rate, never another tenant's traffic;
+the costs (the machinery's and the model's, shared by all) are pooled per category.
 """
 
 import threading
@@ -50,17 +54,24 @@ class Economics:
             costs.upstream_calls += 1
             costs.upstream_seconds += seconds
 
-    def should_bypass(self, category: str) -> bool:
-        """True when this lookup should skip the search (the category does not pay; not a probe)."""
+    def should_bypass(self, category: str, counts: tuple[int, int, int] | None = None) -> bool:
+        """True when this lookup should skip the search (the category does not pay; not a probe).
+        `counts`: (lookups searched, hits, lookups in all) of the one asking (a tenant's own),
+        which decide the hit rate and which lookup probes; None: the category's pooled counts."""
         with self._lock:
             costs = self._of(category)
             report = self._report(costs)
-            if report["break_even_hit_rate"] is None or costs.lookups < self.min_lookups:
+            searched, hits, seen = counts if counts is not None else (costs.lookups, costs.hits, None)
+            if report["break_even_hit_rate"] is None or searched < self.min_lookups:
                 return False
-            if report["hit_rate"] >= report["break_even_hit_rate"]:
+            if hits / searched >= report["break_even_hit_rate"]:
                 return False
-            costs.skipped += 1
-            return costs.skipped % self.probe_every != 0
+            if seen is None:
+                costs.skipped += 1
+                return costs.skipped % self.probe_every != 0
+            bypass = (seen + 1) % self.probe_every != 0
+            costs.skipped += bypass
+            return bypass
 
     def report(self) -> dict[str, dict]:
         with self._lock:

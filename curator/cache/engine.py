@@ -552,7 +552,7 @@ class SemanticCache(Cache):
 
         if not policy.cacheable:
             return miss("not_cacheable")
-        if policy.auto_bypass and self.economics.should_bypass(category):
+        if policy.auto_bypass and self._bypass(tenant, category):
             return miss("bypassed")
         search_start = time.perf_counter()
         group = self._group(tenant, category, create=False)
@@ -812,6 +812,16 @@ class SemanticCache(Cache):
     def _bump(self, tenant, category, name, by=1) -> None:
         with self._lock:
             self._row(tenant, category)[name] += int(by)
+
+    def _bypass(self, tenant, category) -> bool:
+        """Whether the category does not pay for this tenant's lookups, from its own hit rate there
+        (another tenant's traffic never bypasses them) and the category's pooled costs."""
+        with self._lock:
+            counts = self._row(tenant, category)
+            searched = counts["lookups"] - counts["bypassed"]
+            seen = counts["lookups"]
+            hits = counts["hits"]
+        return self.economics.should_bypass(category, (searched, hits, seen))
 
     def _row(self, tenant, category) -> dict[str, int]:
         """The tenant's counters of a category (the caller holds the lock). Lookups may name any
