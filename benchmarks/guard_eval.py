@@ -6,8 +6,9 @@ Two pair sets, each (cached prompt, new prompt) labelled trap (must not hit) or 
 (should hit): ``benchmarks/data/near_miss_pairs.tsv`` (six classes, its own calibration and
 held-out halves; ``benchmarks.near_miss_set``) and CLINC150 pairs (``clinc.near_miss_pairs``:
 real utterances edited in a number, date, negation or entity, against paraphrases; halved by
-position). Both prompts are embedded with all-MiniLM-L6-v2; a pair hits when its similarity reaches
-the threshold and the guard lets it through. Policies: the cache's default threshold
+position), then again with 1 000 other-intent traps added (``other_intent_pairs``), as is the
+near-miss set. Both prompts are embedded with all-MiniLM-L6-v2; a pair hits when its similarity
+reaches the threshold and the guard lets it through. Policies: the cache's default threshold
 (``Policy().min_similarity``) and one calibrated on the calibration half with
 ``calibrate.fit_policy`` (lookups the guard refuses count as misses there too). Scored on the
 held-out half: trap false-hit rate (traps served / traps) and should-hit rate (paraphrases
@@ -26,6 +27,7 @@ import argparse
 import csv
 import importlib.util
 import json
+import random
 import time
 from pathlib import Path
 
@@ -57,6 +59,10 @@ def _similarities(pairs: list[tuple[str, str]]) -> np.ndarray:
     return np.array([float(emb[index[a]] @ emb[index[b]]) for a, b in pairs])
 
 
+def _rate(x: np.ndarray) -> float | None:
+    return float(x.mean()) if x.size else None
+
+
 def score(sim, trap, refused, cal, threshold) -> dict:
     held = ~cal
     hit = (sim >= threshold) & ~refused
@@ -66,7 +72,9 @@ def score(sim, trap, refused, cal, threshold) -> dict:
             "traps": int((held & trap).sum()), "paraphrases": int((held & ~trap).sum())}
 
 
-def evaluate(name, pairs, trap, cal, guards: dict, classes=None) -> dict:
+def evaluate(name, pairs, trap, cal, guards: dict, classes=None, subset=None) -> dict:
+    """Scores on the held-out part; with ``subset`` (bool mask) the scores count only those pairs,
+    while the threshold is fitted on every calibration pair."""
     sim = _similarities(pairs)
     out = {"pairs": len(pairs), "calibration": int(cal.sum()), "held_out": int((~cal).sum()), "guards": {}}
     for guard_name, fn in guards.items():
@@ -76,9 +84,10 @@ def evaluate(name, pairs, trap, cal, guards: dict, classes=None) -> dict:
         best = np.where(refused, -np.inf, sim)
         correct = ~trap
         fitted = C.fit_policy(np.zeros(int(cal.sum()), np.int64), best[cal], correct[cal], correct[cal], 1)
+        scored = cal if subset is None else cal | ~subset  # pairs outside the subset: not scored
         row = {"guard_us_per_pair": round(us, 1),
-               "default": score(sim, trap, refused, cal, Policy().min_similarity),
-               "calibrated": score(sim, trap, refused, cal, fitted.thresholds[0])}
+               "default": score(sim, trap, refused, scored, Policy().min_similarity),
+               "calibrated": score(sim, trap, refused, scored, fitted.thresholds[0])}
         if classes is not None:
             row["by_class"] = {}
             for k in sorted(set(classes)):
@@ -86,8 +95,8 @@ def evaluate(name, pairs, trap, cal, guards: dict, classes=None) -> dict:
                 t = fitted.thresholds[0]
                 hit = (sim >= t) & ~refused
                 row["by_class"][k] = {
-                    "trap_false_hit_rate": float(hit[~cal & sel & trap].mean()),
-                    "should_hit_rate": float(hit[~cal & sel & ~trap].mean())}
+                    "trap_false_hit_rate": _rate(hit[~cal & sel & trap]),
+                    "should_hit_rate": _rate(hit[~cal & sel & ~trap])}
         row["fitted_threshold"] = float(fitted.thresholds[0])
         out["guards"][guard_name] = row
     return out
@@ -104,6 +113,30 @@ def evaluate_fresh(pairs, trap, guards: dict, fitted: dict) -> dict:
                                      "default": score(sim, trap, refused, none, Policy().min_similarity),
                                      "calibrated": score(sim, trap, refused, none, fitted[guard_name])}
     return out
+
+
+def other_intent_pairs(n: int = 1000, seed: int = 0, candidates: int = 50) -> list[tuple[str, str]]:
+    """Hard traps from CLINC150: an utterance and, among ``candidates`` random utterances of another
+    intent of its domain, the one sharing the most words with it ("what is my credit score" /
+    "what is my credit limit"). A threshold alone has to stop these; the guard is not meant to."""
+    rng = random.Random(seed)
+    texts, intents, _, domains = clinc._read()
+    domain_of = {i: d for d, names in domains.items() for i in names}
+    by_domain: dict[str, list[tuple[str, str]]] = {}
+    for t, i in sorted(set(zip(texts, intents))):
+        if i in domain_of:
+            by_domain.setdefault(domain_of[i], []).append((t, i))
+    names = sorted(by_domain)
+    pairs = []
+    while len(pairs) < n:
+        pool = by_domain[rng.choice(names)]
+        text, intent = rng.choice(pool)
+        words = set(text.split())
+        others = [c for c in rng.sample(pool, candidates) if c[1] != intent]
+        if others:
+            best = max(others, key=lambda c: len(words & set(c[0].split())) / len(words | set(c[0].split())))
+            pairs.append((best[0], text))
+    return pairs
 
 
 def main() -> None:
@@ -129,6 +162,18 @@ def main() -> None:
     report["clinc150"] = evaluate(
         "CLINC150", [(p.cached, p.prompt) for p in keep], np.array([p.kind in clinc.MUST_MISS_KINDS for p in keep]),
         np.arange(len(keep)) % 2 == 0, guards)
+    hard = other_intent_pairs()
+    n = len(rows)
+    report["near_miss_set_with_other_intent_traps"] = evaluate(
+        "near-miss set + other-intent traps", pairs + hard,
+        np.r_[np.array([r["label"] == "trap" for r in rows]), np.ones(len(hard), bool)],
+        np.r_[np.array([r["split"] == "calibration" for r in rows]), np.arange(len(hard)) % 2 == 0], guards,
+        classes=[r["class"] for r in rows] + ["other intent"] * len(hard), subset=np.arange(n + len(hard)) < n)
+    both = [(p.cached, p.prompt) for p in keep] + hard
+    report["clinc150_with_other_intent_traps"] = evaluate(
+        "CLINC150 + other-intent traps", both,
+        np.r_[np.array([p.kind in clinc.MUST_MISS_KINDS for p in keep]), np.ones(len(hard), bool)],
+        np.arange(len(both)) % 2 == 0, guards)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "guard_eval.json").write_text(json.dumps(report, indent=1))
     lines = ["# The near-miss guard before and after (issue 19 items 2-3)", "",
@@ -137,7 +182,12 @@ def main() -> None:
              "traps, should-hit = paraphrases served / paraphrases; the calibrated threshold is fitted on the "
              "calibration half (`calibrate.fit_policy`) with that guard in place (fresh_pairs: at the near-miss "
              "set's calibrated threshold). CLINC150 pairs: `clinc.near_miss_pairs()` (number, date, negation, entity "
-             "traps; paraphrase and paraphrase_form should hit).", ""]
+             "traps; paraphrase and paraphrase_form should hit); with other-intent traps: 1 000 pairs more, an "
+             "utterance and the most word-sharing utterance of another intent of its domain (among 50 drawn), "
+             "which only the threshold can stop: there the calibrated threshold means something. "
+             "near_miss_set_with_other_intent_traps: the threshold is calibrated on the near-miss set's "
+             "calibration half plus half of those 1 000 pairs, and scored on the near-miss set's held-out half "
+             "(the by-class table adds the other-intent traps' held-out half).", ""]
     for set_name, r in report.items():
         lines += [f"## {set_name}: {r['pairs']} pairs ({r['calibration']} calibration, {r['held_out']} held out)", "",
                   "| guard | policy | threshold | trap false-hit rate | should-hit rate | guard µs/pair |",
@@ -156,7 +206,8 @@ def main() -> None:
                 cells = []
                 for g in r["guards"]:
                     c = r["guards"][g]["by_class"][k]
-                    cells += [f"{c['trap_false_hit_rate']:.0%}", f"{c['should_hit_rate']:.0%}"]
+                    rates = (c["trap_false_hit_rate"], c["should_hit_rate"])
+                    cells += ["-" if v is None else f"{v:.0%}" for v in rates]
                 lines.append(f"| {k} | " + " | ".join(cells) + " |")
             lines.append("")
     (RESULTS / "guard_eval.md").write_text("\n".join(lines))
