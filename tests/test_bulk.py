@@ -212,6 +212,7 @@ def test_the_command_imports_and_exports(tmp_path):
     done = cli("import", path, "--collection", "docs", "--data", data, "--metric", "cosine", "--batch", "100")
     assert done.returncode == 0, done.stderr
     assert "imported 300 vectors" in done.stderr and "vectors/s" in done.stderr
+    assert "%|" not in done.stderr  # no progress bar when stderr is not a terminal
     again = cli("import", path, "--collection", "docs", "--data", data)
     assert again.returncode == 0 and "nothing to import" in again.stderr
     out = tmp_path / "out.jsonl"
