@@ -130,11 +130,13 @@ class EmbeddedCollection(Collection):
             woken |= bool(change.woken)
         return woken
 
-    def _write(self, apply, touch: Touch | None = None, tenants: tuple = ()) -> Change:
+    def _write(self, apply, touch: Touch | None = None, tenants: tuple = (), record_alone: bool = False) -> Change:
         """Apply one write to the index and record it; returns once it is as durable as promised.
         `touch` says what it names, for the tenant quotas checked before it (`quotas`); `tenants`
         are those it names, woken first if inactive. Evicted ids it names are in memory for its
-        turn (`CuratorIndex.load_evicted`), and what no active tenant sees afterwards is evicted."""
+        turn (`CuratorIndex.load_evicted`), and what no active tenant sees afterwards is evicted.
+        `record_alone`: recorded before readers are let back in (an offload: its ids leave memory
+        and the records they are read from in one step, as readers see it)."""
         with self._writing:
             self._check_failed()
             self._wake_held(tenants)
@@ -149,7 +151,10 @@ class EmbeddedCollection(Collection):
                 with self.usage.writing(touch):
                     with self._lock.exclusive():
                         change = apply()
-                ticket = self._record(change)
+                        if record_alone:
+                            ticket = self._record(change)
+                if not record_alone:
+                    ticket = self._record(change)
             finally:
                 self._settle(loaded, change)
         if ticket is not None:
@@ -329,7 +334,7 @@ class EmbeddedCollection(Collection):
 
     def offload_tenant(self, tenant: str) -> None:
         tenant = validate.name(tenant, "tenant")
-        self._write(lambda: self.index.offload(tenant))
+        self._write(lambda: self.index.offload(tenant), record_alone=True)
 
     def _deactivate_idle(self, tenant: str, seconds: float) -> None:
         """Deactivate `tenant` if no call has named it for `seconds` (checked again in the write turn)."""

@@ -253,3 +253,32 @@ def test_quotas_count_what_an_offloaded_tenant_holds(tmp_path):
         assert db.quota("t0").usage.payload_bytes == held
         assert db.quota("t0").usage.vectors == 70
         assert db.collection("c").tenant_state("t0") == "offloaded"
+
+
+def test_readers_never_see_an_offloaded_id_missing(tmp_path):
+    import threading
+
+    with curator.open(str(tmp_path / "data"), durability="none") as db:
+        col = db.create_collection("c", dim=DIM, **SMALL_TREE)
+        populate(col)
+        done, wrong = threading.Event(), []
+
+        def flip():
+            try:
+                for _ in range(40):
+                    col.offload_tenant("t0")
+                    col.activate_tenant("t0")
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=flip)
+        thread.start()
+        reads = 0
+        while not done.is_set() or reads < 10:  # bounded by the 40 flips
+            reads += 1
+            if not col.contains(T0_OWN).all() or not col.visible_to(T0_OWN, tenant="t0").all():
+                wrong.append(reads)
+            if col.count() != N_TENANTS * PER or col.tenants_of(int(T0_OWN[reads % T0_OWN.size])) != ["t0"]:
+                wrong.append(-reads)
+        thread.join()
+        assert not wrong
