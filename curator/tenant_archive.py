@@ -41,6 +41,9 @@ collection holds of each id:
 An import is idempotent, so one stopped halfway resumes by running it again. Cache entries go in
 through `SemanticCache.restore_entries` (an entry the tenant already holds is skipped).
 
+An offloaded tenant's archive (`states.py`, README "Tenant states") is a file of this format too:
+the vectors only that tenant saw, all owned by it, no collection name and no cache entries.
+
 Copying (`copy`) is an export and an import without a file. Within one collection the ids
 exist already, so the copy shares the vectors with the new tenant (a grant: stored once, owned
 by whoever owned them) and copies the cache entries.
