@@ -282,3 +282,23 @@ def test_readers_never_see_an_offloaded_id_missing(tmp_path):
                 wrong.append(-reads)
         thread.join()
         assert not wrong
+
+
+def test_an_archive_that_cannot_be_written_deletes_nothing(tmp_path, monkeypatch):
+    path = str(tmp_path / "data")
+    with curator.open(path) as db:
+        col = db.create_collection("c", dim=DIM, **SMALL_TREE)
+        seen = populate(col)
+        before = answers(col, "t0", seen["t0"])
+
+        def fail(self, where):
+            raise curator.StorageError(f"cannot write the tenant archive {where}: disk full")
+
+        monkeypatch.setattr(TenantArchive, "save", fail)
+        with pytest.raises(curator.StorageError):
+            col.offload_tenant("t0")
+        monkeypatch.undo()
+    with curator.open(path) as db:  # the batch never ran: every record is where it was
+        col = db.collection("c")
+        assert col.tenant_state("t0") == "active" and col.count() == N_TENANTS * PER
+        assert answers(col, "t0", seen["t0"]) == before
