@@ -13,8 +13,9 @@ Formats, by the file's suffix:
 - `.npy`: memory-mapped. A structured array with fields id <i8, vector <f4 (dim,), tenant,
   grants and payload (unicode; grants and payload as JSON text, "" for none); or, on import
   only, a plain 2-d array of vectors (ids from the row position, owner from `tenant`).
-- `.npz` (numpy.savez, no pickles; memory-mapped unless compressed): arrays `ids` (n,) int64, `vectors` (n, dim) float32 and
-  optionally `tenants`, `grants`, `payloads` (n,) unicode, grants and payloads as JSON text.
+- `.npz` (numpy.savez, no pickles; memory-mapped unless compressed): arrays `ids` (n,) int64,
+  `vectors` (n, dim) float32 and optionally `tenants`, `grants`, `payloads` (n,) unicode, grants
+  and payloads as JSON text.
 - `.jsonl` / `.ndjson`: one object a line {"id", "tenant", "grants", "payload", "vector"}; the
   vector's values are written as the doubles equal to the float32 values, so they read back
   bit-exact.
@@ -23,7 +24,8 @@ the row count and the widest string first); the others stream. Every writer writ
 file beside the target and renames it into place, so a file under the target's name is complete.
 
 Import (`import_file`) writes through the public `Collection` API, embedded or remote alike, in
-batches of `batch` rows: per batch one insert per owner, then one grant per granted tenant. A
+batches of `batch` rows (default 8 192, at most 16 MiB of vectors): per batch one insert per
+owner, then one grant per granted tenant, the batch's rows checked before its first write. A
 progress file (default: the input's path + ".progress") records, after each batch is
 acknowledged, how many rows are in (and for JSON Lines the byte offset), with the input's size
 and modification time. A rerun continues after the last recorded batch: the batch that was in
@@ -538,8 +540,9 @@ def import_file(collection, path, *, tenant: str | None = None, batch: int | Non
     """Import a file's rows into `collection` (see the module docstring).
 
     tenant: the owner of rows whose file names none. batch: rows a write carries (default BATCH,
-    fewer past 512 dimensions: BATCH_BYTES of vectors, well under a server's message limit). progress_file: where progress is recorded
-    (default: beside the input); resume False starts from the first row whatever it says.
+    fewer past 512 dimensions: BATCH_BYTES of vectors, well under a server's message limit).
+    progress_file: where progress is recorded (default: beside the input); resume False starts
+    from the first row whatever it says.
     upsert: write every batch with upsert (ids that exist get the file's vector and payload; only
     their owner may do so) instead of insert (ids must be new). limit_batches: stop after that
     many batches, as an interruption would (tests and benchmarks)."""
