@@ -536,7 +536,7 @@ def _bar(total: int, initial: int, desc: str, show: bool | None):
 
 def import_file(collection, path, *, tenant: str | None = None, batch: int | None = None, progress_file=None,
                 resume: bool = True, upsert: bool = False, first_id: int = 0, show_progress: bool | None = None,
-                limit_batches: int | None = None) -> Report:
+                limit_batches: int | None = None, stop: threading.Event | None = None) -> Report:
     """Import a file's rows into `collection` (see the module docstring).
 
     tenant: the owner of rows whose file names none. batch: rows a write carries (default BATCH,
@@ -545,7 +545,8 @@ def import_file(collection, path, *, tenant: str | None = None, batch: int | Non
     from the first row whatever it says.
     upsert: write every batch with upsert (ids that exist get the file's vector and payload; only
     their owner may do so) instead of insert (ids must be new). limit_batches: stop after that
-    many batches, as an interruption would (tests and benchmarks)."""
+    many batches, as an interruption would (tests and benchmarks). stop: once set, the import
+    stops after the batch it is writing (`curator import` sets it on SIGINT and SIGTERM)."""
     path = str(path)
     file_format(path)
     batch = batch or max(1, min(BATCH, BATCH_BYTES // (4 * collection.dim)))
@@ -577,7 +578,8 @@ def import_file(collection, path, *, tenant: str | None = None, batch: int | Non
             state.update(rows=rows.end, position=rows.position)
             _write_progress(progress, state)
             bar.update(rows.ids.size)
-            if limit_batches is not None and batches >= limit_batches and rows.end < total:
+            stopped = stop is not None and stop.is_set()
+            if (stopped or limit_batches is not None and batches >= limit_batches) and rows.end < total:
                 return Report(path, written, total, time.perf_counter() - began, resumed_at=start, done=False)
         state["done"] = True
         _write_progress(progress, state)
@@ -823,9 +825,13 @@ def command(args) -> int:
             collection = db.create_collection(args.collection, dim=first.vectors.shape[1], metric=args.metric)
             print(f"created collection {args.collection!r} (dimension {collection.dim}, {args.metric})",
                   file=sys.stderr)
-        report = import_file(collection, args.file, tenant=args.tenant, batch=args.batch,
-                             progress_file=args.progress_file, resume=not args.restart, upsert=args.upsert,
-                             first_id=args.first_id)
+        stop = threading.Event()
+        report = _stoppable(stop, lambda: import_file(
+            collection, args.file, tenant=args.tenant, batch=args.batch, progress_file=args.progress_file,
+            resume=not args.restart, upsert=args.upsert, first_id=args.first_id, stop=stop))
+        if not report.done:
+            print(report.summary("imported") + "; run it again to resume", file=sys.stderr)
+            return 130
         if report.rows == 0 and report.resumed_at:
             print(f"nothing to import: {args.file} is in already ({report.resumed_at} rows, as "
                   f"{args.progress_file or progress_path(args.file)} records; --restart imports it again)",
@@ -842,6 +848,25 @@ def command(args) -> int:
         return 130
     finally:
         db.close()
+
+
+def _stoppable(stop: threading.Event, run):
+    """run() with SIGINT and SIGTERM setting `stop` (the import ends after the batch it is
+    writing, its progress recorded); a second signal interrupts at once."""
+    import signal
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping after this batch (again to stop at once)", file=sys.stderr)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def add_arguments(commands) -> None:

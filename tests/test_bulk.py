@@ -263,3 +263,39 @@ def test_npz_members_are_memory_mapped_unless_compressed(tmp_path):
         (rows,) = bulk.read_rows(tmp_path / name, batch=100)
         assert rows.ids.tolist() == ids.tolist() and rows.vectors.tobytes() == vectors.tobytes()
         assert rows.tenants.tolist() == ["alice"] * 50
+
+
+def test_an_import_stopped_by_a_signal_ends_its_batch_and_resumes(tmp_path):
+    """SIGINT: the import writes the batch it is on, records it, exits 130; a rerun finishes."""
+    import signal
+    import time
+
+    path = tmp_path / "rows.jsonl"
+    lines = [json.dumps({"id": i, "tenant": "alice", "payload": {"n": i}, "vector": [float(i)] * DIM})
+             for i in range(4000)]
+    path.write_text("\n".join(lines) + "\n")
+    data = tmp_path / "data"
+    progress = bulk.progress_path(path)
+    command = [sys.executable, "-m", "curator_server", "import", str(path), "--collection", "docs", "--data",
+               str(data), "--metric", "l2", "--batch", "20"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if progress.exists() and json.loads(progress.read_text())["rows"] >= 200:
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=60)[1]
+    record = json.loads(progress.read_text())
+    if record["done"]:
+        pytest.skip("the import finished before the signal")
+    assert process.returncode == 130, stderr
+    assert "stopping after this batch" in stderr and "run it again to resume" in stderr
+    with curator.open(str(data)) as db:  # exactly the recorded rows are in
+        assert db.collection("docs").count() == record["rows"]
+    resumed = cli("import", path, "--collection", "docs", "--data", data, "--batch", "20")
+    assert resumed.returncode == 0, resumed.stderr
+    with curator.open(str(data)) as db:
+        col = db.collection("docs")
+        assert col.scroll(limit=10_000)[0].tolist() == list(range(4000))
+        assert col.get_payloads([0, 3999]) == [{"n": 0}, {"n": 3999}]
