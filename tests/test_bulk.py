@@ -299,3 +299,24 @@ def test_an_import_stopped_by_a_signal_ends_its_batch_and_resumes(tmp_path):
         col = db.collection("docs")
         assert col.scroll(limit=10_000)[0].tolist() == list(range(4000))
         assert col.get_payloads([0, 3999]) == [{"n": 0}, {"n": 3999}]
+
+
+def test_the_command_against_a_server(tmp_path):
+    path = tmp_path / "rows.parquet"
+    expected = parquet_file(path, n=300)
+    server = CuratorServer(ServerConfig(data=":memory:", port=0)).start()
+    try:
+        done = cli("import", path, "--collection", "docs", "--server", server.address, "--metric", "l2")
+        assert done.returncode == 0 and "imported 300 vectors" in done.stderr, done.stderr
+        out = tmp_path / "out.npz"
+        exported = cli("export", out, "--collection", "docs", "--server", server.address)
+        assert exported.returncode == 0 and "exported 300 vectors" in exported.stderr, exported.stderr
+        with curator.connect(server.address) as db:
+            assert_equal_to_file(db.collection("docs"), *expected)
+            copy = db.create_collection("copy", dim=DIM)
+            bulk.import_file(copy, out)
+            assert snapshot(copy) == snapshot(db.collection("docs"))
+        both = cli("import", path, "--collection", "docs", "--server", server.address, "--data", tmp_path / "d")
+        assert both.returncode == 2 and "--data DIR (embedded) or --server" in both.stderr
+    finally:
+        server.stop()
