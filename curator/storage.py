@@ -165,7 +165,8 @@ class DataDirectory:
         try:
             archive = TenantArchive.load(self.archive_path(cid, t))
         except (NotFoundError, InvalidArgumentError) as error:
-            raise StorageError(f"the archive of offloaded tenant {t} of collection {cid} cannot be read: {error}") from None
+            raise StorageError(f"the archive of offloaded tenant {t} of collection {cid} cannot be read, so it "
+                               f"cannot be restored: {error}") from None
         n = len(archive)
         rows = np.array([i for i, p in enumerate(archive.payloads) if p], np.int64)
         raw = self._db.get(_prefix(_LEAVES, cid) + t.to_bytes(4, "big"))

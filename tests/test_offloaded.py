@@ -302,3 +302,21 @@ def test_an_archive_that_cannot_be_written_deletes_nothing(tmp_path, monkeypatch
         col = db.collection("c")
         assert col.tenant_state("t0") == "active" and col.count() == N_TENANTS * PER
         assert answers(col, "t0", seen["t0"]) == before
+
+
+def test_a_missing_archive_is_a_storage_error_that_changes_nothing(tmp_path):
+    path = str(tmp_path / "data")
+    with curator.open(path) as db:
+        col = db.create_collection("c", dim=DIM, **SMALL_TREE)
+        seen = populate(col)
+        col.offload_tenant("t0")
+    archive = tmp_path / "data-offloaded" / "0" / "0.npz"
+    archive.rename(archive.with_suffix(".away"))
+    with curator.open(path) as db:
+        col = db.collection("c")
+        with pytest.raises(curator.StorageError, match="cannot be restored"):
+            col.count(tenant="t0")
+        assert col.tenant_state("t0") == "offloaded"
+        answers(col, "t1", seen["t1"])  # the others are served as before
+        archive.with_suffix(".away").rename(archive)
+        answers(col, "t0", seen["t0"])
