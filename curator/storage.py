@@ -87,6 +87,9 @@ class DataDirectory:
         options = Options(raw_mode=True)
         options.create_if_missing(fresh)
         options.set_block_based_table_factory(_table_options())
+        # Tables where deletions crowd (an offload deletes a tenant's records at once) are compacted
+        # by themselves, so that opening does not step over their tombstones for long.
+        options.add_compact_on_deletion_collector_factory(1024, 256, 0.5)
         try:
             # Named, the default column family takes these options when the directory exists too
             # (rocksdict otherwise reopens it with the options stored in it).
