@@ -320,3 +320,17 @@ def test_a_missing_archive_is_a_storage_error_that_changes_nothing(tmp_path):
         answers(col, "t1", seen["t1"])  # the others are served as before
         archive.with_suffix(".away").rename(archive)
         answers(col, "t0", seen["t0"])
+
+
+def test_dropping_a_collection_drops_its_archives(tmp_path):
+    path = str(tmp_path / "data")
+    with curator.open(path) as db:
+        col = db.create_collection("c", dim=DIM, **SMALL_TREE)
+        populate(col)
+        col.offload_tenant("t0")
+        assert (tmp_path / "data-offloaded" / "0" / "0.npz").exists()
+        db.drop_collection("c")
+        assert not (tmp_path / "data-offloaded" / "0").exists()
+        col = db.create_collection("c", dim=DIM, **SMALL_TREE)
+        col.insert(T0_OWN, X[T0_OWN], tenant="t9")  # the ids are free again
+        assert col.count() == T0_OWN.size
