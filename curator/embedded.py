@@ -26,6 +26,7 @@ tenant's archive (other than an insert, which collides) restores that tenant fir
 """
 
 import contextlib
+import heapq
 import logging
 import os
 import threading
@@ -323,6 +324,17 @@ class EmbeddedCollection(Collection):
         tenant = validate.name(tenant, "tenant")
         with self._lock.shared():
             return self.index.state(tenant)
+
+    def tenant_summary(self, top: int = 100) -> tuple[int, list[tuple[str, int, str]]]:
+        """(how many tenants, the `top` largest as (tenant, vectors it sees, state)), for an
+        operator's view (server/operator_page.py). Unlike `count(tenant)` it wakes no one and
+        marks no one used, so looking never changes what is in memory."""
+        with self._lock.shared():
+            index = self.index
+            counts = index.tenancy.count
+            rows = heapq.nsmallest(max(0, top), ((name, int(counts[t])) for name, t in index.tenant_numbers.items()),
+                                   key=lambda row: (-row[1], row[0]))
+            return len(index.tenant_numbers), [(name, vectors, index.state(name)) for name, vectors in rows]
 
     def deactivate_tenant(self, tenant: str) -> None:
         tenant = validate.name(tenant, "tenant")

@@ -29,6 +29,7 @@ from .gateway import Gateway, GatewayConfig, check_upstream
 from .probes import ProbeBudget
 from .auth import KeyRing, readable_by_others
 from .limits_service import LimitsService
+from .operator_page import OperatorPage
 from .metrics import CacheMetrics, GatewayMetrics, Metrics, MetricsInterceptor, QuotaMetrics
 from .rates import Rates
 from .streams import OpenStreams
@@ -180,6 +181,10 @@ class CuratorServer:
             self.db.cache, self.keys, self.rates, GatewayMetrics(self.metrics.registry),
             (config.cache or {}).get("upstream"), config.gateway, config.host,
             (config.tls_cert, config.tls_key) if config.tls_cert else None)
+        self.operator = None if self.gateway is None else OperatorPage(
+            self.db, self.keys, self.metrics, self.gateway.metrics, secure=bool(config.tls_cert))
+        if self.operator is not None:
+            self.gateway.pages.append(self.operator)
         self.metrics_port = None
         self._metrics_server = None
         self._stopped = threading.Event()

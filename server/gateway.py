@@ -114,6 +114,7 @@ class Gateway:
         self._calls = 0
         self._per_key: dict[str, int] = {}
         self._flights: dict[tuple, asyncio.Future] = {}
+        self.pages: list = []  # more routes on this port: objects with install(app, run) (server/operator_page.py)
 
     # -- running beside grpcio ---------------------------------------------------------------------
 
@@ -135,6 +136,8 @@ class Gateway:
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._observe])
         app.router.add_post(CHAT, self._chat)
         app.router.add_get(MODELS, self._models)
+        for page in self.pages:
+            page.install(app, self._run)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=self._timeout, sock_read=self._timeout))
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace_seconds)
