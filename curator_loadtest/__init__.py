@@ -12,6 +12,8 @@ over gRPC like production traffic, find where it breaks, and soak it.
 - `questions`: what cache_complete asks (repeats that hit, new questions that reach the model);
   `upstream`: the stand-in model (`stand_in_llm`) behind the cache of a server the harness
   starts, or the check that a --target server's cache has a model;
+- `gateway_client`: the kept-alive HTTP client of gateway_chat, posting chat completions to the
+  server's OpenAI-compatible gateway (a server the harness starts gets `--http-port`);
 - `server_metrics`: the server's own request counts, checked against the clients';
 - `report`: terminal text, JSON and PNG plots; `cli`: `curator loadtest` / `python -m curator_loadtest`
   (and `python -m benchmarks.load` in a checkout).

@@ -17,6 +17,12 @@ the server's upstream is the operator's to configure (`curator serve --cache-con
 cache misses there. --cache-repeat of the completions repeat an earlier question (cache hits);
 the rest are new and reach the model.
 
+gateway_chat (in the gateway preset) posts chat completions to the server's OpenAI-compatible
+HTTP gateway with a plain kept-alive HTTP client, a connection per load client: the harness then
+starts the server with --http-port and a cache whose embedding model is the stand-in's too; with
+--target give --gateway-url (that server's http://HOST:PORT/v1). Its counts are checked against
+the gateway's curator_http_requests_total.
+
 Running needs the `loadtest` extra: pip install 'curator-db[loadtest]' (GloVe vectors, pyarrow,
 matplotlib, psutil); the wordnet data set also needs WordNet (Debian's wordnet-base).
 """
@@ -41,7 +47,7 @@ from .server import ManagedServer
 from .server_metrics import compare, scrape_requests, served_between
 from .soak import run_soak
 from .verify import read_back
-from .workload import OPERATIONS, PRESETS, WorkloadSpec, needs_upstream, parse_mix
+from .workload import OPERATIONS, PRESETS, WorkloadSpec, needs_gateway, needs_upstream, parse_mix
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--metrics-url", help="its Prometheus endpoint, to check counts (with --target)")
     g.add_argument("--server-pid", type=int, help="its pid, for the soak's memory samples (with --target)")
     g.add_argument("--api-key")
+    g.add_argument("--gateway-url", help="its HTTP gateway, http://HOST:PORT/v1 (with --target, for gateway_chat)")
     g.add_argument("--collection", default="loadtest")
     g.add_argument("--durability", choices=["sync", "batch", "none"], default="sync",
                    help="of the server the harness starts")
@@ -148,6 +155,8 @@ def main(argv=None) -> int:
     if not args.upstream_latency_ms >= 0.0:
         parser.error(f"--upstream-latency-ms must be >= 0, got {args.upstream_latency_ms:g}")
     mix = parse_mix(args.mix)
+    if needs_gateway(mix) and args.target and not args.gateway_url:
+        parser.error("gateway_chat with --target needs --gateway-url (the server's http://HOST:PORT/v1)")
     missing = missing_extra()
     if missing:
         parser.exit(2, f"curator loadtest: {', '.join(missing)} not installed; install the harness's extra: "
@@ -162,22 +171,25 @@ def main(argv=None) -> int:
     with contextlib.ExitStack() as running:  # stops the server, then the stand-in model
         server = model = None
         if args.target:
-            address, metrics_url, pid = args.target, args.metrics_url, args.server_pid
+            address, metrics_url, pid, gateway_url = args.target, args.metrics_url, args.server_pid, args.gateway_url
         else:
             cache_config = None
             if needs_upstream(mix):
                 model = running.enter_context(StandInLLM(delay=args.upstream_latency_ms / 1e3))
-                cache_config = upstream.cache_config(model.url, args.timeout)
+                cache_config = upstream.cache_config(model.url, args.timeout, embeddings=needs_gateway(mix))
                 _say(args, f"starting a stand-in model at {model.url} ({args.upstream_latency_ms:g} ms an answer)")
             _say(args, f"starting curator serve (durability {args.durability}) on a temporary data directory")
-            server = running.enter_context(ManagedServer(args.durability, args.server_workers, cache_config=cache_config))
-            address, metrics_url, pid = server.address, server.metrics_url, server.pid
+            server = running.enter_context(ManagedServer(args.durability, args.server_workers, cache_config=cache_config,
+                                                         gateway=needs_gateway(mix)))
+            address, metrics_url, pid, gateway_url = server.address, server.metrics_url, server.pid, server.gateway_url
         report["server"] = {"address": address, "started_by_harness": server is not None, "pid": pid,
                             "durability": args.durability if server else None}
         if needs_upstream(mix):
             report["upstream"] = {"stand_in": model is not None, "url": model.url if model else None,
                                   "latency_ms": args.upstream_latency_ms if model else None}
-        _measure(args, report, data, mix, address, metrics_url, pid, model)
+        if needs_gateway(mix):
+            report["gateway"] = {"url": gateway_url}
+        _measure(args, report, data, mix, address, metrics_url, pid, model, gateway_url if needs_gateway(mix) else None)
     report["machine"]["load_average_at_end"] = os.getloadavg()
     out = Path(args.out or f"loadtest-{args.command}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +201,7 @@ def main(argv=None) -> int:
 
 
 def _measure(args, report: dict, data, mix: dict, address: str, metrics_url: str | None, pid: int | None,
-             model: StandInLLM | None) -> None:
+             model: StandInLLM | None, gateway_url: str | None = None) -> None:
     """Load the data if needed, run the command's phases, check counts and read back; into `report`.
     `model`: the stand-in behind the server's cache, when the harness started one (its calls are counted)."""
     import curator
@@ -207,7 +219,7 @@ def _measure(args, report: dict, data, mix: dict, address: str, metrics_url: str
         spec = WorkloadSpec(mix, args.zipf, args.k, args.write_batch, args.id_slots, cache_repeat=args.cache_repeat,
                             upstream_model=args.upstream_model, seed=args.seed, run=secrets.randbits(31))
         settings = ClientSettings(address, args.collection, workload_data, spec, args.api_key, args.timeout,
-                                  not args.unary, args.open_threads)
+                                  not args.unary, args.open_threads, gateway_url)
         _say(args, f"starting {args.workers} load processes")
         pool = WorkerPool(settings, args.workers)
         progress = _progress(args.quiet)

@@ -24,6 +24,7 @@ import traceback
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from .gateway_client import GatewayClient
 from .histogram import Histogram
 from .workload import Context, WorkloadData, WorkloadSpec, ZipfTenants
 
@@ -54,6 +55,7 @@ class ClientSettings:
     timeout: float = 10.0
     search_stream: bool = True
     open_threads: int = 16  # per worker: the most calls one worker has in flight in the open loop
+    gateway_url: str | None = None  # the server's HTTP gateway (http://HOST:PORT/v1), for gateway_chat
 
 
 @dataclass
@@ -230,8 +232,10 @@ def _worker_main(worker: int, workers: int, settings: ClientSettings, commands, 
         def make_client(i: int) -> _Client:
             if i >= MAX_CLIENTS_PER_WORKER:
                 raise ValueError(f"at most {MAX_CLIENTS_PER_WORKER} clients per worker process")
+            gateway = (GatewayClient(settings.gateway_url, settings.timeout, settings.api_key)
+                       if settings.gateway_url else None)
             return _Client(Context(db, collection, settings.data, settings.spec,
-                                   worker * MAX_CLIENTS_PER_WORKER + i, tenants))
+                                   worker * MAX_CLIENTS_PER_WORKER + i, tenants, gateway=gateway))
 
         clients: list[_Client] = []
         out.put(("ready", worker))

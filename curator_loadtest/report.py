@@ -101,10 +101,12 @@ def text(report: dict) -> str:
                                                    f"p99 {best['p99_ms']:.2f} ms)" if best else "none"))
     upstream = report.get("upstream") or {}
     if "calls" in upstream:
-        completes = client_calls(report["phases"]).get("cache_complete", 0)
+        calls = client_calls(report["phases"])
+        asking = sorted(n for n in calls if OPERATIONS[n].needs_upstream)  # cache_complete, gateway_chat
+        completes = sum(calls[n] for n in asking)
         share = f" ({upstream['calls'] / completes:.1%})" if completes else ""
         lines.append(f"stand-in model ({upstream['latency_ms']:g} ms a call) answered {upstream['calls']} of "
-                     f"{completes} cache_complete calls{share}; the cache answered the rest")
+                     f"{completes} {' + '.join(asking) or 'cache_complete'} calls{share}; the cache answered the rest")
     if "server_check" in report:
         for row in report["server_check"]:
             lines.append(f"server counted {row['served']} {'/'.join(row['methods'])} for {row['sent']} "

@@ -3,7 +3,8 @@ fresh temporary data directory and free loopback ports, stopped (SIGTERM, draine
 at the end. Its pid is what the soak samples for memory and open files. `cache_config` is the
 text of its `--cache-config` file (TOML), written into that directory. `checkout` runs it from
 another checkout (anything with `popen(args, **options)`, as benchmarks/checkout.py); `api_key`
-is the key its readiness check sends (a server with --keys answers no keyless call)."""
+is the key its readiness check sends (a server with --keys answers no keyless call). `gateway`:
+also serve the OpenAI-compatible HTTP gateway (`--http-port`), at `gateway_url`."""
 
 import shutil
 import socket
@@ -25,8 +26,11 @@ def free_port() -> int:
 
 class ManagedServer:
     def __init__(self, durability: str = "sync", workers: int = 16, extra_args: tuple[str, ...] = (),
-                 cache_config: str | None = None, checkout=None, api_key: str | None = None):
+                 cache_config: str | None = None, checkout=None, api_key: str | None = None,
+                 gateway: bool = False):
         self.durability, self.workers, self.extra_args = durability, workers, extra_args
+        self.gateway = gateway
+        self.gateway_url: str | None = None
         self.cache_config = cache_config
         self.checkout, self.api_key = checkout, api_key
         self.process: subprocess.Popen | None = None
@@ -45,6 +49,10 @@ class ManagedServer:
         command = [sys.executable, "-m", "curator_server", "serve", "--data", str(Path(self.directory) / "data"),
                    "--port", str(self.port), "--metrics-port", str(self.metrics_port),
                    "--durability", self.durability, "--workers", str(self.workers), *self.extra_args]
+        if self.gateway:
+            http_port = free_port()
+            self.gateway_url = f"http://127.0.0.1:{http_port}/v1"
+            command += ["--http-port", str(http_port)]
         if self.cache_config is not None:
             config = Path(self.directory) / "cache.toml"
             config.write_text(self.cache_config)

@@ -1,6 +1,7 @@
 """What the server says it served: `curator_requests_total{method,code}` from its Prometheus
-endpoint, and the check of a run's own counts against it (by operation, through the server
-methods each operation is registered with)."""
+endpoint, and the HTTP gateway's `curator_http_requests_total{route,status}` (as method = route,
+code = status), and the check of a run's own counts against it (by operation, through the server
+methods or gateway routes each operation is registered with)."""
 
 import urllib.request
 from collections import defaultdict
@@ -14,14 +15,14 @@ def scrape_requests(url: str, timeout: float = 10.0) -> dict[tuple[str, str], fl
     """(method, code) -> requests served so far."""
     with urllib.request.urlopen(url, timeout=timeout) as reply:
         text = reply.read().decode()
-    counts = {}
+    counts: dict[tuple[str, str], float] = defaultdict(float)
     for family in text_string_to_metric_families(text):
-        if family.name != "curator_requests":
-            continue
         for sample in family.samples:
             if sample.name == "curator_requests_total":
-                counts[(sample.labels["method"], sample.labels["code"])] = sample.value
-    return counts
+                counts[(sample.labels["method"], sample.labels["code"])] += sample.value
+            elif sample.name == "curator_http_requests_total":  # also labelled by X-Cache outcome: summed
+                counts[(sample.labels["route"], sample.labels["status"])] += sample.value
+    return dict(counts)
 
 
 def served_between(before: dict, after: dict) -> dict[str, dict[str, int]]:

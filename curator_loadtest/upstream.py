@@ -11,14 +11,21 @@ import json
 
 import numpy as np
 
+from .stand_in_llm import EMBEDDING_DIM
 from .workload import CACHE_MODEL
 
 
-def cache_config(url: str, timeout: float) -> str:
-    """The `curator serve --cache-config` file (TOML): the cache's upstream at `url`."""
+def cache_config(url: str, timeout: float, embeddings: bool = False) -> str:
+    """The `curator serve --cache-config` file (TOML): the cache's upstream at `url`; with
+    `embeddings`, its embedding model too (the stand-in's /v1/embeddings: the gateway embeds the
+    prompts it is sent, where the gRPC operations send their own vectors)."""
     if not timeout > 0:
         raise ValueError(f"the upstream timeout must be > 0 seconds, got {timeout!r}")
-    return f"[cache.upstream]\nurl = {json.dumps(url)}\ntimeout = {float(timeout)!r}\n"
+    text = f"[cache.upstream]\nurl = {json.dumps(url)}\ntimeout = {float(timeout)!r}\n"
+    if embeddings:
+        text += (f"[cache.embedding]\nurl = {json.dumps(url)}\nmodel = \"stand-in-words\"\n"
+                 f"dim = {EMBEDDING_DIM}\ntimeout = {float(timeout)!r}\n")
+    return text
 
 
 def check(db, tenant: str, model: str, dim: int) -> None:

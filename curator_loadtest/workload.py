@@ -9,9 +9,11 @@ semantic cache lookup, is one more registered function:
     def cache_lookup(ctx):
         ctx.db.cache.lookup(...)
 
-An operation that needs a model behind the cache (`needs_upstream`: cache_complete) works only
-against a server whose cache has an upstream configured; the harness provides one when it starts
-the server itself (`upstream.py`).
+An operation that needs a model behind the cache (`needs_upstream`: cache_complete, gateway_chat)
+works only against a server whose cache has an upstream configured; the harness provides one when
+it starts the server itself (`upstream.py`). One that goes through the OpenAI-compatible HTTP
+gateway (`needs_gateway`: gateway_chat) is counted under the gateway's route (the `route` label of
+`curator_http_requests_total`) and needs a server started with `--http-port`.
 
 Tenants are drawn by a Zipf law over a fixed random order of the data set's tenants: a few hot
 tenants take most calls, as in production. Writes go to ids that the calling client owns (its
@@ -25,8 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .gateway_client import GatewayClient
 from .ledger import Ledger
-from .questions import Questions
+from .questions import Question, Questions
 
 ID_BASE = 1 << 40  # load-test ids start here, far above any data set row
 LANGS = ("en", "de", "fr", "es")
@@ -75,14 +78,16 @@ class Operation:
     methods: tuple[str, ...]  # server methods one call is counted under (any one of them)
     needs_writes: bool = False  # acts on ids this client wrote: the mix must contain a write
     needs_upstream: bool = False  # the server's cache must front a model (an upstream)
+    needs_gateway: bool = False  # sent to the server's HTTP gateway (--http-port), not over gRPC
 
 
 OPERATIONS: dict[str, Operation] = {}
 
 
-def operation(name: str, *methods: str, needs_writes: bool = False, needs_upstream: bool = False):
+def operation(name: str, *methods: str, needs_writes: bool = False, needs_upstream: bool = False,
+              needs_gateway: bool = False):
     def register(fn):
-        OPERATIONS[name] = Operation(name, fn, methods, needs_writes, needs_upstream)
+        OPERATIONS[name] = Operation(name, fn, methods, needs_writes, needs_upstream, needs_gateway)
         return fn
     return register
 
@@ -91,12 +96,18 @@ def needs_upstream(mix: dict[str, float]) -> bool:
     return any(OPERATIONS[name].needs_upstream for name, share in mix.items() if share > 0)
 
 
+def needs_gateway(mix: dict[str, float]) -> bool:
+    return any(OPERATIONS[name].needs_gateway for name, share in mix.items() if share > 0)
+
+
 PRESETS = {
     "search": {"search": 0.8, "search_filtered": 0.2},
     "mixed": {"search": 0.45, "search_filtered": 0.1, "upsert": 0.15, "grant": 0.1, "delete": 0.05,
               "cache_lookup": 0.07, "cache_store": 0.03, "cache_complete": 0.05},
     # Applications mostly go through complete(); lookup + store is the path of those calling the model themselves.
     "cache": {"cache_complete": 0.5, "cache_lookup": 0.4, "cache_store": 0.1},
+    # An application whose OpenAI client's base_url is the gateway, beside searches over gRPC.
+    "gateway": {"gateway_chat": 0.7, "search": 0.3},
 }
 
 
@@ -168,12 +179,16 @@ class Context:
     rng: np.random.Generator = None
     ledger: Ledger = field(default_factory=Ledger)
     questions: Questions = None
+    gateway: "GatewayClient | None" = None  # this thread's HTTP connection to the server's gateway
+    chats: Questions = None  # what gateway_chat asks (its own repeats)
 
     def __post_init__(self):
         if self.rng is None:
             self.rng = np.random.default_rng([self.spec.seed, self.client])
         if self.questions is None:
             self.questions = Questions(self.data.vectors.shape[1], self.client, self.spec.run, self.spec.seed)
+        if self.chats is None:
+            self.chats = Questions(1, self.client, self.spec.run, self.spec.seed + 1)
         names, shares = list(self.spec.mix), np.array(list(self.spec.mix.values()))
         self._ops = [OPERATIONS[n] for n in names]
         self._cdf = np.cumsum(shares)
@@ -307,3 +322,29 @@ def cache_complete(ctx: Context) -> None:
                           embedding_model=CACHE_MODEL)
     if new:
         ctx.questions.remember(question)
+
+
+# The gateway embeds prompts itself (the stand-in model's bag of words when the harness starts the
+# server): a new question is words drawn at random, so it is far from every other question and
+# misses; a repeat is the very same text (X-Cache: HIT).
+GATEWAY_WORDS = tuple(f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ro", "si", "tu")
+                      for b in ("bar", "den", "fil", "gom", "hut", "jel", "kor", "lum"))
+
+
+@operation("gateway_chat", "/v1/chat/completions", needs_upstream=True, needs_gateway=True)
+def gateway_chat(ctx: Context) -> None:
+    """A chat completion posted to the gateway; repeats an earlier question with probability
+    `cache_repeat` (a hit), else asks a new one (a miss: the model answers, the gateway stores)."""
+    if ctx.gateway is None:
+        raise RuntimeError("gateway_chat needs the server's HTTP gateway: a server with --http-port")
+    question = ctx.chats.repeat() if ctx.rng.random() < ctx.spec.cache_repeat else None
+    new = question is None
+    if new:
+        _, name = ctx.tenant()
+        words = ctx.rng.choice(len(GATEWAY_WORDS), size=10)
+        question = ctx.chats.new(name, CACHE_CATEGORIES[int(ctx.rng.integers(len(CACHE_CATEGORIES)))])
+        question = Question(question.tenant, question.category, " ".join(GATEWAY_WORDS[w] for w in words),
+                            question.embedding)
+    ctx.gateway.chat(question.messages(), ctx.spec.upstream_model, question.tenant, question.category)
+    if new:
+        ctx.chats.remember(question)

@@ -28,13 +28,14 @@ def test_a_short_run_has_every_operation_no_errors_and_the_servers_counts(tmp_pa
     report = json.loads((tmp_path / "run.json").read_text())
     assert report["server"]["started_by_harness"] and report["upstream"]["stand_in"]
     ops = report["phases"][0]["ops"]
-    assert set(ops) == set(OPERATIONS)  # the mixed preset exercises every registered operation
+    grpc_ops = {name for name, op in OPERATIONS.items() if not op.needs_gateway}
+    assert set(ops) == grpc_ops  # the mixed preset exercises every registered gRPC operation
     for name, op in ops.items():
         assert op["calls"] > 0 and op["errors"] == {}, name
         assert op["ok"] == op["calls"] and op["p50_ms"] is not None
     served = report["server_served"]  # the server's curator_requests_total, between the phase's start and end
     rows = compare({name: op["calls"] for name, op in ops.items()}, served)
-    assert {tuple(r["methods"]) for r in rows} == {op.methods for op in OPERATIONS.values()}
+    assert {tuple(r["methods"]) for r in rows} == {OPERATIONS[n].methods for n in grpc_ops}
     for row in rows:
         assert row["sent"] == row["served"], row
         assert all(set(served.get(m, {})) <= {"OK"} for m in row["methods"])  # served without errors
@@ -45,6 +46,25 @@ def test_a_short_run_has_every_operation_no_errors_and_the_servers_counts(tmp_pa
     assert report["read_back"]["deleted_checked"] > 0 and report["read_back"]["uncertain"] == 0
     assert code == 0
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_gateway_mix_runs_without_errors_and_the_gateways_counts_match(tmp_path):
+    # The harness starts the server with --http-port and a cache embedding with the stand-in model.
+    code = cli.main(["run", *SMALL, "--mix", "gateway_chat=3,search=1", "--rate", "120", "--duration", "3",
+                     "--warmup", "1", "--workers", "2", "--open-threads", "4", "--timeout", "60",
+                     "--upstream-latency-ms", "5", "--quiet", "--out", str(tmp_path / "run")])
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert report["gateway"]["url"].startswith("http://127.0.0.1:")
+    ops = report["phases"][0]["ops"]
+    assert set(ops) == {"gateway_chat", "search"}
+    for name, op in ops.items():
+        assert op["calls"] > 0 and op["errors"] == {} and op["ok"] == op["calls"], name
+    served = report["server_served"]
+    assert served["/v1/chat/completions"] == {"200": ops["gateway_chat"]["calls"]}  # all answered 200
+    assert all(row["match"] for row in report["server_check"]) and len(report["server_check"]) == 2
+    # Repeated questions were answered by the gateway's cache; new ones reached the model.
+    assert 0 < report["upstream"]["calls"] < ops["gateway_chat"]["calls"]
+    assert code == 0
 
 
 def test_a_target_server_without_a_model_is_refused_with_what_to_configure(tmp_path):
