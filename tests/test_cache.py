@@ -4,6 +4,7 @@ loopback), against a real OpenAI-compatible upstream on loopback (curator_loadte
 Most tests bring their own embeddings (a 16-d test model) so that similarities are exact and the
 tests fast; tests/test_cache_model.py runs the real MiniLM model."""
 
+import dataclasses
 import time
 
 import numpy as np
@@ -523,3 +524,41 @@ def test_a_partition_scans_exactly_while_small_and_becomes_a_graph_past_graph_fr
         ids = np.array(sorted(live_ids))
         hits += len(set(part.entry_ids[found].tolist()) & set(ids[np.argsort(-(vectors[ids] @ q))[:10]].tolist()))
     assert hits / (10 * len(queries)) >= 0.9
+
+
+def test_remote_lookups_carry_the_guards_reasons_margins_and_stored_extra(tmp_path, upstream):
+    """A near miss's `why`, `cached_prompt` and `other_similarity`, and a hit's `extra` (stored by
+    the gateway's `store_chat`), reach the remote SDK as the embedded cache gives them."""
+
+    def lookups(db) -> list[dict]:
+        cache = db.cache
+        cache.set_policy("banking", min_similarity=0.5, ambiguity_margin=0.0)
+        v = unit(31)
+        store(cache, "acme", v, "done", category="banking", prompt="transfer 50 dollars to my savings account")
+        store(cache, "acme", at_similarity(v, 0.8, seed=3), "other", category="banking", prompt="close my account")
+        engine = db.engine.cache  # the gateway's path: keyed as complete() keys it, with extra and a ttl
+        chat = engine.chat_prompt("acme", [{"role": "user", "content": "how do I open an account"}],
+                                  params={"model": "m"}, category="banking", embedding=unit(32), embedding_model=MODEL)
+        engine.store_chat(chat, "like this", ttl=3600, extra={"model": "m", "finish_reason": "stop",
+                                                              "usage": {"prompt_tokens": 6, "completion_tokens": 2}})
+        found = [lookup(cache, "acme", v, category="banking", prompt="transfer 500 dollars to my savings account"),
+                 lookup(cache, "acme", v, category="banking", prompt="move 50 dollars into my savings account"),
+                 lookup(cache, "acme", at_similarity(v, 0.3, seed=5), category="banking"),
+                 cache.lookup("acme", "how do I open an account", embedding=unit(32), category="banking",
+                              embedding_model=MODEL, model_settings={"model": "m"})]
+        return [{k: v for k, v in dataclasses.asdict(f).items() if k not in ("age", "entry_id")} for f in found]
+
+    results = {}
+    for kind in ("memory", "remote"):
+        with database(kind, tmp_path / kind, cache=cache_config(upstream), retries=0) as db:
+            results[kind] = lookups(db)
+    near, hit, below, chat = results["memory"]
+    assert near["reason"] == "near_miss:number" and near["why"] and near["cached_prompt"].startswith("transfer 50 ")
+    assert near["other_similarity"] == pytest.approx(0.8, abs=1e-4)
+    assert hit["hit"] and hit["why"] is None and hit["other_similarity"] == pytest.approx(0.8, abs=1e-4)
+    assert below["reason"] == "below_threshold" and below["cached_prompt"] is None and below["why"] is None
+    assert chat["hit"] and chat["extra"]["usage"] == {"prompt_tokens": 6, "completion_tokens": 2}
+    for embedded, remote in zip(results["memory"], results["remote"]):
+        assert remote.keys() == embedded.keys()
+        for key, value in embedded.items():
+            assert remote[key] == (pytest.approx(value, abs=1e-5) if isinstance(value, float) else value), key

@@ -85,12 +85,19 @@ def settings_from_wire(text: str, what: str = "model_settings_json") -> dict | N
 def lookup_to_wire(lookup: Lookup) -> pb.CacheLookupReply:
     message = pb.CacheLookupReply(
         hit=lookup.hit, reason=lookup.reason, category=lookup.category, category_source=lookup.category_source,
-        threshold=lookup.threshold, answer=lookup.answer or "", cached_prompt=lookup.cached_prompt or "",
-        entry_id=lookup.entry_id, relaxed=lookup.relaxed)
+        threshold=lookup.threshold, answer=lookup.answer or "", entry_id=lookup.entry_id, relaxed=lookup.relaxed)
     if lookup.similarity is not None:
         message.similarity = lookup.similarity
+    if lookup.cached_prompt is not None:
+        message.cached_prompt = lookup.cached_prompt
     if lookup.age is not None:
         message.age_seconds = lookup.age
+    if lookup.other_similarity is not None:
+        message.other_similarity = lookup.other_similarity
+    if lookup.why is not None:
+        message.why = lookup.why
+    if lookup.extra is not None:
+        message.extra_json = json.dumps(lookup.extra)
     return message
 
 
@@ -100,6 +107,10 @@ def lookup_from_wire(message: pb.CacheLookupReply) -> Lookup:
         threshold=message.threshold,
         similarity=message.similarity if message.HasField("similarity") else None,
         answer=message.answer if message.hit else None,
-        cached_prompt=message.cached_prompt if message.hit else None,
+        # an older server sends the prompt on hits only, as a plain string
+        cached_prompt=message.cached_prompt if message.HasField("cached_prompt") or message.hit else None,
         age=message.age_seconds if message.HasField("age_seconds") else None,
-        entry_id=message.entry_id, relaxed=message.relaxed)
+        entry_id=message.entry_id, relaxed=message.relaxed,
+        extra=json.loads(message.extra_json) if message.HasField("extra_json") else None,
+        other_similarity=message.other_similarity if message.HasField("other_similarity") else None,
+        why=message.why if message.HasField("why") else None)
