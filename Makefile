@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-# Debian packages the tests use: WordNet (real tenant data) and Prometheus (scrapes the server).
-SYSTEM_FILES := /usr/share/wordnet/data.noun /usr/bin/prometheus /usr/bin/promtool
+# Debian packages the tests use: WordNet (real tenant data), Prometheus (scrapes the server) and
+# Chromium (loads the operator's page headless).
+SYSTEM_FILES := /usr/share/wordnet/data.noun /usr/bin/prometheus /usr/bin/promtool /usr/bin/chromium
 DATA   ?= ./curator-data
 PORT   ?= 50051
 METRICS_PORT ?= 9464
@@ -23,7 +24,7 @@ system:
 	@missing=0; for f in $(SYSTEM_FILES); do [ -e $$f ] || missing=1; done; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wordnet-base prometheus; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wordnet-base prometheus chromium; \
 	fi
 	@command -v node >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get install -y -qq nodejs npm; }

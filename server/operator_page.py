@@ -291,11 +291,12 @@ class RequestHistory:
     def window(self) -> dict:
         """Per source: a series over the ring (time, requests/s, p50 and p99 in ms, between
         consecutive samples) and per key the totals over the whole ring."""
-        samples = list(self.ring) + [self.read()]
+        ring, now = list(self.ring), self.read()
+        samples = (ring or [now]) + [now]  # the table runs to now; the series, from even steps, to the last sample
         out = {"seconds": samples[-1][0] - samples[0][0]}
         for source in self.sources:
             series = []
-            for (t0, a), (t1, b) in zip(samples, samples[1:]):
+            for (t0, a), (t1, b) in zip(ring, ring[1:]):
                 count, buckets, bounds = _delta(a[source], b[source], None)
                 if t1 - t0 > 0:
                     series.append({"t": t1, "rate": count / (t1 - t0), "p50_ms": _ms(_quantile(0.5, bounds, buckets)),
