@@ -20,7 +20,9 @@ counter); put a key in a URL, a cookie or a log; show a name unescaped (tenant a
 names come from callers); block the event loop on the engine.
 """
 
+import asyncio
 import html
+import logging
 import math
 import os
 import resource
@@ -36,6 +38,7 @@ from curator.errors import UnauthenticatedError
 
 from .auth import OPEN, KeyRing, Principal
 
+log = logging.getLogger("curator.operator")
 COOKIE = "curator_operator"
 SESSION_SECONDS = 8 * 3600
 TICKET_SECONDS = 60.0
@@ -85,11 +88,12 @@ class OperatorPage:
         app.on_cleanup.append(self._stop_sampling)
 
     async def _start_sampling(self, app) -> None:
-        import asyncio
-
         async def sample():
             while True:
-                self.history.sample()
+                try:
+                    self.history.sample()
+                except Exception:  # noqa: BLE001 - a gap in the plots, not a dead sampler
+                    log.exception("operator's page: sampling the request series failed")
                 await asyncio.sleep(self.sample_seconds)
 
         self._sampler = asyncio.get_running_loop().create_task(sample())
@@ -392,7 +396,9 @@ def _login_page(why: str) -> str:
 
 
 def _num(value) -> str:
-    return "–" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:,.3g}"
+    if value is None:
+        return "–"
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def _bytes(n: float | None) -> str:
@@ -519,7 +525,7 @@ def render(facts: dict, signed_in: bool = False) -> str:
                  f'<span class="inactive">{_num(c["states"]["inactive"])}</span>',
                  f'<span class="offloaded">{_num(c["states"]["offloaded"])}</span>', states_bar(c["states"]),
                  _bytes(sum(c["memory_bytes"].values()))] for c in collections]
-        out.append(_table(["collection", "dim", "metric", "vectors", "in memory", "evicted", "offloaded",
+        out.append(_table(["collection", "dim", "metric", "vectors", "in memory", "evicted", "in archives",
                            "tenants", "active", "inactive", "offloaded", "states", "index memory"], rows))
 
     out.append("<h2>Memory</h2>")

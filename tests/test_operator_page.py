@@ -139,3 +139,9 @@ def test_in_headless_chromium(server, browser, tmp_path):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     refused = browse(f"http://127.0.0.1:{server.gateway.port}/operator")  # no session: the form only
     assert "admin key is needed" in refused and "docs-tenant" not in refused
+
+
+def test_a_missing_chromium_is_a_failure_naming_make_system(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(RuntimeError, match="make system"):
+        chromium()
