@@ -18,9 +18,14 @@ file beside it and renamed into place, mode 0600:
 - `ids` <i8 (n,), `vectors` <f4 (n, dim), `owned` bool (n,);
 - `payloads`: uint8, compact UTF-8 JSON: an array of n objects, one per vector ({} for none);
 - `cache`: uint8, UTF-8 JSON: an array of one object per cache entry {category, model, settings,
-  created, prompt, answer, dim}; `cache_embeddings` <f4, the entries' embeddings one after another.
+  created, prompt, answer, dim}, and where the entry has them (entries the HTTP gateway stored)
+  `extra` (the JSON object kept beside the answer: model, finish reason, usage) and `expires` (Unix
+  seconds: its own ttl's end); `cache_embeddings` <f4, the entries' embeddings one after another.
 `sha256` is the digest of those six arrays' bytes in that order: a changed or truncated file is
-refused, as is another format or version.
+refused, as is another format or version. Version 2 is version 1 with entries that may have
+`extra` or `expires`; an archive is written as version 1 when none has, so that a Curator reading
+only version 1 reads it, and as 2 otherwise (such a Curator refuses it, saying so, rather than
+dropping the fields).
 
 Reading (`read_rows`) runs holding the collection's shared lock (`EmbeddedCollection.tenant_rows`):
 writes wait for it, reads go on, and the archive is the collection at one moment. It holds one
@@ -65,11 +70,13 @@ from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, Sto
 from .metric import Metric
 
 FORMAT = "curator-tenant-archive"
-VERSION = 1
+VERSION = 2  # the newest this Curator writes and reads; it reads 1 too (entries without extra or expires)
+VERSIONS = (1, 2)
 BATCH = 8192  # rows an import writes at once (one write turn of the collection)
 CONTENT = ("ids", "vectors", "owned", "payloads", "cache", "cache_embeddings")  # what sha256 covers, in order
 MEMBERS = ("header",) + CONTENT
 CACHE_FIELDS = ("category", "model", "settings", "created", "prompt", "answer")
+CACHE_OPTIONAL = ("extra", "expires")  # of entries the gateway stored (store_chat's extra and ttl)
 
 
 @dataclass
@@ -83,9 +90,12 @@ class CacheEntry:
     prompt: str
     answer: str
     embedding: np.ndarray  # float32, as stored (unit length)
+    extra: dict | None = None     # kept beside the answer (store_chat): model, finish reason, usage
+    expires: float | None = None  # Unix seconds: the end of its own ttl (store_chat), None: the category's
 
     def meta(self) -> dict:
-        return {name: getattr(self, name) for name in CACHE_FIELDS}
+        meta = {name: getattr(self, name) for name in CACHE_FIELDS}
+        return meta | {name: getattr(self, name) for name in CACHE_OPTIONAL if getattr(self, name) is not None}
 
 
 @dataclass
@@ -107,7 +117,8 @@ class TenantArchive:
         return int(self.ids.size)
 
     def header(self, sha256: str = "") -> dict:
-        return {"format": FORMAT, "version": VERSION, "tenant": self.tenant, "collection": self.collection,
+        optional = any(e.extra is not None or e.expires is not None for e in self.cache)
+        return {"format": FORMAT, "version": VERSION if optional else 1, "tenant": self.tenant, "collection": self.collection,
                 "dim": self.dim, "metric": self.metric, "created": self.created, "vectors": len(self),
                 "owned": int(np.count_nonzero(self.owned)), "cache_entries": len(self.cache), "sha256": sha256}
 
@@ -231,7 +242,8 @@ def export(db, tenant: str, path=None, *, collection: str | None, cache: bool = 
         ids, vectors, owned, payloads = col.tenant_rows(tenant)
         archive = TenantArchive(tenant, col.name, col.dim, col.metric, ids, vectors, owned, payloads)
     if cache:
-        archive.cache = [CacheEntry(**{name: meta[name] for name in CACHE_FIELDS}, embedding=embedding)
+        archive.cache = [CacheEntry(**{name: meta[name] for name in CACHE_FIELDS + CACHE_OPTIONAL if name in meta},
+                                    embedding=embedding)
                          for meta, embedding in db.cache.tenant_entries(tenant)]
     if path is not None:
         archive.save(path)
@@ -405,8 +417,9 @@ def cache_entries(data: bytes, embeddings: np.ndarray, n: int | None, where: str
         ends = np.cumsum(dims)
         entries = []
         for meta, end, d in zip(metas, ends.tolist(), dims):
-            if set(meta) != set(CACHE_FIELDS):
-                raise ValueError(f"an entry has fields {sorted(meta)}; expected {sorted(CACHE_FIELDS)}")
+            if not set(CACHE_FIELDS) <= set(meta) <= set(CACHE_FIELDS + CACHE_OPTIONAL):
+                raise ValueError(f"an entry has fields {sorted(meta)}; expected {sorted(CACHE_FIELDS)} and "
+                                 f"optionally {list(CACHE_OPTIONAL)}")
             entries.append(CacheEntry(**meta, embedding=embeddings[end - d : end].astype(np.float32)))
     except (KeyError, TypeError, ValueError) as error:
         raise InvalidArgumentError(f"{where}: malformed cache entries ({error})") from None
@@ -427,9 +440,9 @@ def _header(data: bytes, where) -> dict:
         raise InvalidArgumentError(f"{where} is not a Curator tenant archive: its header is not JSON") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise InvalidArgumentError(f"{where} is not a Curator tenant archive (format {FORMAT!r})")
-    if header.get("version") != VERSION:
+    if header.get("version") not in VERSIONS:
         raise InvalidArgumentError(f"{where} is a tenant archive of format version {header.get('version')!r}; "
-                                   f"this Curator reads version {VERSION}")
+                                   f"this Curator reads versions {', '.join(map(str, VERSIONS))}")
     return checked_header(header, where)
 
 

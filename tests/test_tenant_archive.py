@@ -7,6 +7,7 @@ file, an unknown version, another tenant's key, ids other tenants hold)."""
 import json
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -94,6 +95,7 @@ def test_round_trip_is_bit_exact_and_restores_the_tenant(db, tmp_path):
     assert sorted(e.prompt for e in archive.cache) == [f"question {i} about wire fees" for i in range(5)]
     data = path.read_bytes()
     assert b"bob" not in data  # shared vectors come without saying with whom (and bob's entries stay out)
+    assert json.loads(np.load(path)["header"].tobytes())["version"] == 1  # no entry with extra or expires
     assert_same(TenantArchive.load(path), archive)
 
     # alice loses and changes things; the import puts them back as they were
@@ -141,6 +143,60 @@ def test_import_into_another_collection_and_another_server(db, tmp_path):
             assert report.inserted == len(archive) and report.cache_entries == 5
             assert_same(other.export_tenant("alice2", collection="copies"),
                         TenantArchive(**{**archive.__dict__, "tenant": "alice2"}), owned=False)
+    finally:
+        server.stop()
+
+
+def test_a_gateway_entry_keeps_its_extra_and_its_own_ttl_through_export_and_import(db, tmp_path):
+    """An entry the HTTP gateway stored (store_chat: the upstream's model, finish reason and usage
+    beside the answer, and a ttl of its own) comes back from an archive with both, through a file
+    and the wire; an entry whose own ttl ran out is not restored."""
+    cache, engine = db.cache, db.engine.cache  # the gateway's path is the engine's (the server's)
+    usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    extra = {"model": "stand-in", "finish_reason": "length", "usage": usage}
+
+    def chat(text, seed, **options):
+        prompt = engine.chat_prompt("alice", [{"role": "user", "content": text}], params={"model": "m"},
+                                    category="support", embedding=unit(seed), embedding_model=MODEL)
+        assert engine.store_chat(prompt, f"answer to {text}", **options) >= 0
+
+    chat("how do refunds work", 40, ttl=3600, extra=extra)
+    chat("a short-lived answer", 41, ttl=0.05)
+    chat("no extra here", 42)
+    path = tmp_path / "alice.npz"
+    archive = db.export_tenant("alice", path, collection=None)
+    kept = next(e for e in archive.cache if "how do refunds work" in e.prompt)
+    assert kept.extra == extra and kept.created < kept.expires <= kept.created + 3600 + 1
+    plain = next(e for e in archive.cache if "no extra here" in e.prompt)
+    assert plain.extra is None and plain.expires is None
+    assert json.loads(np.load(path)["header"].tobytes())["version"] == 2  # entries with the new fields
+    assert_same(TenantArchive.load(path), archive)
+
+    def lookup(db_, text, seed, tenant="alice"):
+        return db_.cache.lookup(tenant, text, embedding=unit(seed), embedding_model=MODEL, category="support",
+                                model_settings={"model": "m"})
+
+    time.sleep(0.1)  # the short-lived entry's own ttl runs out
+    cache.invalidate("alice")
+    report = db.import_tenant(path)
+    assert (report.cache_entries, report.cache_skipped) == (2, 1)  # the expired one stays out
+    hit = lookup(db, "how do refunds work", 40)
+    assert hit.hit and hit.extra == extra
+    back = {e.prompt: e for e in db.export_tenant("alice", collection=None).cache}
+    assert back[kept.prompt].expires == kept.expires and back[kept.prompt].extra == extra
+    assert back[plain.prompt].expires is None and back[plain.prompt].extra is None
+    assert set(back) == {kept.prompt, plain.prompt}
+
+    # into another server over the wire, and straight from one database to the other
+    server = CuratorServer(ServerConfig(data=str(tmp_path / "other"), port=0)).start()
+    try:
+        with curator.connect(server.address) as other:
+            assert other.import_tenant(archive).cache_entries == 2
+            assert lookup(other, "how do refunds work", 40).extra == extra
+            again = {e.prompt: e for e in other.export_tenant("alice", collection=None).cache}
+            assert (again[kept.prompt].expires, again[kept.prompt].extra) == (kept.expires, extra)
+            assert db.copy_tenant("alice", "alice2", collection=None, to=other).cache_entries == 2
+            assert lookup(other, "how do refunds work", 40, tenant="alice2").extra == extra
     finally:
         server.stop()
 
@@ -193,10 +249,10 @@ def test_refusals(db, tmp_path):
     np.savez(bad, **content)
     with pytest.raises(curator.InvalidArgumentError, match="damaged or was changed"):
         db.import_tenant(bad)
-    header = json.loads(content["header"].tobytes()) | {"version": 2}
+    header = json.loads(content["header"].tobytes()) | {"version": 3}
     content["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     np.savez(bad, **content)
-    with pytest.raises(curator.InvalidArgumentError, match="version 2; this Curator reads version 1"):
+    with pytest.raises(curator.InvalidArgumentError, match="version 3; this Curator reads versions 1, 2"):
         TenantArchive.load(bad)
     bad.write_bytes(b"not an archive at all")
     with pytest.raises(curator.InvalidArgumentError, match="not a Curator tenant archive"):

@@ -468,19 +468,22 @@ class SemanticCache(Cache):
 
     def restore_entries(self, tenant: str, entries: list[tuple[dict, np.ndarray]]) -> tuple[int, int]:
         """Store archived entries (as `tenant_entries` gives them) for `tenant`, each keeping its
-        category, model, settings key, creation time, prompt, answer and embedding; returns (added,
-        skipped). Skipped: an entry the tenant holds already (the same six fields), so restoring
-        twice adds nothing, answers over `answer_bytes`, and entries of a category not cacheable for
-        the tenant. The category's policy evicts as a store would (an archive with more than
-        max_entries or max_bytes keeps its newest) and the tenant's budget (`limits.py`, quota)
+        category, model, settings key, creation time, prompt, answer and embedding, and where it has
+        them what `store_chat` kept beside the answer (`extra`) and the end of its own ttl (`expires`);
+        returns (added, skipped). Skipped: an entry the tenant holds already (the same six fields), so
+        restoring twice adds nothing, answers over `answer_bytes`, entries whose own ttl has run out,
+        and entries of a category not cacheable for the tenant. The category's policy evicts as a
+        store would (an archive with more than max_entries or max_bytes keeps its newest) and the tenant's budget (`limits.py`, quota)
         refuses a group that would pass it, whole."""
         tenant = validate.name(tenant, "tenant")
         held = {_identity(meta) for meta, _ in self.tenant_entries(tenant)}
         groups: dict[tuple, list] = {}
         skipped = 0
+        now = self._clock()
         for meta, embedding in entries:
             meta, embedding = _restorable(meta, embedding, self._embedder)
-            if _identity(meta) in held or len(meta["answer"].encode()) > self.limits.answer_bytes:
+            if _identity(meta) in held or len(meta["answer"].encode()) > self.limits.answer_bytes or \
+                    meta.get("expires", math.inf) < now:
                 skipped += 1
                 continue
             held.add(_identity(meta))
@@ -890,8 +893,18 @@ def _restorable(meta, embedding, embedder) -> tuple[dict, np.ndarray]:
     if meta["model"] == embedder.name and vector.size != embedder.dim:
         raise InvalidArgumentError(f"embedding of dimension {vector.size}; {embedder.name} embeddings have "
                                    f"{embedder.dim}")
-    return {"category": category_name(meta.get("category")), "model": meta["model"], "settings": meta["settings"],
-            "created": float(meta["created"]), "prompt": meta["prompt"], "answer": meta["answer"]}, vector
+    restored = {"category": category_name(meta.get("category")), "model": meta["model"], "settings": meta["settings"],
+                "created": float(meta["created"]), "prompt": meta["prompt"], "answer": meta["answer"]}
+    extra, expires = meta.get("extra"), meta.get("expires")
+    if extra is not None:  # store_chat's, checked as it checks them
+        if not isinstance(extra, dict) or len(json.dumps(extra, separators=(",", ":")).encode()) > MAX_EXTRA_BYTES:
+            raise InvalidArgumentError(f"a cache entry's extra must be a JSON object of at most {MAX_EXTRA_BYTES} bytes")
+        restored["extra"] = extra
+    if expires is not None:
+        if isinstance(expires, bool) or not isinstance(expires, (int, float)) or not math.isfinite(expires):
+            raise InvalidArgumentError("a cache entry's expires must be a finite number (Unix seconds) or absent")
+        restored["expires"] = float(expires)
+    return restored, vector
 
 
 def _newest_within(entries: list, policy: Policy) -> list:

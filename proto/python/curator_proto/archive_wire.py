@@ -23,7 +23,7 @@ def chunk_bytes(asked: int, limit: int) -> int:
 
 
 def header_to_wire(archive: ta.TenantArchive, skip_taken: bool = False) -> pb.ArchiveHeader:
-    return pb.ArchiveHeader(format=ta.FORMAT, version=ta.VERSION, tenant=archive.tenant,
+    return pb.ArchiveHeader(format=ta.FORMAT, version=archive.header()["version"], tenant=archive.tenant,
                             collection=archive.collection or "", dim=archive.dim or 0, metric=archive.metric or "",
                             created=archive.created, vectors=len(archive), owned=int(np.count_nonzero(archive.owned)),
                             cache_entries=len(archive.cache), skip_taken=skip_taken)
@@ -33,9 +33,9 @@ def header_from_wire(header: pb.ArchiveHeader) -> dict:
     if header.format != ta.FORMAT:
         raise InvalidArgumentError(f"an archive stream starts with a header of format {ta.FORMAT!r}; got "
                                    f"{header.format[:60]!r}")
-    if header.version != ta.VERSION:
+    if header.version not in ta.VERSIONS:
         raise InvalidArgumentError(f"archive format version {header.version} is not known here; this Curator "
-                                   f"reads version {ta.VERSION}")
+                                   f"reads versions {', '.join(map(str, ta.VERSIONS))}")
     return ta.checked_header({
         "tenant": header.tenant, "collection": header.collection or None, "dim": header.dim or None,
         "metric": header.metric or None, "created": header.created, "vectors": header.vectors,
