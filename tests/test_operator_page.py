@@ -145,3 +145,15 @@ def test_a_missing_chromium_is_a_failure_naming_make_system(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(RuntimeError, match="make system"):
         chromium()
+
+
+def test_the_session_cookie_is_secure_under_tls(server):
+    from aiohttp import web
+
+    from curator_server.operator_page import COOKIE, OperatorPage
+
+    page = OperatorPage(server.db, server.keys, server.metrics, None, secure=True)
+    response = web.Response()
+    page._open_session(server.keys.principals()[0], response)
+    morsel = response.cookies[COOKIE]
+    assert morsel["secure"] and morsel["httponly"] and morsel["samesite"] == "Strict"
