@@ -12,6 +12,7 @@ import pytest
 from benchmarks.stand_in_llm import StandInLLM
 from curator import InvalidArgumentError
 from curator.cache import SemanticCache
+from curator.cache.records import MemoryRecords
 from curator.cache.upstream import Upstream
 
 
@@ -123,6 +124,27 @@ def test_an_entry_with_its_own_ttl_expires_and_is_removed(cache, clock):
     assert not late.hit and late.reason == "expired"
     assert cache.stats("acme")["categories"]["chat"]["expirations"] == 1
     assert cache.stats("acme")["entries"] == 0
+
+
+def test_the_expiry_sweep_removes_entries_past_their_own_ttl_never_looked_up(clock):
+    """The background sweep (`expire`, every EXPIRY_SWEEP_EVERY stores) enforces an entry's own ttl
+    as the category's: an entry nobody asks for again does not hold its bytes until it is chosen;
+    a reopened cache knows each entry's own ttl from its record."""
+    records = MemoryRecords()
+    cache = SemanticCache(records, embedder=Words(), clock=clock)
+    short = cache.chat_prompt("acme", chat("what is the weather"), category="chat")
+    cache.store_chat(short, "sunny", ttl=5)
+    cache.store_chat(cache.chat_prompt("acme", chat("a yearly report"), category="chat"), "report", ttl=1e6)
+    cache.store_chat(cache.chat_prompt("acme", chat("the capital of france"), category="chat"), "Paris")
+    clock.now += 5
+    assert cache.expire() == 0
+    reopened = SemanticCache(records, embedder=Words(), clock=clock)
+    clock.now += 0.5
+    for each in (cache, reopened):
+        assert each.expire() == 1 and each.stats("acme")["entries"] == 2
+        assert each.stats("acme")["categories"]["chat"]["expirations"] == 1
+        assert each.expire() == 0
+    assert not reopened.lookup_chat(short).hit
 
 
 def test_the_category_ttl_still_bounds_an_entry_with_a_longer_one(cache, clock):

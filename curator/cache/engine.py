@@ -338,7 +338,8 @@ class SemanticCache(Cache):
         return labels
 
     def expire(self) -> int:
-        """Remove every entry past its category's TTL now; returns how many."""
+        """Remove every entry past its category's TTL, or past its own (`store_chat`'s ttl), now;
+        returns how many."""
         now = self._clock()
         pressure = self.load.pressure()
         with self._lock:
@@ -519,7 +520,8 @@ class SemanticCache(Cache):
                 self._records.write_records([(entry_key(i), r) for i, r in zip(ids.tolist(), records)],
                                             [entry_key(i) for removed in evicted_ids for i in removed.tolist()])
                 partition.add(ids, embeddings, np.array([meta["created"] for meta, _ in entries], np.float64), sizes,
-                              np.array([answer_key(meta["answer"]) for meta, _ in entries], np.uint64))
+                              np.array([answer_key(meta["answer"]) for meta, _ in entries], np.uint64),
+                              np.array([meta.get("expires", np.inf) for meta, _ in entries], np.float64))
         n_evicted = sum(removed.size for removed in evicted_ids)
         if n_evicted:
             self._bump(tenant, category, "evictions", n_evicted)
@@ -644,7 +646,7 @@ class SemanticCache(Cache):
                 self._records.write_records([(entry_key(entry_id), record)],
                                             [entry_key(i) for ids in evicted_ids for i in ids.tolist()])
                 partition.add(np.array([entry_id]), embedding[None, :], np.array([now]), np.array([size]),
-                              np.array([answer_key(answer)], np.uint64))
+                              np.array([answer_key(answer)], np.uint64), np.array([meta.get("expires", np.inf)]))
         n_evicted = sum(ids.size for ids in evicted_ids)
         if n_evicted:
             self._bump(tenant, category, "evictions", n_evicted)
@@ -853,17 +855,18 @@ class SemanticCache(Cache):
             by_dim = dims.setdefault(meta["model"], {})
             by_dim[embedding.size] = by_dim.get(embedding.size, 0) + 1
             rows.setdefault((meta["tenant"], meta["category"], meta["model"], meta["settings"]), []).append(
-                (entry_id, embedding, meta["created"], len(value), answer_key(meta["answer"])))
+                (entry_id, embedding, meta["created"], len(value), answer_key(meta["answer"]),
+                 meta.get("expires", np.inf)))
         # a directory written before the rule may hold one model at two dimensions: the one most of
         # its entries have is the model's; the others stay readable (archives, invalidate)
         self._dims = {model: max(by_dim, key=by_dim.get) for model, by_dim in dims.items()}
         for (tenant, category, model, settings), entries in rows.items():
             entries.sort(key=lambda entry: (entry[2], entry[0]))
-            ids, embeddings, created, sizes, answers = zip(*entries)
+            ids, embeddings, created, sizes, answers, expires = zip(*entries)
             group = self._group(tenant, category, create=True)
             partition = group.partitions[(model, settings)] = Partition(len(embeddings[0]), capacity=len(ids))
             partition.add(np.array(ids, np.int64), np.stack(embeddings), np.array(created), np.array(sizes),
-                          np.array(answers, np.uint64))
+                          np.array(answers, np.uint64), np.array(expires, np.float64))
 
 
 def _number(n: int) -> str:

@@ -32,6 +32,7 @@ class Partition:
         self._vectors: np.ndarray | None = np.zeros((capacity, dim), np.float32)  # until then
         self.entry_ids = np.full(capacity, -1, np.int64)   # slot -> entry id; -1: free
         self.created = np.zeros(capacity)
+        self.expires = np.full(capacity, np.inf)  # the end of an entry's own ttl (store_chat); inf: none
         self.last_used = np.zeros(capacity)
         self.uses = np.zeros(capacity, np.int64)
         self.nbytes = np.zeros(capacity, np.int64)
@@ -44,8 +45,8 @@ class Partition:
     # -- writing -------------------------------------------------------------------------------
 
     def add(self, entry_ids: np.ndarray, embeddings: np.ndarray, created: np.ndarray,
-            nbytes: np.ndarray, answer_keys: np.ndarray) -> np.ndarray:
-        """Add entries; returns their slots."""
+            nbytes: np.ndarray, answer_keys: np.ndarray, expires: np.ndarray | None = None) -> np.ndarray:
+        """Add entries; returns their slots. `expires`: when each entry's own ttl ends (inf: none)."""
         n = len(entry_ids)
         reused = [self._free.pop() for _ in range(min(n, len(self._free)))]
         fresh = np.arange(self._slots_used, self._slots_used + n - len(reused))
@@ -63,6 +64,7 @@ class Partition:
                 self._graph.add_items(embeddings[len(reused):], fresh)
         self.entry_ids[slots] = entry_ids
         self.created[slots] = created
+        self.expires[slots] = np.inf if expires is None else expires
         self.last_used[slots] = created
         self.uses[slots] = 0
         self.nbytes[slots] = nbytes
@@ -115,11 +117,14 @@ class Partition:
         return best.astype(np.int64), similarity[best]
 
     def expired(self, now: float, ttl: float | None) -> np.ndarray:
-        """Slots of live entries older than ttl."""
-        if ttl is None or self.live == 0:
+        """Slots of live entries older than ttl, or past the end of their own ttl."""
+        if self.live == 0:
             return np.empty(0, np.int64)
         used = slice(0, self._slots_used)
-        return np.flatnonzero((self.entry_ids[used] >= 0) & (now - self.created[used] > ttl))
+        past = self.expires[used] < now
+        if ttl is not None:
+            past |= now - self.created[used] > ttl
+        return np.flatnonzero((self.entry_ids[used] >= 0) & past)
 
     def victims(self, n: int, eviction: str) -> np.ndarray:
         """The n live slots to evict first: least recently used, or least used (then oldest use)."""
@@ -140,7 +145,7 @@ class Partition:
     def memory_bytes(self) -> int:
         """The matrix, or the graph's vectors and links (an estimate from hnswlib's layout), and the
         per-entry arrays."""
-        arrays = self.entry_ids.nbytes * 6
+        arrays = self.entry_ids.nbytes * 7
         if self._graph is None:
             return self._vectors.nbytes + arrays
         per_element = 4 * self.dim + 8 + 4 * (2 * GRAPH_M + 1) + 8
@@ -159,9 +164,9 @@ class Partition:
             vectors = np.zeros((grown, self.dim), np.float32)
             vectors[:capacity] = self._vectors
             self._vectors = vectors
-        for name in ("entry_ids", "created", "last_used", "uses", "nbytes", "answer_keys"):
+        for name in ("entry_ids", "created", "expires", "last_used", "uses", "nbytes", "answer_keys"):
             old = getattr(self, name)
-            new = np.full(grown, -1, old.dtype) if name == "entry_ids" else np.zeros(grown, old.dtype)
+            new = np.full(grown, {"entry_ids": -1, "expires": np.inf}.get(name, 0), old.dtype)
             new[:capacity] = old
             setattr(self, name, new)
 
