@@ -3,8 +3,8 @@ the wheel installs into a fresh venv with its dependencies from the package inde
 directory outside the checkout the README's commands work: `curator --version` (the version of
 curator/__init__.py), `curator keygen`, `curator loadtest --help` (and a run without the loadtest
 extra says which extra to install; with it, a short run against a server it starts itself),
-`curator serve` reached with the SDK and stopped by SIGTERM, and the embedded API in memory and
-on a data directory.
+`curator serve` reached with the SDK and stopped by SIGTERM, the embedded API in memory and on a
+data directory, and `curator export` / `curator import` copying that directory's collection.
 
 About 60-70 s on 2 cores with pip's cache warm: most of it installing numpy, faiss, numba, grpcio
 and the loadtest extra (GloVe), and numba compiling in the fresh venv. The first run on a machine
@@ -129,6 +129,17 @@ def test_the_embedded_api_and_a_served_database_work_outside_the_checkout(instal
             log, _ = server.communicate()
     assert server.returncode == 0, log[-3000:]
     assert f"serving on 127.0.0.1:{port}" in log
+    curator_command = str(bin_dir / "curator")
+    run([curator_command, "export", "--data", "./data", "--collection", "docs", "docs.jsonl"], elsewhere, env=env)
+    run([curator_command, "import", "--data", "./copy", "--collection", "docs", "--metric", "cosine", "docs.jsonl"],
+        elsewhere, env=env)
+    check = ("import curator, numpy as np\n"
+             "a, b = curator.open('./data').collection('docs'), curator.open('./copy').collection('docs')\n"
+             "ids = np.arange(200)\n"
+             "assert (a.get(ids) == b.get(ids)).all() and a.get_payloads(ids) == b.get_payloads(ids)\n"
+             "assert b.tenants_of(2) == ['alice', 'bob'] and b.owned(ids, tenant='alice').all()\n"
+             "print('same')")
+    assert run([str(bin_dir / "python"), "-c", check], elsewhere, env=env).stdout.strip() == "same"
 
 
 def test_the_load_harness_runs_from_the_wheel_with_its_extra(installed, tmp_path):
