@@ -212,33 +212,6 @@ def test_a_tenant_key_offloads_its_own_tenants_only(tmp_path):
         server.stop()
 
 
-def test_the_asyncio_sdk_offloads(tmp_path):
-    import asyncio
-
-    from curator_client import aio
-    from curator_server.app import CuratorServer, ServerConfig
-
-    server = CuratorServer(ServerConfig(data=str(tmp_path / "data"), port=0)).start()
-
-    async def run():
-        async with await aio.connect(server.address, retries=0) as db:
-            col = await db.create_collection("c", dim=DIM)
-            await col.insert(np.arange(20), X[:20], tenant="t0")
-            before = await col.search(QUERIES[0], k=5, tenant="t0")
-            await col.offload_tenant("t0")
-            assert await col.tenant_state("t0") == "offloaded"
-            found = await col.search(QUERIES[0], k=5, tenant="t0")
-            np.testing.assert_array_equal(found.ids, before.ids)
-            await col.offload_tenant("t0")
-            await col.activate_tenant("t0")
-            assert await col.tenant_state("t0") == "active"
-
-    try:
-        asyncio.run(run())
-    finally:
-        server.stop()
-
-
 def test_quotas_count_what_an_offloaded_tenant_holds(tmp_path):
     path = str(tmp_path / "data")
     with curator.open(path) as db:

@@ -369,7 +369,8 @@ def test_a_batch_of_searches_wakes_the_inactive_tenants_it_names(db):
     assert all(col.tenant_state(t) == "active" for t in set(tenants))
 
 
-def test_the_asyncio_sdk_manages_tenant_states(tmp_path):
+@pytest.mark.parametrize("leave, state", [("deactivate_tenant", "inactive"), ("offload_tenant", "offloaded")])
+def test_the_asyncio_sdk_manages_tenant_states(tmp_path, leave, state):
     import asyncio
 
     from curator_client import aio
@@ -382,12 +383,12 @@ def test_the_asyncio_sdk_manages_tenant_states(tmp_path):
             col = await db.create_collection("c", dim=DIM)
             await col.insert(np.arange(20), X[:20], tenant="t0")
             before = await col.search(QUERIES[0], k=5, tenant="t0")
-            await col.deactivate_tenant("t0")
-            assert await col.tenant_state("t0") == "inactive"
-            found = await col.search(QUERIES[0], k=5, tenant="t0")
+            await getattr(col, leave)("t0")
+            assert await col.tenant_state("t0") == state
+            found = await col.search(QUERIES[0], k=5, tenant="t0")  # wakes it
             np.testing.assert_array_equal(found.ids, before.ids)
             assert await col.tenant_state("t0") == "active"
-            await col.deactivate_tenant("t0")
+            await getattr(col, leave)("t0")
             await col.activate_tenant("t0")
             assert await col.tenant_state("t0") == "active"
 
