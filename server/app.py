@@ -25,7 +25,7 @@ from .admission import Admission
 from .archive_service import ArchiveService
 from .cache_service import CacheService
 from .decoding import Decoding
-from .gateway import Gateway, GatewayConfig, check_upstream
+from .gateway import Gateway, GatewayConfig
 from .probes import ProbeBudget
 from .auth import KeyRing, readable_by_others
 from .limits_service import LimitsService
@@ -128,8 +128,6 @@ class CuratorServer:
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.keys = KeyRing.load(config.keys)
         self._check_exposure()
-        if config.gateway is not None:
-            check_upstream((config.cache or {}).get("upstream"))
         self.db = curator.open(config.data, cache=config.cache, quotas=config.quotas, device=config.device) \
             if config.data == ":memory:" else curator.open(config.data, durability=config.durability, cache=config.cache,
                                                            quotas=config.quotas, device=config.device)

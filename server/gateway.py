@@ -89,18 +89,22 @@ class Refusal(Exception):
         return web.Response(status=self.status, body=body, content_type=_JSON, headers=self.headers)
 
 
-def check_upstream(upstream: dict | None) -> None:
-    if not upstream or not upstream.get("url"):
-        raise InvalidArgumentError("the HTTP gateway fronts a model: give [cache.upstream] url in --cache-config")
+NO_MODEL = ("this server fronts no model: its HTTP port serves the operator's page only; give [cache.upstream] "
+            "url in --cache-config for /v1")
+
+
+def _upstream_url(upstream: dict | None) -> str | None:
+    """The model's base URL, or None: the HTTP port then serves the operator's page, and /v1 answers 503."""
+    return upstream["url"].rstrip("/") if upstream and upstream.get("url") else None
 
 
 class Gateway:
     def __init__(self, cache, keys: KeyRing, rates, metrics, upstream: dict, config: GatewayConfig, host: str,
                  tls: tuple[str, str] | None = None):
-        check_upstream(upstream)
         self.cache, self.keys, self.rates, self.metrics, self.config = cache, keys, rates, metrics, config
         self.host, self.tls = host, tls
-        self.base_url = upstream["url"].rstrip("/")
+        self.base_url = _upstream_url(upstream)
+        upstream = upstream or {}
         self._timeout = float(upstream.get("timeout", 30.0))
         self._upstream_headers = {"Content-Type": _JSON}
         if upstream.get("api_key"):
@@ -129,7 +133,7 @@ class Gateway:
             self._thread.join()
             raise
         log.info("HTTP gateway on %s://%s:%s/v1 (upstream %s)", "https" if self.tls else "http", self.host, self.port,
-                 self.base_url)
+                 self.base_url or "none: /v1 answers 503, the operator's page is served")
         return self
 
     async def _open(self, grace_seconds: float) -> None:
@@ -263,8 +267,13 @@ class Gateway:
 
     # -- GET /v1/models ------------------------------------------------------------------------------
 
+    def _model(self) -> None:
+        if self.base_url is None:
+            raise Refusal(503, NO_MODEL, code="no_upstream")
+
     async def _models(self, request: web.Request) -> web.Response:
         who = self._caller(request)
+        self._model()
         self._admit(who, READS)
         try:
             async with self._session.get(f"{self.base_url}/models", headers=self._upstream_headers) as upstream:
@@ -280,6 +289,7 @@ class Gateway:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         who = self._caller(request)
         tenant = self._tenant(request, who)  # before the body: a stranger's request costs no read
+        self._model()
         self._admit(who, WRITES)
         try:
             return await self._answer(request, tenant)

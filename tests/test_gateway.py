@@ -419,6 +419,12 @@ def test_the_gateway_stops_gracefully_in_open_mode(llm, tmp_path):
         ask(anyone, "open mode question")
 
 
-def test_serving_http_needs_an_upstream():
-    with pytest.raises(Exception, match="upstream"):
-        CuratorServer(ServerConfig(data=":memory:", port=0, gateway=GatewayConfig(port=0)))
+def test_without_an_upstream_v1_answers_503_saying_why():
+    server = CuratorServer(ServerConfig(data=":memory:", port=0, gateway=GatewayConfig(port=0))).start()
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.gateway.port}/v1", api_key="open mode", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as raised:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        assert raised.value.status_code == 503 and "fronts no model" in str(raised.value)
+    finally:
+        server.stop()

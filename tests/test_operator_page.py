@@ -157,3 +157,24 @@ def test_the_session_cookie_is_secure_under_tls(server):
     page._open_session(server.keys.principals()[0], response)
     morsel = response.cookies[COOKIE]
     assert morsel["secure"] and morsel["httponly"] and morsel["samesite"] == "Strict"
+
+
+def test_a_server_without_a_model_serves_the_page_and_answers_v1_with_503(tmp_path):
+    """--http-port without [cache.upstream]: the operator's page still has its port; /v1 says why not."""
+    from curator_server.app import CuratorServer, ServerConfig
+    from curator_server.gateway import GatewayConfig
+    from tests.conftest import keys_file
+
+    keys = keys_file(tmp_path / "keys.toml", {"ops": (ADMIN_KEY, None), "app": (TENANT_KEY, ["alice"])})
+    bare = CuratorServer(ServerConfig(port=0, keys=keys, gateway=GatewayConfig(0))).start()
+    try:
+        bare.db.create_collection("docs", dim=4).insert([1], np.ones((1, 4)), tenant="alice")
+        status, _, page = call(bare, "GET", "/operator", key=ADMIN_KEY)
+        assert status == 200 and "docs" in page
+        assert call(bare, "GET", "/v1/models")[0] == 401  # a stranger learns nothing, not even that
+        status, _, text = call(bare, "POST", "/v1/chat/completions", key=TENANT_KEY, content_type="application/json",
+                               body=json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        assert status == 503 and json.loads(text)["error"]["code"] == "no_upstream"
+        assert call(bare, "GET", "/v1/models", key=TENANT_KEY)[0] == 503
+    finally:
+        bare.stop()
