@@ -210,29 +210,22 @@ class EmbeddedCollection(Collection):
         return change
 
     def insert(self, ids, vectors, *, tenant: str, payloads=None) -> np.ndarray:
-        if ids is None:
-            return self._insert_drawn(vectors, tenant, payloads)
+        if ids is None:  # drawn at random (`validate.drawn_ids`), again if one was taken meanwhile
+            vectors, tenant = validate.vectors(vectors, self.dim), validate.name(tenant, "tenant")
+            payloads = validate.payloads(payloads, vectors.shape[0])
+            for attempt in range(3):
+                try:
+                    return self._insert(validate.drawn_ids(vectors.shape[0]), vectors, tenant, payloads)
+                except AlreadyExistsError:
+                    if attempt == 2:
+                        raise
         ids, vectors, tenant = self._new_vectors(ids, vectors, tenant)
-        payloads = validate.payloads(payloads, ids.size)
+        return self._insert(ids, vectors, tenant, validate.payloads(payloads, ids.size))
+
+    def _insert(self, ids, vectors, tenant, payloads) -> np.ndarray:
         self._write(lambda: self.index.insert(ids, vectors, tenant, payloads), Touch("insert", ids, tenant, payloads),
                     (tenant,))
         return ids
-
-    def _insert_drawn(self, vectors, tenant, payloads) -> np.ndarray:
-        """Insert under ids drawn at random (`validate.drawn_ids`), drawn again in the unlikely
-        case that one was taken between the draw and the write."""
-        n = validate.vectors(vectors, self.dim).shape[0]
-        for attempt in range(3):
-            ids = validate.drawn_ids(n)
-            taken = self.contains(ids)
-            if taken.any():
-                continue
-            try:
-                return self.insert(ids, vectors, tenant=tenant, payloads=payloads)
-            except AlreadyExistsError:
-                if attempt == 2:
-                    raise
-        raise AlreadyExistsError("could not draw free ids in three tries")
 
     def upsert(self, ids, vectors, *, tenant: str, payloads=None) -> None:
         ids, vectors, tenant = self._new_vectors(ids, vectors, tenant)

@@ -28,7 +28,8 @@ class ProbeBudget:
         self._left: dict[str, tuple[float, float]] = {}  # key name -> (collisions left, when counted)
         self._lock = threading.Lock()
 
-    def _now_left(self, key: str) -> float:
+    def _now_left(self, key: str) -> tuple[float, float]:
+        """The key's collisions left now (refilled since last counted), and now."""
         left, then = self._left.get(key, (self.per_hour, self.clock()))
         now = self.clock()
         return min(self.per_hour, left + (now - then) * self.per_hour / 3600.0), now

@@ -505,12 +505,7 @@ class SemanticCache(Cache):
         self._check_dim(key[0], embeddings.shape[1])
         group = self._category_group(tenant, category)
         with group.lock:
-            partition = group.partitions.get(key)
-            if partition is None:
-                partition = group.partitions[key] = Partition(embeddings.shape[1])
-            if partition.dim != embeddings.shape[1]:
-                raise InvalidArgumentError(f"embeddings of dimension {embeddings.shape[1]} given; this cache's "
-                                           f"entries for model {key[0]!r} have dimension {partition.dim}")
+            partition = self._partition(group, key, embeddings.shape[1])
             ids = np.array(self._new_ids(len(entries)), np.int64)
             evicted = self._victims(group, policy, extra_entries=len(entries), extra_bytes=int(sizes.sum()))
             with self._budget(tenant, group, len(entries) - sum(slots.size for _, slots in evicted),
@@ -522,10 +517,7 @@ class SemanticCache(Cache):
                 partition.add(ids, embeddings, np.array([meta["created"] for meta, _ in entries], np.float64), sizes,
                               np.array([answer_key(meta["answer"]) for meta, _ in entries], np.uint64),
                               np.array([meta.get("expires", np.inf) for meta, _ in entries], np.float64))
-        n_evicted = sum(removed.size for removed in evicted_ids)
-        if n_evicted:
-            self._bump(tenant, category, "evictions", n_evicted)
-            self.observer.removed(category, "evicted", n_evicted)
+        self._count_evicted(tenant, category, evicted_ids)
         return len(entries)
 
     @property
@@ -630,12 +622,7 @@ class SemanticCache(Cache):
                                          f"{policy.max_bytes} bytes")
         group = self._category_group(tenant, category)
         with group.lock:
-            partition = group.partitions.get(key)
-            if partition is None:
-                partition = group.partitions[key] = Partition(embedding.shape[0])
-            elif partition.dim != embedding.shape[0]:
-                raise InvalidArgumentError(f"embedding of dimension {embedding.shape[0]} given; this cache's "
-                                           f"entries for model {key[0]!r} have dimension {partition.dim}")
+            partition = self._partition(group, key, embedding.shape[0])
             (entry_id,) = self._new_ids(1)
             evicted = self._victims(group, policy, extra_entries=1, extra_bytes=size)
             with self._budget(tenant, group, 1 - sum(slots.size for _, slots in evicted),
@@ -647,10 +634,7 @@ class SemanticCache(Cache):
                                             [entry_key(i) for ids in evicted_ids for i in ids.tolist()])
                 partition.add(np.array([entry_id]), embedding[None, :], np.array([now]), np.array([size]),
                               np.array([answer_key(answer)], np.uint64), np.array([meta.get("expires", np.inf)]))
-        n_evicted = sum(ids.size for ids in evicted_ids)
-        if n_evicted:
-            self._bump(tenant, category, "evictions", n_evicted)
-            self.observer.removed(category, "evicted", n_evicted)
+        self._count_evicted(tenant, category, evicted_ids)
         self._bump(tenant, category, "stores")
         self._stores_since_sweep += 1
         if self._stores_since_sweep >= EXPIRY_SWEEP_EVERY:
@@ -712,6 +696,25 @@ class SemanticCache(Cache):
             if entry_id not in ids and self._records.read_record(entry_key(entry_id)) is None:
                 ids.append(entry_id)
         return ids
+
+    @staticmethod
+    def _partition(group: _Group, key, dim: int) -> Partition:
+        """The group's partition of (model, settings) `key`, made for `dim` if new (the caller holds
+        the group's lock). Two first stores of a model with different dimensions can both pass
+        `_check_dim`; the one that finds the other's partition is refused here."""
+        partition = group.partitions.get(key)
+        if partition is None:
+            partition = group.partitions[key] = Partition(dim)
+        elif partition.dim != dim:
+            raise InvalidArgumentError(f"embedding of dimension {dim} given; this cache's entries for model "
+                                       f"{key[0]!r} have dimension {partition.dim}")
+        return partition
+
+    def _count_evicted(self, tenant: str, category: str, evicted_ids: list) -> None:
+        n = sum(ids.size for ids in evicted_ids)
+        if n:
+            self._bump(tenant, category, "evictions", n)
+            self.observer.removed(category, "evicted", n)
 
     def _check_dim(self, model: str, dim: int) -> None:
         known = self._dims.get(model)
