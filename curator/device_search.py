@@ -98,8 +98,8 @@ class Accelerator:
             xp = self.device.xp
             try:
                 rows = xp.asarray(index.vectors[:n])
-                if index.metric is Metric.COSINE:
-                    rows *= xp.asarray(index.inv_norm[:n])[:, None]
+                if index.metric is Metric.COSINE:  # not in place: on numpy, rows are the index's own
+                    rows = rows * xp.asarray(index.inv_norm[:n])[:, None]
                 norms = (rows * rows).sum(axis=1)
                 self.device.synchronize()
             except Exception:

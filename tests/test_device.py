@@ -140,6 +140,7 @@ def test_batched_search_on_the_device_is_at_least_the_cpus_recall(metric):
     queries = x[rng.integers(0, x.shape[0], nq)] + rng.normal(0, 0.3, (nq, x.shape[1])).astype(np.float32)
     tenants = [f"t{i % 25}" for i in range(nq)]
     truth = _truth(x, metric, queries, tenants, members, k)
+    stored = index.vectors.copy()
     for ef in (8, 32):
         cpu_ids, cpu_d = index.search(queries, k, tenants, ef, parallel=False)
         device_search.attach(index, emulated())
@@ -159,6 +160,9 @@ def test_batched_search_on_the_device_is_at_least_the_cpus_recall(metric):
             assert got.size == min(k, len(members[t]))  # always k when the tenant has k
         ranked = np.where(np.isfinite(dev_d), dev_d, np.finfo(np.float32).max)
         assert (np.diff(ranked, axis=1) >= -1e-5).all()  # best first
+        # the device's copy of the rows is its own: the index's vectors are as stored (numpy, the
+        # emulated device, once scaled them in place for cosine, and later searches lost recall)
+        np.testing.assert_array_equal(index.vectors, stored)
     # at ef >= 4 * |tenant| both are exact: the same ids, distances equal to float rounding
     small = [f"t{i}" for i in (2, 3, 24)] * 10
     q = queries[: len(small)]
