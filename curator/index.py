@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from . import device, filters, planner
+from . import codes as scalar, device, filters, planner
 from . import search as kernels
+from .codes import ScalarCodes
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, PermissionDeniedError
 from .graph import Graph
 from .idmap import EVICTED, IdMap
@@ -75,6 +76,7 @@ class Retrained:
     payloads: Payloads
     tenancy: TenantSubtrees
     graph: Graph | None
+    codes: ScalarCodes | None
     trained_count: int
     version: int  # the index's version it was made from: adopting it over a later one is a bug
 
@@ -135,6 +137,9 @@ class IndexConfig:
     # and otherwise picks the plan of least estimated cost.
     exact_limit: int = 256
     tree_max_tenant: int = 100_000
+    # Tenant scans read one byte a dimension per candidate and measure the best exactly (codes.py);
+    # False: they read the float32 rows (dim bytes a vector less memory, slower scans).
+    codes: bool = True
     # Seconds a tenant may go unnamed by any call before it is made inactive (README, "Tenant
     # states"); None: never by itself.
     idle_deactivate_seconds: float | None = None
@@ -166,6 +171,7 @@ class CuratorIndex:
         # that may overwrite it or its payload (`owned`); when the owner gives it up (revoke, drop)
         # while others still see it, the first of them in its access list owns it from then on
         self.owner = np.full(1024, -1, np.int32)
+        self.codes: ScalarCodes | None = None  # once the tree is trained: what tenant scans read (codes.py)
         self.n_slots = 0  # high-water mark of used slots
         self._free_slots = np.zeros(0, np.int64)
         self.ids = IdMap()
@@ -217,6 +223,7 @@ class CuratorIndex:
         self.slot_ids[slots] = ids
         self.ids.assign(ids, slots)
         prepared = self._prepared(slots)
+        self._encode(slots, prepared)
         leaves, sqdist = self.tree.route(prepared)
         self.tenancy.place(slots, leaves)
         change = Change(written=ids)
@@ -260,6 +267,7 @@ class CuratorIndex:
             self.vectors[slots] = vectors[old]
             self.inv_norm[slots] = inv_norm[old]
             prepared = self._prepared(slots)
+            self._encode(slots, prepared)
             self.tenancy.place(slots, self.tree.route(prepared)[0])
             if self.graph is not None:
                 self.graph.add(slots, prepared)
@@ -552,6 +560,7 @@ class CuratorIndex:
         self.owner[slots] = shelved.owners
         self.ids.assign(shelved.ids, slots)
         prepared = self._prepared(slots)
+        self._encode(slots, prepared)
         self.tenancy.place(slots, self.tree.route(prepared)[0] if leaves is None else leaves)
         self.tenancy.access.append(np.repeat(slots, shelved.counts), shelved.tenants)
         if shelved.payloads:
@@ -600,12 +609,17 @@ class CuratorIndex:
         only read, so searches go on meanwhile (writes must wait: `adopt` checks). Every tenant's
         sub-tree must be built first (`build_all`)."""
         slots = self._live_slots()
-        leaves = tree.route(self._prepared(slots))[0] if slots.size else np.zeros(0, np.int32)
+        prepared = self._prepared(slots)
+        leaves = tree.route(prepared)[0] if slots.size else np.zeros(0, np.int32)
         # Renumber slots in leaf order: a shortlist's vectors then sit close together in memory,
         # which is what a scan of shortlists reads.
         order = np.argsort(leaves, kind="stable")
         old = slots[order]
         n = old.size
+        codes = None
+        if tree.trained and self.config.codes:
+            codes = ScalarCodes.fit(prepared, self.vectors.shape[0])
+            codes.write(np.arange(n), prepared[order])
         vectors = np.zeros(self.vectors.shape, np.float32)  # untouched rows stay unallocated
         vectors[:n] = self.vectors[old]
         inv_norm = np.ones(self.inv_norm.shape, np.float32)
@@ -621,7 +635,7 @@ class CuratorIndex:
         ids = IdMap.of(np.concatenate([slot_ids[:n], evicted]),
                        np.concatenate([np.arange(n), np.full(evicted.size, EVICTED)]))
         return Retrained(tree, vectors, inv_norm, slot_ids, owner, n, ids, payloads,
-                         self.tenancy.rebuilt(tree, old, leaves[order]), graph, max(slots.size, sample_size, 1),
+                         self.tenancy.rebuilt(tree, old, leaves[order]), graph, codes, max(slots.size, sample_size, 1),
                          self.version)
 
     def adopt(self, layout: Retrained) -> Change:
@@ -630,7 +644,7 @@ class CuratorIndex:
             raise RuntimeError("a retrained layout is stale: the index changed after it was made")
         self.tree, self.tenancy, self.graph = layout.tree, layout.tenancy, layout.graph
         self.vectors, self.inv_norm, self.slot_ids = layout.vectors, layout.inv_norm, layout.slot_ids
-        self.owner = layout.owner
+        self.owner, self.codes = layout.owner, layout.codes
         self.n_slots, self.ids, self.payloads = layout.n_slots, layout.ids, layout.payloads
         self._free_slots = np.zeros(0, np.int64)
         self._trained_count = layout.trained_count
@@ -667,6 +681,9 @@ class CuratorIndex:
             index.inv_norm[slots] = inv_norm[order]
             index.slot_ids[slots] = ids[order]
             index.owner[slots] = stored["owners"][order]
+            if index.tree.trained and config.codes:
+                index.codes = ScalarCodes.fit(prepared, index.vectors.shape[0])
+                index.codes.write(slots, prepared[order])
             index.tenancy.place(slots, leaves[order])
         else:
             ids, order, slots = _NO_IDS, _NO_IDS, _NO_IDS
@@ -765,7 +782,7 @@ class CuratorIndex:
         ids, dists, usable = kernels.search_one(
             query, k, ef, int(self.metric), t, directory.data, directory.start, directory.size,
             tenancy.shortlist_node, self.tree.centroids, members.data, members.start, members.size,
-            self.vectors, self.inv_norm, _ALL, self.slot_ids)
+            self.vectors, self.inv_norm, *self._code_arguments(), _ALL, self.slot_ids)
         if not usable:
             raise InvalidArgumentError(_UNUSABLE)
         return ids, dists
@@ -794,7 +811,7 @@ class CuratorIndex:
             found = kernels.search_tenant(
                 prepared, k, ef, int(self.metric), t, directory.data, directory.start, directory.size,
                 tenancy.shortlist_node, self.tree.centroids, members.data, members.start, members.size,
-                self.vectors, self.inv_norm, allowed.mask.view(np.uint8), slots, dists)
+                self.vectors, self.inv_norm, *self._code_arguments(), allowed.mask.view(np.uint8), slots, dists)
             return self.slot_ids[slots[:found]], dists[:found], plan
         slots, dists = self._graph_search(prepared, k, allowed, ef)
         if slots.size >= min(k, allowed.count):
@@ -943,7 +960,8 @@ class CuratorIndex:
             try:
                 kernel(queries, numbers, k, ef, int(self.metric), directory.data, directory.start,
                        directory.size, tenancy.shortlist_node, self.tree.centroids, members.data,
-                       members.start, members.size, self.vectors, self.inv_norm, _ALL, slots, dists)
+                       members.start, members.size, self.vectors, self.inv_norm, *self._code_arguments(), _ALL,
+                       slots, dists)
             finally:
                 numba.set_parallel_chunksize(previous)
         ids = np.where(slots >= 0, self.slot_ids[slots], -1)
@@ -960,6 +978,7 @@ class CuratorIndex:
             "ids": self.ids.nbytes + self.slot_ids.nbytes + self.inv_norm.nbytes,
             "payloads": self.payloads.nbytes,
             "graph": self.graph.nbytes if self.graph is not None else 0,
+            "codes": self.codes.nbytes if self.codes is not None else 0,
         }
 
     # -- internals ---------------------------------------------------------------------------------
@@ -1027,6 +1046,8 @@ class CuratorIndex:
             self.slot_ids = _grow(self.slot_ids, grown, -1)
             self.owner = _grow(self.owner, grown, -1)
             self.payloads.resize(grown)
+            if self.codes is not None:
+                self.codes.grow(grown)
         return np.concatenate([reused, fresh])
 
     def _release(self, slots: np.ndarray) -> None:
@@ -1077,6 +1098,17 @@ class CuratorIndex:
         if self.metric is Metric.COSINE:
             x *= self.inv_norm[slots, None]
         return x
+
+    def _encode(self, slots: np.ndarray, prepared: np.ndarray) -> None:
+        if self.codes is not None:
+            self.codes.write(slots, prepared)
+
+    def _code_arguments(self) -> tuple:
+        """The kernels' (codes, code_lo, code_step, tenant_count) arguments."""
+        codes = self.codes
+        if codes is None:
+            return scalar.NONE, scalar.NO_SCALE, scalar.NO_SCALE, self.tenancy.count
+        return codes.matrix, codes.lo, codes.step, self.tenancy.count
 
     def _maybe_train(self) -> bool:
         if self.train_inline and self.training_due():

@@ -11,6 +11,13 @@ after 4*ef candidates. It never ends before k results are found: every vector t 
 exactly one of its shortlists, so a search returns min(k, |t|) results, and never a vector t
 may not see. With ef >= 4|t| the search is exact.
 
+Once the tree is trained the scan reads each candidate's scalar code (`codes.py`, one byte a
+dimension) instead of its float32 row, keeps the best RERANK * k by approximate distance (its
+stopping rule then counts improvements of those), and returns the best k of them by exact
+distance. On the 200k Zipf set this made the scan ~1.8x faster at equal recall: a row's loads,
+not its arithmetic, were its cost. A search whose budget covers the whole tenant (ef >= 4|t|),
+and a filtered one, scan exactly as before.
+
 One query is one compiled call; a batch is one compiled call that runs its queries in parallel.
 `exact_one` is the exact plan's single query (`planner.py`): a scan of a filter's few allowed
 vectors, also one compiled call."""
@@ -21,42 +28,93 @@ import numpy as np
 from .distance import COSINE, L2, distance_row, dot_row, l2_row
 from .heaps import sift_down_max, sift_down_min
 from .metric import MAX_SQUARED_NORM, MIN_COSINE_NORM
+from .codes import RERANK
 from .prefetch import prefetch_row
 
 AHEAD = 32  # candidates whose vectors are requested before they are scored
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
-                  centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots, out_dist):
+def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlist_node, centroids,
+                  mem_data, mem_start, mem_size, vectors, inv_norm, codes, code_lo, code_step, tenant_count,
+                  allowed, out_slots, out_dist):
     """Fill out_slots/out_dist (length >= k) best first; returns how many results were found.
 
     `allowed`: empty, or a 0/1 byte per slot; then only allowed slots are candidates, and the
-    budget counts allowed candidates only, so a filter costs skipped members, never recall."""
-    filtered = allowed.size > 0
+    budget counts allowed candidates only, so a filter costs skipped members, never recall.
+    `codes` (codes.py): empty, or the collection's scalar codes; with them, and no filter, and a
+    budget that would not scan the whole tenant anyway, candidates are ranked by their codes and
+    the best RERANK * k of them by exact distance."""
     m = dir_size[tenant]
     if m == 0:
         return 0
-    s0 = dir_start[tenant]
+    order_key, order_list = _ranked_shortlists(q, metric, dir_data[dir_start[tenant]:dir_start[tenant] + m],
+                                               shortlist_node, centroids)
+    coded = codes.shape[0] > 0 and allowed.size == 0 and max(ef // 4, 1) < tenant_count[tenant]
+    width = RERANK * k if coded else k
+    best_d = np.full(width, np.inf, np.float32)  # max-heap of the best so far
+    best_s = np.full(width, -1, np.int64)
+    found = _scan(q, width, ef, metric, order_key, order_list, mem_data, mem_start, mem_size, vectors, inv_norm,
+                  codes, code_lo, code_step, coded, allowed, best_d, best_s)
+    if coded:  # the approximate best, measured exactly
+        for i in range(found):
+            best_d[i] = _distance(q, vectors, inv_norm, best_s[i], metric)
+    order = np.argsort(best_d[:found])
+    found = min(found, k)
+    for i in range(found):
+        out_slots[i] = best_s[order[i]]
+        out_dist[i] = best_d[order[i]]
+    return found
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _distance(q, vectors, inv_norm, slot, metric):
+    if metric == L2:
+        return l2_row(q, vectors, slot)
+    if metric == COSINE:
+        return numba.float32(1.0) - dot_row(q, vectors, slot) * inv_norm[slot]
+    return -dot_row(q, vectors, slot)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _ranked_shortlists(q, metric, lists, shortlist_node, centroids):
+    """A tenant's shortlists as a min-heap keyed by the distance from q to each one's node centroid."""
+    m = lists.shape[0]
     order_key = np.empty(m, np.float32)
     order_list = np.empty(m, np.int64)
     for i in range(m):
         if i + AHEAD < m:
-            prefetch_row(centroids, shortlist_node[dir_data[s0 + i + AHEAD]])
-        l = dir_data[s0 + i]
+            prefetch_row(centroids, shortlist_node[lists[i + AHEAD]])
+        l = lists[i]
         order_list[i] = l
         order_key[i] = distance_row(q, centroids, shortlist_node[l], metric)
     for i in range(m // 2 - 1, -1, -1):
         sift_down_min(order_key, order_list, m, i)
+    return order_key, order_list
 
-    best_d = np.full(k, np.inf, np.float32)  # max-heap of the best k so far
-    best_s = np.full(k, -1, np.int64)
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _scan(q, width, ef, metric, order_key, order_list, mem_data, mem_start, mem_size, vectors, inv_norm,
+          codes, code_lo, code_step, coded, allowed, best_d, best_s):
+    """Scan shortlists nearest first into the max-heap best_d/best_s of `width` entries, until
+    the stopping rule above; returns how many it holds. Coded: approximate distances from codes."""
+    filtered = allowed.size > 0
+    dim = q.shape[0]
+    qa = np.empty(dim if coded else 0, np.float32)  # the query on the codes' scale
+    base = numba.float32(0.0)
+    if coded:
+        for j in range(dim):
+            if metric == L2:
+                qa[j] = q[j] - code_lo[j]
+            else:
+                qa[j] = q[j] * code_step[j]
+                base += q[j] * code_lo[j]
     found = 0
     scanned = 0
-    remaining = m
+    remaining = order_list.shape[0]
     budget, window = 4 * ef, max(ef // 4, 1)
-    improved_at = 0  # candidates scanned when the top k last improved
-    while remaining > 0 and (found < k or (scanned < budget and scanned - improved_at < window)):
+    improved_at = 0  # candidates scanned when the best list last improved
+    while remaining > 0 and (found < width or (scanned < budget and scanned - improved_at < window)):
         l = order_list[0]
         remaining -= 1
         order_key[0] = order_key[remaining]
@@ -67,43 +125,50 @@ def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, short
         if remaining > 0:  # the next shortlist is now on top of the heap: start loading it
             nxt = order_list[0]
             for j in range(min(AHEAD, mem_size[nxt])):
-                prefetch_row(vectors, mem_data[mem_start[nxt] + j])
-        improved = found < k
+                if coded:
+                    prefetch_row(codes, mem_data[mem_start[nxt] + j])
+                else:
+                    prefetch_row(vectors, mem_data[mem_start[nxt] + j])
+        improved = found < width
         for j in range(size):
             if j + AHEAD < size:
-                prefetch_row(vectors, mem_data[start + j + AHEAD])
+                if coded:
+                    prefetch_row(codes, mem_data[start + j + AHEAD])
+                else:
+                    prefetch_row(vectors, mem_data[start + j + AHEAD])
             slot = mem_data[start + j]
             if filtered:
                 if allowed[slot] == 0:
                     continue
                 scanned += 1
-            if metric == L2:
-                d = l2_row(q, vectors, slot)
-            elif metric == COSINE:
-                d = numba.float32(1.0) - dot_row(q, vectors, slot) * inv_norm[slot]
+            if not coded:
+                d = _distance(q, vectors, inv_norm, slot, metric)
+            elif metric == L2:
+                d = numba.float32(0.0)
+                for c in range(dim):
+                    diff = qa[c] - code_step[c] * numba.float32(codes[slot, c])
+                    d += diff * diff
             else:
-                d = -dot_row(q, vectors, slot)
-            if found < k:
+                acc = base
+                for c in range(dim):
+                    acc += qa[c] * numba.float32(codes[slot, c])
+                d = numba.float32(1.0) - acc if metric == COSINE else -acc
+            if found < width:
                 best_d[found] = d
                 best_s[found] = slot
                 found += 1
-                if found == k:
-                    for i in range(k // 2 - 1, -1, -1):
-                        sift_down_max(best_d, best_s, k, i)
+                if found == width:
+                    for i in range(width // 2 - 1, -1, -1):
+                        sift_down_max(best_d, best_s, width, i)
             elif d < best_d[0]:
                 best_d[0] = d
                 best_s[0] = slot
-                sift_down_max(best_d, best_s, k, 0)
+                sift_down_max(best_d, best_s, width, 0)
                 improved = True
         if not filtered:
             scanned += size
         if improved:
             improved_at = scanned
-
-    order = np.argsort(best_d[:found])
-    for i in range(found):
-        out_slots[i] = best_s[order[i]]
-        out_dist[i] = best_d[order[i]]
     return found
 
 
@@ -129,7 +194,8 @@ def prepare_query(q, metric):
 
 @numba.njit(cache=True, nogil=True)
 def search_one(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
-               centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, slot_ids):
+               centroids, mem_data, mem_start, mem_size, vectors, inv_norm, codes, code_lo, code_step, tenant_count,
+               allowed, slot_ids):
     """One query, end to end: (ids, distances) best first, or empty arrays and False if q is unusable."""
     prepared, usable = prepare_query(q, metric)
     if not usable:
@@ -137,7 +203,8 @@ def search_one(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlis
     slots = np.empty(k, np.int64)
     dists = np.empty(k, np.float32)
     found = search_tenant(prepared, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
-                          centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, slots, dists)
+                          centroids, mem_data, mem_start, mem_size, vectors, inv_norm, codes, code_lo, code_step,
+                          tenant_count, allowed, slots, dists)
     ids = np.empty(found, np.int64)
     for i in range(found):
         ids[i] = slot_ids[slots[i]]
@@ -146,18 +213,22 @@ def search_one(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlis
 
 @numba.njit(cache=True, nogil=True)
 def search_batch_serial(queries, tenants, k, ef, metric, dir_data, dir_start, dir_size, shortlist_node,
-                        centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots, out_dist):
+                        centroids, mem_data, mem_start, mem_size, vectors, inv_norm, codes, code_lo, code_step,
+                        tenant_count, allowed, out_slots, out_dist):
     for i in range(queries.shape[0]):
         search_tenant(queries[i], k, ef, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
-                      centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots[i], out_dist[i])
+                      centroids, mem_data, mem_start, mem_size, vectors, inv_norm, codes, code_lo, code_step,
+                      tenant_count, allowed, out_slots[i], out_dist[i])
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def search_batch_parallel(queries, tenants, k, ef, metric, dir_data, dir_start, dir_size, shortlist_node,
-                          centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots, out_dist):
+                          centroids, mem_data, mem_start, mem_size, vectors, inv_norm, codes, code_lo, code_step,
+                          tenant_count, allowed, out_slots, out_dist):
     for i in numba.prange(queries.shape[0]):
         search_tenant(queries[i], k, ef, metric, tenants[i], dir_data, dir_start, dir_size, shortlist_node,
-                      centroids, mem_data, mem_start, mem_size, vectors, inv_norm, allowed, out_slots[i], out_dist[i])
+                      centroids, mem_data, mem_start, mem_size, vectors, inv_norm, codes, code_lo, code_step,
+                      tenant_count, allowed, out_slots[i], out_dist[i])
 
 
 @numba.njit(cache=True, nogil=True)

@@ -1,0 +1,61 @@
+"""Scalar codes: every stored vector, prepared for the metric, kept again as one byte a dimension,
+which a tenant's scan reads in place of the float32 row.
+
+A scan of shortlists reads rows scattered over the vectors matrix. A 50-d float32 row is four
+cache lines and its code one; on a collection larger than the CPU's caches the loads, not the
+arithmetic, set the scan's pace. So the scan (`search.py`) ranks candidates by their codes'
+approximate distance, keeps the best `RERANK` times k, and orders those by exact distance:
+every answer carries its exact distance, and an approximation can only cost recall, never a
+wrong distance or a vector the tenant may not see.
+
+For dimension j a byte c stands for lo[j] + step[j] * c. lo and step span the dimension from
+its `CLIP` to its 1 - `CLIP` quantile over the vectors the tree was trained on; values outside are
+clipped (an outlier then ranks worse, and the exact rerank still measures it truly). The scale is
+fitted whenever the tree is trained, and every vector is encoded again then; vectors written
+later are encoded on the same scale. Codes are derived from the vectors, so never stored: an
+opened data directory encodes its vectors again. They cost `dim` bytes a vector.
+"""
+
+import numpy as np
+
+RERANK = 2  # the scan keeps RERANK * k candidates by approximate distance, then ranks them exactly
+CLIP = 0.001  # each dimension's scale spans its CLIP .. 1 - CLIP quantiles
+LEVELS = 255
+
+
+class ScalarCodes:
+    """A uint8 matrix of codes parallel to the index's vectors (one row a slot), and its scale."""
+
+    __slots__ = ("lo", "step", "matrix")
+
+    def __init__(self, lo: np.ndarray, step: np.ndarray, rows: int):
+        self.lo = np.ascontiguousarray(lo, np.float32)
+        self.step = np.ascontiguousarray(step, np.float32)
+        self.matrix = np.zeros((rows, self.lo.shape[0]), np.uint8)
+
+    @classmethod
+    def fit(cls, prepared: np.ndarray, rows: int) -> "ScalarCodes":
+        """The scale of `prepared` (rows prepared for the metric), for a matrix of `rows` rows."""
+        lo, hi = np.quantile(prepared, [CLIP, 1.0 - CLIP], axis=0) if len(prepared) else np.zeros((2, prepared.shape[1]))
+        return cls(lo, (hi - lo) / LEVELS, rows)
+
+    def encode(self, prepared: np.ndarray) -> np.ndarray:
+        scaled = np.divide(prepared - self.lo, self.step, out=np.zeros(prepared.shape, np.float32),
+                           where=self.step > 0)
+        return np.clip(np.rint(scaled), 0, LEVELS).astype(np.uint8)
+
+    def write(self, slots: np.ndarray, prepared: np.ndarray) -> None:
+        self.matrix[slots] = self.encode(prepared)
+
+    def grow(self, rows: int) -> None:
+        grown = np.zeros((rows, self.matrix.shape[1]), np.uint8)
+        grown[: self.matrix.shape[0]] = self.matrix
+        self.matrix = grown
+
+    @property
+    def nbytes(self) -> int:
+        return self.matrix.nbytes + self.lo.nbytes + self.step.nbytes
+
+
+NONE = np.zeros((0, 0), np.uint8)  # the kernels' codes argument when a collection has none (untrained)
+NO_SCALE = np.zeros(0, np.float32)
