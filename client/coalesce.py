@@ -2,21 +2,26 @@
 
 Python's gRPC costs the server about as much CPU per message as the search itself, so under
 concurrency the way to more searches per second is fewer messages per search. A thread that
-searches while fewer than `in_flight` groups (4) are on their way sends its search at once, alone:
-a lone search waits for nothing. Searches asked while those groups travel gather; when a group
-comes back, the thread that sent it hands the sending on to the first search that gathered,
-which sends all of them as one SearchGroup (`server/service.py` answers a group with one engine
-batch). The batch is whatever gathered while the previous one travelled, as in a database's group
-commit, with no delay added to wait for company.
+searches while fewer than `in_flight` groups (4) are on their way sends its search at once, alone,
+and waits for its reply itself: a lone search waits for nothing and wakes no other thread.
+Searches asked while those groups travel gather. When a group's reply comes back, the thread
+that waited for it sends what gathered meanwhile as one SearchGroup at once, before it answers
+its own group's searches and returns to its caller; the wait for the new group's reply is left
+to the new group's first search, whose thread is woken while the group travels (`server/service.py`
+answers a group with one engine batch, and a small one on grpcio's polling thread). So the
+next group leaves as soon as the last one is back, and the wake-up of a thread, which on a
+virtual machine can cost more than the search (benchmarks/floor.py), is off that path. The batch
+is whatever gathered while the previous one travelled, as in a database's group commit, with no
+delay added to wait for company.
 
 A group of one travels as before, as a SearchRequest on a SearchStream, so a lone search costs
 what it did without coalescing; larger groups travel on SearchGroups streams. The channel keeps
 at most `in_flight` streams open (4, within the server's default share of streams per key),
-however many threads search, and the sending thread drives them itself (`stream.py`). With two
-turns, 4 threads had fallen to 4 700 searches/s against 10 800 without coalescing (a loopback
-server, small data); with four, 11 800 against 11 100, and 16 threads 8 900 against 5 600. When the server refuses groups (an older
-server, or its stream limit), each search goes its own way again (its thread's SearchStream, or
-a unary call), and groups are tried again later.
+however many threads search, and the threads drive them themselves (`stream.py`). Measured with
+16 threads (GloVe x WordNet, benchmarks/capacity.py): 8 200 searches/s when the thread that
+waited for a group passed the sending on by waking the next one, about 10 000 with the group sent
+at once. When the server refuses groups (an older server, or its stream limit), each search goes
+its own way again (its thread's SearchStream, or a unary call), and groups are tried again later.
 """
 
 import threading
@@ -29,19 +34,35 @@ from curator_proto.v1 import curator_pb2 as pb
 from .stream import GROUPS, SearchStream, Watchdog
 
 
+_local = threading.local()
+
+
+def _wake_up() -> threading.Lock:
+    """The calling thread's wake-up call: a lock it holds. It waits by acquiring it again and is
+    woken by another thread releasing it (a Lock, unlike an RLock, may be released by any thread),
+    after which it holds it again, ready for the next wait. Cheaper than an Event each time."""
+    lock = getattr(_local, "wake_up", None)
+    if lock is None:
+        lock = _local.wake_up = threading.Lock()
+        lock.acquire()
+    return lock
+
+
 class _Search:
-    __slots__ = ("request", "reply", "done", "sends", "woken")
+    __slots__ = ("request", "reply", "done", "receives", "woken")
 
     def __init__(self, request: pb.SearchRequest):
         self.request = request
         self.reply: pb.SearchStreamReply | None = None  # None when done: search another way
         self.done = False  # answered (or given back)
-        self.sends = False  # its thread holds one of the sending turns
-        self.woken: threading.Event | None = None  # made (under the lock) only for a search that waits
+        self.receives: tuple | None = None  # a sent group whose reply its thread is to wait for
+        self.woken: threading.Lock | None = None  # its thread's wake-up, while it waits
 
     def wake(self) -> None:
-        if self.woken is not None:
-            self.woken.set()
+        """(Under the coalescer's lock, as `woken` is set.) Each wait is woken once."""
+        woken, self.woken = self.woken, None
+        if woken is not None:
+            woken.release()
 
 
 class Coalescer:
@@ -54,7 +75,7 @@ class Coalescer:
         self.in_flight = in_flight
         self._lock = threading.Lock()
         self._gathered: list[_Search] = []
-        self._senders = 0
+        self._senders = 0  # sending turns taken: groups on their way
         self._idle: dict[bool, list[SearchStream]] = {True: [], False: []}  # unused: SearchStream / SearchGroups
         self._open = 0  # streams open, idle or in use
         self._retry_at = 0.0  # groups refused: until then, searches go on their threads' own streams
@@ -69,77 +90,103 @@ class Coalescer:
         me = _Search(request)
         with self._lock:
             self._gathered.append(me)
+            group = None
             if self._senders < self.in_flight:
                 self._senders += 1
-                me.sends = True
+                group, self._gathered = self._gathered, []
+        if group is not None:
+            self._send(group)  # `me` is in it, and most often its first: this thread waits for the reply
         while True:
-            if me.sends:
-                self._send_until_answered(me)
             with self._lock:
-                if me.done and not me.sends:
-                    return me.reply
-                if me.woken is None:
-                    me.woken = threading.Event()
-            me.woken.wait()
-            me.woken.clear()
+                job, me.receives = me.receives, None
+                if job is None:
+                    if me.done:
+                        return me.reply
+                    me.woken = woken = _wake_up()
+            if job is not None:
+                self._receive(*job)
+            else:
+                woken.acquire()
 
-    def _send_until_answered(self, me: _Search) -> None:
-        """Send what has gathered, group after group, until `me` is answered; then pass the
-        sending turn on to the first search still waiting, or give it back."""
-        while True:
+    def _send(self, group: list[_Search]) -> None:
+        """(Holding a sending turn.) Send the group and leave the wait for its reply to its first
+        search's thread, which is woken while the group travels. A group that cannot be sent is
+        given back (its searches go their own ways) and what has gathered meanwhile is tried; with
+        nothing gathered, the turn is given back."""
+        while group:
+            job = self._start(group)
+            if job is not None:
+                with self._lock:
+                    group[0].receives = job
+                    group[0].wake()
+                return
+            self._answer(group, None)
             with self._lock:
                 group, self._gathered = self._gathered, []
-                if not group:  # another sender took `me` along: wait for its answer
-                    self._pass_turn(me)
-                    return
-            self._exchange(group)
-            with self._lock:
-                if me.done:
-                    self._pass_turn(me)
-                    return
+                if not group:
+                    self._senders -= 1
 
-    def _pass_turn(self, me: _Search) -> None:
-        """(Under the lock.) The sending turn goes to the oldest waiting search, or back."""
-        me.sends = False
-        if self._gathered:
-            nxt = self._gathered[0]
-            nxt.sends = True
-            nxt.wake()
-        else:
-            self._senders -= 1
-
-    def _exchange(self, group: list[_Search]) -> None:
+    def _receive(self, stream: SearchStream, lone: bool, group: list[_Search]) -> None:
+        """Wait for a group's reply and answer its searches; then, keeping the sending turn, send
+        what gathered meanwhile at once (its thread does not wait for that reply: one of the new
+        group's threads does), or give the turn back. So a group leaves as soon as the one before
+        it comes back, without waking a thread first."""
         replies = None
+        try:
+            answer = stream.receive()
+            if lone:
+                replies = [answer]
+            elif len(answer.replies) == len(group):
+                replies = answer.replies
+            with self._lock:
+                self._idle[lone].append(stream)
+        except grpc.RpcError as error:
+            replies = self._failed(stream, lone, error, len(group))
+        with self._lock:
+            following, self._gathered = self._gathered, []
+            if not following:
+                self._senders -= 1
+        if following:
+            self._send(following)
+        self._answer(group, replies)
+
+    def _start(self, group: list[_Search]) -> tuple | None:
+        """Send a group (a group of one as a lone SearchRequest where it can); (stream, lone,
+        group) to wait on, or None if no stream took it."""
         stream, lone = self._stream(len(group) == 1)
-        if stream is not None:
-            try:
-                if lone:
-                    replies = [stream.ask(group[0].request)]
-                else:
-                    answer = stream.ask(pb.SearchGroup(searches=[s.request for s in group]))
-                    if len(answer.replies) == len(group):
-                        replies = answer.replies
-                with self._lock:
-                    self._idle[lone].append(stream)
-            except grpc.RpcError as error:
-                stream.close()
-                with self._lock:
-                    self._open -= 1
-                if stream.timed_out:  # the deadline passed: every search of the group failed
-                    late = pb.SearchStreamReply(error=pb.Failure(
-                        code="DEADLINE_EXCEEDED", message=f"no reply within the {self._watchdog.timeout} s deadline"))
-                    replies = [late] * len(group)
-                elif error.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED):
-                    if lone:
-                        self._alone_retry_at = time.monotonic() + self.RETRY_AFTER
-                    else:
-                        self._retry_at = time.monotonic() + self.RETRY_AFTER
+        if stream is None:
+            return None
+        try:
+            stream.send(group[0].request if lone else pb.SearchGroup(searches=[s.request for s in group]))
+        except grpc.RpcError as error:  # pragma: no cover - operate() reports an ended call as not sent
+            self._failed(stream, lone, error, len(group))
+            return None
+        return stream, lone, group
+
+    def _failed(self, stream: SearchStream, lone: bool, error: grpc.RpcError, n: int) -> list | None:
+        """A stream that ended under a group: closed and forgotten. The group's replies if they are
+        known (the deadline passed: each search failed), else None (each goes its own way); a
+        refusal keeps its kind of stream unused for a while."""
+        stream.close()
+        with self._lock:
+            self._open -= 1
+        if stream.timed_out:
+            late = pb.SearchStreamReply(error=pb.Failure(
+                code="DEADLINE_EXCEEDED", message=f"no reply within the {self._watchdog.timeout} s deadline"))
+            return [late] * n
+        if error.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            if lone:
+                self._alone_retry_at = time.monotonic() + self.RETRY_AFTER
+            else:
+                self._retry_at = time.monotonic() + self.RETRY_AFTER
+        return None
+
+    def _answer(self, group: list[_Search], replies) -> None:
         with self._lock:
             for i, search in enumerate(group):
                 search.reply = None if replies is None else replies[i]
                 search.done = True
-        for search in group:
-            search.wake()
+                search.wake()
 
     def _stream(self, alone: bool) -> tuple[SearchStream | None, bool]:
         """A stream for a sending turn and whether it is a SearchStream (else SearchGroups, which

@@ -79,24 +79,42 @@ class SearchStream:
              ((cygrpc.ReceiveStatusOnClientOperation(0),), _STATUS)), None, None)
         self._status: StreamEnded | None = None
         self.asked_at: float | None = None  # when the unanswered request was sent (for the watchdog)
+        self._sent = False  # the last request's batch was started (else the stream had ended)
         self.timed_out = False
 
     def ask(self, request):
         """Send a request (a SearchRequest, or a SearchGroup on GROUPS) and return its reply."""
-        with self._lock:
-            self.asked_at = time.monotonic()
-            try:
-                batch = (cygrpc.SendMessageOperation(request.SerializeToString(), 0),
-                         cygrpc.ReceiveMessageOperation(0))
-                if self._status is None and self._call.operate(batch, _REPLY):
-                    self._due.add(_REPLY)
-                    message = self._reply()
-                    if message is not None:
-                        return self._reply_type.FromString(message)
-                self._drain()  # the stream ended: its status says why
-                raise self._status
-            finally:
-                self.asked_at = None
+        self.send(request)
+        return self.receive()
+
+    def send(self, request) -> None:
+        """Send a request without waiting for its reply; `receive` (on this thread or another)
+        then takes the reply. The stream is held from one to the other: its lock is taken here and
+        given back in `receive`, whichever thread that is (a Lock may be released by any thread)."""
+        self._lock.acquire()
+        self.asked_at = time.monotonic()
+        try:
+            batch = (cygrpc.SendMessageOperation(request.SerializeToString(), 0), cygrpc.ReceiveMessageOperation(0))
+            self._sent = self._status is None and self._call.operate(batch, _REPLY)
+            if self._sent:
+                self._due.add(_REPLY)
+        except BaseException:
+            self.asked_at = None
+            self._lock.release()
+            raise
+
+    def receive(self):
+        """The reply to the request `send` sent; StreamEnded if the stream ended instead."""
+        try:
+            if self._sent:
+                message = self._reply()
+                if message is not None:
+                    return self._reply_type.FromString(message)
+            self._drain()  # the stream ended: its status says why
+            raise self._status
+        finally:
+            self.asked_at = None
+            self._lock.release()
 
     def _reply(self) -> bytes | None:
         """The reply's bytes; None when the stream ended instead."""

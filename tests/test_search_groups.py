@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 import curator
+from curator_proto import filters_wire
+from curator_proto.v1 import curator_pb2 as pb
+from curator_proto.v1 import curator_pb2_grpc as rpc
 from curator_server import service
 from curator_server.app import CuratorServer, ServerConfig
 from tests.conftest import concurrently
@@ -140,6 +143,119 @@ def test_searches_gather_while_a_group_travels(monkeypatch):
         assert sizes == [8]
     finally:
         release.set()
+        db.close()
+        server.stop()
+
+
+def test_the_thread_that_waited_for_a_reply_sends_what_gathered_and_another_waits_for_that(monkeypatch):
+    """When a group comes back, the searches that gathered meanwhile leave at once, sent by the
+    thread that waited for the reply (before it returns to its caller), and the wait for their
+    reply is left to one of their own threads: no thread is woken before the next group leaves."""
+    from curator_client.stream import SearchStream
+
+    events = []  # (what, thread, group size)
+    real_send, real_receive = SearchStream.send, SearchStream.receive
+
+    def send(self, request):
+        size = len(request.searches) if isinstance(request, pb.SearchGroup) else 1
+        events.append(("send", threading.get_ident(), size))
+        self.size = size
+        return real_send(self, request)
+
+    def receive(self):
+        events.append(("receive", threading.get_ident(), self.size))
+        return real_receive(self)
+
+    monkeypatch.setattr(SearchStream, "send", send)
+    monkeypatch.setattr(SearchStream, "receive", receive)
+    release = hold_lone_searches(monkeypatch)
+    server, db = served()
+    try:
+        col = db.collection("c")
+        query = np.ones(DIM, np.float32)
+        expected = server.db.collection("c").search(query, k=5, tenant="t1").ids
+        results, lone_threads = [], set()
+
+        def lone():
+            lone_threads.add(threading.get_ident())
+            results.append(col.search(query, k=5, tenant="t1").ids)
+
+        threads = [threading.Thread(target=lone) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        while db._channel.groups._senders < 4:
+            threading.Event().wait(0.01)
+        threads += [threading.Thread(target=lambda: results.append(col.search(query, k=5, tenant="t1").ids))
+                    for _ in range(8)]
+        for thread in threads[4:]:
+            thread.start()
+        gathered(db, 8)
+        release.set()
+        for thread in threads:
+            thread.join()
+        assert len(results) == 12 and all(np.array_equal(r, expected) for r in results)
+        [sent] = [who for what, who, size in events if what == "send" and size == 8]
+        [received] = [who for what, who, size in events if what == "receive" and size == 8]
+        assert sent in lone_threads  # a returning lone search sent the group before it returned
+        assert received not in lone_threads  # one of the group's own threads waited for its reply
+    finally:
+        release.set()
+        db.close()
+        server.stop()
+
+
+def test_small_groups_are_answered_on_the_polling_thread_and_others_by_the_handler(monkeypatch):
+    """A group of at most QUICK_GROUP tenants' searches without filters, at no more than the
+    default ef, is answered where it arrives, with search_now; a larger group, one with a filter
+    or a larger ef, and one that would wait for the collection go to the stream's handler thread.
+    Every way gives the unary answers, and each search is counted once."""
+    from curator_server.service import QUICK_EF, QUICK_GROUP
+
+    answered = []  # (searches, answered with `now`) for each group answered
+    real = service.SearchService._answer_group
+
+    def recording(self, group, principal, context, now=False):
+        reply = real(self, group, principal, context, now)
+        if reply is not None:
+            answered.append((len(group.searches), now))
+        return reply
+
+    monkeypatch.setattr(service.SearchService, "_answer_group", recording)
+    server, db = served()
+    try:
+        stub = rpc.SearchStub(grpc.insecure_channel(server.address))
+        rng = np.random.default_rng(3)
+
+        def search(i, **extra):
+            query = pb.Vectors(dim=DIM, data=rng.random(DIM, dtype=np.float32).tobytes())
+            return pb.SearchRequest(collection="c", query=query, k=4, tenant=f"t{i % 4}", **extra)
+
+        where = filters_wire.pack_filter({"n": {"in": [1, 2]}})
+        groups = [[search(i) for i in range(2)],  # the first message always reaches the handler
+                  [search(i) for i in range(3)],
+                  [search(i) for i in range(QUICK_GROUP)],
+                  [search(i) for i in range(QUICK_GROUP + 1)],
+                  [search(0), search(1, filter=where)],
+                  [search(0), search(1, ef=QUICK_EF + 1)]]
+        expected = [[stub.Search(r) for r in g] for g in groups]
+        replies = list(stub.SearchGroups(iter(pb.SearchGroup(searches=g) for g in groups), timeout=30))
+        assert [[r.result for r in reply.replies] for reply in replies] == expected
+        assert answered == [(2, False), (3, True), (QUICK_GROUP, True), (QUICK_GROUP + 1, False), (2, False),
+                            (2, False)]
+
+        # a search that would wait (a write holds the collection) sends its whole group to the handler
+        engine = type(server.db.collection("c"))
+        calls = iter(range(1 << 30))
+        real_now = engine.search_now
+        monkeypatch.setattr(engine, "search_now",
+                            lambda self, *a, **k: None if next(calls) == 1 else real_now(self, *a, **k))
+        before = requests_by_method(server)["SearchGroups"]
+        answered.clear()
+        replies = list(stub.SearchGroups(iter(pb.SearchGroup(searches=g) for g in groups[:2]), timeout=30))
+        assert [[r.result for r in reply.replies] for reply in replies] == expected[:2]
+        assert answered == [(2, False), (3, False)]
+        assert requests_by_method(server)["SearchGroups"] - before == 5  # each search counted once
+    finally:
         db.close()
         server.stop()
 
