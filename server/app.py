@@ -33,6 +33,7 @@ from .operator_page import OperatorPage
 from .metrics import CacheMetrics, GatewayMetrics, Metrics, MetricsInterceptor, QuotaMetrics
 from .rates import Rates
 from .streams import OpenStreams
+from .turns import Turns
 
 log = logging.getLogger("curator.server")
 VERSION = curator.__version__  # the one place is curator/__init__.py; pyproject.toml reads it too
@@ -159,6 +160,8 @@ class CuratorServer:
         self.streams = OpenStreams(max_streams, config.stream_idle_seconds, None if self.keys.open else streams_per_key)
         search = service.SearchService(*args, self.streams, self.metrics.observe)
         search.rates = self.rates
+        if not self.keys.open:
+            search.turns = Turns()
         rpc.add_SearchServicer_to_server(search, self.grpc)
         info = {"version": VERSION, "data": config.data, "durability": config.durability}
         rpc.add_AdminServicer_to_server(service.AdminService(*args, info, snapshots_root(config)), self.grpc)

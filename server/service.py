@@ -1,6 +1,7 @@
 """The gRPC servicers: each RPC is a few lines that check the caller, unpack, call the Database API
 and pack the answer. Engine errors become status codes here, and only here."""
 
+import contextlib
 import functools
 import json
 import logging
@@ -30,6 +31,7 @@ from .probes import TAKEN, ProbeBudget
 from .exchange import Exchange
 from .rates import READS, UNLIMITED
 from .streams import OpenStreams
+from .turns import HEAVY_FILTER_BYTES, NO_TURNS
 
 log = logging.getLogger("curator.server")
 
@@ -429,6 +431,7 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
 
 class SearchService(_Base, rpc.SearchServicer):
     rates = UNLIMITED  # the server's key rates (server/rates.py): each search on a stream is a read
+    turns = NO_TURNS  # a key's heavy calls take turns (server/turns.py)
 
     def __init__(self, db, keys: KeyRing, limits: Limits, streams: OpenStreams, observe):
         super().__init__(db, keys, limits)
@@ -438,14 +441,22 @@ class SearchService(_Base, rpc.SearchServicer):
     def _filter(request) -> dict | None:
         return filters_wire.unpack_filter(request.filter) if request.HasField("filter") else None
 
+    def _turn(self, request, principal: Principal):
+        """The key's turn for a call with a heavy filter (server/turns.py); light calls need none.
+        Never on the polling thread: `_quick` takes no search with a filter."""
+        if request.HasField("filter") and request.filter.ByteSize() > HEAVY_FILTER_BYTES:
+            return self.turns.turn(principal)
+        return contextlib.nullcontext()
+
     def _search(self, request, principal, now: bool = False) -> pb.SearchResponse | None:
         """A search's answer; with `now`, None where it would wait (`search_now`)."""
         tenant = self._tenant(request.tenant, principal)
         self.limits.k(request.k)
         col = self._collection(request.collection, principal)
         search = col.search_now if now else col.search
-        found = search(wire.unpack_one(request.query), k=int(request.k), tenant=tenant,
-                       filter=self._filter(request), ef=request.ef or None)
+        with self._turn(request, principal):
+            found = search(wire.unpack_one(request.query), k=int(request.k), tenant=tenant,
+                           filter=self._filter(request), ef=request.ef or None)
         if found is None:
             return None
         return pb.SearchResponse(ids=found.ids.tolist(), distances=found.distances.tolist(), plan=found.plan)
@@ -618,8 +629,9 @@ class SearchService(_Base, rpc.SearchServicer):
             self._tenant(name, principal)
         tenants = (names[0] or None) if len(names) == 1 else ([name or None for name in names] or None)
         col = self._collection(request.collection, principal)
-        found = col.search_batch(queries, k=int(request.k), tenants=tenants, filter=self._filter(request),
-                                 ef=request.ef or None)
+        with self._turn(request, principal):
+            found = col.search_batch(queries, k=int(request.k), tenants=tenants, filter=self._filter(request),
+                                     ef=request.ef or None)
         if request.packed:
             return pb.SearchBatchResponse(packed_ids=found.ids.astype("<i8").tobytes(),
                                           packed_distances=found.distances.astype("<f4").tobytes(), plans=found.plan)
