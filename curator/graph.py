@@ -22,6 +22,7 @@ from . import graph_search
 from .metric import Metric
 
 _EVERY_NODE = np.zeros(0, np.uint8)
+_UNCOUNTED = np.zeros(1, np.int64)  # visits of searches nobody counts (threads may race on it: unread)
 
 
 class Graph:
@@ -107,17 +108,19 @@ class Graph:
         ok[ok] = allowed[self.node_slot[ok]]
         return np.packbits(ok, bitorder="little")
 
-    def search(self, query: np.ndarray, k: int, ef: int, bitmap: np.ndarray | None):
+    def search(self, query: np.ndarray, k: int, ef: int, bitmap: np.ndarray | None, visits: np.ndarray | None = None):
         """Up to k (slots, distances) among the nodes of `bitmap` (from `bitmap()`; None: every
         node, when none is dead), best first; distances are smaller-is-better as everywhere
-        (`curator.metric`). `query` is prepared for the metric, as the graph's vectors are."""
+        (`curator.metric`). `query` is prepared for the metric, as the graph's vectors are.
+        `visits` (an int64 array of one), when given, counts the distances computed."""
         vectors, neighbors, offsets, cum, entry, max_level = self._views()
         visited, stamp = self._next_stamp(vectors.shape[0])
         nodes = np.empty(k, np.int32)
         dists = np.empty(k, np.float32)
         found = graph_search.search(
             query, k, ef, int(self.metric), vectors, neighbors, offsets, cum, entry, max_level,
-            _EVERY_NODE if bitmap is None else bitmap, visited, stamp, nodes, dists)
+            _EVERY_NODE if bitmap is None else bitmap, visited, stamp, nodes, dists,
+            _UNCOUNTED if visits is None else visits)
         return self.node_slot[nodes[:found]], dists[:found]
 
     def _views(self):

@@ -13,7 +13,9 @@ a visited table the size of the graph. This search reads faiss's arrays in place
   therefore widens the walk by itself until ef allowed nodes are found, or the graph is exhausted;
 - marks visited nodes with a per-search stamp (a byte per node, so the table stays in cache) in
   an array kept between searches, cleared once every 255 searches;
-- asks the CPU for the next neighbours' vectors before scoring them (`prefetch_row`).
+- asks the CPU for all of an expansion's new neighbours' vectors before scoring the first of them
+  (`prefetch_row`): their loads overlap instead of waiting one after another;
+- counts the distances it computed (`visits`), the figure the planner's graph cost is made of.
 
 The bitmap is faiss's IDSelectorBitmap layout: bit (node & 7) of byte (node >> 3); empty means
 every node is allowed.
@@ -26,8 +28,6 @@ from .distance import distance_row
 from .heaps import push_max, push_min, sift_down_max, sift_down_min
 from .prefetch import prefetch_row
 
-AHEAD = 4  # neighbours whose vectors are requested before they are scored
-
 
 @numba.njit(cache=True, inline="always")
 def _allowed(bitmap, node):
@@ -36,14 +36,16 @@ def _allowed(bitmap, node):
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def search(q, k, ef, metric, vectors, neighbors, offsets, cum, entry, max_level, bitmap, visited, stamp,
-           out_nodes, out_dist):
+           out_nodes, out_dist, visits):
     """Fill out_nodes/out_dist (length >= k) with up to k allowed nodes, nearest first; returns how
-    many. q is prepared for the metric (unit length under cosine), as the graph's vectors are."""
+    many, and adds the distances computed to visits[0]. q is prepared for the metric (unit length
+    under cosine), as the graph's vectors are."""
     if entry < 0:
         return 0
     ef = max(ef, k)
     current = entry
     d_current = distance_row(q, vectors, current, metric)
+    computed = 1
     for level in range(max_level, 0, -1):  # upper layers: greedy, unfiltered
         moved = True
         while moved:
@@ -55,6 +57,7 @@ def search(q, k, ef, metric, vectors, neighbors, offsets, cum, entry, max_level,
                 if node < 0:
                     break
                 d = distance_row(q, vectors, node, metric)
+                computed += 1
                 if d < d_current:
                     d_current, current, moved = d, node, True
 
@@ -87,11 +90,10 @@ def search(q, k, ef, metric, vectors, neighbors, offsets, cum, entry, max_level,
                 visited[node] = stamp
                 fresh[n_new] = node
                 n_new += 1
-        for i in range(min(AHEAD, n_new)):
-            prefetch_row(vectors, fresh[i])
         for i in range(n_new):
-            if i + AHEAD < n_new:
-                prefetch_row(vectors, fresh[i + AHEAD])
+            prefetch_row(vectors, fresh[i])
+        computed += n_new
+        for i in range(n_new):
             node = fresh[i]
             d = distance_row(q, vectors, node, metric)
             if n_res < ef or d < res_d[0]:
@@ -110,6 +112,7 @@ def search(q, k, ef, metric, vectors, neighbors, offsets, cum, entry, max_level,
                         res_d[0], res_n[0] = d, node
                         sift_down_max(res_d, res_n, n_res, 0)
 
+    visits[0] += computed
     order = np.argsort(res_d[:n_res])
     found = min(k, n_res)
     for i in range(found):

@@ -131,8 +131,8 @@ class IndexConfig:
     hnsw: bool | str = "auto"
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    hnsw_ef: int = 96  # the graph's beam at the default ef: recall@10 0.96-0.98 at 50% filters on GloVe 400k
-    hnsw_visit_cost: float = 20.0  # a graph neighbour visit, in in-order vector reads (planner.py)
+    hnsw_ef: int = 96  # the graph's beam at the default ef on 400k vectors (less on fewer: planner.graph_beam)
+    hnsw_visit_cost: float = 22.0  # a graph neighbour visit on 400k vectors, in in-order vector reads (planner.py)
     # The planner (`planner.py`) scans exactly when at most `exact_limit` vectors are allowed,
     # and otherwise picks the plan of least estimated cost.
     exact_limit: int = 256
@@ -916,7 +916,7 @@ class CuratorIndex:
             self._changing_read()
             self._build_graph()
         graph = self.graph
-        beam = planner.graph_beam(ef, self.config.ef, self.config.hnsw_ef, k)
+        beam = planner.graph_beam(ef, self.config, k, graph.n_live)
         if allowed.count == graph.n_live and graph.dead == 0:
             bitmap = None  # every node is allowed
         elif allowed.bitmap is not None and allowed.bitmap[0] is graph:

@@ -3,25 +3,41 @@
 For a (tenant, filter) pair, `Allowed` holds the vectors a query may return (a mask over slots),
 how many, and what the plans need from it, each made once and reused by every query with the
 same pair until the next write: the allowed rows gathered for exact scans, the graph's node
-bitmap. `choose` compares the plans' costs, counted in vectors read:
+bitmap. `choose` compares the plans' costs, counted in vectors read in order (an exact scan's
+unit):
 
 - exact: every allowed vector, read in order, from rows gathered once per filter and kept while
   they take at most `KEPT_ROWS_BYTES`; past that they are gathered from the store for each query,
-  which costs `GATHERED_READ` in-order reads a vector (measured: 200k GloVe rows, 19 ms a query
-  against 1.2 ms for rows kept in order);
-- tree: the tenant's sub-tree, whose scan reads about ef / 2 members to meet its budget of
-  allowed candidates, and 1 / (allowed fraction of the tenant) times that with a filter; not for
-  tenants over `tree_max_tenant` vectors, whose filtered recall falls short (measured: 0.93 at
-  50% selectivity in a 400k tenant) where the graph's does not;
-- graph: an HNSW search (`graph_search.py`) visits about M neighbours per step of its beam, in
-  random memory order (`hnsw_visit_cost` times the cost of an in-order read, 20 as measured
-  here). Its beam holds allowed nodes only, so under a filter it walks on until it has met a beam
-  of them: the walk grows as 1 / (allowed fraction), and the beam itself need not widen (recall
-  at a given beam rises as the filter narrows).
+  which costs `GATHERED_READ` in-order reads a vector;
+- tree: the tenant's sub-tree: a part that grows with the tenant (`TREE_TENANT_READ` a tenant
+  vector: descending its sub-tree, its shortlists) and a scan that reads `TREE_READ` per unit of
+  ef to meet its budget of allowed candidates, 1 / (allowed fraction of the tenant) times that
+  with a filter; not for tenants over `tree_max_tenant` vectors, whose filtered recall falls short
+  (measured: 0.93 at 50% selectivity in a 400k tenant) where the graph's does not;
+- graph: an HNSW search (`graph_search.py`) whose beam holds allowed nodes only, so under a filter
+  it walks on until it has met a beam of them. `graph_visits` is how many distances such a walk
+  computes: WALK * (beam / fraction) ** WALK_EXPONENT on a graph of GRAPH_SIZE nodes, and as
+  n ** SIZE_EXPONENT on n nodes (a walk grows less than 1 / fraction: the beam's nodes are near
+  the query, and rejected neighbours of its nodes are only scored, not expanded, once the beam is
+  full). Each visit is a random read of a vector and its links: `hnsw_visit_cost` in-order reads
+  on GRAPH_SIZE nodes, less on smaller graphs, whose vectors and links stay in the CPU's caches
+  (as n ** VISIT_SIZE_EXPONENT).
 
-The constants were measured on GloVe (50-d, 400k) on this project's 2-core machine
-(benchmarks/filtered.py): an exact scan of 40k allowed vectors took 0.23 ms (5.8 ns a vector);
-a graph search with a beam of 60 over half the nodes took 0.34 ms (2 938 QPS).
+The beam itself (`graph_beam`) is `hnsw_ef` at the default ef on GRAPH_SIZE nodes, and as
+sqrt(n / GRAPH_SIZE) of that on n nodes (at least a third of it, and 16): a smaller graph reaches the same
+recall with a narrower beam (recall@10 0.95 at 50% selectivity: a beam of 12 on 40k GloVe
+vectors, 60 on 400k).
+
+The constants were derived from the figures `benchmarks/filtered.py` prints in its "planner"
+section (GloVe 50-d, this project's 2-core machine, one query at a time), in-order reads of
+4.7-5.2 ns a vector:
+
+| nodes | ns per visit | visit cost (reads) | visits at beam 16, 50% | at beam 64, 10% | gathered read | tree, 50%: ef 512 / 2048 |
+|---|---|---|---|---|---|---|
+| 40 000 | 49-70 | 10-15 | 623 | 5 399 | - | 40 / 65 us |
+| 100 000 | 74-102 | 15-20 | 775 | 7 907 | 12-15 (50k rows) | 65 / 101 us |
+| 400 000 | 104-116 | 22-24 | 1 193 | 12 635 | 20 (200k rows) | - |
+
 The plan is reported with every answer.
 """
 
@@ -29,9 +45,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-TREE_READ = 0.5  # members a tree scan reads per unit of ef
+TREE_READ = 1.5  # a tree scan's reads per unit of ef / fraction (measured 1.5-2.2 at 50%, 0.5-0.7 at 10%)
+TREE_TENANT_READ = 0.12  # ... and per tenant vector, whatever the ef (measured 0.15 at 40k, 0.10 at 100k)
 KEPT_ROWS_BYTES = 8 << 20  # an exact scan's gathered rows are kept with the filter up to this size
 GATHERED_READ = 16.0  # an exact scan's vector gathered anew, in in-order reads
+GRAPH_SIZE = 400_000  # the graph size hnsw_ef, hnsw_visit_cost and WALK were measured at
+WALK = 88.0  # distances a filtered walk computes per (beam / fraction) ** WALK_EXPONENT there
+WALK_EXPONENT = 0.75
+SIZE_EXPONENT = 0.28  # a walk's length grows as n ** SIZE_EXPONENT...
+VISIT_SIZE_EXPONENT = 0.32  # ...and a visit's cost as n ** VISIT_SIZE_EXPONENT (the caches)
+MIN_BEAM_SCALE = 1 / 3  # a small graph's beam is at least this share of hnsw_ef (at the default ef)...
+MIN_BEAM = 16  # ...and at least this (or hnsw_ef if less): recall@10 0.93 at a beam of 10, 0.97 at 16 (40k, 50%)
+MAX_BEAM = 16_384
 
 
 @dataclass
@@ -46,9 +71,32 @@ class Allowed:
     plans: dict = field(default_factory=dict)  # (k, ef) -> the plan chosen
 
 
-def graph_beam(ef: int, default_ef: int, hnsw_ef: int, k: int) -> int:
-    """The graph's beam for the recall knob `ef`: the collection's hnsw_ef at the default ef."""
-    return int(min(max(hnsw_ef * ef / default_ef, k), 16_384))
+def graph_beam(ef: int, config, k: int, n_live: int) -> int:
+    """The graph's beam for the recall knob `ef` on a graph of n_live nodes: at the default ef,
+    hnsw_ef on GRAPH_SIZE nodes and sqrt(n_live / GRAPH_SIZE) of that on fewer, but at least
+    MIN_BEAM_SCALE of it and at least min(hnsw_ef, MIN_BEAM); in proportion to ef otherwise."""
+    scale = max((max(n_live, 1) / GRAPH_SIZE) ** 0.5, MIN_BEAM_SCALE)
+    at_default = max(config.hnsw_ef * scale, min(config.hnsw_ef, MIN_BEAM))
+    return int(min(max(at_default * ef / config.ef, k), MAX_BEAM))
+
+
+def graph_visits(beam: int, fraction: float, n_live: int) -> float:
+    """Distances a filtered graph walk computes, as measured (see the module's table)."""
+    size = max(n_live, 1) / GRAPH_SIZE
+    return WALK * size**SIZE_EXPONENT * (beam / max(fraction, 1e-9)) ** WALK_EXPONENT
+
+
+def costs(allowed: Allowed, tenant: str | None, k: int, ef: int, config, n_live: int) -> dict:
+    """Each plan's estimated cost, in vectors read in order."""
+    kept = allowed.count * allowed.row_bytes <= KEPT_ROWS_BYTES
+    out = {"exact": allowed.count * (1.0 if kept else GATHERED_READ)}
+    if tenant is not None and allowed.tenant_size <= config.tree_max_tenant:
+        out["tree"] = TREE_TENANT_READ * allowed.tenant_size + TREE_READ * ef * allowed.tenant_size / allowed.count
+    if config.hnsw is not False:
+        fraction = allowed.count / max(n_live, 1)
+        visit = config.hnsw_visit_cost * (max(n_live, 1) / GRAPH_SIZE) ** VISIT_SIZE_EXPONENT
+        out["graph"] = visit * graph_visits(graph_beam(ef, config, k, n_live), fraction, n_live)
+    return out
 
 
 def choose(allowed: Allowed, tenant: str | None, k: int, ef: int, config, n_live: int) -> str:
@@ -61,12 +109,5 @@ def choose(allowed: Allowed, tenant: str | None, k: int, ef: int, config, n_live
 def _cheapest(allowed: Allowed, tenant: str | None, k: int, ef: int, config, n_live: int) -> str:
     if allowed.count <= max(k, config.exact_limit):
         return "exact"
-    kept = allowed.count * allowed.row_bytes <= KEPT_ROWS_BYTES
-    costs = {"exact": allowed.count * (1.0 if kept else GATHERED_READ)}
-    if tenant is not None and allowed.tenant_size <= config.tree_max_tenant:
-        costs["tree"] = TREE_READ * ef * allowed.tenant_size / allowed.count
-    if config.hnsw is not False:
-        beam = graph_beam(ef, config.ef, config.hnsw_ef, k)
-        fraction = allowed.count / max(n_live, 1)
-        costs["graph"] = config.hnsw_visit_cost * config.hnsw_m * beam * 0.5 / fraction
-    return min(costs, key=costs.get)
+    estimated = costs(allowed, tenant, k, ef, config, n_live)
+    return min(estimated, key=estimated.get)

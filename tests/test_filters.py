@@ -31,9 +31,9 @@ def glove():
 @pytest.fixture(scope="module")
 def loaded(glove):
     """24k GloVe vectors (cosine) with payloads; tenant "all" owns all, "some" sees a third.
-    A small exact_limit and a graph costed cheap, so that every plan gets its turn."""
+    A small exact_limit, so that every plan gets its turn (`test_every_plan_runs`)."""
     db = curator.open(":memory:")
-    col = db.create_collection("g", dim=50, metric="cosine", exact_limit=150, hnsw=True, hnsw_visit_cost=3)
+    col = db.create_collection("g", dim=50, metric="cosine", exact_limit=150, hnsw=True)
     n = 20_000
     col.insert(np.arange(n), glove[:n], tenant="all", payloads=[payload(i) for i in range(n)])
     col.grant(np.arange(0, n, 3), tenant="some")
@@ -70,9 +70,11 @@ def test_recall_at_every_selectivity(loaded, selectivity, tenant):
 
 
 def test_every_plan_runs(loaded):
+    """Narrow filters scan exactly; broad ones take the graph, or a tenant's sub-tree at a low ef
+    (its cost grows with ef, the graph's beam is at least k)."""
     col, _, queries = loaded
-    plans = {col.search(queries[0], k=10, tenant=t, filter={"u": {"lt": s}}).plan
-             for t in (None, "all", "some") for s in (1, 10, 100, 500)}
+    plans = {col.search(queries[0], k=10, tenant=t, filter={"u": {"lt": s}}, ef=ef).plan
+             for t in (None, "all", "some") for s in (1, 10, 100, 500) for ef in (64, None)}
     assert plans == {"exact", "tree", "graph"}
 
 
