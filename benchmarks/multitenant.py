@@ -23,6 +23,7 @@ from .baselines import BruteForce, PerTenantHnsw, SharedHnswFilter
 from .measure import latency_summary, markdown_table, rss_bytes, timed_loop
 
 K = 10
+CURATOR_FLOAT32 = "Curator, float32 scan"  # codes=False: the scan before scalar codes (curator/codes.py)
 CURATOR_EF = [512, 1024, 1536, 2048, 3072, 4096, 6144, 8192]
 HNSW_EF = [10, 20, 40, 80, 160, 320]
 FILTER_EF = [16, 64, 256]
@@ -60,12 +61,14 @@ def run_queries(search, data: D.MultiTenantData, n: int, repeats: int) -> tuple[
     return results, min(passes, key=np.sum)
 
 
-def bench_curator(data, truth, n_queries) -> tuple[list[dict], dict]:
+def bench_curator(data, truth, n_queries, codes: bool = True) -> tuple[list[dict], dict]:
+    """Curator's rows (method "Curator", or CURATOR_FLOAT32 with codes off) and its write figures."""
+    method = "Curator" if codes else CURATOR_FLOAT32
     # A first build, thrown away, so that the measured one pays no one-time costs (compiled
     # specialisations, allocator arenas) and memory is what the index itself holds.
-    D.load_into(curator.open(":memory:").create_collection("first", dim=50, metric="cosine"), data)
+    D.load_into(curator.open(":memory:").create_collection("first", dim=50, metric="cosine", codes=codes), data)
     r0 = rss_bytes()
-    col = curator.open(":memory:").create_collection("bench", dim=50, metric="cosine")
+    col = curator.open(":memory:").create_collection("bench", dim=50, metric="cosine", codes=codes)
     start = time.perf_counter()
     loaded = D.load_into(col, data)
     trained = time.perf_counter()
@@ -79,14 +82,15 @@ def bench_curator(data, truth, n_queries) -> tuple[list[dict], dict]:
     for ef in CURATOR_EF:
         results, seconds = run_queries(
             lambda q, t: col.search(q, K, tenant=D.tenant_label(t), ef=ef)[0], data, n_queries, REPEATS)
-        rows.append({"method": "Curator", "mode": "single", "knob": f"ef={ef}",
-                     "recall": D.recall_at_k(results, truth[:n_queries], K), **latency_summary(seconds)})
+        rows.append({"method": method, "mode": "single", "knob": f"ef={ef}",
+                     "recall": D.recall_at_k(results, truth[:n_queries], K), **latency_summary(seconds),
+                     "candidates": col.index.candidates_examined(data.queries[:n_queries], K, names, ef)})
         seconds = []
         for _ in range(REPEATS):
             start = time.perf_counter()
             batch, _ = col.search_batch(data.queries[:n_queries], K, tenants=names, ef=ef)
             seconds.append(time.perf_counter() - start)
-        rows.append({"method": "Curator", "mode": "batch", "knob": f"ef={ef}",
+        rows.append({"method": method, "mode": "batch", "knob": f"ef={ef}",
                      "recall": D.recall_at_k(batch, truth[:n_queries], K), "qps": n_queries / min(seconds)})
     for row in rows:
         row.update(build_s=build_s, memory_mb=memory / 1e6,
@@ -162,6 +166,10 @@ def qps_at(rows, method, mode, recall=0.95):
     return float(np.exp(np.log(q0) + (recall - r0) / (r1 - r0) * (np.log(q1) - np.log(q0))))
 
 
+def _ratio(ours, theirs):
+    return ours / theirs if ours and theirs else None
+
+
 def plot(rows, title, path):
     import matplotlib
 
@@ -185,7 +193,7 @@ def plot(rows, title, path):
 
 
 COLUMNS = [("method", "method", ""), ("mode", "mode", ""), ("knob", "knob", ""), ("recall", "recall@10", ".4f"),
-           ("qps", "QPS", ",.0f"), ("p50_ms", "p50 ms", ".3f"), ("p99_ms", "p99 ms", ".3f"),
+           ("qps", "QPS", ",.0f"), ("candidates", "candidates/query", ",.0f"), ("p50_ms", "p50 ms", ".3f"), ("p99_ms", "p99 ms", ".3f"),
            ("build_s", "build s", ".1f"), ("memory_mb", "RSS growth MB", ",.1f"),
            ("bytes_per_pair", "bytes/pair", ",.1f")]
 
@@ -207,6 +215,8 @@ def main(argv=None):
         print(f"== {name}: {data.vectors.shape[0]:,} vectors, {data.n_tenants} tenants, {data.n_pairs:,} pairs", flush=True)
         rows, writes = bench_curator(data, truth, nq)
         print("curator done", flush=True)
+        rows += bench_curator(data, truth, nq, codes=False)[0]
+        print("curator float32 done", flush=True)
         rows += bench_baseline(PerTenantHnsw(), HNSW_EF, data, truth, nq)
         print("per-tenant hnswlib done", flush=True)
         rows += bench_baseline(SharedHnswFilter(), FILTER_EF, data, truth, min(nq, args.filter_queries), repeats=1)
@@ -223,8 +233,14 @@ def main(argv=None):
                 f"{target}": {
                     "curator_single_qps": qps_at(rows, "Curator", "single", target),
                     "curator_batch_qps": qps_at(rows, "Curator", "batch", target),
+                    "curator_float32_single_qps": qps_at(rows, CURATOR_FLOAT32, "single", target),
                     "per_tenant_hnswlib_qps": qps_at(rows, "per-tenant hnswlib", "single", target),
                 }
+                for target in (0.95, 0.97, 0.98)
+            },
+            "single_over_per_tenant_hnswlib_at_equal_recall": {
+                f"{target}": _ratio(qps_at(rows, "Curator", "single", target),
+                                    qps_at(rows, "per-tenant hnswlib", "single", target))
                 for target in (0.95, 0.97, 0.98)
             },
             "writes": writes,

@@ -21,6 +21,8 @@ import numpy as np
 RERANK = 2  # the scan keeps RERANK * k candidates by approximate distance, then ranks them exactly
 CLIP = 0.001  # each dimension's scale spans its CLIP .. 1 - CLIP quantiles
 LEVELS = 255
+FIT_ROWS = 20_000  # the quantiles are taken over at most this many rows (evenly spaced)
+CHUNK = 8192  # rows encoded at a time: float32 temporaries stay small (they would stay in the heap)
 
 
 class ScalarCodes:
@@ -36,7 +38,8 @@ class ScalarCodes:
     @classmethod
     def fit(cls, prepared: np.ndarray, rows: int) -> "ScalarCodes":
         """The scale of `prepared` (rows prepared for the metric), for a matrix of `rows` rows."""
-        lo, hi = np.quantile(prepared, [CLIP, 1.0 - CLIP], axis=0) if len(prepared) else np.zeros((2, prepared.shape[1]))
+        sample = prepared[:: max(1, len(prepared) // FIT_ROWS)]
+        lo, hi = np.quantile(sample, [CLIP, 1.0 - CLIP], axis=0) if len(sample) else np.zeros((2, prepared.shape[1]))
         return cls(lo, (hi - lo) / LEVELS, rows)
 
     def encode(self, prepared: np.ndarray) -> np.ndarray:
@@ -45,7 +48,9 @@ class ScalarCodes:
         return np.clip(np.rint(scaled), 0, LEVELS).astype(np.uint8)
 
     def write(self, slots: np.ndarray, prepared: np.ndarray) -> None:
-        self.matrix[slots] = self.encode(prepared)
+        """Row i of `prepared` encoded into slot slots[i]."""
+        for start in range(0, len(slots), CHUNK):
+            self.matrix[slots[start : start + CHUNK]] = self.encode(prepared[start : start + CHUNK])
 
     def grow(self, rows: int) -> None:
         grown = np.zeros((rows, self.matrix.shape[1]), np.uint8)

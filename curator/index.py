@@ -619,7 +619,7 @@ class CuratorIndex:
         codes = None
         if tree.trained and self.config.codes:
             codes = ScalarCodes.fit(prepared, self.vectors.shape[0])
-            codes.write(np.arange(n), prepared[order])
+            codes.write(np.argsort(order), prepared)  # row order[i] of prepared is now slot i
         vectors = np.zeros(self.vectors.shape, np.float32)  # untouched rows stay unallocated
         vectors[:n] = self.vectors[old]
         inv_norm = np.ones(self.inv_norm.shape, np.float32)
@@ -683,7 +683,7 @@ class CuratorIndex:
             index.owner[slots] = stored["owners"][order]
             if index.tree.trained and config.codes:
                 index.codes = ScalarCodes.fit(prepared, index.vectors.shape[0])
-                index.codes.write(slots, prepared[order])
+                index.codes.write(slots[np.argsort(order)], prepared)
             index.tenancy.place(slots, leaves[order])
         else:
             ids, order, slots = _NO_IDS, _NO_IDS, _NO_IDS
@@ -808,7 +808,7 @@ class CuratorIndex:
             tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
             slots = np.empty(k, np.int64)
             dists = np.empty(k, np.float32)
-            found = kernels.search_tenant(
+            found, _ = kernels.search_tenant(
                 prepared, k, ef, int(self.metric), t, directory.data, directory.start, directory.size,
                 tenancy.shortlist_node, self.tree.centroids, members.data, members.start, members.size,
                 self.vectors, self.inv_norm, *self._code_arguments(), allowed.mask.view(np.uint8), slots, dists)
@@ -966,6 +966,22 @@ class CuratorIndex:
                 numba.set_parallel_chunksize(previous)
         ids = np.where(slots >= 0, self.slot_ids[slots], -1)
         return ids, dists
+
+    def candidates_examined(self, queries: np.ndarray, k: int, tenants: list[str], ef: int) -> float:
+        """The mean number of candidates a tenant search examines (the figure that explains its
+        time, benchmarks/multitenant.py): the batch searched serially, as single queries are."""
+        numbers = np.fromiter((self._tenant(t) for t in tenants), np.int64, len(tenants))
+        self.tenancy.ensure_all(numbers)
+        if self.metric is Metric.COSINE:
+            queries = Metric.COSINE.prepare(queries)
+        slots = np.full((len(tenants), k), -1, np.int64)
+        dists = np.full((len(tenants), k), np.inf, np.float32)
+        tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
+        examined = kernels.search_batch_serial(
+            queries, numbers, k, ef, int(self.metric), directory.data, directory.start, directory.size,
+            tenancy.shortlist_node, self.tree.centroids, members.data, members.start, members.size, self.vectors,
+            self.inv_norm, *self._code_arguments(), _ALL, slots, dists)
+        return examined / max(len(tenants), 1)
 
     @property
     def nbytes(self) -> dict[str, int]:

@@ -135,3 +135,21 @@ def test_graph_search_stamps_survive_their_wrap():
     query = vectors[17]
     answers = {tuple(graph.search(query, 5, ef=300, bitmap=None)[0].tolist()) for _ in range(600)}
     assert answers == {tuple(np.argsort(((vectors - query) ** 2).sum(axis=1))[:5].tolist())}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(-1e3, 1e3, width=32), st.sampled_from([0.0, 1e30, -1e30])), min_size=1, max_size=300))
+def test_shortlists_are_taken_nearest_first(values):
+    """The scan's order of a tenant's shortlists (bucketed by key, each bucket sorted when it is
+    reached) is the order of their keys, with bunched keys, ties and far outliers."""
+    from curator import search
+
+    centroids = np.array(values, np.float32)[:, None]  # under inner product the key is -value
+    lists = np.arange(len(values), dtype=np.int64)
+    keys, order, bucket_start = search._ranked_shortlists(np.ones(1, np.float32), 2, lists, lists.astype(np.int32),
+                                                          centroids)
+    for b in range(bucket_start.size - 1):
+        search._next_bucket(keys, order, bucket_start, b)
+    assert sorted(order.tolist()) == lists.tolist()  # each list once
+    np.testing.assert_array_equal(keys, -centroids[order, 0])
+    assert (np.diff(keys) >= 0).all()
