@@ -155,7 +155,12 @@ def unpack_filter(message: pb.Filter) -> dict:
     The dict is keyed by the message's bytes (`curator.filters.Keyed`): the engine's cache of a
     filter's matches then needs no walk over it."""
     _check_message(message)
-    return Keyed(_unpack_filter(message, "filter", 0), message.SerializeToString())
+    try:
+        spec = _unpack_filter(message, None, 0)  # no places: they are for an error's message
+    except InvalidArgumentError:
+        _unpack_filter(message, "filter", 0)  # the same error again, saying where
+        raise
+    return Keyed(spec, message.SerializeToString())
 
 
 def _check_message(message: pb.Filter) -> None:
@@ -197,7 +202,10 @@ def _check_message(message: pb.Filter) -> None:
 
 def _place(where) -> str:
     """A place in a filter message kept as (parent, step) pairs and written out only for an error
-    message: formatting every place of a filter of a thousand conditions cost more than the rest."""
+    message; None when places are not kept (a filter's first reading: making one for each of a
+    thousand conditions cost more than the rest, and each was one more object to collect)."""
+    if where is None:
+        return "filter"
     steps = []
     while isinstance(where, tuple):
         where, step = where
@@ -214,9 +222,10 @@ def _unpack_filter(message: pb.Filter, where, depth: int) -> dict:
         if not filters:
             raise InvalidArgumentError(f"{_at(_place(where) + '.' + kind)}: an empty list; give at least one filter")
         key = "and" if kind == "all" else "or"
-        return {key: [_unpack_filter(f, (where, f".{kind}[{i}]"), depth + 1) for i, f in enumerate(filters)]}
+        return {key: [_unpack_filter(f, None if where is None else (where, f".{kind}[{i}]"), depth + 1)
+                      for i, f in enumerate(filters)]}
     if kind == "negate":
-        return {"not": _unpack_filter(message.negate, (where, ".negate"), depth + 1)}
+        return {"not": _unpack_filter(message.negate, None if where is None else (where, ".negate"), depth + 1)}
     if kind == "condition":
         return _unpack_condition(message.condition, where)
     raise InvalidArgumentError(f"{_at(_place(where))}: a Filter with no kind set; set one of all, any, negate, "
