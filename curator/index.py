@@ -864,7 +864,7 @@ class CuratorIndex:
     def _allowed(self, tenant: str | None, where) -> planner.Allowed:
         """What a query of `tenant` (None: any) with filter `where` may return, made once per
         (tenant, filter) and kept until the next write."""
-        key = (self.version, tenant, None if where is None else filters.key(where))
+        key = (self.version, tenant, None if where is None else planner.filter_key(where))
         cached = self._allowed_sets.get(key)
         if cached is not None:
             return cached

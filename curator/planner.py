@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import filters
+
 TREE_READ = 1.5  # a tree scan's reads per unit of ef / fraction (measured 1.5-2.2 at 50%, 0.5-0.7 at 10%)
 TREE_TENANT_READ = 0.12  # ... and per tenant vector, whatever the ef (measured 0.15 at 40k, 0.10 at 100k)
 KEPT_ROWS_BYTES = 8 << 20  # an exact scan's gathered rows are kept with the filter up to this size
@@ -111,3 +113,87 @@ def _cheapest(allowed: Allowed, tenant: str | None, k: int, ef: int, config, n_l
         return "exact"
     estimated = costs(allowed, tenant, k, ef, config, n_live)
     return min(estimated, key=estimated.get)
+
+
+# ---------------------------------------------------------------------------
+# The cache key of a filter, remembered by the filter object
+
+
+class FilterKey:
+    """A filter's cache key (`filters.key`) with its hash computed once: the allowed sets are
+    looked up by it for every query, and hashing a long "in" list again costs microseconds."""
+
+    __slots__ = ("value", "hash")
+
+    def __init__(self, value):
+        self.value, self.hash = value, hash(value)
+
+    def __hash__(self):
+        return self.hash
+
+    def __eq__(self, other):
+        return isinstance(other, FilterKey) and self.hash == other.hash and self.value == other.value
+
+
+_KEYS_KEPT = 8
+_recent: dict = {}  # id(filter) -> (the filter, a copy of its data, its FilterKey)
+
+
+def filter_key(spec) -> FilterKey:
+    """`filters.key(spec)`, remembered for the last few filter objects: a caller that asks many
+    queries with one filter dict skips keying it, which costs as much as a graph search for a
+    long list (an "in" of 500 keywords: ~20 us). A remembered filter must still hold the data it
+    was keyed from: it is compared with a copy taken then (a list of strings by ==, each item by
+    identity first: ~1 us for 500; scalars with their types, since 1 == 1.0 == True). Filters
+    whose lists hold anything but strings and filters, and dict subclasses, are keyed every time."""
+    hit = _recent.get(id(spec))
+    if hit is not None and hit[0] is spec and _same(spec, hit[1]):
+        return hit[2]
+    key = FilterKey(filters.key(spec))
+    copy = _copy(spec)
+    if copy is not None:
+        if len(_recent) >= _KEYS_KEPT:
+            _recent.clear()  # searches on other threads may race here: at worst a filter is keyed again
+        _recent[id(spec)] = (spec, copy, key)  # the filter is kept alive, so its id stays its own
+    return key
+
+
+_SCALAR = (str, int, float, bool, type(None))
+
+
+def _copy(spec):
+    """A copy of a filter's data to compare it with later, or None where == could not tell a
+    change (a list of numbers) or the filter is not plain data."""
+    kind = type(spec)
+    if kind is dict:
+        out = {}
+        for name, value in spec.items():
+            if type(name) is not str or (copied := _copy(value)) is None:
+                return None
+            out[name] = copied
+        return ("dict", out)
+    if kind is list or kind is tuple:
+        if spec and all(type(item) is dict for item in spec):  # and / or
+            parts = [_copy(item) for item in spec]
+            return None if any(p is None for p in parts) else ("filters", kind, parts)
+        try:
+            "".join(spec)  # every item a str: == then sees any change (a str equals only a str)
+        except TypeError:
+            return None
+        return ("strings", kind, list(spec))
+    if kind in _SCALAR:
+        return ("scalar", kind, spec)
+    return None
+
+
+def _same(spec, copy) -> bool:
+    what = copy[0]
+    if what == "dict":
+        parts = copy[1]
+        return type(spec) is dict and len(spec) == len(parts) and all(
+            name in parts and _same(value, parts[name]) for name, value in spec.items())
+    if what == "strings":
+        return type(spec) is copy[1] and (spec if copy[1] is list else list(spec)) == copy[2]
+    if what == "filters":
+        return type(spec) is copy[1] and len(spec) == len(copy[2]) and all(map(_same, spec, copy[2]))
+    return type(spec) is copy[1] and spec == copy[2]

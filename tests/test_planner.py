@@ -159,3 +159,44 @@ def test_every_plan_answers_k_when_k_match_and_all_when_fewer(glove_collection, 
         truth = brute_force(vectors, queries[0], np.isin(np.arange(N), ids), k)
         assert set(result.ids.tolist()) == set(truth.tolist())  # so few: every plan finds them all
         col.set_payloads(ids, [{"u": i % 100} for i in ids.tolist()])
+
+
+# -- a filter's key, remembered by the filter object ------------------------------------------------
+
+def test_a_remembered_filter_key_follows_changes_to_the_filter():
+    """The same dict searched again is not keyed again, unless its data changed, types included."""
+    spec = {"cluster": {"in": [f"c{i}" for i in range(500)]}, "u": {"lt": 5}}
+    key = planner.filter_key(spec)
+    assert planner.filter_key(spec) is key
+    assert planner.filter_key(dict(spec)) == key  # another object with the same data: an equal key
+    spec["cluster"]["in"][7] = "c9999"
+    assert planner.filter_key(spec) != key
+    spec["cluster"]["in"][7] = "c7"
+    assert planner.filter_key(spec) == key
+    spec["u"]["lt"] = 5.0  # equal, but a float: another filter
+    assert planner.filter_key(spec) != key
+    spec["u"]["lt"] = 5
+    spec["cluster"]["in"].append("c500")
+    assert planner.filter_key(spec) != key
+
+
+def test_a_filter_of_numbers_is_keyed_every_time_and_a_change_of_type_is_seen():
+    spec = {"u": {"in": [1, 2, 3]}}
+    key = planner.filter_key(spec)
+    spec["u"]["in"][0] = True  # == 1, but a flag
+    assert planner.filter_key(spec) != key
+    nested = {"or": [{"u": 1}, {"not": {"u": {"in": ["a", "b"]}}}]}
+    key = planner.filter_key(nested)
+    assert planner.filter_key(nested) is key
+    nested["or"][1]["not"]["u"]["in"][0] = "z"
+    assert planner.filter_key(nested) != key
+
+
+def test_a_filter_changed_between_searches_is_searched_as_it_is_now(glove_collection):
+    col, _, queries = glove_collection
+    where = {"u": {"in": [1]}}
+    first = col.search(queries[0], k=5, filter=where)
+    assert set((first.ids % 100).tolist()) == {1}
+    where["u"]["in"][0] = 2
+    again = col.search(queries[0], k=5, filter=where)
+    assert set((again.ids % 100).tolist()) == {2}
