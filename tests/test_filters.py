@@ -74,7 +74,7 @@ def test_every_plan_runs(loaded):
     (its cost grows with ef, the graph's beam is at least k)."""
     col, _, queries = loaded
     plans = {col.search(queries[0], k=10, tenant=t, filter={"u": {"lt": s}}, ef=ef).plan
-             for t in (None, "all", "some") for s in (1, 10, 100, 500) for ef in (64, None)}
+             for t in (None, "all", "some") for s in (1, 10, 100, 500) for ef in (32, None)}
     assert plans == {"exact", "tree", "graph"}
 
 
