@@ -1,17 +1,20 @@
 """Filtered search: Curator's planner against hnswlib + filter callback, faiss HNSW + IDSelectorBitmap
-and an exact scan, on payload filters correlated and uncorrelated with the vectors.
+and an exact scan, on payload filters correlated and uncorrelated with the vectors, on collections of
+several sizes; and the measurements the planner's constants are derived from.
 
-    python -m benchmarks.filtered [--quick] [--queries 1000] [--rebuild]
+    python -m benchmarks.filtered [--quick] [--sizes 40000,100000,400000] [--queries 1000] [--rebuild]
 
-Data (curator_loadtest/data.py, ``glove_filtered``): all 400 000 GloVe 6B 50-d vectors, cosine, with
-payloads ``{"u": int, "cluster": "c<k>"}``. ``u`` is uniform in [0, 1000), independent of the vector
-(uncorrelated: ``{"u": {"lt": 1}}`` matches 0.1%, ``lt 10`` 1%, ...); ``cluster`` is the vector's
-spherical k-means cluster (1 000 clusters), and a correlated filter is ``{"cluster": {"in": [...]}}``
-over neighbouring clusters covering about the target fraction, i.e. one region of the space. Its
-queries come from inside the region (correlated near) or outside it (correlated far). Selectivities
-0.1%, 1%, 10%, 50%. Every vector is inserted, so queries are perturbed GloVe vectors (a random row
-plus a random direction of half its length); 1 000 per filter, k=10. Ground truth: exact top-10 over
-the matching vectors (cached under .cache/data/).
+Data (curator_loadtest/data.py, ``glove_filtered``): for each size n, the first n GloVe 6B 50-d vectors
+(all 400 000 for the largest), cosine, with payloads ``{"u": int, "cluster": "c<k>"}``. ``u`` is uniform
+in [0, 1000), independent of the vector (uncorrelated: ``{"u": {"lt": 1}}`` matches 0.1%, ``lt 10`` 1%,
+...); ``cluster`` is the vector's spherical k-means cluster (1 000 clusters), and a correlated filter is
+``{"cluster": {"in": [...]}}`` over neighbouring clusters covering about the target fraction, i.e. one
+region of the space. Its queries come from inside the region (correlated near) or outside it
+(correlated far). The largest size is asked every selectivity (0.1%, 1%, 10%, 50%), the others 50%
+only, random and correlated: broad filters on small and mid-size collections are where the plans'
+costs cross. Every vector is inserted, so queries are perturbed GloVe vectors (a random row plus a
+random direction of half its length); 1 000 per filter, k=10. Ground truth: exact top-10 over the
+matching vectors (cached under .cache/data/). --quick: 40 000 and 100 000 vectors, 200 queries.
 
 Methods, one query at a time on one thread, each at a few settings of its recall knob:
 1. Curator: one collection with hnsw=True, ``col.search(q, k, filter=...)``, letting the planner pick
@@ -22,7 +25,14 @@ Methods, one query at a time on one thread, each at a few settings of its recall
 3. faiss IndexHNSWFlat (M=32, efConstruction=80, inner product on unit vectors) with an
    IDSelectorBitmap built once per filter, not per query.
 4. Exact scan: matching vectors gathered once per filter, one matrix-vector product per query.
-The hnswlib and faiss graphs are built once and cached under .cache/data/ (with their build times).
+The hnswlib and faiss graphs are built once per size and cached under .cache/data/ (with their build
+times).
+
+The planner's measurements (`run_probes`, section "Planner" of the report): on each Curator
+collection, below the API, the exact scan's ns per allowed vector, the graph walk's distances
+computed (visits) and ns per visit at fixed beams, a tenant's tree search at fixed ef, and the API's
+own ns per query; `derive_constants` fits curator/planner.py's constants to them and the report
+prints them beside the planner's.
 Writes benchmarks/results/filtered.md and filtered.json (--quick: filtered_quick.*).
 """
 
@@ -50,9 +60,10 @@ TARGET_RECALL = 0.95
 STOP_RECALL = 0.995
 # Curator's ef: candidates a tree search examines (the collection default is 2048); the graph plan
 # scales its beam from it.
-CURATOR_EF = [256, 512, 768, 1024, 1280, 1536, 2048, 3072, 4096, 8192, 16384]
-HNSWLIB_EF = [16, 32, 64, 128, 256]
-FAISS_EF = [16, 64, 256, 1024, 4096]
+CURATOR_EF = [256, 384, 512, 640, 768, 896, 1024, 1280, 1536, 2048, 3072, 4096, 8192, 16384]
+HNSWLIB_EF = [16, 24, 32, 48, 64, 128, 256]
+# Steps of at most 1.5x where the small collections cross 0.95, as fine as Curator's
+FAISS_EF = [16, 24, 32, 48, 64, 128, 256, 1024, 4096]
 HNSWLIB_SECONDS = 8.0
 MAX_SECONDS = 10.0  # per method, filter and knob: a slow setting is measured on fewer queries
 REPEAT_BUDGET = 1.5  # passes are repeated while they took less than this in all, and the fastest counts
@@ -60,6 +71,10 @@ MAX_PASSES = 10
 RETIME_ROUNDS = 6  # each method's best setting is timed again in this many alternating rounds...
 RETIME_PASS_SECONDS = 0.5  # ...when a pass over every query takes at most this
 INSERT_BATCH = 10_000
+GLOVE_SIZE = 400_000
+SIZES = (40_000, 100_000, 400_000)  # collections of the first n GloVe vectors
+QUICK_SIZES = (40_000, 100_000)
+BROAD = 0.5  # the selectivity every size is asked; the largest is asked every one
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -253,6 +268,218 @@ def build_curator(data: D.FilteredData):
 
 
 # ---------------------------------------------------------------------------
+# The planner's measurements: what its constants (curator/planner.py) are derived from
+
+
+PROBE_QUERIES = 200
+PROBE_BEAMS = (16, 64)
+PROBE_TREE_EF = (512, 2048)
+
+
+def _fastest_per_query(fn, items, passes: int = 3) -> float:
+    """Seconds per call of fn over items, the fastest of a few passes (collector held off)."""
+    best = np.inf
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(passes):
+            best = min(best, timed_loop(fn, items).sum())
+    finally:
+        gc.enable()
+    return best / len(items)
+
+
+def probe_planner(col, spec, queries: np.ndarray) -> dict:
+    """Each plan's cost on one filter, measured below the API on the collection's own structures
+    (`col.index`, as the planner sees them), one query at a time:
+
+    - exact: ns per allowed vector of the compiled scan over the filter's gathered rows;
+    - graph: at each beam of PROBE_BEAMS, the distances the walk computed per query (`visits`), ns
+      per visit, and visits * fraction / beam, the walk's length per unit of beam once the filter's
+      1 / fraction is taken out;
+    - api: ns a query spends outside both (col.search with an exact plan, less the scan itself).
+    """
+    index = col.index
+    allowed = index._allowed(None, spec)
+    queries = queries[:PROBE_QUERIES]
+    prepared = [index._prepared_query(q) for q in queries]
+    fraction = allowed.count / index.resident_count()
+    exact_s = _fastest_per_query(lambda q: index._exact(q, K, allowed), queries)
+    out = {"vectors": index.resident_count(), "allowed": allowed.count, "fraction": fraction,
+           "exact_ns_per_vector": exact_s * 1e9 / allowed.count, "exact_us": exact_s * 1e6, "graph": []}
+    index._graph_search(prepared[0], K, allowed, index.config.ef)  # the graph and its bitmap, made
+    graph, bitmap = index.graph, allowed.bitmap[1]
+    for beam in PROBE_BEAMS:
+        visits = np.zeros(1, np.int64)
+        graph_s = _fastest_per_query(lambda p: graph.search(p, K, beam, bitmap, visits), prepared)
+        per_query = visits[0] / (3 * len(prepared))
+        out["graph"].append({"beam": beam, "us": graph_s * 1e6, "visits": per_query,
+                             "ns_per_visit": graph_s * 1e9 / per_query,
+                             "visits_per_beam": per_query * fraction / beam})
+    out["tree"] = probe_tree(col, spec, queries)
+    return out
+
+
+def probe_tree(col, spec, queries: np.ndarray) -> list[dict]:
+    """The tree plan's cost with tenant "all" (every vector) at each ef of PROBE_TREE_EF, where the
+    planner would consider it (a tenant of at most tree_max_tenant vectors): timed through
+    col.search with the plan set in the filter's plan cache, which `planner.choose` reads first,
+    so the whole path is measured as a user meets it. ns per (ef / fraction), the planner's unit."""
+    index = col.index
+    allowed = index._allowed("all", spec)
+    if allowed.tenant_size > index.config.tree_max_tenant:
+        return []
+    out = []
+    for ef in PROBE_TREE_EF:
+        allowed.plans[(K, ef)] = "tree"
+        try:
+            seconds = _fastest_per_query(lambda q: col.search(q, K, tenant="all", filter=spec, ef=ef), queries)
+        finally:
+            allowed.plans.pop((K, ef), None)
+        per_unit = seconds * 1e9 / (ef * allowed.tenant_size / allowed.count)
+        out.append({"ef": ef, "us": seconds * 1e6, "ns_per_ef": per_unit})
+    return out
+
+
+def probe_api(col, spec, queries: np.ndarray) -> float:
+    """ns a query spends in the API and planner around its plan: col.search under a filter the
+    planner scans exactly, less the scan."""
+    index = col.index
+    allowed = index._allowed(None, spec)
+    queries = queries[:PROBE_QUERIES]
+    whole = _fastest_per_query(lambda q: col.search(q, K, filter=spec), queries)
+    scan = _fastest_per_query(lambda q: index._exact(q, K, allowed), queries)
+    return (whole - scan) * 1e9
+
+
+def run_probes(col, data) -> list[dict]:
+    """The planner's measurements on one collection: every uncorrelated filter of at least 1%
+    (the planner's model is fitted on these), the correlated ones at 50% (for comparison), and
+    the API's own cost per query on the narrowest filter."""
+    out = []
+    for fi, f in enumerate(data.filters):
+        if f["target"] < 0.01 or (f["kind"] != "uncorrelated" and f["target"] != BROAD):
+            continue
+        probe = probe_planner(col, f["spec"], data.queries[data.queries_of(fi)])
+        out.append({"kind": f["kind"], "target": f["target"], **probe})
+        print(f"    planner probe {f['kind']} {f['target']:.0%}: exact {probe['exact_ns_per_vector']:.2f} ns a vector; "
+              + "; ".join(f"beam {g['beam']}: {g['visits']:,.0f} visits, {g['ns_per_visit']:.0f} ns each"
+                          for g in probe["graph"]), flush=True)
+    narrowest = min(range(len(data.filters)), key=lambda fi: data.filters[fi]["matches"])
+    api_ns = probe_api(col, data.filters[narrowest]["spec"], data.queries[data.queries_of(narrowest)])
+    out.append({"kind": "api", "vectors": col.index.resident_count(), "api_ns": api_ns})
+    print(f"    planner probe: {api_ns:,.0f} ns a query outside its plan", flush=True)
+    return out
+
+
+def derive_constants(probes: list[dict]) -> dict:
+    """planner.py's constants from the probes: an in-order read's ns (exact scans of kept rows
+    of at least 4 000 vectors), a gathered read in in-order reads, each size's visit cost in
+    in-order reads, and a least-squares fit of log(visits) = log(WALK) + WALK_EXPONENT *
+    log(beam / fraction) + SIZE_EXPONENT * log(n / GRAPH_SIZE) over the uncorrelated filters,
+    and of log(visit cost) = log(hnsw_visit_cost) + VISIT_SIZE_EXPONENT * log(n / GRAPH_SIZE)."""
+    from curator import planner
+
+    plans = [p for p in probes if p["kind"] != "api"]
+    if not plans:
+        return {}
+    kept = [p for p in plans if p["allowed"] * 200 <= planner.KEPT_ROWS_BYTES and p["allowed"] >= 4000]
+    read_ns = float(np.median([p["exact_ns_per_vector"] for p in kept])) if kept else float("nan")
+    gathered = [p["exact_ns_per_vector"] / read_ns for p in plans if p["allowed"] * 200 > planner.KEPT_ROWS_BYTES]
+    uncorrelated = [(p["vectors"], g) for p in plans if p["kind"] == "uncorrelated" for g in p["graph"]]
+    sizes = sorted({n for n, _ in uncorrelated})
+    visit_cost = {n: float(np.median([g["ns_per_visit"] for m, g in uncorrelated if m == n])) / read_ns
+                  for n in sizes}
+    out = {"read_ns": read_ns, "gathered_read": float(np.median(gathered)) if gathered else None,
+           "visit_cost": {str(n): c for n, c in visit_cost.items()},
+           "api_ns": float(np.median([p["api_ns"] for p in probes if p["kind"] == "api"]))}
+    # a tree search in reads = TREE_TENANT_READ * tenant + TREE_READ * ef / fraction (tenant "all": every vector)
+    tree = [(p["vectors"], p["fraction"], t) for p in plans if p["kind"] == "uncorrelated" for t in p.get("tree", [])]
+    if len(tree) >= 2:
+        a = np.array([[n, t["ef"] / f] for n, f, t in tree], float)
+        b = np.array([t["us"] * 1e3 / read_ns for _, _, t in tree])
+        fit = np.linalg.lstsq(a, b, rcond=None)[0]
+        out.update(tree_tenant_read=float(fit[0]), tree_read=float(fit[1]))
+    fraction = {id(g): p["fraction"] for p in plans for g in p["graph"]}
+    x = np.array([[1.0, np.log(g["beam"] / fraction[id(g)]), np.log(n / planner.GRAPH_SIZE)] for n, g in uncorrelated])
+    y = np.log([g["visits"] for _, g in uncorrelated])
+    if len(sizes) < 2:  # one size: the size exponents cannot be fitted; the planner's are taken
+        y = y - planner.SIZE_EXPONENT * x[:, 2]
+        x = x[:, :2]
+    fit = np.linalg.lstsq(x, y, rcond=None)[0]
+    out.update(walk=float(np.exp(fit[0])), walk_exponent=float(fit[1]),
+               size_exponent=float(fit[2]) if len(sizes) > 1 else None)
+    a = np.array([[1.0, np.log(n / planner.GRAPH_SIZE)] for n in sizes])
+    b = np.log([visit_cost[n] for n in sizes])
+    if len(sizes) > 1:
+        c = np.linalg.lstsq(a, b, rcond=None)[0]
+        out.update(hnsw_visit_cost=float(np.exp(c[0])), visit_size_exponent=float(c[1]))
+    else:
+        out.update(hnsw_visit_cost=float(np.exp(b[0] - planner.VISIT_SIZE_EXPONENT * a[0, 1])), visit_size_exponent=None)
+    return out
+
+
+def planner_text(probes: list[dict], derived: dict) -> str:
+    """The probes as a table, and the constants derived from them beside the planner's own."""
+    from curator import planner
+    from curator.index import IndexConfig
+
+    rows = []
+    for p in probes:
+        if p["kind"] == "api":
+            continue
+        for g in p["graph"]:
+            rows.append({"vectors": p["vectors"], "kind": p["kind"].replace("_", " "), "target": p["target"],
+                         "allowed": p["allowed"], "exact_us": p["exact_us"], "exact_ns": p["exact_ns_per_vector"],
+                         "beam": g["beam"], "visits": g["visits"], "graph_us": g["us"], "visit_ns": g["ns_per_visit"],
+                         "model": planner.graph_visits(g["beam"], p["fraction"], p["vectors"])})
+    trees = [{"vectors": p["vectors"], "target": p["target"], "allowed": p["allowed"], **t}
+             for p in probes if p["kind"] == "uncorrelated" for t in p.get("tree", [])]
+    table = markdown_table(rows, [("vectors", "vectors", ","), ("kind", "filter kind", ""),
+                                  ("target", "selectivity", ".0%"), ("allowed", "allowed", ","),
+                                  ("exact_us", "exact µs", ".1f"), ("exact_ns", "exact ns / vector", ".2f"),
+                                  ("beam", "beam", ""), ("visits", "graph visits", ",.0f"),
+                                  ("model", "visits (planner's model)", ",.0f"), ("graph_us", "graph µs", ".1f"),
+                                  ("visit_ns", "ns / visit", ".0f")])
+    cfg = IndexConfig()
+
+    def fmt(v, spec=".2f"):
+        return "-" if v is None else format(v, spec)
+
+    constants = [
+        ("in-order read (exact scan of kept rows)", f"{fmt(derived.get('read_ns'))} ns", "the unit of cost"),
+        ("GATHERED_READ", fmt(derived.get("gathered_read"), ".1f"), fmt(planner.GATHERED_READ, ".1f")),
+        ("TREE_READ (reads per ef / fraction)", fmt(derived.get("tree_read")), fmt(planner.TREE_READ)),
+        ("TREE_TENANT_READ (reads per tenant vector)", fmt(derived.get("tree_tenant_read")),
+         fmt(planner.TREE_TENANT_READ)),
+        ("TREE_RECALL_EF (the tree's ef for the graph's recall)", "from the sweeps above", fmt(planner.TREE_RECALL_EF, ".1f")),
+        ("hnsw_visit_cost (at GRAPH_SIZE)", fmt(derived.get("hnsw_visit_cost"), ".1f"), fmt(cfg.hnsw_visit_cost, ".1f")),
+        ("visit cost per size (reads)", ", ".join(f"{int(n):,}: {c:.1f}" for n, c in derived.get("visit_cost", {}).items()), ""),
+        ("VISIT_SIZE_EXPONENT", fmt(derived.get("visit_size_exponent")), fmt(planner.VISIT_SIZE_EXPONENT)),
+        ("WALK (visits at GRAPH_SIZE)", fmt(derived.get("walk"), ".1f"), fmt(planner.WALK, ".1f")),
+        ("WALK_EXPONENT", fmt(derived.get("walk_exponent")), fmt(planner.WALK_EXPONENT)),
+        ("SIZE_EXPONENT", fmt(derived.get("size_exponent")), fmt(planner.SIZE_EXPONENT)),
+        ("a query outside its plan (API, planner)", f"{fmt(derived.get('api_ns'), ',.0f')} ns", ""),
+    ]
+    constants_table = markdown_table([{"name": a, "measured": b, "planner": c} for a, b, c in constants],
+                                     [("name", "constant", ""), ("measured", "derived from this run", ""),
+                                      ("planner", "curator/planner.py", "")])
+    return ("Measured below the API on each Curator collection (`probe_planner`): the exact plan's scan "
+            "of a filter's gathered rows and the graph plan's walk at fixed beams, one query at a time, "
+            f"the fastest of 3 passes over {PROBE_QUERIES} queries; visits are the distances a walk computed. "
+            "The planner's cost model (`curator/planner.py`) counts in-order reads: an exact scan reads its "
+            "allowed vectors (GATHERED_READ each when not kept), a graph walk WALK * (n / GRAPH_SIZE) ** "
+            "SIZE_EXPONENT * (beam / fraction) ** WALK_EXPONENT visits at hnsw_visit_cost * (n / GRAPH_SIZE) "
+            "** VISIT_SIZE_EXPONENT reads each, a tenant's tree search TREE_TENANT_READ * tenant + TREE_READ * ef / "
+            "fraction reads (tenant "
+            "\"all\", every vector, where at most tree_max_tenant).\n\n" + table + "\n\n"
+            + (markdown_table(trees, [("vectors", "vectors", ","), ("target", "selectivity", ".0%"),
+                                      ("allowed", "allowed", ","), ("ef", "tree ef", ""), ("us", "µs", ".1f"),
+                                      ("ns_per_ef", "ns per ef / fraction", ".2f")]) + "\n\n" if trees else "")
+            + constants_table)
+
+
+# ---------------------------------------------------------------------------
 # Summary
 
 
@@ -267,13 +494,16 @@ def best_row(rows: list[dict]) -> dict | None:
     return max(ok, key=lambda r: r["qps"]) if ok else max(rows, key=lambda r: (r["recall"], r["qps"]))
 
 
-def summarise(rows: list[dict], filters: list[dict], methods: list[str]) -> list[dict]:
+def summarise(rows: list[dict], cases: list[dict], methods: list[str]) -> list[dict]:
+    """One entry per (collection size, filter) case: each method's best row, the best baseline."""
     out = []
-    for fi, f in enumerate(filters):
-        entry = {"filter": fi, "kind": f["kind"], "target": f["target"], "fraction": f["fraction"],
-                 "matches": f["matches"], "name": f["name"], "methods": {}}
+    for case in cases:
+        f = case["filter"]
+        entry = {"vectors": case["vectors"], "filter": case["fi"], "kind": f["kind"], "target": f["target"],
+                 "fraction": f["fraction"], "matches": f["matches"], "name": f["name"], "methods": {}}
+        mine = [r for r in rows if r["vectors"] == case["vectors"] and r["filter"] == case["fi"]]
         for m in methods:
-            b = best_row([r for r in rows if r["filter"] == fi and r["method"] == m])
+            b = best_row([r for r in mine if r["method"] == m])
             if b is not None:
                 entry["methods"][m] = b
         baselines = [b for m, b in entry["methods"].items() if not m.startswith("Curator")]
@@ -300,7 +530,8 @@ def cell(row: dict | None, n_queries: int) -> str:
 
 
 def summary_table(summary: list[dict], methods: list[str], n_queries: int) -> str:
-    columns = [("kind", "filter kind", ""), ("sel", "selectivity (actual)", ""), ("matches", "matches", ",")]
+    columns = [("vectors", "vectors", ","), ("kind", "filter kind", ""), ("sel", "selectivity (actual)", ""),
+               ("matches", "matches", ",")]
     columns += [(m, m, "") for m in methods]
     curators = [m for m in methods if m.startswith("Curator")]
     columns += [(f"plans:{m}", f"plans ({m})", "") for m in curators]
@@ -308,7 +539,7 @@ def summary_table(summary: list[dict], methods: list[str], n_queries: int) -> st
     columns += [("best_baseline", "best baseline", "")]
     table = []
     for e in summary:
-        row = {"kind": e["kind"].replace("_", " "), "sel": f"{e['target']:.1%} ({e['fraction']:.2%})",
+        row = {"vectors": e["vectors"], "kind": e["kind"].replace("_", " "), "sel": f"{e['target']:.1%} ({e['fraction']:.2%})",
                "matches": e["matches"], "best_baseline": e["best_baseline"] or "none reaches 0.95"}
         for m in methods:
             r = e["methods"].get(m)
@@ -321,7 +552,7 @@ def summary_table(summary: list[dict], methods: list[str], n_queries: int) -> st
     return markdown_table(table, columns)
 
 
-ALL_COLUMNS = [("kind", "filter kind", ""), ("target", "selectivity", ".1%"), ("method", "method", ""),
+ALL_COLUMNS = [("vectors", "vectors", ","), ("kind", "filter kind", ""), ("target", "selectivity", ".1%"), ("method", "method", ""),
                ("knob_text", "knob", ""), ("queries", "queries", ""), ("recall", "recall@10", ".4f"),
                ("qps", "QPS", ",.0f"), ("p50_ms", "p50 ms", ".3f"), ("p99_ms", "p99 ms", ".3f"),
                ("wrong", "wrong", ""), ("short", "short", ""), ("plans_text", "plans", "")]
@@ -332,12 +563,17 @@ ALL_COLUMNS = [("kind", "filter kind", ""), ("target", "selectivity", ".1%"), ("
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="50 000 vectors and 200 queries per filter")
+    parser.add_argument("--quick", action="store_true",
+                        help="collections of 40 000 and 100 000 vectors, 200 queries per filter")
+    parser.add_argument("--sizes", default=None,
+                        help="collection sizes, comma-separated (first n GloVe vectors; default "
+                             f"{','.join(map(str, SIZES))}, quick {','.join(map(str, QUICK_SIZES))}); "
+                             "the largest runs every selectivity, the others 50%% only")
     parser.add_argument("--queries", type=int, default=None, help="queries per filter (default 1000; quick 200)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached hnswlib and faiss graphs")
     parser.add_argument("--methods", default="curator,hnswlib,faiss,exact")
     args = parser.parse_args(argv)
-    n_vectors = 50_000 if args.quick else None
+    sizes = sorted(int(x) for x in args.sizes.split(",")) if args.sizes else (QUICK_SIZES if args.quick else SIZES)
     n_queries = args.queries or (200 if args.quick else 1000)
     wanted = set(args.methods.split(","))
     began = time.perf_counter()
@@ -345,40 +581,52 @@ def main(argv=None):
 
     import faiss
 
-    data = D.glove_filtered(n_vectors=n_vectors, n_queries=n_queries)
-    truth = D.ground_truth(data.as_tenants(), K, "cosine")
-    n = data.vectors.shape[0]
-    print(f"== {data.name}: {n:,} vectors, {len(data.filters)} filters x {n_queries} queries "
-          f"({time.perf_counter() - began:.0f} s)", flush=True)
+    rows, cases, builds, probes, missing = [], [], {}, [], None
+    for n_vectors in sizes:
+        data = D.glove_filtered(n_vectors=None if n_vectors >= GLOVE_SIZE else n_vectors, n_queries=n_queries)
+        truth = D.ground_truth(data.as_tenants(), K, "cosine")
+        n = data.vectors.shape[0]
+        chosen = [fi for fi, f in enumerate(data.filters) if n_vectors == sizes[-1] or f["target"] == BROAD]
+        print(f"== {data.name}: {n:,} vectors, {len(chosen)} filters x {n_queries} queries "
+              f"({time.perf_counter() - began:.0f} s)", flush=True)
 
-    builds, indexes = {}, {}
-    for key, index in (("hnswlib", HnswlibFilter()), ("faiss", FaissHnswSelector()), ("exact", ExactScan())):
-        if key not in wanted:
-            continue
-        builds[index.name] = build_baseline(index, data.vectors, data.name, args.rebuild)
-        indexes[key] = index
-        print(f"  built {index.name}: {builds[index.name]}", flush=True)
-    faiss.omp_set_num_threads(1)  # searches run on one thread; the builds above used both cores
+        faiss.omp_set_num_threads(os.cpu_count() or 1)  # builds use every core
+        indexes = {}
+        for key, index in (("hnswlib", HnswlibFilter()), ("faiss", FaissHnswSelector()), ("exact", ExactScan())):
+            if key not in wanted:
+                continue
+            builds[f"{index.name} ({n:,})"] = build_baseline(index, data.vectors, data.name, args.rebuild)
+            indexes[key] = index
+            print(f"  built {index.name}: {builds[f'{index.name} ({n:,})']}", flush=True)
+        faiss.omp_set_num_threads(1)  # searches run on one thread
 
-    col, missing = None, None
-    if "curator" in wanted:
-        missing = engine_missing()
-        if missing is None:
-            warm_up_curator(data)
-            col, builds["Curator"] = build_curator(data)
-            print(f"  built Curator: {builds['Curator']}", flush=True)
-        else:
-            print(f"  Curator skipped: the filtered planner is not there yet ({missing})", flush=True)
+        col = None
+        if "curator" in wanted:
+            missing = engine_missing()
+            if missing is None:
+                warm_up_curator(data)
+                col, builds[f"Curator ({n:,})"] = build_curator(data)
+                print(f"  built Curator: {builds[f'Curator ({n:,})']}", flush=True)
+            else:
+                print(f"  Curator skipped: the filtered planner is not there yet ({missing})", flush=True)
 
-    rows = []
-    with blas_threads(1):  # one query at a time on one thread, numpy's matrix products included
-        for fi, f in enumerate(data.filters):
-            rows += bench_filter(data, truth, fi, f, col, indexes, began)
+        with blas_threads(1):  # one query at a time on one thread, numpy's matrix products included
+            for fi in chosen:
+                found = bench_filter(data, truth, fi, data.filters[fi], col, indexes, began)
+                for r in found:
+                    r["vectors"] = n
+                rows += found
+                cases.append({"vectors": n, "fi": fi, "filter": data.filters[fi]})
+            if col is not None:
+                probes += run_probes(col, data)
+        del col, indexes
+        gc.collect()
 
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    summary = summarise(rows, data.filters, methods)
+    summary = summarise(rows, cases, methods)
+    derived = derive_constants(probes)
     total_s = time.perf_counter() - began
-    write_report(args, data, n_queries, builds, rows, summary, methods, missing, total_s, version)
+    write_report(args, sizes, n_queries, builds, rows, summary, methods, missing, total_s, version, probes, derived)
 
 
 def bench_filter(data, truth, fi, f, col, indexes, began) -> list[dict]:
@@ -439,23 +687,27 @@ def engine_version() -> str:
     return head + (" + uncommitted changes in curator/" if dirty else "")
 
 
-def write_report(args, data, n_queries, builds, rows, summary, methods, missing, total_s, version):
+def write_report(args, sizes, n_queries, builds, rows, summary, methods, missing, total_s, version, probes,
+                 derived):
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "filtered_quick" if args.quick else "filtered"
-    n = data.vectors.shape[0]
     for r in rows:
         r["knob_text"] = knob_text(r) + (" ↻" if r.get("retimed") else "")
         r["plans_text"] = ", ".join(f"{p} {c}" for p, c in r.get("plans", {}).items())
     build_rows = [{"method": m, **b, "cached": "yes (time of the cached build)" if b.get("cached") else "no"}
                   for m, b in builds.items()]
+    command = "python -m benchmarks.filtered" + (" --quick" if args.quick else "") + (
+        f" --sizes {args.sizes}" if args.sizes else "")
     lines = [
-        f"# Filtered search: {n:,} GloVe 6B 50-d vectors, cosine, k={K}",
+        f"# Filtered search: {', '.join(f'{n:,}' for n in sizes)} GloVe 6B 50-d vectors, cosine, k={K}",
         "",
-        f"`python -m benchmarks.filtered{' --quick' if args.quick else ''}` on {platform.node()} "
+        f"`{command}` on {platform.node()} "
         f"({platform.machine()}, {os.cpu_count()} cores), one query at a time on one thread (BLAS "
         f"included; builds use every core), Curator at {version}; whole run "
         f"{total_s / 60:.1f} min.",
         "",
+        f"Collections: the first n GloVe vectors for each size; the largest ({sizes[-1]:,}) is asked every "
+        f"selectivity, the others {BROAD:.0%} only (random and correlated).",
         "Payloads: `u` uniform integer in [0, 1000), independent of the vector (uncorrelated; filter "
         "`{\"u\": {\"lt\": s*1000}}`); `cluster`, the vector's spherical k-means cluster out of 1 000 "
         "(correlated; filter `{\"cluster\": {\"in\": [...]}}` over neighbouring clusters covering about "
@@ -483,7 +735,10 @@ def write_report(args, data, n_queries, builds, rows, summary, methods, missing,
     wrong = {m: sum(r["wrong"] for r in rows if r["method"] == m) for m in methods}
     lines += ["## Summary", "", summary_table(summary, methods, n_queries), "",
               "Results that do not match the filter, over every setting: "
-              + ", ".join(f"{m} {w}" for m, w in wrong.items()) + ".", "", "## Build", "",
+              + ", ".join(f"{m} {w}" for m, w in wrong.items()) + ".", ""]
+    if probes:
+        lines += ["## Planner", "", planner_text(probes, derived), ""]
+    lines += ["## Build", "",
               markdown_table(build_rows, [("method", "method", ""), ("build_s", "build s", ".1f"),
                                           ("memory_mb", "RSS growth MB", ",.0f"), ("cached", "loaded from cache", ""),
                                           ("insert_vectors_per_s", "insert vectors/s", ",.0f")]),
@@ -492,9 +747,9 @@ def write_report(args, data, n_queries, builds, rows, summary, methods, missing,
               "fewer than min(10, matches) ids.", "", markdown_table(rows, ALL_COLUMNS), ""]
     text = "\n".join(lines)
     (RESULTS / f"{stem}.md").write_text(text)
-    payload = {"data": data.name, "curator_commit": version, "vectors": n, "queries_per_filter": n_queries, "k": K,
-               "filters": data.filters, "builds": builds, "curator_missing": missing, "summary": summary,
-               "rows": rows, "total_s": total_s}
+    payload = {"sizes": sizes, "curator_commit": version, "queries_per_filter": n_queries, "k": K,
+               "builds": builds, "curator_missing": missing, "summary": summary, "planner_probes": probes,
+               "planner_derived": derived, "rows": rows, "total_s": total_s}
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=_json_default))
     print(text, flush=True)
 
