@@ -19,8 +19,8 @@ what it did without coalescing; larger groups travel on SearchGroups streams. Th
 at most `in_flight` streams open (4, within the server's default share of streams per key),
 however many threads search, and the threads drive them themselves (`stream.py`). Measured with
 16 threads (GloVe x WordNet, benchmarks/capacity.py): 8 200 searches/s when the thread that
-waited for a group passed the sending on by waking the next one, about 10 000 with the group sent
-at once. When the server refuses groups (an older server, or its stream limit), each search goes
+waited for a group passed the sending on by waking the next one; 9 600-11 000 with the group sent
+at once and small groups answered on the server's polling thread (4 200-4 400 without coalescing). When the server refuses groups (an older server, or its stream limit), each search goes
 its own way again (its thread's SearchStream, or a unary call), and groups are tried again later.
 """
 

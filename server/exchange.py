@@ -6,11 +6,11 @@ taken by the server's polling thread and handed to the handler's thread. A searc
 strict turn-taking of request and reply, so `Exchange` does two things instead:
 
 - it sends a reply and receives the next request in one batch: one completion per turn;
-- a turn its `quick` function can answer (a search that cannot take long) is answered on the
-  polling thread as soon as the request arrives, and the next batch is started from there: the
-  handler's thread is not woken at all. This is how gRPC's C++ callback API runs its reactions
-  (inline on the polling thread, for handlers that do not block). Other turns, and the end of
-  the stream, go to the handler's thread as usual.
+- a turn its `quick` function can answer (a search, or a small group of them, that cannot take
+  long) is answered on the polling thread as soon as the request arrives, and the next batch is
+  started from there: the handler's thread is not woken at all. This is how gRPC's C++ callback
+  API runs its reactions (inline on the polling thread, for handlers that do not block). Other
+  turns, and the end of the stream, go to the handler's thread as usual.
 
 On a virtual machine each hand-off between threads may wake an idle vCPU through the host, which
 costs more than the search (benchmarks/floor.py measures it). This drives the call with grpcio's
