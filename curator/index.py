@@ -620,6 +620,7 @@ class CuratorIndex:
         if tree.trained and self.config.codes:
             codes = ScalarCodes.fit(prepared, self.vectors.shape[0])
             codes.write(np.argsort(order), prepared)  # row order[i] of prepared is now slot i
+        del prepared  # a copy of every vector: gone before the new layout's arrays are made
         vectors = np.zeros(self.vectors.shape, np.float32)  # untouched rows stay unallocated
         vectors[:n] = self.vectors[old]
         inv_norm = np.ones(self.inv_norm.shape, np.float32)
