@@ -66,6 +66,16 @@ def brute_force(vectors: np.ndarray, query: np.ndarray, metric: str, k: int) -> 
     return order, d[order]
 
 
+def cosine_top(vectors: np.ndarray, query: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """Exact best-first row indices by cosine among the rows `mask` allows (fewer than k if
+    fewer are allowed): the truth of a filtered search."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    d = 1 - unit @ (query / np.linalg.norm(query))
+    d[~mask] = np.inf
+    top = np.argsort(d, kind="stable")[:k]
+    return top[np.isfinite(d[top])]
+
+
 def concurrently(call, args: list[tuple]) -> tuple[list, list]:
     """call(*a) for every a in args, each in its own thread, all at once: (results, errors)."""
     results, errors = [], []

@@ -5,6 +5,7 @@ updatable, the graph kept in step with writes, and every malformed filter or pay
 
 import numpy as np
 import pytest
+from conftest import cosine_top
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -40,12 +41,6 @@ def loaded(glove):
     return col, glove[:n], glove[n:]
 
 
-def exact_top(vectors, query, mask, k):
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    d = 1 - unit @ (query / np.linalg.norm(query))
-    d[~mask] = np.inf
-    top = np.argsort(d, kind="stable")[:k]
-    return top[np.isfinite(d[top])]
 
 
 @pytest.mark.parametrize("selectivity", [0.001, 0.01, 0.1, 0.5])
@@ -60,7 +55,7 @@ def test_recall_at_every_selectivity(loaded, selectivity, tenant):
     recalls, plans = [], set()
     for query in queries[:100]:
         result = col.search(query, k=10, tenant=tenant, filter=where)
-        truth = exact_top(vectors, query, mask, 10)
+        truth = cosine_top(vectors, query, mask, 10)
         assert result.ids.size == min(10, int(mask.sum()))
         assert mask[result.ids].all()
         assert np.all(np.diff(result.distances) >= -1e-6)

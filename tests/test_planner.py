@@ -5,6 +5,7 @@ benchmarks/filtered.py."""
 
 import numpy as np
 import pytest
+from conftest import cosine_top
 
 import curator
 from curator import planner
@@ -95,12 +96,6 @@ def glove_collection():
     return col, vectors[:N], vectors[N:]
 
 
-def brute_force(vectors, query, mask, k):
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    d = 1 - unit @ (query / np.linalg.norm(query))
-    d[~mask] = np.inf
-    top = np.argsort(d, kind="stable")[:k]
-    return top[np.isfinite(d[top])]
 
 
 def forced(col, plan_name, tenant, where, k, ef):
@@ -123,7 +118,7 @@ def test_each_plan_reaches_recall_095_against_brute_force(glove_collection, plan
         result = col.search(query, k=10, tenant=tenant, filter=where)
         assert result.plan == plan_name
         assert mask[result.ids].all() and result.ids.size == 10
-        truth = brute_force(vectors, query, mask, 10)
+        truth = cosine_top(vectors, query, mask, 10)
         recalls.append(len(set(result.ids.tolist()) & set(truth.tolist())) / truth.size)
     assert np.mean(recalls) >= 0.95, np.mean(recalls)
 
@@ -136,7 +131,7 @@ def test_the_plan_chosen_unforced_reaches_recall_095(glove_collection):
         recalls = []
         for query in queries[:50]:
             result = col.search(query, k=10, filter=where)
-            truth = brute_force(vectors, query, mask, 10)
+            truth = cosine_top(vectors, query, mask, 10)
             recalls.append(len(set(result.ids.tolist()) & set(truth.tolist())) / truth.size)
         assert np.mean(recalls) >= 0.95, (percent, result.plan, np.mean(recalls))
 
@@ -156,7 +151,7 @@ def test_every_plan_answers_k_when_k_match_and_all_when_fewer(glove_collection, 
         result = col.search(queries[0], k=k, tenant=tenant, filter=where)
         assert result.ids.size == min(k, matches), (result.plan, matches)
         assert set(result.ids.tolist()) <= set(ids.tolist())
-        truth = brute_force(vectors, queries[0], np.isin(np.arange(N), ids), k)
+        truth = cosine_top(vectors, queries[0], np.isin(np.arange(N), ids), k)
         assert set(result.ids.tolist()) == set(truth.tolist())  # so few: every plan finds them all
         col.set_payloads(ids, [{"u": i % 100} for i in ids.tolist()])
 
