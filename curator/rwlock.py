@@ -18,7 +18,8 @@ from contextlib import contextmanager
 
 class ReadWriteLock:
     def __init__(self):
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()  # taken directly (`with`): a C call, not Condition's Python one
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer: int | None = None  # the ident of the thread writing
         self._writers_waiting = 0
@@ -26,7 +27,7 @@ class ReadWriteLock:
         self._writes = 0  # writes ended so far
 
     def acquire_shared(self, blocking: bool = True) -> bool:
-        with self._cond:
+        with self._mutex:
             if self._writer is None and not self._writers_waiting:
                 self._readers += 1
                 return True
@@ -39,13 +40,13 @@ class ReadWriteLock:
             return True
 
     def release_shared(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._readers -= 1
             if self._readers == 0 and self._writers_waiting:
                 self._cond.notify_all()
 
     def acquire_exclusive(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._writers_waiting += 1
             try:
                 while self._writer is not None or self._readers:
@@ -55,7 +56,7 @@ class ReadWriteLock:
             self._writer = threading.get_ident()
 
     def release_exclusive(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._writer = None
             self._writes += 1
             self._readers += self._queued  # the readers that waited go before the next writer
