@@ -6,8 +6,9 @@ emulating one in the tests). It reads the index's arrays and never changes them:
 - tenant searches of a batch (`search`): the tree's traversal stays on the CPU, one compiled
   call for the whole batch (`_choose`, `_expand`): each query ranks its tenant's shortlists by
   centroid distance, as the CPU search does, and takes them nearest first until they hold
-  `candidates_per_ef * ef` candidates (the CPU search's most, 4 * ef: so the device scores a
-  superset of what the CPU search would have, and its recall is at least the CPU's). The device
+  `candidates_per_ef * ef` candidates and at least RERANK * k (the CPU search's most: 4 * ef, or
+  the 2k its scan of codes holds first; so the device scores a superset of what the CPU search
+  would have, and its recall is at least the CPU's). The device
   then scores every query's candidates at once (a gather of their rows, a batched product with
   the queries, a top-k), queries of similar candidate counts together so that padding stays
   small. A small tenant's candidates are all its vectors: an exact scan of it.
@@ -36,6 +37,7 @@ import time
 import numba
 import numpy as np
 
+from .codes import RERANK
 from .device import Device, distances, topk
 from .distance import distance_row
 from .heaps import sift_down_min
@@ -147,7 +149,7 @@ class Accelerator:
                 self.queries[part]["cpu"] += nq
                 return None
             tenancy, members, directory = index.tenancy, index.tenancy.members, index.tenancy.directory
-            budget = max(k, int(self.candidates_per_ef * ef))
+            budget = max(RERANK * k, int(self.candidates_per_ef * ef))  # the CPU scan's most (search.py)
             mask = np.zeros(0, np.uint8) if allowed is None else allowed
             queries = np.ascontiguousarray(queries, np.float32)
             tenants = np.ascontiguousarray(tenants, np.int64)

@@ -141,7 +141,7 @@ def test_batched_search_on_the_device_is_at_least_the_cpus_recall(metric):
     tenants = [f"t{i % 25}" for i in range(nq)]
     truth = _truth(x, metric, queries, tenants, members, k)
     stored = index.vectors.copy()
-    for ef in (8, 32):
+    for ef in (1, 8, 32):  # ef 1: the CPU's scan of codes still holds 2k candidates before it stops
         cpu_ids, cpu_d = index.search(queries, k, tenants, ef, parallel=False)
         device_search.attach(index, emulated())
         index.accelerator.min_batch = 1
