@@ -52,11 +52,6 @@ class ScalarCodes:
         for start in range(0, len(slots), CHUNK):
             self.matrix[slots[start : start + CHUNK]] = self.encode(prepared[start : start + CHUNK])
 
-    def grow(self, rows: int) -> None:
-        grown = np.zeros((rows, self.matrix.shape[1]), np.uint8)
-        grown[: self.matrix.shape[0]] = self.matrix
-        self.matrix = grown
-
     @property
     def nbytes(self) -> int:
         return self.matrix.nbytes + self.lo.nbytes + self.step.nbytes

@@ -779,11 +779,8 @@ class CuratorIndex:
         the short path, one compiled call."""
         t = self._tenant(tenant)
         self._ensure(t)
-        tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
-        ids, dists, usable = kernels.search_one(
-            query, k, ef, int(self.metric), t, directory.data, directory.start, directory.size,
-            tenancy.shortlist_node, self.tree.centroids, members.data, members.start, members.size,
-            self.vectors, self.inv_norm, *self._code_arguments(), _ALL, self.slot_ids)
+        ids, dists, usable = kernels.search_one(query, k, ef, int(self.metric), t, *self._scan_arguments(), _ALL,
+                                                self.slot_ids)
         if not usable:
             raise InvalidArgumentError(_UNUSABLE)
         return ids, dists
@@ -806,13 +803,10 @@ class CuratorIndex:
         if plan == "tree":
             t = self._tenant(tenant)
             self._ensure(t)
-            tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
             slots = np.empty(k, np.int64)
             dists = np.empty(k, np.float32)
-            found, _ = kernels.search_tenant(
-                prepared, k, ef, int(self.metric), t, directory.data, directory.start, directory.size,
-                tenancy.shortlist_node, self.tree.centroids, members.data, members.start, members.size,
-                self.vectors, self.inv_norm, *self._code_arguments(), allowed.mask.view(np.uint8), slots, dists)
+            found, _ = kernels.search_tenant(prepared, k, ef, int(self.metric), t, *self._scan_arguments(),
+                                             allowed.mask.view(np.uint8), slots, dists)
             return self.slot_ids[slots[:found]], dists[:found], plan
         slots, dists = self._graph_search(prepared, k, allowed, ef)
         if slots.size >= min(k, allowed.count):
@@ -941,10 +935,7 @@ class CuratorIndex:
     def search(self, queries: np.ndarray, k: int, tenants: list[str], ef: int, parallel: bool):
         """Tenant searches without filter: (ids, distances) of shape (nq, k), best first, padded
         with -1 / inf."""
-        numbers = np.fromiter((self._tenant(t) for t in tenants), np.int64, len(tenants))
-        if self.tenancy.any_pending(numbers):
-            self._changing_read()
-            self.tenancy.ensure_all(numbers)
+        numbers = self._numbers(tenants)
         if self.metric is Metric.COSINE:
             queries = Metric.COSINE.prepare(queries)
         if self.accelerator is not None and (found := self.accelerator.search(self, queries, numbers, k, ef)) is not None:
@@ -953,16 +944,12 @@ class CuratorIndex:
         slots = np.full((nq, k), -1, np.int64)
         dists = np.full((nq, k), np.inf, np.float32)
         kernel = kernels.search_batch_parallel if parallel and nq > 1 else kernels.search_batch_serial
-        tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
         # Queries differ in cost (tenants differ in size): hand them to threads in small chunks.
         # numba's default thread pool takes one parallel call at a time, whichever collection.
         with _PARALLEL if kernel is kernels.search_batch_parallel else contextlib.nullcontext():
             previous = numba.set_parallel_chunksize(4)
             try:
-                kernel(queries, numbers, k, ef, int(self.metric), directory.data, directory.start,
-                       directory.size, tenancy.shortlist_node, self.tree.centroids, members.data,
-                       members.start, members.size, self.vectors, self.inv_norm, *self._code_arguments(), _ALL,
-                       slots, dists)
+                kernel(queries, numbers, k, ef, int(self.metric), *self._scan_arguments(), _ALL, slots, dists)
             finally:
                 numba.set_parallel_chunksize(previous)
         ids = np.where(slots >= 0, self.slot_ids[slots], -1)
@@ -971,17 +958,13 @@ class CuratorIndex:
     def candidates_examined(self, queries: np.ndarray, k: int, tenants: list[str], ef: int) -> float:
         """The mean number of candidates a tenant search examines (the figure that explains its
         time, benchmarks/multitenant.py): the batch searched serially, as single queries are."""
-        numbers = np.fromiter((self._tenant(t) for t in tenants), np.int64, len(tenants))
-        self.tenancy.ensure_all(numbers)
+        numbers = self._numbers(tenants)
         if self.metric is Metric.COSINE:
             queries = Metric.COSINE.prepare(queries)
         slots = np.full((len(tenants), k), -1, np.int64)
         dists = np.full((len(tenants), k), np.inf, np.float32)
-        tenancy, members, directory = self.tenancy, self.tenancy.members, self.tenancy.directory
-        examined = kernels.search_batch_serial(
-            queries, numbers, k, ef, int(self.metric), directory.data, directory.start, directory.size,
-            tenancy.shortlist_node, self.tree.centroids, members.data, members.start, members.size, self.vectors,
-            self.inv_norm, *self._code_arguments(), _ALL, slots, dists)
+        examined = kernels.search_batch_serial(queries, numbers, k, ef, int(self.metric), *self._scan_arguments(),
+                                               _ALL, slots, dists)
         return examined / max(len(tenants), 1)
 
     @property
@@ -1064,7 +1047,7 @@ class CuratorIndex:
             self.owner = _grow(self.owner, grown, -1)
             self.payloads.resize(grown)
             if self.codes is not None:
-                self.codes.grow(grown)
+                self.codes.matrix = _grow(self.codes.matrix, grown, 0)
         return np.concatenate([reused, fresh])
 
     def _release(self, slots: np.ndarray) -> None:
@@ -1120,12 +1103,20 @@ class CuratorIndex:
         if self.codes is not None:
             self.codes.write(slots, prepared)
 
-    def _code_arguments(self) -> tuple:
-        """The kernels' (codes, code_lo, code_step, tenant_count) arguments."""
-        codes = self.codes
-        if codes is None:
-            return scalar.NONE, scalar.NO_SCALE, scalar.NO_SCALE, self.tenancy.count
-        return codes.matrix, codes.lo, codes.step, self.tenancy.count
+    def _scan_arguments(self) -> tuple:
+        """The tenant-scan kernels' arguments (search.py), from the tenants' directory to their counts."""
+        tenancy, members, directory, codes = self.tenancy, self.tenancy.members, self.tenancy.directory, self.codes
+        coded = (scalar.NONE, scalar.NO_SCALE, scalar.NO_SCALE) if codes is None else (codes.matrix, codes.lo, codes.step)
+        return (directory.data, directory.start, directory.size, tenancy.shortlist_node, self.tree.centroids,
+                members.data, members.start, members.size, self.vectors, self.inv_norm, *coded, tenancy.count)
+
+    def _numbers(self, tenants: list[str]) -> np.ndarray:
+        """The numbers of a batch's tenants, their sub-trees built."""
+        numbers = np.fromiter((self._tenant(t) for t in tenants), np.int64, len(tenants))
+        if self.tenancy.any_pending(numbers):
+            self._changing_read()
+            self.tenancy.ensure_all(numbers)
+        return numbers
 
     def _maybe_train(self) -> bool:
         if self.train_inline and self.training_due():

@@ -14,9 +14,10 @@ may not see. With ef >= 4|t| the search is exact.
 Once the tree is trained the scan reads each candidate's scalar code (`codes.py`, one byte a
 dimension) instead of its float32 row, keeps the best RERANK * k by approximate distance (its
 stopping rule then counts improvements of those), and returns the best k of them by exact
-distance. On the 200k Zipf set this made the scan ~1.8x faster at equal recall: a row's loads,
-not its arithmetic, were its cost. A search whose budget covers the whole tenant (ef >= 4|t|),
-and a filtered one, scan exactly as before.
+distance. On the 200k Zipf set this made the scan 1.75x faster at equal recall (the float32
+sweep of benchmarks/multitenant.py, same run): a row's loads, not its arithmetic, were its cost.
+A search whose budget covers the whole tenant (ef >= 4|t|), and a filtered one, scan exactly as
+before.
 
 One query is one compiled call; a batch is one compiled call that runs its queries in parallel.
 `exact_one` is the exact plan's single query (`planner.py`): a scan of a filter's few allowed

@@ -9,7 +9,7 @@ import pytest
 import curator
 from curator.storage import _keys
 from curator.tenant_archive import TenantArchive
-from tests.conftest import SMALL_TREE, engine
+from tests.conftest import SMALL_TREE, engine, keys_file
 from tests.test_server import KEYS
 from tests.test_tenant_states import (DIM, N_TENANTS, PER, QUERIES, X, answers, assert_routed, id_reads, payload,
                                       populate)
@@ -176,14 +176,11 @@ def test_offloading_a_tenant_that_shares_vectors_with_an_active_one(db):
 
 def test_a_tenant_key_offloads_its_own_tenants_only(tmp_path):
     from curator_server.app import CuratorServer, ServerConfig
-    from curator_server.auth import digest_of
     from curator_server.probes import TAKEN
 
-    keys = tmp_path / "keys.toml"
-    keys.write_text(f'[[keys]]\nname = "alice"\nsha256 = "{digest_of(KEYS["alice"])}"\ntenants = ["t0"]\n\n'
-                    f'[[keys]]\nname = "bob"\nsha256 = "{digest_of(KEYS["bob"])}"\ntenants = ["t1"]\n\n'
-                    f'[[keys]]\nname = "ops"\nsha256 = "{digest_of(KEYS["admin"])}"\nadmin = true\n')
-    server = CuratorServer(ServerConfig(data=str(tmp_path / "data"), port=0, keys=str(keys))).start()
+    keys = keys_file(tmp_path / "keys.toml", {"alice": (KEYS["alice"], ["t0"]), "bob": (KEYS["bob"], ["t1"]),
+                                              "ops": (KEYS["admin"], None)})
+    server = CuratorServer(ServerConfig(data=str(tmp_path / "data"), port=0, keys=keys)).start()
     admin = curator.connect(server.address, api_key=KEYS["admin"])
     alice = curator.connect(server.address, api_key=KEYS["alice"])
     bob = curator.connect(server.address, api_key=KEYS["bob"])

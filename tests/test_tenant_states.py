@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import curator
-from tests.conftest import SMALL_TREE, brute_force, clustered, database, engine
+from tests.conftest import SMALL_TREE, brute_force, clustered, database, engine, keys_file
 
 DIM = 8
 PER = 60  # vectors each tenant inserts
@@ -328,12 +328,9 @@ KEYS = {"alice": "key-alice-0123456789", "admin": "key-admin-0123456789"}
 
 def test_a_tenant_key_manages_its_own_tenants_states_only(tmp_path):
     from curator_server.app import CuratorServer, ServerConfig
-    from curator_server.auth import digest_of
 
-    keys = tmp_path / "keys.toml"
-    keys.write_text(f'[[keys]]\nname = "alice"\nsha256 = "{digest_of(KEYS["alice"])}"\ntenants = ["t0"]\n\n'
-                    f'[[keys]]\nname = "ops"\nsha256 = "{digest_of(KEYS["admin"])}"\nadmin = true\n')
-    server = CuratorServer(ServerConfig(data=str(tmp_path / "data"), port=0, keys=str(keys))).start()
+    keys = keys_file(tmp_path / "keys.toml", {"alice": (KEYS["alice"], ["t0"]), "ops": (KEYS["admin"], None)})
+    server = CuratorServer(ServerConfig(data=str(tmp_path / "data"), port=0, keys=keys)).start()
     admin = curator.connect(server.address, api_key=KEYS["admin"])
     alice = curator.connect(server.address, api_key=KEYS["alice"])
     try:
