@@ -34,10 +34,12 @@ class Graph:
         self.node_slot = np.zeros(0, np.int64)
         self.slot_node = np.zeros(0, np.int64)
         self.dead = 0
+        self._counted()
         self._arrays = None  # faiss's arrays as numpy views; remade after every add (they move)
         # Per searching thread (searches run side by side): a byte per node, the stamp of the last
-        # search that met it, and that stamp.
+        # search that met it, and that stamp (`_visited`).
         self._marks = threading.local()
+        self._metric = int(metric)
 
     @classmethod
     def adopting(cls, index: faiss.IndexHNSWFlat, slots: np.ndarray, metric: Metric, m: int,
@@ -50,11 +52,14 @@ class Graph:
         graph.node_slot = np.array(slots, np.int64)
         graph.slot_node = np.full(max(int(slots.max(initial=-1)) + 1, 1), -1, np.int64)
         graph.slot_node[graph.node_slot] = np.arange(slots.size)
+        graph._counted()
         return graph
 
-    @property
-    def n_live(self) -> int:
-        return self.node_slot.size - self.dead
+    def _counted(self) -> None:
+        """n_live and needs_rebuild after the nodes or the dead changed: plain attributes, since
+        every graph search reads them (a property costs a Python call each time)."""
+        self.n_live = self.node_slot.size - self.dead
+        self.needs_rebuild = self.dead > max(self.n_live, 1000)
 
     def add(self, slots: np.ndarray, prepared: np.ndarray) -> None:
         """Add vectors (prepared for the metric: unit length under cosine) for these slots."""
@@ -70,6 +75,7 @@ class Graph:
             grown[: self.slot_node.size] = self.slot_node
             self.slot_node = grown
         self.slot_node[slots] = np.arange(first, first + slots.size)
+        self._counted()
 
     def forget(self, slots: np.ndarray) -> None:
         """The vectors of these slots are gone (or changing): their nodes die."""
@@ -79,6 +85,7 @@ class Graph:
         self.node_slot[nodes] = -1
         self.slot_node[slots[self.slot_node[slots] >= 0]] = -1
         self.dead += nodes.size
+        self._counted()
 
     def renumber(self, old_slots: np.ndarray, n_slots: int) -> None:
         """The store moved slot old_slots[i] to slot i (after training): follow it."""
@@ -98,10 +105,6 @@ class Graph:
         new.renumber(old_slots, n_slots)
         return new
 
-    @property
-    def needs_rebuild(self) -> bool:
-        return self.dead > max(self.n_live, 1000)
-
     def bitmap(self, allowed: np.ndarray) -> np.ndarray:
         """The selector bitmap of the live nodes whose slots are allowed (a bool mask over slots)."""
         ok = self.node_slot >= 0
@@ -113,15 +116,13 @@ class Graph:
         node, when none is dead), best first; distances are smaller-is-better as everywhere
         (`curator.metric`). `query` is prepared for the metric, as the graph's vectors are.
         `visits` (an int64 array of one), when given, counts the distances computed."""
-        vectors, neighbors, offsets, cum, entry, max_level = self._views()
-        visited, stamp = self._next_stamp(vectors.shape[0])
-        nodes = np.empty(k, np.int32)
+        arrays = self._arrays or self._views()
+        slots = np.empty(k, np.int64)
         dists = np.empty(k, np.float32)
         found = graph_search.search(
-            query, k, ef, int(self.metric), vectors, neighbors, offsets, cum, entry, max_level,
-            _EVERY_NODE if bitmap is None else bitmap, visited, stamp, nodes, dists,
-            _UNCOUNTED if visits is None else visits)
-        return self.node_slot[nodes[:found]], dists[:found]
+            query, k, ef, self._metric, *arrays, _EVERY_NODE if bitmap is None else bitmap,
+            self._visited(arrays[0].shape[0]), self.node_slot, slots, dists, _UNCOUNTED if visits is None else visits)
+        return (slots, dists) if found == k else (slots[:found], dists[:found])
 
     def _views(self):
         """faiss's vectors and links as numpy arrays over its own memory (valid until the next add)."""
@@ -136,18 +137,14 @@ class Graph:
                             int(hnsw.entry_point), int(hnsw.max_level))
         return self._arrays
 
-    def _next_stamp(self, n: int) -> tuple[np.ndarray, int]:
-        """This thread's visit marks for n nodes and the stamp of its next search."""
-        marks = self._marks
-        visited = getattr(marks, "visited", None)
-        if visited is None or visited.size < n:
-            grown = 1024 if visited is None else visited.size * 3 // 2
-            marks.visited, marks.stamp = np.zeros(max(n, grown), np.uint8), 0
-        marks.stamp += 1
-        if marks.stamp == 256:  # a byte per node keeps the table in cache; start the stamps over
-            marks.visited[:] = 0
-            marks.stamp = 1
-        return marks.visited, marks.stamp
+    def _visited(self, n: int) -> np.ndarray:
+        """This thread's visit marks for n nodes: a byte per node, the stamp of the last search
+        that met it, and one byte more, that last search's stamp (the search advances it)."""
+        visited = getattr(self._marks, "visited", None)
+        if visited is None or visited.size <= n:
+            visited = self._marks.visited = np.zeros(max(n + 1, 1024, 0 if visited is None else visited.size * 3 // 2),
+                                                     np.uint8)
+        return visited
 
     @property
     def nbytes(self) -> int:

@@ -12,9 +12,15 @@ a visited table the size of the graph. This search reads faiss's arrays in place
   left is farther than the worst of ef results. A filter that allows few nodes near the query
   therefore widens the walk by itself until ef allowed nodes are found, or the graph is exhausted;
 - marks visited nodes with a per-search stamp (a byte per node, so the table stays in cache) in
-  an array kept between searches, cleared once every 255 searches;
+  an array kept between searches, cleared once every 255 searches; the table's last byte holds
+  the stamp. An expansion's neighbours are marked without a branch on their marks (half of them
+  are already marked, unpredictably);
 - asks the CPU for all of an expansion's new neighbours' vectors before scoring the first of them
-  (`prefetch_row`): their loads overlap instead of waiting one after another;
+  (`prefetch_row`), and for the links of the candidate likely to be expanded next (the nearest
+  left) before scoring this one's: their loads overlap instead of waiting one after another
+  (40k GloVe, 50% filter: 56 -> 43 ns a visit);
+- scores the new neighbours four at a time (`_four_distances`: four independent sums, the query
+  read once);
 - counts the distances it computed (`visits`), the figure the planner's graph cost is made of.
 
 The bitmap is faiss's IDSelectorBitmap layout: bit (node & 7) of byte (node >> 3); empty means
@@ -23,10 +29,38 @@ every node is allowed.
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from .distance import distance_row
+from .distance import COSINE, L2, distance_row
 from .heaps import push_max, push_min, sift_down_max, sift_down_min
 from .prefetch import prefetch_row
+
+
+@intrinsic
+def _prefetch_at(typingctx, array, index):
+    """Hint that array[index:index + 16] of a 1-d int32 array (a node's links) will be read soon."""
+    if not isinstance(array, types.Array) or array.ndim != 1 or not isinstance(index, types.Integer):
+        return None
+    sig = types.void(array, index)
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        arr = context.make_array(array_type)(context, builder, args[0])
+        i = context.cast(builder, args[1], signature.args[1], types.intp)
+        start = cgutils.get_item_pointer(context, builder, array_type, arr, [i], wraparound=False)
+        bytes_ptr = builder.bitcast(start, ir.IntType(8).as_pointer())
+        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()] + [ir.IntType(32)] * 3)
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        for line in range(4):
+            address = builder.gep(bytes_ptr, [context.get_constant(types.intp, line * 64)])
+            builder.call(fn, [address, ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 3),
+                              ir.Constant(ir.IntType(32), 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @numba.njit(cache=True, inline="always")
@@ -34,14 +68,52 @@ def _allowed(bitmap, node):
     return bitmap.size == 0 or (bitmap[node >> 3] >> (node & 7)) & 1
 
 
+@numba.njit(cache=True, inline="always", fastmath=True)
+def _four_distances(q, vectors, a, b, c, d, metric):
+    """Distances from q to four rows in one pass over q: four independent sums that the CPU runs
+    side by side, and q read once for all four."""
+    s0 = numba.float32(0.0)
+    s1 = numba.float32(0.0)
+    s2 = numba.float32(0.0)
+    s3 = numba.float32(0.0)
+    if metric == L2:
+        for j in range(q.shape[0]):
+            x = q[j]
+            e0 = x - vectors[a, j]
+            e1 = x - vectors[b, j]
+            e2 = x - vectors[c, j]
+            e3 = x - vectors[d, j]
+            s0 += e0 * e0
+            s1 += e1 * e1
+            s2 += e2 * e2
+            s3 += e3 * e3
+        return s0, s1, s2, s3
+    for j in range(q.shape[0]):
+        x = q[j]
+        s0 += x * vectors[a, j]
+        s1 += x * vectors[b, j]
+        s2 += x * vectors[c, j]
+        s3 += x * vectors[d, j]
+    if metric == COSINE:
+        one = numba.float32(1.0)
+        return one - s0, one - s1, one - s2, one - s3
+    return -s0, -s1, -s2, -s3
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def search(q, k, ef, metric, vectors, neighbors, offsets, cum, entry, max_level, bitmap, visited, stamp,
-           out_nodes, out_dist, visits):
-    """Fill out_nodes/out_dist (length >= k) with up to k allowed nodes, nearest first; returns how
-    many, and adds the distances computed to visits[0]. q is prepared for the metric (unit length
-    under cosine), as the graph's vectors are."""
+def search(q, k, ef, metric, vectors, neighbors, offsets, cum, entry, max_level, bitmap, visited,
+           node_slot, out_slots, out_dist, visits):
+    """Fill out_slots/out_dist (length >= k) with the slots (node_slot of the nodes) and distances
+    of up to k allowed nodes, nearest first; returns how many, and adds the distances computed to
+    visits[0]. q is prepared for the metric (unit length under cosine), as the graph's vectors are.
+    visited has a byte per node and one more, its last, the stamp of the last search that used it."""
     if entry < 0:
         return 0
+    stamp = visited[visited.size - 1] + 1
+    if stamp == 256:  # a byte per node keeps the table in cache; start the stamps over
+        visited[:] = 0
+        stamp = 1
+    visited[visited.size - 1] = stamp
     ef = max(ef, k)
     current = entry
     d_current = distance_row(q, vectors, current, metric)
@@ -72,7 +144,8 @@ def search(q, k, ef, metric, vectors, neighbors, offsets, cum, entry, max_level,
         n_res = push_max(res_d, res_n, 0, d_current, current)
     visited[current] = stamp
     degree = cum[1]
-    fresh = np.empty(degree, np.int32)
+    fresh = np.empty(degree + 3, np.int32)
+    fresh_d = np.empty(degree + 3, np.float32)
     while n_cand > 0:
         d_near, near = cand_d[0], cand_n[0]
         if n_res == ef and d_near > res_d[0]:
@@ -80,23 +153,29 @@ def search(q, k, ef, metric, vectors, neighbors, offsets, cum, entry, max_level,
         n_cand -= 1
         cand_d[0], cand_n[0] = cand_d[n_cand], cand_n[n_cand]
         sift_down_min(cand_d, cand_n, n_cand, 0)
+        if n_cand > 0:  # the next to expand, unless this one's neighbours bring a nearer one
+            _prefetch_at(neighbors, offsets[cand_n[0]])
         begin = offsets[near]
         n_new = 0
-        for p in range(begin, begin + degree):  # the unvisited neighbours, marked
+        for p in range(begin, begin + degree):  # the unvisited neighbours, marked; no branch on the mark
             node = neighbors[p]
             if node < 0:
                 break
-            if visited[node] != stamp:
-                visited[node] = stamp
-                fresh[n_new] = node
-                n_new += 1
+            fresh[n_new] = node
+            n_new += visited[node] != stamp
+            visited[node] = stamp
         for i in range(n_new):
             prefetch_row(vectors, fresh[i])
         computed += n_new
+        for i in range(n_new, (n_new + 3) & ~3):  # pad the last four with a real row
+            fresh[i] = near
+        for i in range(0, n_new, 4):
+            fresh_d[i], fresh_d[i + 1], fresh_d[i + 2], fresh_d[i + 3] = _four_distances(
+                q, vectors, fresh[i], fresh[i + 1], fresh[i + 2], fresh[i + 3], metric)
         for i in range(n_new):
-            node = fresh[i]
-            d = distance_row(q, vectors, node, metric)
+            d = fresh_d[i]
             if n_res < ef or d < res_d[0]:
+                node = fresh[i]
                 if n_cand == capacity:
                     capacity *= 2
                     grown_d = np.empty(capacity, np.float32)
@@ -113,9 +192,14 @@ def search(q, k, ef, metric, vectors, neighbors, offsets, cum, entry, max_level,
                         sift_down_max(res_d, res_n, n_res, 0)
 
     visits[0] += computed
-    order = np.argsort(res_d[:n_res])
     found = min(k, n_res)
-    for i in range(found):
-        out_nodes[i] = res_n[order[i]]
-        out_dist[i] = res_d[order[i]]
+    while n_res > found:  # the worst beyond k leave the top of the max-heap
+        n_res -= 1
+        res_d[0], res_n[0] = res_d[n_res], res_n[n_res]
+        sift_down_max(res_d, res_n, n_res, 0)
+    for i in range(found - 1, -1, -1):  # then the rest, worst first, into place from the back
+        out_slots[i] = node_slot[res_n[0]]
+        out_dist[i] = res_d[0]
+        res_d[0], res_n[0] = res_d[i], res_n[i]
+        sift_down_max(res_d, res_n, i, 0)
     return found
