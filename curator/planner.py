@@ -80,10 +80,21 @@ class Allowed:
 def graph_beam(ef: int, config, k: int, n_live: int) -> int:
     """The graph's beam for the recall knob `ef` on a graph of n_live nodes: at the default ef,
     hnsw_ef on GRAPH_SIZE nodes and sqrt(n_live / GRAPH_SIZE) of that on fewer, but at least
-    MIN_BEAM_SCALE of it and at least min(hnsw_ef, MIN_BEAM); in proportion to ef otherwise."""
-    scale = max((max(n_live, 1) / GRAPH_SIZE) ** 0.5, MIN_BEAM_SCALE)
-    at_default = max(config.hnsw_ef * scale, min(config.hnsw_ef, MIN_BEAM))
-    return int(min(max(at_default * ef / config.ef, k), MAX_BEAM))
+    MIN_BEAM_SCALE of it and at least min(hnsw_ef, MIN_BEAM); in proportion to ef otherwise.
+    Remembered: every graph search asks, and working it out costs ~1 us of Python."""
+    key = (ef, k, n_live, config.hnsw_ef, config.ef)
+    beam = _beams.get(key)
+    if beam is None:
+        scale = max((max(n_live, 1) / GRAPH_SIZE) ** 0.5, MIN_BEAM_SCALE)
+        at_default = max(config.hnsw_ef * scale, min(config.hnsw_ef, MIN_BEAM))
+        beam = int(min(max(at_default * ef / config.ef, k), MAX_BEAM))
+        if len(_beams) >= 4096:
+            _beams.clear()  # searches on other threads may race here: at worst a beam is worked out again
+        _beams[key] = beam
+    return beam
+
+
+_beams: dict = {}
 
 
 def graph_visits(beam: int, fraction: float, n_live: int) -> float:
@@ -148,11 +159,14 @@ def filter_key(spec) -> FilterKey:
     """`filters.key(spec)`, remembered for the last few filter objects: a caller that asks many
     queries with one filter dict skips keying it, which costs as much as a graph search for a
     long list (an "in" of 500 keywords: ~20 us). A remembered filter must still hold the data it
-    was keyed from: it is compared with a copy taken then (a list of strings by ==, each item by
-    identity first: ~1 us for 500; scalars with their types, since 1 == 1.0 == True). Filters
-    whose lists hold anything but strings and filters, and dict subclasses, are keyed every time."""
+    was keyed from: it is compared with a copy taken then, in one C-level == whose every dict,
+    list and scalar is wrapped to be equal only to the same type (`_Exactly`: 1 == 1.0 == True
+    otherwise); a list of strings is compared item by item, each by identity first (0.4 us for
+    500, against 1.3 us walking the filter in Python). Filters whose lists hold anything but
+    strings and filters (== could not tell a change of a number's type without a wrapper per
+    item), and dict subclasses, are keyed every time."""
     hit = _recent.get(id(spec))
-    if hit is not None and hit[0] is spec and _same(spec, hit[1]):
+    if hit is not None and hit[0] is spec and hit[1] == spec:
         return hit[2]
     key = FilterKey(filters.key(spec))
     copy = _copy(spec)
@@ -166,9 +180,23 @@ def filter_key(spec) -> FilterKey:
 _SCALAR = (str, int, float, bool, type(None))
 
 
+class _Exactly:
+    """A part of a filter's remembered copy: equal to a value of exactly its type (not a subclass)
+    that == its own value, whose parts are themselves wrapped or strings."""
+
+    __slots__ = ("kind", "value")
+    __hash__ = None
+
+    def __init__(self, kind, value):
+        self.kind, self.value = kind, value
+
+    def __eq__(self, other):
+        return type(other) is self.kind and other == self.value
+
+
 def _copy(spec):
-    """A copy of a filter's data to compare it with later, or None where == could not tell a
-    change (a list of numbers) or the filter is not plain data."""
+    """A copy of a filter's data to compare it with later (an `_Exactly`), or None where == could
+    not tell a change (a list of numbers) or the filter is not plain data."""
     kind = type(spec)
     if kind is dict:
         out = {}
@@ -176,29 +204,16 @@ def _copy(spec):
             if type(name) is not str or (copied := _copy(value)) is None:
                 return None
             out[name] = copied
-        return ("dict", out)
+        return _Exactly(dict, out)
     if kind is list or kind is tuple:
         if spec and all(type(item) is dict for item in spec):  # and / or
             parts = [_copy(item) for item in spec]
-            return None if any(p is None for p in parts) else ("filters", kind, parts)
+            return None if any(p is None for p in parts) else _Exactly(kind, kind(parts))
         try:
             "".join(spec)  # every item a str: == then sees any change (a str equals only a str)
         except TypeError:
             return None
-        return ("strings", kind, list(spec))
+        return _Exactly(kind, kind(spec))
     if kind in _SCALAR:
-        return ("scalar", kind, spec)
+        return _Exactly(kind, spec)
     return None
-
-
-def _same(spec, copy) -> bool:
-    what = copy[0]
-    if what == "dict":
-        parts = copy[1]
-        return type(spec) is dict and len(spec) == len(parts) and all(
-            name in parts and _same(value, parts[name]) for name, value in spec.items())
-    if what == "strings":
-        return type(spec) is copy[1] and (spec if copy[1] is list else list(spec)) == copy[2]
-    if what == "filters":
-        return type(spec) is copy[1] and len(spec) == len(copy[2]) and all(map(_same, spec, copy[2]))
-    return type(spec) is copy[1] and spec == copy[2]
