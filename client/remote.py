@@ -21,6 +21,7 @@ from . import archive, calls, limits_calls
 from .cache import RemoteCache
 from .calls import Call, CollectionCalls
 from .coalesce import Coalescer
+from .readers import ReaderDown, Readers, reader_down
 from .stream import StreamPool
 
 STUBS = {"collections": rpc.CollectionsStub, "tenants": rpc.TenantsStub, "vectors": rpc.VectorsServiceStub,
@@ -46,10 +47,11 @@ def engine_error(error: grpc.RpcError) -> Exception:
 
 class _Channel:
     def __init__(self, channel, api_key: str | None, timeout: float, retries: int, search_stream: bool = True,
-                 coalesce: bool = True):
+                 coalesce: bool = True, metadata: tuple = (), reader: bool = False):
         self.channel = channel
         self.stubs = {name: stub(channel) for name, stub in STUBS.items()}
-        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self.metadata = ((("authorization", f"Bearer {api_key}"),) if api_key else ()) + tuple(metadata)
+        self.reader = reader  # a read replica's: a call it cannot answer raises ReaderDown, not retried
         self.timeout, self.retries = timeout, retries
         self.streams = StreamPool(channel, self.metadata, timeout) if search_stream else None
         self.groups = (Coalescer(channel, self.metadata, self.streams.watchdog)
@@ -100,6 +102,8 @@ class _Channel:
             try:
                 return call.parse(method(call.request, timeout=self.timeout, metadata=self.metadata))
             except grpc.RpcError as error:
+                if self.reader and reader_down(error):
+                    raise ReaderDown(error.details()) from None
                 if error.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
                     time.sleep(backoff(attempt))
                     continue
@@ -118,8 +122,9 @@ class _Channel:
 
 
 class RemoteCollection(Collection):
-    def __init__(self, channel: _Channel, info):
-        self._run, self._search, self._calls = channel.run, channel.search, CollectionCalls(info)
+    def __init__(self, channel: _Channel, info, readers: Readers):
+        self._run, self._calls = channel.run, CollectionCalls(info)
+        self._search, self._search_batch = readers.search, readers.run  # the server's, or a read replica's
         self.name, self.dim, self.metric = info.name, info.dim, info.metric
 
     def insert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> np.ndarray:
@@ -194,7 +199,7 @@ class RemoteCollection(Collection):
 
     def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str] | None = None,
                      filter: dict | None = None, ef: int | None = None) -> SearchResult:
-        return self._run(self._calls.search_batch(queries, k, tenants, ef, filter))
+        return self._search_batch(self._calls.search_batch(queries, k, tenants, ef, filter))
 
     def train(self, sample=None) -> None:
         self._run(self._calls.train(sample))
@@ -204,19 +209,27 @@ class RemoteCollection(Collection):
 
 
 class RemoteDatabase(Database):
-    def __init__(self, channel: _Channel):
+    def __init__(self, channel: _Channel, readers: Readers | None = None):
         self._channel = channel
         self._cache = RemoteCache(channel.run)
+        self._readers = readers or Readers(channel, None, None)
+
+    def _collection(self, info) -> "RemoteCollection":
+        """A collection from its description, which also names the server's read replicas."""
+        if self._readers.host is not None:
+            self._readers.describe = lambda name=info.name: self._channel.run(calls.describe_collection(name))
+            self._readers.update(info.reader_ports)
+        return RemoteCollection(self._channel, info, self._readers)
 
     @property
     def cache(self) -> RemoteCache:
         return self._cache
 
     def create_collection(self, name: str, dim: int, metric: str = "l2", **options) -> Collection:
-        return RemoteCollection(self._channel, self._channel.run(calls.create_collection(name, dim, metric, options)))
+        return self._collection(self._channel.run(calls.create_collection(name, dim, metric, options)))
 
     def collection(self, name: str) -> Collection:
-        return RemoteCollection(self._channel, self._channel.run(calls.describe_collection(name)))
+        return self._collection(self._channel.run(calls.describe_collection(name)))
 
     def list_collections(self) -> list[str]:
         return self._channel.run(calls.list_collections())
@@ -257,6 +270,10 @@ class RemoteDatabase(Database):
     def server_info(self) -> dict:
         return self._channel.run(calls.server_info())
 
+    def reader_ports(self) -> list[int]:
+        """The ports of the server's read replicas this client spreads its searches over (client/readers.py)."""
+        return self._readers.ports()
+
     def set_quota(self, tenant: str | None, **limits):
         return self._channel.run(limits_calls.set_quota(tenant, limits))
 
@@ -274,22 +291,33 @@ class RemoteDatabase(Database):
         return self._channel.run(limits_calls.key_rates(name))
 
     def close(self) -> None:
+        self._readers.close()
         self._channel.close()
 
 
 def connect(address: str, *, api_key: str | None = None, timeout: float = 30.0, retries: int = 3,
             root_certificates: bytes | None = None, max_message_bytes: int = 64 << 20,
-            search_stream: bool = True, coalesce: bool = True) -> RemoteDatabase:
+            search_stream: bool = True, coalesce: bool = True, readers: bool = True,
+            metadata: tuple = ()) -> RemoteDatabase:
     """A Database served by a Curator server at `address` ("host:port").
 
     search_stream: send single searches over a stream kept open per thread (client/stream.py),
     about half the latency of a unary call; False makes every search a unary call.
     coalesce: send the single searches that threads ask at the same moment as one message
     (client/coalesce.py), so that many threads cost the server fewer messages; False sends each
-    over its thread's stream."""
+    over its thread's stream.
+    readers: spread searches over the server's read replicas, where it has them (`curator serve
+    --readers N`; client/readers.py); False sends every call to `address`.
+    metadata: (key, value) pairs sent with every call."""
     options = channel_options(max_message_bytes)
-    if root_certificates is not None:
-        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options)
-    else:
-        channel = grpc.insecure_channel(address, options)
-    return RemoteDatabase(_Channel(channel, api_key, timeout, retries, search_stream, coalesce))
+
+    def open_channel(target: str, **kwargs) -> _Channel:
+        if root_certificates is not None:
+            channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options)
+        else:
+            channel = grpc.insecure_channel(target, options)
+        return _Channel(channel, api_key, timeout, retries, search_stream, coalesce, metadata, **kwargs)
+
+    primary = open_channel(address)
+    host = address.rpartition(":")[0] if readers else None
+    return RemoteDatabase(primary, Readers(primary, host, lambda target: open_channel(target, reader=True)))

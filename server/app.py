@@ -3,6 +3,7 @@
 import gc
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import threading
@@ -33,6 +34,8 @@ from .limits_service import LimitsService
 from .operator_page import OperatorPage
 from .metrics import CacheMetrics, GatewayMetrics, Metrics, MetricsInterceptor, QuotaMetrics
 from .rates import Rates
+from .replicas import SECRET_ENV, ReplicaGuard, Replicas
+from .replicated import ReplicatedDatabase
 from .streams import OpenStreams
 from .turns import Turns
 
@@ -93,6 +96,9 @@ class ServerConfig:
     quotas: dict | None = None  # configured tenant quotas (--quotas; curator/quotas.py), under those set by the API
     device: str = "auto"  # where bulk array work runs: "auto", "cpu" or "cuda" (curator/device.py)
     gateway: GatewayConfig | None = None  # the OpenAI-compatible HTTP gateway (--http-port); None: none
+    readers: int = 0  # read replicas, each a process of its own (server/replicas.py); needs a data directory
+    replica_of: str | None = None  # set in a reader's own process: its primary's address
+    quotas_file: str | None = None  # --quotas, handed on to readers
 
 
 GC_YOUNG = 20_000  # net new container objects before a young collection (Python's default: 700)
@@ -147,6 +153,8 @@ class CuratorServer:
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.keys = KeyRing.load(config.keys)
         self._check_exposure()
+        if config.readers and config.data == ":memory:":
+            raise ValueError("read replicas (--readers) start from snapshots of a data directory; give --data")
         self.db = curator.open(config.data, cache=config.cache, quotas=config.quotas, device=config.device) \
             if config.data == ":memory:" else curator.open(config.data, durability=config.durability, cache=config.cache,
                                                            quotas=config.quotas, device=config.device)
@@ -161,16 +169,30 @@ class CuratorServer:
         self.admission = Admission(self.keys, 0 if self.keys.open else calls_per_key,
                                    (health.SERVICE_NAME, reflection.SERVICE_NAME), self.metrics.registry,
                                    None if self.keys.open else self.rates)
+        interceptors = [self.admission, MetricsInterceptor(self.metrics), Decoding()]
+        if config.replica_of is not None:  # a reader: searches only, and its primary's writes
+            self.guard = ReplicaGuard(os.environ.get(SECRET_ENV, ""), config.replica_of,
+                                      (health.SERVICE_NAME, reflection.SERVICE_NAME))
+            interceptors.insert(0, self.guard)
+        self.replicas = None
+        if config.readers:
+            self.replicas = Replicas(self.db, config.readers, self._reader_arguments, config.data,
+                                     config.host if is_loopback(config.host) or config.host not in ("", "0.0.0.0", "::")
+                                     else "127.0.0.1", config.keys, self._root_certificates())
+            self.db = ReplicatedDatabase(self.db, self.replicas)
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="curator-rpc",
                                        initializer=_worker_threads),
             # admission first: refuse before work; decoding last, so the metrics count what it refuses
-            interceptors=[self.admission, MetricsInterceptor(self.metrics), Decoding()],
+            interceptors=interceptors,
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
             maximum_concurrent_rpcs=config.max_calls or 4 * config.workers,
         )
         args = (self.db, self.keys, config.limits)
-        rpc.add_CollectionsServicer_to_server(service.CollectionsService(*args), self.grpc)
+        collections = service.CollectionsService(*args)
+        if self.replicas is not None:
+            collections.reader_ports = self.replicas.ready_ports
+        rpc.add_CollectionsServicer_to_server(collections, self.grpc)
         rpc.add_TenantsServicer_to_server(service.TenantsService(*args), self.grpc)
         vectors = service.VectorsService(*args, ProbeBudget(config.id_collisions_per_hour))
         rpc.add_VectorsServiceServicer_to_server(vectors, self.grpc)
@@ -230,6 +252,30 @@ class CuratorServer:
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
 
+    def _root_certificates(self) -> bytes | None:
+        if not self.config.tls_cert:
+            return None
+        with open(self.config.tls_cert, "rb") as f:
+            return f.read()
+
+    def _reader_arguments(self, port: int, data: str, keys: str | None) -> list[str]:
+        """`curator serve` arguments of a reader: this server's settings on its own port and data,
+        without metrics, gateway or readers of its own."""
+        c = self.config
+        args = ["serve", "--data", data, "--host", c.host, "--port", str(port), "--durability", "none",
+                "--replica-of", self.address, "--workers", str(c.workers), "--device", c.device,
+                "--max-message-bytes", str(c.limits.max_message_bytes), "--max-batch", str(c.limits.max_batch),
+                "--max-k", str(c.limits.max_k), "--snapshots", data + "-snapshots"]
+        for flag, value in (("--keys", keys), ("--tls-cert", c.tls_cert), ("--tls-key", c.tls_key),
+                            ("--max-streams", c.max_streams), ("--max-calls", c.max_calls),
+                            ("--max-calls-per-key", c.max_calls_per_key),
+                            ("--max-streams-per-key", c.max_streams_per_key), ("--quotas", c.quotas_file)):
+            if value is not None:
+                args += [flag, str(value)]
+        if c.insecure_open:
+            args.append("--insecure-open")
+        return args
+
     def start(self) -> "CuratorServer":
         if self.config.metrics_port is not None:
             self._metrics_server, _ = start_http_server(self.config.metrics_port, addr=self.config.host,
@@ -241,6 +287,8 @@ class CuratorServer:
         for name in ("", ARCHIVE_SERVICE) + tuple(pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on %s (data %s, metrics port %s)", self.address, self.config.data, self.metrics_port)
+        if self.replicas is not None:
+            self.replicas.start()
         return self
 
     def stop(self) -> None:
@@ -250,6 +298,8 @@ class CuratorServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         stopped = self.grpc.stop(self.config.grace_seconds)  # refuses new calls from here on
+        if self.replicas is not None:
+            self.replicas.stop()
         self.streams.cancel_all()  # clients finish their searches with unary calls, or elsewhere
         if self.gateway is not None:
             self.gateway.stop()  # drains its requests meanwhile, within the same grace period

@@ -67,6 +67,10 @@ def main(argv=None) -> int:
     serve.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="where batched searches, tree training and graph builds run: a CUDA GPU (cupy; "
                             "auto: when one is present) or the CPU")
+    serve.add_argument("--readers", type=int, default=0,
+                       help="read replicas: N more serving processes on copies of the data that answer searches, "
+                            "kept equal to this one (server/replicas.py; needs --data)")
+    serve.add_argument("--replica-of", default=None, help=argparse.SUPPRESS)  # set by a primary for its readers
     keygen = commands.add_parser("keygen", help="print a new API key and its entry for the keys file")
     keygen.add_argument("--name", required=True)
     keygen.add_argument("--tenant", action="append", default=[])
@@ -115,12 +119,13 @@ def main(argv=None) -> int:
         limits=Limits(args.max_message_bytes, args.max_batch, args.max_k), tenant_metrics_top=args.tenant_metrics_top,
         id_collisions_per_hour=args.id_collisions_per_hour,
         cache=cache_config.read(args.cache_config) if args.cache_config else None, quotas=quotas, device=args.device,
+        readers=args.readers, replica_of=args.replica_of, quotas_file=args.quotas,
         gateway=None if args.http_port is None else GatewayConfig(
             args.http_port, args.http_max_body_bytes, args.http_max_answer_bytes,
             max_calls_per_key=args.http_max_calls_per_key))
     try:
         server = CuratorServer(config)
-    except (KeysFileError, InsecureConfigError, InvalidArgumentError) as error:
+    except (KeysFileError, InsecureConfigError, ValueError) as error:  # InvalidArgumentError is one
         print(f"curator serve: {error}", file=sys.stderr)
         return 2
     server.serve_forever()

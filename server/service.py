@@ -180,8 +180,15 @@ class _Base:
 
 
 class CollectionsService(_Base, rpc.CollectionsServicer):
+    reader_ports = staticmethod(list)  # () -> the ports of the ready read replicas (server/replicas.py)
+
+    def _info(self, col, principal: Principal) -> pb.CollectionInfo:
+        info = self._counts(col, principal)
+        info.reader_ports.extend(self.reader_ports())
+        return info
+
     @staticmethod
-    def _info(col, principal: Principal) -> pb.CollectionInfo:
+    def _counts(col, principal: Principal) -> pb.CollectionInfo:
         """The collection's shape and counts; a tenant key's counts are its own tenants' (the
         vectors each may see, summed: one shared between two of them counts twice)."""
         if principal.admin:

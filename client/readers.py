@@ -1,0 +1,116 @@
+"""Where the blocking SDK's searches go when the server has read replicas (server/replicas.py).
+
+A collection's description names the ports of the server's ready readers (`reader_ports`, on the
+server's own host). Each thread that searches is given one of the processes, the server or a
+reader, in turn, and keeps it, so that its stream and its coalesced groups stay on one
+connection; everything but searches goes to the server. A reader that fails a search with
+UNAVAILABLE (dead, or replaced and still catching up) is set aside and the search is made again
+on the server at once; the readers are looked up again, from the next collection description
+the SDK asks for or `REFRESH_SECONDS` after the last, whichever comes first. A ready reader has
+applied every write the server acknowledged, so a search there sees the caller's own writes.
+"""
+
+import threading
+import time
+
+import grpc
+
+REFRESH_SECONDS = 30.0  # look the readers up again this often (sooner after one failed)
+RETRY_SECONDS = 2.0  # after a reader failed, how soon they are looked up again
+
+
+class ReaderDown(Exception):
+    """A reader could not answer: search on the server instead."""
+
+
+class Readers:
+    def __init__(self, primary, host: str, open_channel):
+        self.primary, self.host, self._open = primary, host, open_channel  # open_channel(address) -> _Channel
+        self._channels: dict[int, object] = {}  # port -> channel, kept while the port is named
+        self._targets = [primary]
+        self._local = threading.local()
+        self._turn = 0
+        self._lock = threading.Lock()
+        self._refresh_at = time.monotonic() + REFRESH_SECONDS
+        self.describe = None  # () -> a CollectionInfo, to look the readers up again
+
+    def update(self, ports) -> None:
+        """The server's ready readers are now `ports`."""
+        ports = sorted(set(ports))
+        with self._lock:
+            self._refresh_at = time.monotonic() + REFRESH_SECONDS
+            if ports == sorted(self._channels):
+                return
+            gone = [self._channels.pop(p) for p in list(self._channels) if p not in ports]
+            for port in ports:
+                if port not in self._channels:
+                    self._channels[port] = self._open(f"{self.host}:{port}")
+            self._targets = [self.primary] + [self._channels[p] for p in ports]
+        for channel in gone:
+            channel.close()
+
+    def ports(self) -> list[int]:
+        with self._lock:
+            return [port for port, channel in self._channels.items() if channel in self._targets]
+
+    def _mine(self):
+        """This thread's process: given in turn on its first search, kept while it is named."""
+        if time.monotonic() > self._refresh_at and self.describe is not None:
+            self._refresh()
+        targets = self._targets
+        mine = getattr(self._local, "channel", None)
+        if mine is None or (mine is not self.primary and mine not in targets):
+            with self._lock:
+                mine = targets[self._turn % len(targets)]
+                self._turn += 1
+            self._local.channel = mine
+        return mine
+
+    def _refresh(self) -> None:
+        with self._lock:
+            if time.monotonic() <= self._refresh_at:
+                return  # another thread is at it
+            self._refresh_at = time.monotonic() + REFRESH_SECONDS
+        try:
+            self.update(self.describe().reader_ports)
+        except Exception:  # noqa: BLE001 - keep the readers we know; the next refresh tries again
+            pass
+
+    def _down(self, channel) -> None:
+        with self._lock:
+            self._targets = [t for t in self._targets if t is not channel]
+            self._refresh_at = min(self._refresh_at, time.monotonic() + RETRY_SECONDS)
+        self._local.channel = None
+
+    def search(self, call):
+        channel = self._mine()
+        if channel is self.primary:
+            return channel.search(call)
+        try:
+            return channel.search(call)
+        except ReaderDown:
+            self._down(channel)
+            return self.primary.search(call)
+
+    def run(self, call):
+        """A search batch: on this thread's process too."""
+        channel = self._mine()
+        if channel is self.primary:
+            return channel.run(call)
+        try:
+            return channel.run(call)
+        except ReaderDown:
+            self._down(channel)
+            return self.primary.run(call)
+
+    def close(self) -> None:
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+            self._targets = [self.primary]
+        for channel in channels:
+            channel.close()
+
+
+def reader_down(error: grpc.RpcError) -> bool:
+    """Whether a reader's failed call means it cannot answer (so the server should)."""
+    return error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION)
