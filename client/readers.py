@@ -2,7 +2,7 @@
 
 A collection's description names the ports of the server's ready readers (`reader_ports`, on the
 server's own host). Each thread that searches is given one of the processes, the server or a
-reader, in turn, and keeps it, so that its stream and its coalesced groups stay on one
+reader, in turn (from a random one, so that clients of one thread spread too), and keeps it, so that its stream and its coalesced groups stay on one
 connection; everything but searches goes to the server. A reader that fails a search with
 UNAVAILABLE (dead, or replaced and still catching up) is set aside and the search is made again
 on the server at once; the readers are looked up again, from the next collection description
@@ -10,6 +10,7 @@ the SDK asks for or `REFRESH_SECONDS` after the last, whichever comes first. A r
 applied every write the server acknowledged, so a search there sees the caller's own writes.
 """
 
+import random
 import threading
 import time
 
@@ -29,7 +30,7 @@ class Readers:
         self._channels: dict[int, object] = {}  # port -> channel, kept while the port is named
         self._targets = [primary]
         self._local = threading.local()
-        self._turn = 0
+        self._turn = random.randrange(1 << 16)  # where this client's turns start: clients of one thread spread too
         self._lock = threading.Lock()
         self._refresh_at = time.monotonic() + REFRESH_SECONDS
         self.describe = None  # () -> a CollectionInfo, to look the readers up again

@@ -180,6 +180,7 @@ class CuratorServer:
                                      config.host if is_loopback(config.host) or config.host not in ("", "0.0.0.0", "::")
                                      else "127.0.0.1", config.keys, self._root_certificates())
             self.db = ReplicatedDatabase(self.db, self.replicas)
+            self.metrics.readers(self.replicas.status)
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="curator-rpc",
                                        initializer=_worker_threads),

@@ -70,6 +70,33 @@ class Metrics:
         if self.tenants is not None and tenant and code not in UNPROVEN:
             self.tenants.add(tenant)
 
+    def readers(self, status) -> None:
+        """`curator_readers{state}` and `curator_reader_incarnations` from `status()` (server/replicas.py)
+        at scrape time."""
+        self.registry.register(_ReadersCollector(status))
+
+
+class _ReadersCollector:
+    def __init__(self, status):
+        self.status = status
+
+    def collect(self):
+        readers = self.status()
+        states = GaugeMetricFamily("curator_readers", "read replicas by state (starting, catching_up, ready)",
+                                   labels=["state"])
+        for state in ("starting", "catching_up", "ready"):
+            states.add_metric([state], sum(r["state"] == state for r in readers))
+        yield states
+        # a reader's incarnation grows each time it is replaced; its queue is the writes it has still to apply
+        incarnations = GaugeMetricFamily("curator_reader_incarnations", "times each reader was started",
+                                         labels=["reader"])
+        queued = GaugeMetricFamily("curator_reader_queued_writes", "writes queued for each reader", labels=["reader"])
+        for r in readers:
+            incarnations.add_metric([str(r["number"])], r["incarnation"])
+            queued.add_metric([str(r["number"])], r["queued"])
+        yield incarnations
+        yield queued
+
 
 class _DatabaseCollector:
     """Sizes read from the database at scrape time."""

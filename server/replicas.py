@@ -15,8 +15,9 @@ A Python process serves about one core of gRPC and engine work (its interpreter 
   reader, and the primary acknowledges it once every ready reader has applied it too. So after a
   write returns, a search on any ready reader sees it: read-your-writes, and never a revoked
   vector after the revoke returned. A write the primary refused goes nowhere.
-- **Failure.** A reader that fails to apply a write, or does not answer within `APPLY_SECONDS`,
-  is killed (SIGKILL) before that write is acknowledged, so no reader that missed an
+- **Failure.** A reader whose process ends is replaced at once. One that fails to apply a
+  write, or does not apply it within `APPLY_SECONDS`, is killed (SIGKILL) before that write is
+  acknowledged, so no reader that missed an
   acknowledged write can answer again; the primary starts a new one from a new snapshot, on a
   new port, with backoff. Clients whose reader died search on the primary meanwhile.
 - **Readers answer searches and reads only** (`ReplicaGuard`): other calls are
@@ -41,6 +42,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -67,7 +69,7 @@ READS = frozenset(f"/curator.v1.{service}/{method}" for service, methods in {
                        "PayloadSchema"),
     "Admin": ("ServerInfo",),
 }.items() for method in methods)
-APPLY_SECONDS = 30.0  # a reader that takes longer to apply a write is replaced
+APPLY_SECONDS = 10.0  # a reader that takes longer to apply a write is replaced (clients wait 30 s)
 START_SECONDS = 120.0
 RESTART_BACKOFF = (1.0, 30.0)
 
@@ -173,6 +175,7 @@ class Reader:
 
     def _launch(self):
         self.process, self.port = self.replicas.spawn(self)
+        threading.Thread(target=self._watch, name=f"curator-reader-{self.number}-watch", daemon=True).start()
         deadline = time.monotonic() + START_SECONDS
         db = self.replicas.connect(self.port)
         while True:
@@ -185,6 +188,13 @@ class Reader:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"not serving within {START_SECONDS} s") from None
                 time.sleep(0.1)
+
+    def _watch(self) -> None:
+        """Replace the reader as soon as its process ends, writes or not."""
+        status = self.process.wait()
+        if self.state != "failed":
+            log.error("%s exited with status %s; replacing it", self.name, status)
+            self.fail()
 
     def fail(self) -> None:
         """Kill the process (before any write it missed is acknowledged), release every waiting
@@ -323,8 +333,6 @@ class Replicas:
                        metadata=((REPLICATION, self.secret), *metadata), root_certificates=self.root_certificates)
 
     def spawn(self, reader: Reader) -> tuple[subprocess.Popen, int]:
-        from curator_loadtest.server import free_port
-
         keys = None
         if self.keys_file is not None:
             from .auth import append_entry, key_entry
@@ -333,7 +341,7 @@ class Replicas:
             shutil.copyfile(self.keys_file, keys)
             os.chmod(keys, 0o600)
             append_entry(keys, key_entry("curator-primary", self.internal_key, [], admin=True))
-        port = free_port()
+        port = _free_port()
         log_path = Path(str(reader.directory) + ".log")
         with open(log_path, "ab") as out:
             process = subprocess.Popen([sys.executable, "-m", "curator_server", *self.arguments(port, str(reader.directory),
@@ -366,6 +374,12 @@ class Replicas:
         for reader in readers:
             reader.stop()
             _remove(reader.directory)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _remove(directory: Path, log: bool = True) -> None:

@@ -7,6 +7,7 @@ import random
 import signal
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -241,7 +242,7 @@ def test_a_reader_answers_nothing_until_its_primary_says_it_is_ready(tmp_path, m
 
 
 def test_searches_go_on_while_a_reader_dies_and_its_successor_has_every_acknowledged_write(tmp_path):
-    server = CuratorServer(ServerConfig(data=str(tmp_path / "d"), port=0, readers=1)).start()
+    server = CuratorServer(ServerConfig(data=str(tmp_path / "d"), port=0, readers=1, metrics_port=0)).start()
     try:
         ready_ports(server, 1)
         db = curator.connect(server.address)
@@ -281,6 +282,9 @@ def test_searches_go_on_while_a_reader_dies_and_its_successor_has_every_acknowle
         follower = curator.connect(f"127.0.0.1:{second}", readers=False).collection("c")
         assert follower.contains(np.array(acked)).all()
         assert follower.count() == db.collection("c").count() == len(acked)
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
+        assert 'curator_readers{state="ready"} 1.0' in scraped
+        assert 'curator_reader_incarnations{reader="0"} 2.0' in scraped
         db.close()
     finally:
         server.stop()
