@@ -34,7 +34,7 @@ from .limits_service import LimitsService
 from .operator_page import OperatorPage
 from .metrics import CacheMetrics, GatewayMetrics, Metrics, MetricsInterceptor, QuotaMetrics
 from .rates import Rates
-from .replicas import SECRET_ENV, ReplicaGuard, Replicas
+from .replicas import SECRET_ENV, ReplicaGuard, Replicas, watch_primary
 from .replicated import ReplicatedDatabase
 from .streams import OpenStreams
 from .turns import Turns
@@ -316,6 +316,8 @@ class CuratorServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
         self.start()
+        if self.config.replica_of is not None:
+            watch_primary(done)
         _collect_rarely()
         done.wait()
         self.stop()

@@ -57,6 +57,7 @@ from curator.rwlock import ReadWriteLock
 log = logging.getLogger("curator.server")
 
 SECRET_ENV = "CURATOR_REPLICATION_SECRET"
+PRIMARY_PID_ENV = "CURATOR_PRIMARY_PID"
 REPLICATION = "curator-replication"  # metadata: the primary's secret, on its calls to a reader
 READY = "curator-replica-ready"  # metadata: on the primary's call that tells a reader it is ready
 # What a reader answers for clients: searches and the reads that are the same on every copy (not the
@@ -99,6 +100,22 @@ class ReplicaGuard(grpc.ServerInterceptor):
         return _refusal(grpc.StatusCode.FAILED_PRECONDITION,
                         f"this process is a read replica; it answers searches and reads only: send {method} to the "
                         f"primary at {self.primary}")
+
+
+def watch_primary(done: threading.Event, every: float = 0.2) -> None:
+    """(In a reader.) Stop when the primary that started this process is gone (this process is
+    handed to another parent): a reader left behind would answer from data no write reaches any
+    more, while clients that still know its port search it."""
+    primary = int(os.environ.get(PRIMARY_PID_ENV, os.getppid()))  # the primary may be gone before this runs
+
+    def watch():
+        while not done.is_set():
+            if os.getppid() != primary:
+                log.warning("the primary (pid %s) is gone; this reader stops", primary)
+                done.set()
+            done.wait(every)
+
+    threading.Thread(target=watch, name="curator-watch-primary", daemon=True).start()
 
 
 def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
@@ -346,7 +363,7 @@ class Replicas:
         with open(log_path, "ab") as out:
             process = subprocess.Popen([sys.executable, "-m", "curator_server", *self.arguments(port, str(reader.directory),
                                                                                                keys)],
-                                       env={**os.environ, SECRET_ENV: self.secret}, stdout=out, stderr=out,
+                                       env={**os.environ, SECRET_ENV: self.secret, PRIMARY_PID_ENV: str(os.getpid())}, stdout=out, stderr=out,
                                        start_new_session=True)
         return process, port
 

@@ -310,3 +310,31 @@ def test_keys_and_isolation_hold_on_readers(tmp_path):
             keyless.collection("c")
     finally:
         server.stop()
+
+
+def test_readers_stop_when_their_primary_is_killed(tmp_path):
+    import subprocess
+    import sys
+
+    import psutil
+
+    from curator_loadtest.server import free_port
+
+    port = free_port()
+    primary = subprocess.Popen([sys.executable, "-m", "curator_server", "serve", "--data", str(tmp_path / "d"),
+                                "--port", str(port), "--readers", "1"], stderr=subprocess.DEVNULL)
+    try:
+        deadline, readers = time.monotonic() + READY_SECONDS, []
+        while not readers:
+            assert time.monotonic() < deadline, "no reader started"
+            readers = [c for c in psutil.Process(primary.pid).children() if "--replica-of" in c.cmdline()]
+            time.sleep(0.05)
+        primary.kill()
+        primary.wait()
+        gone, alive = psutil.wait_procs(readers, timeout=30)
+        assert not alive, "a reader outlived its primary"
+    finally:
+        primary.kill()
+        for child in psutil.Process().children(recursive=True):
+            if "--replica-of" in " ".join(child.cmdline()):
+                child.kill()
