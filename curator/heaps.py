@@ -13,8 +13,8 @@ def sift_down_min(keys, vals, n, i):
         if left >= n:
             return
         j = left
-        if left + 1 < n and keys[left + 1] < keys[left]:
-            j = left + 1
+        if left + 1 < n:  # the smaller child, chosen without a branch (it goes either way)
+            j += keys[left + 1] < keys[left]
         if keys[j] >= keys[i]:
             return
         keys[i], keys[j] = keys[j], keys[i]
@@ -30,8 +30,8 @@ def sift_down_max(keys, vals, n, i):
         if left >= n:
             return
         j = left
-        if left + 1 < n and keys[left + 1] > keys[left]:
-            j = left + 1
+        if left + 1 < n:  # the larger child, chosen without a branch (it goes either way)
+            j += keys[left + 1] > keys[left]
         if keys[j] <= keys[i]:
             return
         keys[i], keys[j] = keys[j], keys[i]
