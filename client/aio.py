@@ -21,15 +21,17 @@ from . import archive, cache_calls, calls, limits_calls
 from .aio_coalesce import AsyncCoalescer
 from .aio_stream import AsyncSearchStream
 from .calls import Call, CollectionCalls
+from .readers import AsyncReaders, ReaderDown, reader_down
 from .remote import STUBS, backoff, channel_options, engine_error
 
 
 class _AsyncChannel:
     def __init__(self, channel: grpc.aio.Channel, api_key: str | None, timeout: float, retries: int,
-                 search_stream: bool = True, coalesce: bool = True):
+                 search_stream: bool = True, coalesce: bool = True, metadata: tuple = (), reader: bool = False):
         self.channel = channel
         self.stubs = {name: stub(channel) for name, stub in STUBS.items()}
-        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self.metadata = ((("authorization", f"Bearer {api_key}"),) if api_key else ()) + tuple(metadata)
+        self.reader = reader  # a read replica's: a call it cannot answer raises ReaderDown, not retried
         self.timeout, self.retries = timeout, retries
         self.stream = AsyncSearchStream(self.stubs["search"], self.metadata, timeout) if search_stream else None
         self.groups = (AsyncCoalescer(self.stubs["search"], self.metadata, timeout, self._alone)
@@ -69,6 +71,8 @@ class _AsyncChannel:
             try:
                 return call.parse(await method(call.request, timeout=self.timeout, metadata=self.metadata))
             except grpc.aio.AioRpcError as error:
+                if self.reader and reader_down(error):
+                    raise ReaderDown(error.details()) from None
                 if error.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
                     await asyncio.sleep(backoff(attempt))
                     continue
@@ -87,8 +91,9 @@ class _AsyncChannel:
 
 
 class AsyncRemoteCollection:
-    def __init__(self, channel: _AsyncChannel, info):
-        self._run, self._search, self._calls = channel.run, channel.search, CollectionCalls(info)
+    def __init__(self, channel: _AsyncChannel, info, readers: AsyncReaders):
+        self._run, self._calls = channel.run, CollectionCalls(info)
+        self._search, self._search_batch = readers.search, readers.run  # the server's, or a read replica's
         self.name, self.dim, self.metric = info.name, info.dim, info.metric
 
     async def insert(self, ids, vectors, *, tenant: str, payloads: list[dict] | None = None) -> np.ndarray:
@@ -163,7 +168,7 @@ class AsyncRemoteCollection:
 
     async def search_batch(self, queries, k: int = 10, *, tenants: str | Sequence[str] | None = None,
                            filter: dict | None = None, ef: int | None = None) -> SearchResult:
-        return await self._run(self._calls.search_batch(queries, k, tenants, ef, filter))
+        return await self._search_batch(self._calls.search_batch(queries, k, tenants, ef, filter))
 
     async def train(self, sample=None) -> None:
         await self._run(self._calls.train(sample))
@@ -213,16 +218,27 @@ class AsyncRemoteCache:
 
 
 class AsyncRemoteDatabase:
-    def __init__(self, channel: _AsyncChannel):
+    def __init__(self, channel: _AsyncChannel, readers: AsyncReaders | None = None):
         self._channel = channel
         self.cache = AsyncRemoteCache(channel)
+        self._readers = readers or AsyncReaders(channel, None, None)
+
+    def _collection(self, info) -> AsyncRemoteCollection:
+        """A collection from its description, which also names the server's read replicas."""
+        if self._readers.host is not None:
+            self._readers.describe = lambda name=info.name: self._channel.run(calls.describe_collection(name))
+            self._readers.update(info.reader_ports)
+        return AsyncRemoteCollection(self._channel, info, self._readers)
 
     async def create_collection(self, name: str, dim: int, metric: str = "l2", **options) -> AsyncRemoteCollection:
-        info = await self._channel.run(calls.create_collection(name, dim, metric, options))
-        return AsyncRemoteCollection(self._channel, info)
+        return self._collection(await self._channel.run(calls.create_collection(name, dim, metric, options)))
 
     async def collection(self, name: str) -> AsyncRemoteCollection:
-        return AsyncRemoteCollection(self._channel, await self._channel.run(calls.describe_collection(name)))
+        return self._collection(await self._channel.run(calls.describe_collection(name)))
+
+    def reader_ports(self) -> list[int]:
+        """The ports of the server's read replicas this client spreads its searches over."""
+        return self._readers.ports()
 
     async def list_collections(self) -> list[str]:
         return await self._channel.run(calls.list_collections())
@@ -306,6 +322,7 @@ class AsyncRemoteDatabase:
         return await self._channel.run(limits_calls.key_rates(name))
 
     async def close(self) -> None:
+        await self._readers.aclose()
         await self._channel.close()
 
     async def __aenter__(self):
@@ -317,10 +334,18 @@ class AsyncRemoteDatabase:
 
 async def connect(address: str, *, api_key: str | None = None, timeout: float = 30.0, retries: int = 3,
                   root_certificates: bytes | None = None, max_message_bytes: int = 64 << 20,
-                  search_stream: bool = True, coalesce: bool = True) -> AsyncRemoteDatabase:
+                  search_stream: bool = True, coalesce: bool = True, readers: bool = True,
+                  metadata: tuple = ()) -> AsyncRemoteDatabase:
+    """As `curator.connect` (client/remote.py), its options included."""
     options = channel_options(max_message_bytes)
-    if root_certificates is not None:
-        channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options)
-    else:
-        channel = grpc.aio.insecure_channel(address, options)
-    return AsyncRemoteDatabase(_AsyncChannel(channel, api_key, timeout, retries, search_stream, coalesce))
+
+    def open_channel(target: str, **kwargs) -> _AsyncChannel:
+        if root_certificates is not None:
+            channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options)
+        else:
+            channel = grpc.aio.insecure_channel(target, options)
+        return _AsyncChannel(channel, api_key, timeout, retries, search_stream, coalesce, metadata, **kwargs)
+
+    primary = open_channel(address)
+    host = address.rpartition(":")[0] if readers else None
+    return AsyncRemoteDatabase(primary, AsyncReaders(primary, host, lambda target: open_channel(target, reader=True)))

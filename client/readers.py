@@ -10,6 +10,7 @@ the SDK asks for or `REFRESH_SECONDS` after the last, whichever comes first. A r
 applied every write the server acknowledged, so a search there sees the caller's own writes.
 """
 
+import asyncio
 import random
 import threading
 import time
@@ -36,19 +37,21 @@ class Readers:
         self.describe = None  # () -> a CollectionInfo, to look the readers up again
 
     def update(self, ports) -> None:
-        """The server's ready readers are now `ports`."""
+        """The server's ready readers are now `ports` (one set aside after a failure is back)."""
+        for channel in self._replace(ports):
+            channel.close()
+
+    def _replace(self, ports) -> list:
+        """Channels to the readers named, and those to readers no longer named (to close)."""
         ports = sorted(set(ports))
         with self._lock:
             self._refresh_at = time.monotonic() + REFRESH_SECONDS
-            if ports == sorted(self._channels):
-                return
             gone = [self._channels.pop(p) for p in list(self._channels) if p not in ports]
             for port in ports:
                 if port not in self._channels:
                     self._channels[port] = self._open(f"{self.host}:{port}")
             self._targets = [self.primary] + [self._channels[p] for p in ports]
-        for channel in gone:
-            channel.close()
+        return gone
 
     def ports(self) -> list[int]:
         with self._lock:
@@ -110,6 +113,54 @@ class Readers:
             self._targets = [self.primary]
         for channel in channels:
             channel.close()
+
+
+class AsyncReaders(Readers):
+    """The asyncio SDK's: its coroutines share one thread, so each search takes the next process
+    in turn (a reader that fails is set aside the same way)."""
+
+    def update(self, ports) -> None:
+        for channel in self._replace(ports):
+            asyncio.ensure_future(channel.close())  # called from the SDK's coroutines: a loop runs
+
+    def _next(self):
+        targets = self._targets
+        with self._lock:
+            self._turn += 1
+            return targets[self._turn % len(targets)]
+
+    async def _refresh_due(self) -> None:
+        if time.monotonic() <= self._refresh_at or self.describe is None:
+            return
+        self._refresh_at = time.monotonic() + REFRESH_SECONDS
+        try:
+            self.update((await self.describe()).reader_ports)
+        except Exception:  # noqa: BLE001 - keep the readers we know; the next refresh tries again
+            pass
+
+    async def _on_some(self, name: str, call):
+        await self._refresh_due()
+        channel = self._next()
+        if channel is self.primary:
+            return await getattr(channel, name)(call)
+        try:
+            return await getattr(channel, name)(call)
+        except ReaderDown:
+            self._down(channel)
+            return await getattr(self.primary, name)(call)
+
+    async def search(self, call):
+        return await self._on_some("search", call)
+
+    async def run(self, call):
+        return await self._on_some("run", call)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+            self._targets = [self.primary]
+        for channel in channels:
+            await channel.close()
 
 
 def reader_down(error: grpc.RpcError) -> bool:

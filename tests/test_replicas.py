@@ -338,3 +338,34 @@ def test_readers_stop_when_their_primary_is_killed(tmp_path):
         for child in psutil.Process().children(recursive=True):
             if "--replica-of" in " ".join(child.cmdline()):
                 child.kill()
+
+
+def test_the_asyncio_sdk_spreads_searches_and_outlives_a_reader(tmp_path):
+    import asyncio
+
+    from curator_client import aio
+
+    server = CuratorServer(ServerConfig(data=str(tmp_path / "d"), port=0, readers=1)).start()
+    try:
+        ready_ports(server, 1)
+
+        async def run():
+            db = await aio.connect(server.address)
+            col = await db.create_collection("c", DIM)
+            await col.insert(np.arange(100), np.random.default_rng(5).random((100, DIM), np.float32), tenant="a")
+            col = await db.collection("c")
+            assert db.reader_ports() == server.replicas.ready_ports()
+            query = np.full(DIM, 0.5, np.float32)
+            expected = (await col.search(query, 5, tenant="a", ef=100_000)).ids.tolist()
+            answers = await asyncio.gather(*[col.search(query, 5, tenant="a", ef=100_000) for _ in range(20)])
+            assert all(r.ids.tolist() == expected for r in answers)
+            (reader,) = server.replicas._readers
+            os.kill(reader.process.pid, signal.SIGKILL)
+            reader.process.wait()
+            answers = await asyncio.gather(*[col.search(query, 5, tenant="a", ef=100_000) for _ in range(20)])
+            assert all(r.ids.tolist() == expected for r in answers)  # the server answered for the dead reader
+            await db.close()
+
+        asyncio.run(run())
+    finally:
+        server.stop()
