@@ -2,7 +2,7 @@
 and an exact scan, on payload filters correlated and uncorrelated with the vectors, on collections of
 several sizes; and the measurements the planner's constants are derived from.
 
-    python -m benchmarks.filtered [--quick] [--sizes 40000,100000,400000] [--queries 1000] [--rebuild]
+    python -m benchmarks.filtered [--quick] [--sizes 40k,100k,400k] [--queries 1000] [--rebuild]
 
 Data (curator_loadtest/data.py, ``glove_filtered``): for each size n, the first n GloVe 6B 50-d vectors
 (all 400 000 for the largest), cosine, with payloads ``{"u": int, "cluster": "c<k>"}``. ``u`` is uniform
@@ -573,7 +573,7 @@ def main(argv=None):
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached hnswlib and faiss graphs")
     parser.add_argument("--methods", default="curator,hnswlib,faiss,exact")
     args = parser.parse_args(argv)
-    sizes = sorted(int(x) for x in args.sizes.split(",")) if args.sizes else (QUICK_SIZES if args.quick else SIZES)
+    sizes = sorted(_size(x) for x in args.sizes.split(",")) if args.sizes else (QUICK_SIZES if args.quick else SIZES)
     n_queries = args.queries or (200 if args.quick else 1000)
     wanted = set(args.methods.split(","))
     began = time.perf_counter()
@@ -627,6 +627,12 @@ def main(argv=None):
     derived = derive_constants(probes)
     total_s = time.perf_counter() - began
     write_report(args, sizes, n_queries, builds, rows, summary, methods, missing, total_s, version, probes, derived)
+
+
+def _size(text: str) -> int:
+    """A collection size as given to --sizes: 40000, or 40k."""
+    text = text.strip().lower()
+    return int(text[:-1]) * 1000 if text.endswith("k") else int(text)
 
 
 def bench_filter(data, truth, fi, f, col, indexes, began) -> list[dict]:
