@@ -1,9 +1,11 @@
 """Where the blocking SDK's searches go when the server has read replicas (server/replicas.py).
 
 A collection's description names the ports of the server's ready readers (`reader_ports`, on the
-server's own host). Each thread that searches is given one of the processes, the server or a
-reader, in turn (from a random one, so that clients of one thread spread too), and keeps it, so that its stream and its coalesced groups stay on one
-connection; everything but searches goes to the server. A reader that fails a search with
+server's own host). The blocking SDK's coalescer (client/coalesce.py), where the threads' single
+searches gather, opens its streams on the processes in turn, so the groups in flight spread over
+them and stay as large as with one process. Without coalescing, and for search batches, each
+thread is given one of the processes, in turn from a random one (so that clients of one thread
+spread too), and keeps it. Everything but searches goes to the server. A reader that fails a search with
 UNAVAILABLE (dead, or replaced and still catching up) is set aside and the search is made again
 on the server at once; the readers are looked up again, from the next collection description
 the SDK asks for or `REFRESH_SECONDS` after the last, whichever comes first. A ready reader has
@@ -84,9 +86,34 @@ class Readers:
         with self._lock:
             self._targets = [t for t in self._targets if t is not channel]
             self._refresh_at = min(self._refresh_at, time.monotonic() + RETRY_SECONDS)
-        self._local.channel = None
+        if getattr(self._local, "channel", None) is channel:
+            self._local.channel = None
+
+    def spread_groups(self) -> bool:
+        """Let the server's coalescer send groups to the readers (client/coalesce.py); whether it can."""
+        groups = getattr(self.primary, "groups", None)
+        if groups is None:
+            return False
+        groups.spread(self._grpc_targets, self._group_failed)
+        self._coalesced = True
+        return True
+
+    _coalesced = False  # single searches go through the server's coalescer, which spreads them
+
+    def _grpc_targets(self):
+        if time.monotonic() > self._refresh_at and self.describe is not None:
+            self._refresh()
+        return [t.channel for t in self._targets]
+
+    def _group_failed(self, target, error) -> None:
+        if reader_down(error):
+            for channel in self._targets:
+                if channel.channel is target:
+                    self._down(channel)
 
     def search(self, call):
+        if self._coalesced and self.primary.groups.available:
+            return self.primary.search(call)
         channel = self._mine()
         if channel is self.primary:
             return channel.search(call)

@@ -320,4 +320,7 @@ def connect(address: str, *, api_key: str | None = None, timeout: float = 30.0, 
 
     primary = open_channel(address)
     host = address.rpartition(":")[0] if readers else None
-    return RemoteDatabase(primary, Readers(primary, host, lambda target: open_channel(target, reader=True)))
+    spread = Readers(primary, host, lambda target: open_channel(target, reader=True))
+    if host is not None:
+        spread.spread_groups()
+    return RemoteDatabase(primary, spread)
