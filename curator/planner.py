@@ -39,6 +39,14 @@ section (GloVe 50-d, this project's 2-core machine, one query at a time), in-ord
 | 100 000 | 74-102 | 15-20 | 775 | 7 907 | 12-15 (50k rows) | 65 / 101 us |
 | 400 000 | 104-116 | 22-24 | 1 193 | 12 635 | 20 (200k rows) | - |
 
+The walk has since become cheaper for the same visits (branch-free lists of an expansion's
+neighbours, the next candidate's links asked for early: `graph_search.py`): 38-52 ns a visit on
+40k nodes, 49-62 on 100k, 56-69 on 400k, i.e. 8.7 / 11.6 / 13.1 reads, which the benchmark fits as
+hnsw_visit_cost 13.5 with VISIT_SIZE_EXPONENT 0.17. The default hnsw_visit_cost (22, in
+`index.IndexConfig`) and VISIT_SIZE_EXPONENT still price the old walk, over-pricing the graph
+1.5-1.7x; re-set to the fitted values, the model picks the same plan for every filter and ef of
+the benchmark. The two are to be re-set together.
+
 The plan is reported with every answer.
 """
 
