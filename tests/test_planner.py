@@ -187,6 +187,33 @@ def test_a_filter_of_numbers_is_keyed_every_time_and_a_change_of_type_is_seen():
     assert planner.filter_key(nested) != key
 
 
+def test_a_remembered_filter_is_keyed_again_when_a_part_changes_type_but_not_value():
+    """The remembered copy is compared in one ==, each part wrapped to equal only its own type: a
+    dict subclass, a tuple for a list or a flag for a number is not taken for the data it equals."""
+
+    class Sub(dict):
+        pass
+
+    spec = {"u": {"lt": 5}, "lang": {"in": ["en", "fr"]}, "or": [{"u": 1}, {"draft": False}]}
+    key = planner.filter_key(spec)
+    for part, changed in (("u", Sub(lt=5)), ("lang", {"in": ("en", "fr")}), ("or", [{"u": True}, {"draft": False}]),
+                          ("or", [{"u": 1}, {"draft": 0}])):
+        kept = spec[part]
+        spec[part] = changed
+        assert planner.filter_key(spec) is not key  # keyed again (a tuple's key equals its list's)
+        spec[part] = kept
+        assert planner.filter_key(spec) == key
+
+
+def test_the_graphs_beam_is_remembered_by_every_input():
+    a, b = IndexConfig(), IndexConfig(hnsw_ef=48)
+    assert planner.graph_beam(2048, a, 10, 400_000) == a.hnsw_ef
+    assert planner.graph_beam(2048, b, 10, 400_000) == 48
+    assert planner.graph_beam(4096, a, 10, 400_000) == 2 * a.hnsw_ef
+    assert planner.graph_beam(2048, a, 500, 400_000) == 500
+    assert planner.graph_beam(2048, a, 10, 40_000) < a.hnsw_ef
+
+
 def test_a_filter_changed_between_searches_is_searched_as_it_is_now(glove_collection):
     col, _, queries = glove_collection
     where = {"u": {"in": [1]}}
