@@ -369,3 +369,33 @@ def test_the_asyncio_sdk_spreads_searches_and_outlives_a_reader(tmp_path):
         asyncio.run(run())
     finally:
         server.stop()
+
+
+def test_tenant_states_quotas_and_archive_imports_reach_the_readers(served, tmp_path):
+    primary = curator.connect(served.address, readers=False)
+    col = primary.create_collection("states", DIM)
+    rng = np.random.default_rng(6)
+    for tenant in ("a", "b"):
+        col.insert(None, rng.random((30, DIM), np.float32), tenant=tenant)
+    col.offload_tenant("a")
+    col.deactivate_tenant("b")
+    primary.set_quota("q", vectors=5)
+    with pytest.raises(CuratorError):
+        col.insert(None, rng.random((6, DIM), np.float32), tenant="q")  # refused on the primary: sent nowhere
+    col.insert(None, rng.random((5, DIM), np.float32), tenant="q")
+    primary.create_collection("states-copy", DIM)
+    primary.import_tenant(primary.export_tenant("b", collection="states"), tenant="copy", collection="states-copy")
+    readers = [curator.connect(f"127.0.0.1:{port}", readers=False) for port in ready_ports(served, 2)]
+    query = rng.random(DIM, np.float32)
+    for reader in readers:
+        for name, tenants in (("states", ("a", "b", "q")), ("states-copy", ("copy",))):
+            here, there = primary.collection(name), reader.collection(name)
+            for tenant in tenants:
+                assert there.count(tenant=tenant) == here.count(tenant=tenant) > 0
+                assert there.search(query, 5, tenant=tenant, ef=100_000).ids.tolist() == \
+                    here.search(query, 5, tenant=tenant, ef=100_000).ids.tolist()
+            assert there.count() == here.count()
+        reader.close()
+    primary.drop_collection("states")
+    primary.drop_collection("states-copy")
+    primary.close()
