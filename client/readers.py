@@ -114,25 +114,23 @@ class Readers:
     def search(self, call):
         if self._coalesced and self.primary.groups.available:
             return self.primary.search(call)
-        channel = self._mine()
-        if channel is self.primary:
-            return channel.search(call)
-        try:
-            return channel.search(call)
-        except ReaderDown:
-            self._down(channel)
-            return self.primary.search(call)
+        return self._on_mine("search", call)
 
     def run(self, call):
         """A search batch: on this thread's process too."""
+        return self._on_mine("run", call)
+
+    def _on_mine(self, name: str, call):
+        """`channel.search(call)` or `channel.run(call)` on this thread's process; on the server if
+        that is a reader that cannot answer."""
         channel = self._mine()
         if channel is self.primary:
-            return channel.run(call)
+            return getattr(channel, name)(call)
         try:
-            return channel.run(call)
+            return getattr(channel, name)(call)
         except ReaderDown:
             self._down(channel)
-            return self.primary.run(call)
+            return getattr(self.primary, name)(call)
 
     def close(self) -> None:
         with self._lock:
