@@ -198,7 +198,12 @@ def stoppable():
         # 0.5 s, and with a 1 s deadline a busy machine made the fixture fail now and then.
         db = curator.connect(address, timeout=30.0, retries=50, coalesce=False)
         db.list_collections()  # retried until the server is up
-        db.create_collection("c", dim=4).insert(np.arange(10), np.ones((10, 4)), tenant="t")
+        col = db.create_collection("c", dim=4)
+        col.insert(np.arange(10), np.ones((10, 4)), tenant="t")
+        # and its first search may compile the search kernels (numba caches them on disk, but a
+        # changed kernel or a fresh checkout compiles in whichever process searches first): seconds
+        # that the tests' 1 s deadline must not meet (it failed so, three times in a row, once)
+        col.search(np.ones(4), k=3, tenant="t")
         yield address, process
     finally:
         process.kill()
