@@ -178,6 +178,7 @@ class Reader:
                     db.announce_ready()
                     with self._cond:
                         self.state = "ready"
+                    self.replicas.started(self)
                     log.info("%s is ready", self.name)
                     continue
                 write, applied = item
@@ -316,6 +317,9 @@ class Replicas:
 
     def start(self) -> None:
         self.base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for left in self.base.iterdir():  # a primary that was killed leaves its readers' copies: disposable
+            if left.suffix != ".log":
+                shutil.rmtree(left, ignore_errors=True) if left.is_dir() else left.unlink(missing_ok=True)
         for number in range(self.count):
             self._bootstrap(number)
 
@@ -333,12 +337,18 @@ class Replicas:
         are queued for it from that moment."""
         self._incarnations += 1
         directory = self.base / f"{number}-{self._incarnations}"
-        with self._gate.exclusive():
-            if self._stopped:
-                return
-            self.db.snapshot(directory)
-            reader = Reader(self, number, self._incarnations, directory)
-            self._readers.append(reader)
+        try:
+            with self._gate.exclusive():
+                if self._stopped:
+                    return
+                self.db.snapshot(directory)
+                reader = Reader(self, number, self._incarnations, directory)
+                self._readers.append(reader)
+        except Exception as error:  # noqa: BLE001 - the primary serves on; the reader is tried again
+            log.error("reader %s could not start (%s); trying again", number, error)
+            _remove(directory)
+            self._retry(number)
+            return
         reader.start()
 
     def connect(self, port: int, metadata: tuple = ()):
@@ -373,16 +383,24 @@ class Replicas:
             if reader in self._readers:
                 self._readers.remove(reader)
         _remove(reader.directory, log=False)  # its log stays, for whoever asks why it failed
+        self._retry(reader.number)
+
+    def _retry(self, number: int) -> None:
+        """Start reader `number` again after a backoff that doubles while it keeps failing."""
         if self._stopped:
             return
-        failures = self._failures[reader.number] = self._failures.get(reader.number, 0) + 1
+        failures = self._failures[number] = self._failures.get(number, 0) + 1
         delay = min(RESTART_BACKOFF[1], RESTART_BACKOFF[0] * 2 ** (failures - 1))
 
         def later():
             time.sleep(delay)
-            self._bootstrap(reader.number)
+            self._bootstrap(number)
 
-        threading.Thread(target=later, name=f"curator-reader-{reader.number}-restart", daemon=True).start()
+        threading.Thread(target=later, name=f"curator-reader-{number}-restart", daemon=True).start()
+
+    def started(self, reader: Reader) -> None:
+        """A reader is ready: its next failure starts the backoff afresh."""
+        self._failures.pop(reader.number, None)
 
     def stop(self) -> None:
         with self._gate.exclusive():

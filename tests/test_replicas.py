@@ -333,6 +333,12 @@ def test_readers_stop_when_their_primary_is_killed(tmp_path):
         primary.wait()
         gone, alive = psutil.wait_procs(readers, timeout=30)
         assert not alive, "a reader outlived its primary"
+        # started again on the same data, over what the killed one left in <data>-readers
+        server = CuratorServer(ServerConfig(data=str(tmp_path / "d"), port=0, readers=1)).start()
+        try:
+            ready_ports(server, 1)
+        finally:
+            server.stop()
     finally:
         primary.kill()
         for child in psutil.Process().children(recursive=True):
