@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from . import codes as scalar, device, filters, planner
+from . import codes as scalar, device, filters, handoff, planner
 from . import search as kernels
 from .codes import ScalarCodes
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, PermissionDeniedError
@@ -780,7 +780,7 @@ class CuratorIndex:
         t = self._tenant(tenant)
         self._ensure(t)
         ids, dists, usable = kernels.search_one(query, k, ef, int(self.metric), t, *self._scan_arguments(), _ALL,
-                                                self.slot_ids)
+                                                self.slot_ids, handoff.TABLE, handoff.slot())
         if not usable:
             raise InvalidArgumentError(_UNUSABLE)
         return ids, dists

@@ -26,6 +26,7 @@ vectors, also one compiled call."""
 import numba
 import numpy as np
 
+from . import handoff
 from .distance import COSINE, L2, distance_row, dot_row, l2_row
 from .heaps import sift_down_max
 from .metric import MAX_SQUARED_NORM, MIN_COSINE_NORM
@@ -247,10 +248,14 @@ def prepare_query(q, metric):
 @numba.njit(cache=True, nogil=True)
 def search_one(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlist_node,
                centroids, mem_data, mem_start, mem_size, vectors, inv_norm, codes, code_lo, code_step, tenant_count,
-               allowed, slot_ids):
-    """One query, end to end: (ids, distances) best first, or empty arrays and False if q is unusable."""
+               allowed, slot_ids, turns, me):
+    """One query, end to end: (ids, distances) best first, or empty arrays and False if q is unusable.
+    `turns`, `me`: the threads' table and the caller's slot in it (handoff.py): before it returns
+    it may wait, briefly, for another searching thread to let go of the GIL."""
+    handoff.enter(turns, me)
     prepared, usable = prepare_query(q, metric)
     if not usable:
+        handoff.leave(turns, me)
         return np.empty(0, np.int64), np.empty(0, np.float32), False
     slots = np.empty(k, np.int64)
     dists = np.empty(k, np.float32)
@@ -260,7 +265,9 @@ def search_one(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, shortlis
     ids = np.empty(found, np.int64)
     for i in range(found):
         ids[i] = slot_ids[slots[i]]
-    return ids, dists[:found].copy(), True
+    out = dists[:found].copy()
+    handoff.leave(turns, me)
+    return ids, out, True
 
 
 @numba.njit(cache=True, nogil=True)

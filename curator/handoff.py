@@ -1,0 +1,211 @@
+"""Searching threads hand the GIL to each other without sleeping.
+
+A single-query search releases the GIL for its compiled scan (~20 us on GloVe x WordNet) and
+holds it for ~6 us of Python and argument handling around it. Two threads searching side by side
+overlap well, except when one comes out of its scan while the other is in its Python part: it
+then sleeps in CPython's `take_gil` until the other releases the GIL, and on this VM (idle vCPUs
+halt at once) waking a sleeping thread costs tens of microseconds, more than a search. That
+happened to ~13% of searches (perf: 23k extra context switches a 182k-search run), and it is
+what held two threads to ~1.5x one thread's searches.
+
+So before a search's compiled call returns (still without the GIL), it looks at the other
+searching threads (a slot each, in one small table per process): one that left its own compiled
+call moments ago and has not entered the next is holding the GIL, or about to; the search waits
+for it, spinning (a few microseconds: that thread's Python part), until it enters its next
+compiled call, which means it has just released the GIL. Then the search takes a free GIL. Its
+own Python then runs while the other thread scans, and the two threads fall into step.
+
+What bounds the spinning: a wait ends `LIMIT_US` after the other thread left its compiled call
+(a thread that stopped searching, or went off to do other Python, is not waited for long); at
+most `os.cpu_count() - 1` threads spin at once (one core stays for the GIL's holder); and a
+thread whose wait ran to its limit does not wait again for its next `BACKOFF` searches (doubling
+while waits keep failing: a server thread whose neighbours go on to do gRPC work after each
+search stops waiting). The table is advice, read and written without locks: a stale or shared
+slot can only make a search wait for nothing (at most the limit) or not wait; results never
+depend on it.
+
+Measured (GloVe x WordNet, default ef, 2 s windows alternating with the limit at 0, rounds with
+other processes idle): two threads made 1.49-1.54x one thread's searches without waiting and
+1.66-1.86x with a 15 us limit; about a quarter of searches waited, 3-4 us on average, and 98-99%
+of waits ended with the other thread in its call. A 40 us limit reached 1.80-1.82x in most rounds
+but fell to 0.95x in one. What is left: the Python part of a search takes ~2x as long when the
+two threads take turns on two cores as on one (its objects' cache lines move between the cores
+at every turn), 9 + 8 us against 4 + 3 us.
+
+Must never: hold or take any lock; wait without a bound; be used where the GIL is held (it
+would only burn the time the GIL's holder needs). search.py's kernels are cached with these
+functions compiled in: after changing this file, remove curator/__pycache__/search.*.nb[ic]."""
+
+import itertools
+import os
+import platform
+import threading
+import time
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+SLOTS = 16  # threads beyond this share slots: only the advice gets worse
+LIMIT_US = 15.0  # ~2.5x the Python part of a search (embedded.py + index.py + argument handling)
+BACKOFF = 16  # searches without waiting after a wait that ran to its limit (doubling, up to 1024)
+MAX_BACKOFF = 1024
+
+# The table: a row per slot, and a last row of settings.
+LEFT, ENTERED, SPINNING, SKIP, MISSES, WAITS, CAUGHT, WAITED = range(8)  # columns of a slot's row
+LIMIT, SPINNERS, USED, RATE = range(4)  # the settings row: the limit in ticks, threads that may spin at
+# once, slots handed out, the counter's ticks a millisecond
+
+
+@intrinsic
+def cycles(typingctx):
+    """The CPU's cycle counter (x86: rdtsc, invariant on this machine's CPUs)."""
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
+                                            "llvm.readcyclecounter")
+        return builder.call(fn, [])
+    return types.int64(), codegen
+
+
+def _cell(context, builder, signature, args):
+    table_type = signature.args[0]
+    table = context.make_array(table_type)(context, builder, args[0])
+    row = context.cast(builder, args[1], signature.args[1], types.intp)
+    column = context.cast(builder, args[2], signature.args[2], types.intp)
+    return cgutils.get_item_pointer(context, builder, table_type, table, [row, column], wraparound=False)
+
+
+@intrinsic
+def load(typingctx, table, row, column):
+    """table[row, column] read from memory every time (an atomic load: never hoisted out of a loop)."""
+    def codegen(context, builder, signature, args):
+        return builder.load_atomic(_cell(context, builder, signature, args), "acquire", 8)
+    return types.int64(table, row, column), codegen
+
+
+@intrinsic
+def store(typingctx, table, row, column, value):
+    """table[row, column] = value, seen by other threads' `load`s."""
+    def codegen(context, builder, signature, args):
+        value = context.cast(builder, args[3], signature.args[3], types.int64)
+        builder.store_atomic(value, _cell(context, builder, signature, args), "release", 8)
+        return context.get_dummy_value()
+    return types.void(table, row, column, value), codegen
+
+
+@intrinsic
+def pause(typingctx):
+    """A spin-wait hint (x86 `pause`); nothing elsewhere."""
+    def codegen(context, builder, signature, args):
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def enter(table, me):
+    """Slot `me` starts a compiled call: its thread has just released the GIL."""
+    store(table, me, ENTERED, cycles())
+
+
+@numba.njit(cache=True, nogil=True)
+def leave(table, me):
+    """Slot `me` ends a compiled call: first wait (bounded) for a thread holding the GIL in its
+    Python part to enter its own compiled call. Returns the cycles spent waiting."""
+    started = cycles()
+    settings = table.shape[0] - 1
+    waited = 0
+    skip = load(table, me, SKIP)
+    if skip > 0:
+        store(table, me, SKIP, skip - 1)
+    elif load(table, settings, LIMIT) > 0:
+        limit = load(table, settings, LIMIT)
+        used = load(table, settings, USED)
+        spinning, other, entered = 0, -1, 0
+        for j in range(used):
+            if j == me:
+                continue
+            spinning += load(table, j, SPINNING)
+            left = load(table, j, LEFT)
+            if other < 0 and left > load(table, j, ENTERED) and started - left < limit:
+                other, entered = j, load(table, j, ENTERED)  # out of its compiled call, lately
+        if other >= 0 and spinning < load(table, settings, SPINNERS):
+            left = load(table, other, LEFT)
+            store(table, me, SPINNING, 1)
+            now = cycles()
+            while load(table, other, ENTERED) == entered and now - left < limit and now - started < limit:
+                pause()
+                now = cycles()
+            store(table, me, SPINNING, 0)
+            waited = now - started
+            misses = load(table, me, MISSES)
+            store(table, me, WAITS, load(table, me, WAITS) + 1)
+            store(table, me, WAITED, load(table, me, WAITED) + waited)
+            if load(table, other, ENTERED) == entered:  # ran to its limit: leave the next searches be
+                misses = min(max(2 * misses, BACKOFF), MAX_BACKOFF)
+                store(table, me, SKIP, misses)
+            else:
+                store(table, me, CAUGHT, load(table, me, CAUGHT) + 1)
+                misses = 0
+            store(table, me, MISSES, misses)
+    store(table, me, LEFT, cycles())
+    return waited
+
+
+@numba.njit(cache=True)
+def _read_cycles():
+    return cycles()
+
+
+def _ticks_per_us() -> float:
+    """The cycle counter's rate, against the clock over ~2 ms (0 where there is no counter)."""
+    c0, t0 = _read_cycles(), time.perf_counter_ns()
+    while time.perf_counter_ns() - t0 < 2_000_000:
+        pass
+    c1, t1 = _read_cycles(), time.perf_counter_ns()
+    return max(c1 - c0, 0) * 1000.0 / (t1 - t0)
+
+
+def table(limit_us: float = LIMIT_US, spinners: int | None = None) -> np.ndarray:
+    """A new table (the process's is `TABLE`); limit_us 0 turns waiting off."""
+    out = np.zeros((SLOTS + 1, 8), np.int64)
+    rate = _ticks_per_us()
+    out[SLOTS, LIMIT] = int(limit_us * rate)
+    out[SLOTS, RATE] = int(rate * 1000)
+    out[SLOTS, SPINNERS] = max((os.cpu_count() or 1) - 1, 0) if spinners is None else spinners
+    return out
+
+
+TABLE = table()
+_slots = itertools.count()
+_local = threading.local()
+
+
+def counts(of: np.ndarray | None = None) -> dict:
+    """What the table's threads did so far: waits, waits that ended with the other thread in its
+    compiled call (caught), and the mean wait in microseconds."""
+    of = TABLE if of is None else of
+    waits, caught, waited = (int(of[:-1, c].sum()) for c in (WAITS, CAUGHT, WAITED))
+    rate = max(of[-1, RATE], 1) / 1000
+    return {"waits": waits, "caught": caught, "mean_wait_us": waited / waits / rate if waits else 0.0}
+
+
+def reset_counts(of: np.ndarray | None = None) -> None:
+    of = TABLE if of is None else of
+    of[:-1, WAITS:] = 0
+
+
+def slot() -> int:
+    """The calling thread's slot in the table."""
+    try:
+        return _local.slot
+    except AttributeError:
+        _local.slot = n = next(_slots) % SLOTS
+        TABLE[SLOTS, USED] = max(TABLE[SLOTS, USED], n + 1)
+        return n
