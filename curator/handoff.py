@@ -24,13 +24,19 @@ search stops waiting). The table is advice, read and written without locks: a st
 slot can only make a search wait for nothing (at most the limit) or not wait; results never
 depend on it.
 
-Measured (GloVe x WordNet, default ef, 2 s windows alternating with the limit at 0, rounds with
-other processes idle): two threads made 1.49-1.54x one thread's searches without waiting and
-1.66-1.86x with a 15 us limit; about a quarter of searches waited, 3-4 us on average, and 98-99%
-of waits ended with the other thread in its call. A 40 us limit reached 1.80-1.82x in most rounds
-but fell to 0.95x in one. What is left: the Python part of a search takes ~2x as long when the
-two threads take turns on two cores as on one (its objects' cache lines move between the cores
-at every turn), 9 + 8 us against 4 + 3 us.
+A thread can also be out of its compiled call and not yet holding the GIL: asleep in `take_gil`,
+woken but not yet running. Left alone, the thread coming out of its scan takes the free GIL
+before it (it barges) and the sleeper goes back to sleep, again and again: the two threads then
+made fewer searches than one (29k and 35k/s against 33k in two of three 10 s rounds). So a
+thread that has not said it holds the GIL again (`HELD`, set by the caller in Python after the
+call) is waited for up to `WAKE_US`, and its Python part then up to `LIMIT_US`.
+
+Measured (benchmarks/capacity.py --only embedded, GloVe x WordNet, default ef, three 10 s rounds,
+other processes idle): two threads made 1.70x one thread's searches (median rounds: 55,151 against
+32,523/s; round by round 1.91x, 1.54x, 1.80x), against 1.46-1.52x without waiting; 24-34% of searches waited, 3.6-5.0 us on
+average. What is left: the Python part of a search takes ~2x as long when the two threads take
+turns on two cores as on one (its objects' cache lines move between the cores at every turn):
+in one run 9 + 8 us against 4 + 3 us.
 
 Must never: hold or take any lock; wait without a bound; be used where the GIL is held (it
 would only burn the time the GIL's holder needs). search.py's kernels are cached with these
@@ -51,13 +57,14 @@ from numba.extending import intrinsic
 
 SLOTS = 16  # threads beyond this share slots: only the advice gets worse
 LIMIT_US = 15.0  # ~2.5x the Python part of a search (embedded.py + index.py + argument handling)
+WAKE_US = 150.0  # a thread woken to take the GIL takes tens of us to run on this VM
 BACKOFF = 16  # searches without waiting after a wait that ran to its limit (doubling, up to 1024)
 MAX_BACKOFF = 1024
 
 # The table: a row per slot, and a last row of settings.
-LEFT, ENTERED, SPINNING, SKIP, MISSES, WAITS, CAUGHT, WAITED = range(8)  # columns of a slot's row
-LIMIT, SPINNERS, USED, RATE = range(4)  # the settings row: the limit in ticks, threads that may spin at
-# once, slots handed out, the counter's ticks a millisecond
+LEFT, ENTERED, SPINNING, SKIP, MISSES, WAITS, CAUGHT, WAITED, HELD = range(9)  # columns of a slot's row
+LIMIT, SPINNERS, USED, RATE, WAKE = range(5)  # the settings row: the limit in ticks, threads that may spin
+# at once, slots handed out, the counter's ticks a millisecond, the wake limit in ticks
 
 
 @intrinsic
@@ -111,13 +118,15 @@ def pause(typingctx):
 @numba.njit(cache=True, nogil=True, inline="always")
 def enter(table, me):
     """Slot `me` starts a compiled call: its thread has just released the GIL."""
+    store(table, me, HELD, 0)
     store(table, me, ENTERED, cycles())
 
 
 @numba.njit(cache=True, nogil=True)
 def leave(table, me):
-    """Slot `me` ends a compiled call: first wait (bounded) for a thread holding the GIL in its
-    Python part to enter its own compiled call. Returns the cycles spent waiting."""
+    """Slot `me` ends a compiled call: first wait (bounded) for a thread out of its own compiled
+    call, still waking up to take the GIL or holding it in its Python part, to enter its next
+    compiled call. Returns the cycles spent waiting."""
     started = cycles()
     settings = table.shape[0] - 1
     waited = 0
@@ -126,6 +135,7 @@ def leave(table, me):
         store(table, me, SKIP, skip - 1)
     elif load(table, settings, LIMIT) > 0:
         limit = load(table, settings, LIMIT)
+        wake = load(table, settings, WAKE)
         used = load(table, settings, USED)
         spinning, other, entered = 0, -1, 0
         for j in range(used):
@@ -133,13 +143,18 @@ def leave(table, me):
                 continue
             spinning += load(table, j, SPINNING)
             left = load(table, j, LEFT)
-            if other < 0 and left > load(table, j, ENTERED) and started - left < limit:
-                other, entered = j, load(table, j, ENTERED)  # out of its compiled call, lately
+            if other < 0 and left > load(table, j, ENTERED) and (started - left < limit or load(table, j, HELD) == 0):
+                other, entered = j, load(table, j, ENTERED)  # out of its compiled call: lately, or not yet back
         if other >= 0 and spinning < load(table, settings, SPINNERS):
-            left = load(table, other, LEFT)
+            # Its Python part is timed from its leaving if it holds the GIL already, else from when it is seen to.
+            since = load(table, other, LEFT) if load(table, other, HELD) else 0
             store(table, me, SPINNING, 1)
             now = cycles()
-            while load(table, other, ENTERED) == entered and now - left < limit and now - started < limit:
+            while load(table, other, ENTERED) == entered:
+                if since == 0 and load(table, other, HELD):
+                    since = now
+                if (since == 0 and now - started >= wake) or (since > 0 and now - since >= limit):
+                    break
                 pause()
                 now = cycles()
             store(table, me, SPINNING, 0)
@@ -172,11 +187,12 @@ def _ticks_per_us() -> float:
     return max(c1 - c0, 0) * 1000.0 / (t1 - t0)
 
 
-def table(limit_us: float = LIMIT_US, spinners: int | None = None) -> np.ndarray:
+def table(limit_us: float = LIMIT_US, spinners: int | None = None, wake_us: float = WAKE_US) -> np.ndarray:
     """A new table (the process's is `TABLE`); limit_us 0 turns waiting off."""
-    out = np.zeros((SLOTS + 1, 8), np.int64)
+    out = np.zeros((SLOTS + 1, 9), np.int64)
     rate = _ticks_per_us()
     out[SLOTS, LIMIT] = int(limit_us * rate)
+    out[SLOTS, WAKE] = int(wake_us * rate)
     out[SLOTS, RATE] = int(rate * 1000)
     out[SLOTS, SPINNERS] = max((os.cpu_count() or 1) - 1, 0) if spinners is None else spinners
     return out
@@ -198,7 +214,7 @@ def counts(of: np.ndarray | None = None) -> dict:
 
 def reset_counts(of: np.ndarray | None = None) -> None:
     of = TABLE if of is None else of
-    of[:-1, WAITS:] = 0
+    of[:-1, WAITS:HELD] = 0
 
 
 def slot() -> int:

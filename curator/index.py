@@ -779,8 +779,10 @@ class CuratorIndex:
         the short path, one compiled call."""
         t = self._tenant(tenant)
         self._ensure(t)
+        me = handoff.slot()
         ids, dists, usable = kernels.search_one(query, k, ef, int(self.metric), t, *self._scan_arguments(), _ALL,
-                                                self.slot_ids, handoff.TABLE, handoff.slot())
+                                                self.slot_ids, handoff.TABLE, me)
+        handoff.TABLE[me, handoff.HELD] = 1  # back, holding the GIL (handoff.py)
         if not usable:
             raise InvalidArgumentError(_UNUSABLE)
         return ids, dists

@@ -13,8 +13,8 @@ from curator import handoff as H
 MINUTE_US = 60e6  # a limit no test reaches: those waits end when the other slot enters its call
 
 
-def a_table(limit_us: float, spinners: int = 1, used: int = 2) -> np.ndarray:
-    table = H.table(limit_us, spinners)
+def a_table(limit_us: float, spinners: int = 1, used: int = 2, wake_us: float = H.WAKE_US) -> np.ndarray:
+    table = H.table(limit_us, spinners, wake_us)
     table[H.SLOTS, H.USED] = used
     return table
 
@@ -22,7 +22,7 @@ def a_table(limit_us: float, spinners: int = 1, used: int = 2) -> np.ndarray:
 def just_left(table, slot: int) -> None:
     """Slot `slot` came out of a compiled call a moment ago (its thread holds the GIL, as it were)."""
     now = H._read_cycles()
-    table[slot, H.ENTERED], table[slot, H.LEFT] = now - 1, now
+    table[slot, H.ENTERED], table[slot, H.LEFT], table[slot, H.HELD] = now - 1, now, 1
 
 
 def waiting(table, slot: int) -> tuple[threading.Thread, list]:
@@ -54,6 +54,22 @@ def test_a_thread_just_out_of_its_call_is_waited_for_until_it_enters_the_next():
     assert waited[0] > 0 and table[0, H.SPINNING] == 0
     assert H.counts(table)["waits"] == 1 and H.counts(table)["caught"] == 1
     assert table[0, H.SKIP] == 0 and table[0, H.MISSES] == 0
+
+
+def test_a_thread_still_waking_to_take_the_gil_is_waited_for_however_long_it_has_been_out():
+    table = a_table(1.0, wake_us=MINUTE_US)  # 1 us: were it holding the GIL, its Python part would be over
+    now = H._read_cycles()
+    table[1, H.ENTERED], table[1, H.LEFT] = now - 10**9, now - 10**9 + 1  # out for ~0.4 s, not back yet
+    thread, waited = waiting(table, 0)
+    table[1, H.HELD] = 1  # it has the GIL now: its Python part (1 us) is waited for from here
+    thread.join()
+    assert waited[0] > 0 and H.counts(table)["caught"] == 0 and table[0, H.SKIP] == H.BACKOFF
+    table = a_table(1.0, wake_us=MINUTE_US)
+    table[1, H.ENTERED], table[1, H.LEFT] = now - 10**9, now - 10**9 + 1
+    thread, waited = waiting(table, 0)
+    H.enter(table, 1)
+    thread.join()
+    assert H.counts(table)["caught"] == 1
 
 
 def test_a_wait_that_runs_to_its_limit_leaves_the_next_searches_be():
