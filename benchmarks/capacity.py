@@ -1,6 +1,7 @@
 """How many searches one collection serves, embedded and over gRPC, and what each costs the server.
 
-    python -m benchmarks.capacity [--quick] [--threads N] [--compare PATH] [--rounds R] [--seconds S]
+    python -m benchmarks.capacity [--quick] [--only embedded] [--threads N] [--compare PATH] [--rounds R]
+                                  [--seconds S]
 
 GloVe x WordNet (curator_loadtest/data.py), k=10, default ef. Every caller runs a closed loop (its next
 search when the last returns) over its own stream of the data's queries, query i as its tenant
@@ -18,6 +19,8 @@ search when the last returns) over its own stream of the data's queries, query i
   bound: server CPU per search <= the floor's per message (1 thread) + 1.2 x the engine time.
 - --compare PATH: the served windows again with server and clients run from the checkout at PATH
   (benchmarks/checkout.py), alternating with this checkout window by window; ratios this / that.
+- --only embedded: the embedded windows alone (no server, no floor): a minute where the whole run
+  takes many; written to capacity_embedded.* so that the full run's results stay.
 Each round runs every window once, in turns, so that the machine's mood is shared; each figure is
 the median round's (by searches/s). Writes benchmarks/results/capacity.md and capacity.json
 (capacity_quick.* with --quick: a smoke run, not a measurement).
@@ -35,6 +38,7 @@ import grpc
 import numpy as np
 
 import curator
+from curator import handoff
 from curator_loadtest import data as D
 from curator_loadtest.server import ManagedServer
 
@@ -80,11 +84,25 @@ def summary(latencies: np.ndarray, seconds: float, failures: Counter) -> dict:
     return out
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all the machine's cores have been busy so far (/proc/stat: user to softirq)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def embedded_window(search, n: int, threads: int, seconds: float) -> dict:
+    """Also: the searches that waited for another thread to let go of the GIL (curator/handoff.py)
+    and the CPU other processes used meanwhile (other engineers' work shares the cores)."""
     start = time.monotonic() + 0.1
+    handoff.reset_counts()
+    busy, own = machine_busy_seconds(), cpu_seconds(os.getpid())
     with blas_threads(1):
         latencies, failures = closed_loop(search, n, threads, start, start + seconds, warm=WARM)
-    return summary(latencies, seconds, failures)
+    other = (machine_busy_seconds() - busy) - (cpu_seconds(os.getpid()) - own)
+    waits = handoff.counts()
+    return {**summary(latencies, seconds, failures), "waited": waits["waits"] / max(latencies.size, 1),
+            "mean_wait_us": waits["mean_wait_us"], "other_cpu_s": max(other, 0.0)}
 
 
 def served_window(clients: list[workers.Worker], server_pid: int, address: str, threads: int,
@@ -135,9 +153,18 @@ def measure(args, data_params: dict, checkouts: list[Checkout]) -> dict:
                  f"{n:,} queries)")
     settle = 1.0 if args.quick else 2.0
     runs: dict[str, list[dict]] = {}
+    served = args.only != "embedded"
     with contextlib.ExitStack() as stack:
         local = curator.open(":memory:")
         search = D.searcher(D.create_loaded(local, data), data)
+        if not served:
+            for r in range(args.rounds):
+                for threads in range(1, args.threads + 1):
+                    runs.setdefault(f"embedded/{threads}", []).append(
+                        embedded_window(search, n, threads, args.seconds))
+                print(f"round {r + 1}/{args.rounds} done", flush=True)
+            return {"data": described, "figures": {key: median_round(v) for key, v in runs.items()}, "rounds": runs,
+                    "load_seconds": {}}
         floor_address = f"127.0.0.1:{free_port()}"
         floor_server = floor.start("grpc", int(floor_address.split(":")[1]))
         stack.callback(lambda: (floor_server.terminate(), floor_server.wait(60)))
@@ -172,13 +199,15 @@ def checks(figures: dict, checkouts: list[Checkout], threads: int) -> list[dict]
     """The issue's targets that this run can judge."""
     new = checkouts[0].label
     one = figures["embedded/1"]
-    engine_us = one["mean_us"]
-    floor_us = figures[f"floor/{label(1, 1)}"]["server_cpu_us"]
-    bound = floor_us + 1.2 * engine_us
     out = []
     if threads >= 2:
         x = figures["embedded/2"]["searches_per_s"] / one["searches_per_s"]
         out.append({"check": "embedded, 2 threads / 1 thread", "value": x, "target": ">= 1.8", "ok": x >= 1.8})
+    if f"floor/{label(1, 1)}" not in figures:  # embedded windows only
+        return out
+    engine_us = one["mean_us"]
+    floor_us = figures[f"floor/{label(1, 1)}"]["server_cpu_us"]
+    bound = floor_us + 1.2 * engine_us
     for p, t in SERVED:
         us = figures[f"{new}/{label(p, t)}"]["server_cpu_us"]
         out.append({"check": f"server CPU per search, {label(p, t)} (us)", "value": us,
@@ -216,15 +245,20 @@ def report(results: dict, checkouts: list[Checkout], args) -> str:
              "## Embedded, one collection", "",
              markdown_table(embedded, [("what", "threads", ""), ("searches_per_s", "searches/s", ",.0f"),
                                        ("x", "x 1 thread", ".2f"), ("p50_ms", "p50 ms", ".3f"),
-                                       ("p99_ms", "p99 ms", ".3f"), ("mean_us", "mean us", ".1f")]), "",
-             f"Engine time per search (1 thread, mean): {figures['embedded/1']['mean_us']:.1f} us.", ""]
-    for c in checkouts:
+                                       ("p99_ms", "p99 ms", ".3f"), ("mean_us", "mean us", ".1f"),
+                                       ("waited", "waited for the GIL's holder", ".2f"),
+                                       ("mean_wait_us", "mean wait us", ".1f"),
+                                       ("other_cpu_s", "other processes' CPU s", ".2f")]), "",
+             f"Engine time per search (1 thread, mean): {figures['embedded/1']['mean_us']:.1f} us. \"Waited\": "
+             "the share of searches whose compiled call, before returning, waited for another searching "
+             "thread to let go of the GIL (curator/handoff.py), and their mean wait.", ""]
+    for c in checkouts if args.only != "embedded" else []:
         lines += [f"## Served: {title(results['checkouts'][c.label])}", "",
                   markdown_table(rows(c.label, SERVED), SERVED_COLUMNS), ""]
-    lines += ["## The floor: benchmarks/floor.py's no-op SearchStream server, same clients", "",
+    lines += [] if args.only == "embedded" else ["## The floor: benchmarks/floor.py's no-op SearchStream server, same clients", "",
               markdown_table(rows("floor", FLOOR), SERVED_COLUMNS).replace("searches", "messages").replace(
                   "search", "message"), ""]
-    if len(checkouts) > 1:
+    if len(checkouts) > 1 and args.only != "embedded":
         new, old = (c.label for c in checkouts)
         ratio = []
         for p, t in SERVED:
@@ -244,6 +278,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.capacity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="~5k vectors, 1 s windows, 1 round: a smoke run")
     parser.add_argument("--threads", type=int, default=2, help="embedded: 1..N threads (default 2)")
+    parser.add_argument("--only", choices=["embedded"], help="run these windows alone")
     parser.add_argument("--compare", metavar="PATH", help="another checkout, served the same way in turns")
     parser.add_argument("--rounds", type=int, default=None, help="default 3 (quick: 1)")
     parser.add_argument("--seconds", type=float, default=None, help="a window (default 10; quick: 1)")
@@ -261,7 +296,8 @@ def main(argv=None) -> None:
                    seconds=args.seconds, run_seconds=time.monotonic() - started,
                    checkouts={c.label: c.describe() for c in checkouts})
     results["checks"] = checks(results["figures"], checkouts, args.threads)
-    write_results(RESULTS, "capacity_quick" if args.quick else "capacity", results, report(results, checkouts, args))
+    name = "capacity" + ("_embedded" if args.only == "embedded" else "") + ("_quick" if args.quick else "")
+    write_results(RESULTS, name, results, report(results, checkouts, args))
 
 
 if __name__ == "__main__":
