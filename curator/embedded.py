@@ -358,6 +358,16 @@ class EmbeddedCollection(Collection):
     def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
                ef: int | None = None) -> SearchResult:
         query, k, ef = self._search_arguments(query, k, tenant, ef)
+        if filter is None and tenant is not None:  # a tenant's search: the short path, one compiled call
+            lock = self._lock
+            lock.acquire_shared()
+            try:
+                return SearchResult(*self.index.search_one(query, k, tenant, ef), "tree")
+            except ExclusiveNeeded:
+                pass
+            finally:
+                lock.release_shared()
+            return self._alone(lambda: SearchResult(*self.index.search_planned(query, k, tenant, filter, ef)))
         found = self._search_shared(query, k, tenant, filter, ef, True)
         if found is None:  # it must build something (or wake its tenant) first: alone
             found = self._alone(lambda: SearchResult(*self.index.search_planned(query, k, tenant, filter, ef)))
@@ -395,7 +405,9 @@ class EmbeddedCollection(Collection):
             query = query[0]
         if tenant is not None and type(tenant) is not str:
             validate.name(tenant, "tenant")
-        return query, validate.k(k), validate.ef(ef, self.index.config.ef)
+        if not (type(k) is int and 1 <= k <= validate.MAX_K):  # the common case without a call
+            k = validate.k(k)
+        return query, k, self.index.config.ef if ef is None else validate.ef(ef, self.index.config.ef)
 
     # A batch is searched in chunks, each under the lock on its own, so that a large batch does not
     # hold writers (and the readers queued behind a waiting writer) for its whole length.
