@@ -32,38 +32,10 @@ every node is allowed.
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
 from .distance import COSINE, L2, distance_row
 from .heaps import push_max, push_min, sift_down_max, sift_down_min
-from .prefetch import prefetch_row
-
-
-@intrinsic
-def _prefetch_at(typingctx, array, index):
-    """Hint that array[index:index + 16] of a 1-d int32 array (a node's links) will be read soon."""
-    if not isinstance(array, types.Array) or array.ndim != 1 or not isinstance(index, types.Integer):
-        return None
-    sig = types.void(array, index)
-
-    def codegen(context, builder, signature, args):
-        array_type = signature.args[0]
-        arr = context.make_array(array_type)(context, builder, args[0])
-        i = context.cast(builder, args[1], signature.args[1], types.intp)
-        start = cgutils.get_item_pointer(context, builder, array_type, arr, [i], wraparound=False)
-        bytes_ptr = builder.bitcast(start, ir.IntType(8).as_pointer())
-        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()] + [ir.IntType(32)] * 3)
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        for line in range(4):
-            address = builder.gep(bytes_ptr, [context.get_constant(types.intp, line * 64)])
-            builder.call(fn, [address, ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 3),
-                              ir.Constant(ir.IntType(32), 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
+from .prefetch import prefetch_at, prefetch_row
 
 
 @numba.njit(cache=True, inline="always")
@@ -158,7 +130,7 @@ def search(q, k, ef, metric, vectors, neighbors, offsets, cum, entry, max_level,
         cand_d[0], cand_n[0] = cand_d[n_cand], cand_n[n_cand]
         sift_down_min(cand_d, cand_n, n_cand, 0)
         if n_cand > 0:  # the next to expand, unless this one's neighbours bring a nearer one
-            _prefetch_at(neighbors, offsets[cand_n[0]])
+            prefetch_at(neighbors, offsets[cand_n[0]])
         begin = offsets[near]
         n_new = 0
         for p in range(begin, begin + degree):  # the unvisited neighbours, marked; no branch on the mark

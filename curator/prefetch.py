@@ -1,4 +1,4 @@
-"""A compiled hint to the CPU to start loading a matrix row before it is needed.
+"""Compiled hints to the CPU to start loading a matrix row (or a graph node's links) before it is needed.
 
 Scanning shortlists reads vector rows scattered over a large matrix: the loads, not the
 arithmetic, set the pace. Asking for row i+d while computing row i hides most of that latency.
@@ -26,8 +26,6 @@ def prefetch_row(typingctx, matrix, row):
         row_index = context.cast(builder, args[1], signature.args[1], types.intp)
         start = cgutils.get_item_pointer(context, builder, array_type, array, [row_index, zero], wraparound=False)
         bytes_ptr = builder.bitcast(start, ir.IntType(8).as_pointer())
-        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()] + [ir.IntType(32)] * 3)
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
         itemsize = context.get_abi_sizeof(context.get_data_type(array_type.dtype))
         n_cols = builder.extract_value(array.shape, 1)
         size = builder.mul(n_cols, context.get_constant(types.intp, itemsize))
@@ -35,9 +33,38 @@ def prefetch_row(typingctx, matrix, row):
         for line in range(16):
             offset = context.get_constant(types.intp, line * _LINE)
             with builder.if_then(builder.icmp_signed("<", offset, size)):
-                address = builder.gep(bytes_ptr, [offset])
-                builder.call(fn, [address, ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 3),
-                                  ir.Constant(ir.IntType(32), 1)])
+                _hint(context, builder, bytes_ptr, line)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def prefetch_at(typingctx, array, index):
+    """Hint that array[index:index + 16] of a 1-d int32 array (a graph node's links: four cache
+    lines) will be read soon."""
+    if not isinstance(array, types.Array) or array.ndim != 1 or not isinstance(index, types.Integer):
+        return None
+    sig = types.void(array, index)
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        i = context.cast(builder, args[1], signature.args[1], types.intp)
+        start = cgutils.get_item_pointer(context, builder, array_type, array, [i], wraparound=False)
+        bytes_ptr = builder.bitcast(start, ir.IntType(8).as_pointer())
+        for line in range(4):
+            _hint(context, builder, bytes_ptr, line)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _hint(context, builder, bytes_ptr, line: int) -> None:
+    """(In an intrinsic's codegen.) llvm.prefetch of the cache line `line` lines past `bytes_ptr`:
+    a read, kept in every cache level."""
+    fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()] + [ir.IntType(32)] * 3)
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+    address = builder.gep(bytes_ptr, [context.get_constant(types.intp, line * _LINE)])
+    builder.call(fn, [address, ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 3),
+                      ir.Constant(ir.IntType(32), 1)])
