@@ -342,10 +342,16 @@ def test_device_exact_topk_is_brute_force_on_the_cpu(metric):
 
 @pytest.mark.parametrize("row_bytes, plan", [(4, "exact"), (200, "graph")])
 def test_the_planner_counts_rows_gathered_anew_for_each_query(row_bytes, plan):
-    """200k allowed of 400k, a wide beam: kept rows (800 KB) scan cheaper than the walk; rows too
-    large to keep (40 MB, gathered from the store for every query) do not."""
+    """100k allowed of 400k (25%), a wide beam (384 at ef 8192): kept rows (400 KB) scan cheaper
+    than the walk; rows too large to keep (20 MB, gathered from the store for every query) do not.
+    The case sits well inside the band where only the gathering decides: with the default
+    constants the walk costs ~291k reads against 100k for the kept rows and 1.6M gathered (~475k
+    with the old walk's 22 / 0.32), so either half fails if the planner stops charging gathered
+    rows (both exact) or charges every row as gathered (both graph)."""
     from curator import planner
     from curator.index import IndexConfig
 
-    allowed = planner.Allowed(np.ones(400_000, bool), 200_000, 400_000, row_bytes=row_bytes)
-    assert planner.choose(allowed, None, 10, 8192, IndexConfig(), 400_000) == plan
+    config = IndexConfig()
+    allowed = planner.Allowed(np.ones(400_000, bool), 100_000, 400_000, row_bytes=row_bytes)
+    assert planner.choose(allowed, None, 10, 8192, config, 400_000) == plan, \
+        planner.costs(allowed, None, 10, 8192, config, 400_000)
