@@ -231,6 +231,12 @@ def read_rows(index, tenant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, l
     return ids, index.get(ids), index.owned(ids, tenant), index.get_payloads(ids)
 
 
+def tenant_cache(cache, tenant: str) -> list[CacheEntry]:
+    """The tenant's entries in a semantic cache, as an archive holds them."""
+    return [CacheEntry(**{name: meta[name] for name in CACHE_FIELDS + CACHE_OPTIONAL if name in meta}, embedding=embedding)
+            for meta, embedding in cache.tenant_entries(tenant)]
+
+
 def export(db, tenant: str, path=None, *, collection: str | None, cache: bool = True) -> TenantArchive:
     """`Database.export_tenant` of the embedded database."""
     tenant = validate.name(tenant, "tenant")
@@ -242,9 +248,7 @@ def export(db, tenant: str, path=None, *, collection: str | None, cache: bool = 
         ids, vectors, owned, payloads = col.tenant_rows(tenant)
         archive = TenantArchive(tenant, col.name, col.dim, col.metric, ids, vectors, owned, payloads)
     if cache:
-        archive.cache = [CacheEntry(**{name: meta[name] for name in CACHE_FIELDS + CACHE_OPTIONAL if name in meta},
-                                    embedding=embedding)
-                         for meta, embedding in db.cache.tenant_entries(tenant)]
+        archive.cache = tenant_cache(db.cache, tenant)
     if path is not None:
         archive.save(path)
     return archive

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 import curator
+from curator import handoff
 from curator_proto.v1 import archive_pb2, archive_pb2_grpc
 from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
@@ -99,6 +100,10 @@ class ServerConfig:
     readers: int = 0  # read replicas, each a process of its own (server/replicas.py); needs a data directory
     replica_of: str | None = None  # set in a reader's own process: its primary's address
     quotas_file: str | None = None  # --quotas, handed on to readers
+    ray: str | None = None  # a cluster front (server/cluster/): the Ray cluster's address, "auto" or "local"
+    shards: int = 2  # a new cluster's shards (fixed once created)
+    copies: int = 2  # each shard's copies, on different nodes
+    shard_root: str | None = None  # where copies keep their data on each node (default: its temp directory)
 
 
 GC_YOUNG = 20_000  # net new container objects before a young collection (Python's default: 700)
@@ -144,8 +149,11 @@ def _per_key(config: ServerConfig, max_streams: int) -> tuple[int, int | None]:
 
 
 class CuratorServer:
-    def __init__(self, config: ServerConfig):
+    def __init__(self, config: ServerConfig, cluster=None):
+        """`cluster`: for a front (config.ray), a running server/cluster/controller.Cluster to serve
+        instead of connecting to Ray (a program or test holding one); the server leaves it running."""
         self.config = config
+        self._given_cluster = cluster
         # A thread running Python code keeps the GIL until another has waited this long for it.
         # A search needs the GIL a few times on its way (network thread, handler, engine), so
         # with Python's default of 5 ms one tenant's CPU-heavy call (a large filter, a big
@@ -158,6 +166,9 @@ class CuratorServer:
         self.db = curator.open(config.data, cache=config.cache, quotas=config.quotas, device=config.device) \
             if config.data == ":memory:" else curator.open(config.data, durability=config.durability, cache=config.cache,
                                                            quotas=config.quotas, device=config.device)
+        self.cluster = None
+        if config.ray is not None:
+            self._front()
         self.metrics = Metrics(self.db, None if config.data == ":memory:" else config.data, config.tenant_metrics_top)
         self.db.cache.observer = CacheMetrics(self.metrics.registry, self.db.cache)
         quota_metrics = QuotaMetrics(self.metrics.registry, self.db)
@@ -230,6 +241,20 @@ class CuratorServer:
         self.metrics_port = None
         self._metrics_server = None
         self._stopped = threading.Event()
+
+    def _front(self) -> None:
+        """Serve a Ray cluster's shards instead of a local engine: the front's own data directory
+        keeps the placement map, the cluster's key, the semantic cache and key rates."""
+        from .cluster.controller import Cluster
+        from .cluster.front import ClusterDatabase
+
+        config = self.config
+        if config.data == ":memory:" or config.readers:
+            raise ValueError("a cluster front (--ray) needs --data for its placement map, and takes no --readers")
+        self.cluster = self._given_cluster or Cluster(
+            config.ray, config.data.rstrip("/\\") + "-cluster", shards=config.shards, copies=config.copies,
+            root=config.shard_root, settings={"durability": config.durability, "workers": config.workers})
+        self.db = ClusterDatabase(self.cluster, self.db)
 
     def _check_exposure(self) -> None:
         """Refuse open mode beyond loopback unless asked for; warn where keys travel in clear text
@@ -305,6 +330,8 @@ class CuratorServer:
         if self.gateway is not None:
             self.gateway.stop()  # drains its requests meanwhile, within the same grace period
         stopped.wait()
+        if self.cluster is not None and self._given_cluster is None:
+            self.cluster.close()
         self.db.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -315,6 +342,9 @@ class CuratorServer:
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
+        # Searches here do not wait to hand the GIL to another searching thread (curator/handoff.py):
+        # in a server that thread goes on to do gRPC work, and the spinning takes the core it needs.
+        handoff.configure(limit_us=float(os.environ.get("CURATOR_AB_HANDOFF_US", "0")))  # AB-TEMP
         self.start()
         if self.config.replica_of is not None:
             watch_primary(done)

@@ -71,6 +71,14 @@ def main(argv=None) -> int:
                        help="read replicas: N more serving processes on copies of the data that answer searches, "
                             "kept equal to this one (server/replicas.py; needs --data)")
     serve.add_argument("--replica-of", default=None, help=argparse.SUPPRESS)  # set by a primary for its readers
+    serve.add_argument("--ray", default=None, metavar="ADDRESS",
+                       help="be the front of a cluster: shards on the Ray cluster at ADDRESS (\"auto\": the one this "
+                            "node belongs to; \"local\": start one here), each shard two copies on different nodes "
+                            "(server/cluster/; the cluster extra; --data keeps the placement map)")
+    serve.add_argument("--shards", type=int, default=2, help="a new cluster's shards (fixed once created)")
+    serve.add_argument("--copies", type=int, default=2, help="copies of each shard, on different nodes")
+    serve.add_argument("--shard-root", default=None,
+                       help="where copies keep their data on each node (default: the node's temp directory)")
     keygen = commands.add_parser("keygen", help="print a new API key and its entry for the keys file")
     keygen.add_argument("--name", required=True)
     keygen.add_argument("--tenant", action="append", default=[])
@@ -119,7 +127,8 @@ def main(argv=None) -> int:
         limits=Limits(args.max_message_bytes, args.max_batch, args.max_k), tenant_metrics_top=args.tenant_metrics_top,
         id_collisions_per_hour=args.id_collisions_per_hour,
         cache=cache_config.read(args.cache_config) if args.cache_config else None, quotas=quotas, device=args.device,
-        readers=args.readers, replica_of=args.replica_of, quotas_file=args.quotas,
+        readers=args.readers, replica_of=args.replica_of, quotas_file=args.quotas, ray=args.ray, shards=args.shards,
+        copies=args.copies, shard_root=args.shard_root,
         gateway=None if args.http_port is None else GatewayConfig(
             args.http_port, args.http_max_body_bytes, args.http_max_answer_bytes,
             max_calls_per_key=args.http_max_calls_per_key))

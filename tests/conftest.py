@@ -14,7 +14,10 @@ SMALL_TREE = dict(branching=4, leaf_size=16, split_limit=8, train_size=64, kmean
 def database(kind: str, tmp_path, cache: dict | None = None, **connect_options):
     """A database of one kind: "memory", "durable" (a data directory) or "remote" (a real gRPC
     server on loopback, on a data directory, through the Python SDK). `database.engine` is the
-    embedded database behind it, for checks of internal invariants."""
+    embedded database behind it, for checks of internal invariants (the "cluster" kind is the
+    `db` fixture's: a front before the session's cluster, see `opened`)."""
+    if kind == "cluster":
+        raise ValueError("the cluster kind is the `db` fixture's (one front for the session)")
     if kind == "remote":
         from curator_server.app import CuratorServer, ServerConfig
 
@@ -32,16 +35,113 @@ def database(kind: str, tmp_path, cache: dict | None = None, **connect_options):
         yield embedded
 
 
-@pytest.fixture(params=["memory", "durable", "remote"])
+KINDS = ["memory", "durable", "remote", "cluster"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """The `db` tests run on an in-memory database, on a data directory, remote, and (in modules
+    marked `cluster`) through a cluster front: the cluster kind of other modules is deselected."""
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        cluster = callspec is not None and callspec.params.get("db") == "cluster"
+        (dropped if cluster and not item.get_closest_marker("cluster") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@contextlib.contextmanager
+def opened(request, kind: str, tmp_path, **options):
+    """`database(kind, ...)`, or for "cluster" a connection to the session's cluster front that
+    leaves the cluster as it found it (collections dropped, quotas it set lifted)."""
+    if kind != "cluster":
+        with database(kind, tmp_path, **options) as db:
+            yield db
+        return
+    from curator_server.app import CuratorServer, ServerConfig
+
+    cluster = request.getfixturevalue("curator_cluster")
+    front = CuratorServer(ServerConfig(data=str(tmp_path / "front"), port=0, ray="session", cache=options.get("cache")),
+                          cluster=cluster).start()
+    remote = curator.connect(front.address, **{k: v for k, v in options.items() if k != "cache"})
+    remote.engine = FrontEngine(front.db.local)
+    named, set_quota = set(), remote.set_quota
+
+    def recording(tenant, **limits):
+        named.add(tenant)
+        return set_quota(tenant, **limits)
+
+    remote.set_quota = recording
+    try:
+        yield remote
+    finally:
+        for name in remote.list_collections():
+            remote.drop_collection(name)
+        for tenant in named:
+            set_quota(tenant, vectors=None, vector_bytes=None, payload_bytes=None, cache_entries=None)
+        remote.close()
+        front.stop()
+
+
+class FrontEngine:
+    """What a test may look at behind a cluster front: the front's own embedded database (its
+    semantic cache); the shards' engines are out of reach."""
+    cluster = True
+
+    def __init__(self, local):
+        self.cache = local.cache
+
+
+@pytest.fixture(params=KINDS)
 def db(request, tmp_path):
-    """The same API tests run on an in-memory database, on a data directory, and remote."""
-    with database(request.param, tmp_path) as opened:
-        yield opened
+    with opened(request, request.param, tmp_path) as db:
+        yield db
+
+
+@pytest.fixture(scope="session")
+def ray_nodes():
+    """A local Ray cluster of three nodes (each its own raylet and workers on this machine)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(2):
+        nodes.add_node(num_cpus=1)
+    ray.init(address=nodes.address, namespace="curator", log_to_driver=False)
+    nodes.wait_for_nodes()
+    try:
+        yield nodes
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
+@pytest.fixture(scope="session")
+def curator_cluster(ray_nodes, tmp_path_factory):
+    """A cluster (server/cluster/controller.py) of two shards of two copies on `ray_nodes`, for
+    the session; each `db` test of the cluster kind puts a front of its own before it."""
+    from curator_server.cluster.controller import Cluster
+
+    root = tmp_path_factory.mktemp("cluster")
+    cluster = Cluster(ray_nodes.address, str(root / "front-cluster"), root=str(root / "shards"))
+    try:
+        yield cluster
+    finally:
+        cluster.close(destroy=True)
+
+
+def one_engine(db) -> bool:
+    """Whether `db` is one engine, whose memory figures (resident, evicted, offloaded vectors)
+    the tests can predict; a cluster's are sums over shard copies, where shared vectors have copies."""
+    return not getattr(db.engine, "cluster", False)
 
 
 def engine(db, col):
     """The embedded collection behind `col` (itself, or the server's for a remote one), once the
     retraining its writes started in the background has finished."""
+    if not one_engine(db):
+        pytest.skip("checks one engine's internals; a cluster has one per shard copy")
     embedded = db.engine.collection(col.name)
     embedded.retraining.wait()
     return embedded

@@ -6,6 +6,8 @@ import pytest
 import curator
 from tests.conftest import SMALL_TREE, brute_force, clustered, engine
 
+pytestmark = pytest.mark.cluster
+
 
 @pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
 @pytest.mark.parametrize("trained", [False, True])

@@ -6,6 +6,8 @@ import pytest
 import curator
 from curator import AlreadyExistsError, InvalidArgumentError, NotFoundError
 
+pytestmark = pytest.mark.cluster
+
 
 @pytest.fixture
 def col(db):

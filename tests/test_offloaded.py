@@ -9,10 +9,12 @@ import pytest
 import curator
 from curator.storage import _keys
 from curator.tenant_archive import TenantArchive
-from tests.conftest import SMALL_TREE, engine, keys_file
+from tests.conftest import SMALL_TREE, engine, keys_file, one_engine
 from tests.test_server import KEYS
 from tests.test_tenant_states import (DIM, N_TENANTS, PER, QUERIES, X, answers, assert_routed, id_reads, payload,
                                       populate)
+
+pytestmark = pytest.mark.cluster
 
 T0_OWN = np.arange(20, PER)  # t0 sees 0..59 and 120..129; 0..19 are shared with t1, 120..129 are t2's
 T2_OWN = np.arange(2 * PER + 10, 3 * PER)
@@ -33,8 +35,9 @@ def test_an_offloaded_tenant_answers_the_same_once_restored(db):
     assert col.tenant_state("t0") == col.tenant_state("t2") == "offloaded"
     stats = col.stats()
     assert stats["offloaded_tenants"] == 2 and stats["inactive_tenants"] == 0
-    assert stats["offloaded_vectors"] == T0_OWN.size + T2_OWN.size
-    assert stats["evicted_vectors"] == 10  # 120..129: seen by t0 and t2 only, both away, not archived
+    if one_engine(db):
+        assert stats["offloaded_vectors"] == T0_OWN.size + T2_OWN.size
+        assert stats["evicted_vectors"] == 10  # 120..129: seen by t0 and t2 only, both away, not archived
     assert stats["vectors"] == col.count() == N_TENANTS * PER
     # answered without restoring: whether stored, seen and owned (their archive's ids are theirs alone)
     assert col.contains(probe).tolist() == reads[3]
@@ -160,17 +163,20 @@ def test_offloading_a_tenant_that_shares_vectors_with_an_active_one(db):
     before = answers(col, "t0", seen["t0"])
     col.offload_tenant("t0")
     resident = col.stats()["resident_vectors"]
-    assert resident == N_TENANTS * PER - T0_OWN.size  # 0..19 stay in memory for t1, 120..129 for t2
+    if one_engine(db):
+        assert resident == N_TENANTS * PER - T0_OWN.size  # 0..19 stay in memory for t1, 120..129 for t2
     col.revoke(np.arange(5), tenant="t1")  # 0..4 are t0's alone now: evicted, not archived
     seen["t1"] -= set(range(5))
-    assert col.stats()["evicted_vectors"] == 5
+    if one_engine(db):
+        assert col.stats()["evicted_vectors"] == 5
     answers(col, "t1", seen["t1"])
     assert col.tenant_state("t0") == "offloaded"
     col.drop_tenant("t1")
     assert col.tenant_state("t0") == "offloaded"
     assert answers(col, "t0", seen["t0"]) == before
     col.offload_tenant("t0")  # 0..19 are its alone now: archived this time
-    assert col.stats()["offloaded_vectors"] == PER
+    if one_engine(db):
+        assert col.stats()["offloaded_vectors"] == PER
     assert answers(col, "t0", seen["t0"]) == before
 
 

@@ -16,7 +16,9 @@ from curator import InvalidArgumentError, PermissionDeniedError, Quota, Resource
 from curator.quotas import parse_config, payload_bytes, read_config
 from curator_server.app import CuratorServer, ServerConfig
 from curator_server.cli import main as cli
-from tests.conftest import SMALL_TREE, database, keys_file
+from tests.conftest import KINDS, SMALL_TREE, database, keys_file, opened
+
+pytestmark = pytest.mark.cluster
 
 DIM = 4
 ROW = DIM * 4  # bytes of one vector
@@ -32,10 +34,10 @@ def unit(seed: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-@pytest.fixture(params=["memory", "durable", "remote"])
+@pytest.fixture(params=KINDS)
 def db(request, tmp_path):
-    with database(request.param, tmp_path, retries=0) as opened:
-        yield opened
+    with opened(request, request.param, tmp_path, retries=0) as db:
+        yield db
 
 
 def refused(call, limit: str) -> ResourceExhaustedError:

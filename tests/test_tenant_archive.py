@@ -20,7 +20,9 @@ from curator_proto import archive_wire
 from curator_server.app import CuratorServer, ServerConfig
 from curator_server.auth import digest_of
 from curator_server.probes import TAKEN
-from tests.conftest import database
+from tests.conftest import KINDS, database, opened
+
+pytestmark = pytest.mark.cluster
 
 DIM = 8
 MODEL = "unit-test-16d"  # the tests bring their own embeddings
@@ -75,10 +77,10 @@ def assert_same(a: TenantArchive, b: TenantArchive, owned=True):
     assert [e.embedding.tobytes() for e in a.cache] == [e.embedding.tobytes() for e in b.cache]
 
 
-@pytest.fixture(params=["memory", "durable", "remote"])
+@pytest.fixture(params=KINDS)
 def db(request, tmp_path):
-    with database(request.param, tmp_path) as opened:
-        yield opened
+    with opened(request, request.param, tmp_path) as db:
+        yield db
 
 
 def test_round_trip_is_bit_exact_and_restores_the_tenant(db, tmp_path):

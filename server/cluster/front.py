@@ -1,0 +1,434 @@
+"""The cluster as one Database: what the front's servicers call, routed to the shards.
+
+A tenant's calls go to its shard alone. Whole-collection calls (a search or count without a
+tenant, the tenants, collections) gather from every shard. A vector lives on its owner's
+shard; granting it to a tenant of another shard stores a copy there, held by the owner as well
+(so that only the owner may overwrite it, as on one server), and the owner's later writes to it
+(upsert, payloads, revoke, drop) reach every copy. Ids stay unique over the whole collection:
+an insert asks the other shards first, one insert at a time per collection.
+
+What differs from one server: when the owner of a vector shared over several shards gives it
+up, each shard hands it to its own longest-standing tenant (one server picks one for all);
+and the owner's quota counts its copies on other shards there too."""
+
+import dataclasses
+import threading
+
+import numpy as np
+
+from curator import tenant_archive, validate
+from curator.api import Collection, SearchResult
+from curator.quotas import TenantQuota
+from curator.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, PermissionDeniedError
+
+
+class ClusterDatabase:
+    def __init__(self, cluster, local):
+        self.cluster = cluster  # server/cluster/controller.py: the shards and the placement
+        self.local = local  # the front's own embedded database: the semantic cache, key rates' records
+        self._collections: dict[str, "ClusterCollection"] = {}
+        self._lock = threading.Lock()
+
+    # the front's own parts: the semantic cache answers at the front, key rates are the front's
+    @property
+    def cache(self):
+        return self.local.cache
+
+    @property
+    def records(self):
+        return self.local.records
+
+    @property
+    def quotas(self):
+        return self.local.quotas
+
+    def usage(self, tenant, *args):
+        return self.local.usage(tenant, *args)
+
+    def _everywhere(self, call):
+        """`call(copy)` on every shard, in order; the first shard's answer."""
+        answers = [shard.write(call) for shard in self.cluster.shards]
+        return answers[0]
+
+    def create_collection(self, name: str, dim: int, metric: str = "l2", **options):
+        def create(copy):
+            copy.forget(name)
+            return copy.db.create_collection(name, dim, metric, **options)
+
+        self._everywhere(create)
+        return self.collection(name)
+
+    def collection(self, name: str) -> "ClusterCollection":
+        col = self._collections.get(name)
+        if col is None:
+            remote = self.cluster.shards[0].read(lambda copy: copy.collection(name))
+            with self._lock:
+                col = self._collections.setdefault(name, ClusterCollection(self.cluster, remote.name, remote.dim,
+                                                                          remote.metric))
+        return col
+
+    def list_collections(self) -> list[str]:
+        return self.cluster.shards[0].read(lambda copy: copy.db.list_collections())
+
+    def drop_collection(self, name: str) -> None:
+        def drop(copy):
+            copy.forget(name)
+            copy.db.drop_collection(name)
+
+        with self._lock:
+            self._collections.pop(name, None)
+        self._everywhere(drop)
+
+    def set_quota(self, tenant, **limits):
+        """On the tenant's shard (every shard for the default), and at the front, which holds the
+        semantic cache and so counts cache entries."""
+        if tenant is None:
+            quota = self._everywhere(lambda copy: copy.db.set_quota(None, **limits))
+        else:
+            quota = self.cluster.shard_of(tenant).write(lambda copy: copy.db.set_quota(tenant, **limits))
+        self.local.set_quota(tenant, **limits)
+        return quota
+
+    def quota(self, tenant):
+        shard = self.cluster.shards[0] if tenant is None else self.cluster.shard_of(tenant)
+        found = shard.read(lambda copy: copy.db.quota(tenant))
+        if tenant is None:
+            return found
+        cache = self.local.usage(tenant, ("cache_entries",))["cache_entries"]
+        return TenantQuota(found.tenant, found.quota, dataclasses.replace(found.usage, cache_entries=cache))
+
+    # a tenant's archive: its rows from its shard, its cache entries from the front
+    def export_tenant(self, tenant: str, path=None, *, collection: str | None, cache: bool = True):
+        archive = self.cluster.shard_of(validate.name(tenant, "tenant")).read(
+            lambda copy: copy.db.export_tenant(tenant, collection=collection, cache=False))
+        if cache:
+            archive.cache = tenant_archive.tenant_cache(self.local.cache, tenant)
+        if path is not None:
+            archive.save(path)
+        return archive
+
+    def import_tenant(self, source, *, tenant: str | None = None, collection: str | None = None,
+                      cache: bool = True, skip_taken: bool = False):
+        return tenant_archive.import_archive(self, source, tenant=tenant, collection=collection, cache=cache,
+                                             skip_taken=skip_taken)
+
+    def copy_tenant(self, tenant: str, to_tenant: str | None = None, *, collection: str | None,
+                    to_collection: str | None = None, to=None, cache: bool = True, skip_taken: bool = False):
+        return tenant_archive.copy(self, tenant, to_tenant, collection=collection, to_collection=to_collection,
+                                   to=to, cache=cache, skip_taken=skip_taken)
+
+    def snapshot(self, path) -> None:
+        raise InvalidArgumentError("a cluster front keeps no vectors to snapshot: each shard has two copies on "
+                                   "different nodes; back up a tenant with Export")
+
+    def close(self) -> None:
+        self.local.close()
+
+
+def _subset(payloads, mask):
+    if payloads is None or isinstance(payloads, dict):
+        return payloads
+    return [p for p, keep in zip(payloads, mask.tolist()) if keep]
+
+
+class ClusterCollection(Collection):
+    def __init__(self, cluster, name: str, dim: int, metric: str):
+        self.cluster, self.name, self.dim, self.metric = cluster, name, dim, metric
+        self._ids_lock = threading.Lock()  # inserts check the other shards, then insert: one at a time
+
+    # -- routing ----------------------------------------------------------------------------------
+
+    def _home(self, tenant: str):
+        return self.cluster.shard_of(validate.name(tenant, "tenant"))
+
+    def _read(self, shard, method: str, *args, **kwargs):
+        return shard.read(lambda copy: getattr(copy.collection(self.name), method)(*args, **kwargs))
+
+    def _tenant_read(self, of: str, method: str, *args, **kwargs):
+        """A read of tenant `of`, on its shard."""
+        return self._read(self._home(of), method, *args, **kwargs)
+
+    def _write(self, shard, method: str, *args, **kwargs):
+        return shard.write(lambda copy: getattr(copy.collection(self.name), method)(*args, **kwargs))
+
+    def _held(self, ids: np.ndarray, shards) -> list[tuple[object, np.ndarray]]:
+        """(shard, mask of `ids` it holds) for each of `shards` holding any."""
+        out = []
+        for shard in shards:
+            mask = np.asarray(self._read(shard, "contains", ids), bool)
+            if mask.any():
+                out.append((shard, mask))
+        return out
+
+    def _others(self, home):
+        return [s for s in self.cluster.shards if s is not home]
+
+    def _gather_rows(self, ids, method: str):
+        """`method(ids)` answered row by row by whichever shard holds each id (get, get_payloads);
+        ids held nowhere get the engine's own error."""
+        ids = validate.ids(ids)
+        out, found = [None] * ids.size, np.zeros(ids.size, bool)
+        for shard, mask in self._held(ids, self.cluster.shards):
+            todo = mask & ~found
+            if todo.any():
+                rows = np.flatnonzero(todo)
+                for row, value in zip(rows.tolist(), self._read(shard, method, ids[rows])):
+                    out[row] = value
+                found |= todo
+        if not found.all():
+            self._read(self.cluster.shards[0], method, ids)  # raises the engine's NotFoundError
+        return out
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def insert(self, ids, vectors, *, tenant: str, payloads=None) -> np.ndarray:
+        home = self._home(tenant)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if ids is None:
+            ids = validate.drawn_ids(vectors.shape[0] if vectors.ndim == 2 else 1)
+        ids = validate.ids(ids)
+        with self._ids_lock:
+            self._unique(ids, home)
+            self._write(home, "insert", ids, vectors, tenant=tenant, payloads=payloads)
+        return ids
+
+    def _unique(self, ids, home) -> None:
+        for _, mask in self._held(ids, self._others(home)):
+            taken = ids[mask]
+            raise AlreadyExistsError(f"{taken.size} id(s) already exist, e.g. {taken[:5].tolist()}; delete them "
+                                     "first or use new ids")
+
+    def upsert(self, ids, vectors, *, tenant: str, payloads=None) -> None:
+        home = self._home(tenant)
+        ids, vectors = validate.ids(ids), np.asarray(vectors, dtype=np.float32)
+        with self._ids_lock:
+            elsewhere = self._held(ids, self._others(home))
+            if elsewhere:
+                here = np.asarray(self._read(home, "contains", ids), bool)
+                for _, mask in elsewhere:
+                    if (mask & ~here).any():
+                        foreign = ids[mask & ~here]
+                        raise PermissionDeniedError(f"{foreign.size} id(s) belong to other tenants, e.g. "
+                                                    f"{foreign[:5].tolist()}; a tenant may overwrite only its own")
+            self._write(home, "upsert", ids, vectors, tenant=tenant, payloads=payloads)
+            rows = vectors.reshape(-1, self.dim) if vectors.ndim else vectors
+            for shard, mask in elsewhere:  # the owner's copies on other shards follow
+                self._write(shard, "upsert", ids[mask], rows[mask], tenant=tenant, payloads=_subset(payloads, mask))
+
+    def set_payloads(self, ids, payloads, *, tenant=None) -> None:
+        ids = validate.ids(ids)
+        if tenant is not None:
+            home = self._home(tenant)
+            self._write(home, "set_payloads", ids, payloads, tenant=tenant)
+            for shard, mask in self._held(ids, self._others(home)):
+                self._write(shard, "set_payloads", ids[mask], _subset(payloads, mask), tenant=tenant)
+            return
+        held = self._held(ids, self.cluster.shards)
+        if not held:
+            self._write(self.cluster.shards[0], "set_payloads", ids, payloads)  # the engine's NotFoundError
+        covered = np.zeros(ids.size, bool)
+        for _, mask in held:
+            covered |= mask
+        if not covered.all():
+            self._write(self.cluster.shards[0], "set_payloads", ids, payloads)
+        for shard, mask in held:
+            self._write(shard, "set_payloads", ids[mask], _subset(payloads, mask))
+
+    def grant(self, ids, *, tenant: str) -> int:
+        home = self._home(tenant)
+        ids = validate.ids(ids)
+        with self._ids_lock:
+            missing = ~np.asarray(self._read(home, "contains", ids), bool)
+            if missing.any():
+                self._copy(ids[missing], home)
+            return self._write(home, "grant", ids, tenant=tenant)
+
+    def _copy(self, ids: np.ndarray, home) -> None:
+        """Store on `home` a copy of each of `ids` held elsewhere, owned there by its owner."""
+        for shard, mask in self._held(ids, self._others(home)):
+            ids_here = ids[mask]
+            vectors = self._read(shard, "get", ids_here)
+            payloads = self._read(shard, "get_payloads", ids_here)
+            owners = self._owners(shard, ids_here)
+            for owner in sorted(set(owners)):
+                rows = np.array([o == owner for o in owners])
+                self._write(home, "insert", ids_here[rows], vectors[rows], tenant=owner,
+                            payloads=[p for p, keep in zip(payloads, rows.tolist()) if keep])
+            ids = ids[~np.isin(ids, ids_here)]
+            if not ids.size:
+                return
+
+    def _owners(self, shard, ids: np.ndarray) -> list[str]:
+        owners = [None] * ids.size
+        for row, id_ in enumerate(ids.tolist()):
+            for tenant in self._read(shard, "tenants_of", id_):
+                if self._read(shard, "owned", [id_], tenant=tenant)[0]:
+                    owners[row] = tenant
+                    break
+        return owners
+
+    def revoke(self, ids, *, tenant: str) -> None:
+        home = self._home(tenant)
+        ids = validate.ids(ids)
+        with self._ids_lock:
+            owned = np.asarray(self._read(home, "owned", ids, tenant=tenant), bool)
+            self._write(home, "revoke", ids, tenant=tenant)
+            if owned.any():  # its copies on other shards: it gives them up there too
+                for shard, mask in self._held(ids[owned], self._others(home)):
+                    self._write(shard, "revoke", ids[owned][mask], tenant=tenant)
+
+    def delete(self, ids) -> None:
+        ids = validate.ids(ids)
+        with self._ids_lock:
+            held = self._held(ids, self.cluster.shards)
+            covered = np.zeros(ids.size, bool)
+            for _, mask in held:
+                covered |= mask
+            if not covered.all():
+                self._write(self.cluster.shards[0], "delete", ids)  # the engine's NotFoundError
+            for shard, mask in held:
+                self._write(shard, "delete", ids[mask])
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def owned(self, ids, *, tenant: str) -> np.ndarray:
+        return self._tenant_read(tenant, "owned", ids, tenant=tenant)
+
+    def get_payloads(self, ids) -> list[dict]:
+        return self._gather_rows(ids, "get_payloads")
+
+    def payload_schema(self) -> dict[str, str]:
+        schema = {}
+        for shard in self.cluster.shards:
+            schema.update(self._read(shard, "payload_schema"))
+        return dict(sorted(schema.items()))
+
+    def get(self, ids) -> np.ndarray:
+        rows = self._gather_rows(ids, "get")
+        return np.asarray(rows, np.float32).reshape(len(rows), self.dim)
+
+    def tenants_of(self, id_: int) -> list[str]:
+        (id_,) = validate.ids([id_])
+        held = self._held(np.array([id_], np.int64), self.cluster.shards)
+        if not held:
+            return self._read(self.cluster.shards[0], "tenants_of", id_)  # the engine's NotFoundError
+        return sorted({t for shard, _ in held for t in self._read(shard, "tenants_of", id_)})
+
+    def contains(self, ids) -> np.ndarray:
+        ids = validate.ids(ids)
+        out = np.zeros(ids.size, bool)
+        for shard in self.cluster.shards:
+            out |= np.asarray(self._read(shard, "contains", ids), bool)
+        return out
+
+    def visible_to(self, ids, *, tenant: str) -> np.ndarray:
+        return self._tenant_read(tenant, "visible_to", ids, tenant=tenant)
+
+    def count(self, tenant: str | None = None) -> int:
+        if tenant is not None:
+            return self._tenant_read(tenant, "count", tenant)
+        total = 0
+        for shard in self.cluster.shards:  # less the copies: on a shard, its tenants from elsewhere own them
+            total += self._read(shard, "count")
+            for guest in self._read(shard, "tenants"):
+                if self.cluster.shard_of(guest) is not shard:
+                    total -= self._read(shard, "count", guest)
+        return total
+
+    def scroll(self, *, tenant: str | None = None, after_id: int = -1, limit: int = 1000):
+        if tenant is not None:
+            return self._tenant_read(tenant, "scroll", tenant=tenant, after_id=after_id, limit=limit)
+        pages = [self._read(shard, "scroll", after_id=after_id, limit=limit) for shard in self.cluster.shards]
+        ids = np.unique(np.concatenate([page for page, _ in pages]))
+        more = ids.size > limit or any(after != -1 for _, after in pages)
+        page = ids[:limit]
+        return page, int(page[-1]) if more and page.size else -1
+
+    def tenants(self) -> list[str]:
+        return sorted({t for shard in self.cluster.shards for t in self._read(shard, "tenants")})
+
+    def create_tenant(self, tenant: str) -> None:
+        self._write(self._home(tenant), "create_tenant", tenant)
+
+    def drop_tenant(self, tenant: str) -> None:
+        home = self._home(tenant)
+        with self._ids_lock:
+            self._write(home, "drop_tenant", tenant)
+            for shard in self._others(home):  # its copies there
+                if tenant in self._read(shard, "tenants"):
+                    self._write(shard, "drop_tenant", tenant)
+
+    def tenant_state(self, tenant: str) -> str:
+        return self._tenant_read(tenant, "tenant_state", tenant)
+
+    def deactivate_tenant(self, tenant: str) -> None:
+        self._write(self._home(tenant), "deactivate_tenant", tenant)
+
+    def activate_tenant(self, tenant: str) -> None:
+        self._write(self._home(tenant), "activate_tenant", tenant)
+
+    def offload_tenant(self, tenant: str) -> None:
+        self._write(self._home(tenant), "offload_tenant", tenant)
+
+    def search(self, query, k: int = 10, *, tenant: str | None = None, filter: dict | None = None,
+               ef: int | None = None) -> SearchResult:
+        if tenant is not None:
+            return self._tenant_read(tenant, "search", query, k, tenant=tenant, filter=filter, ef=ef)
+        found = [self._read(shard, "search", query, k, filter=filter, ef=ef) for shard in self.cluster.shards]
+        ids, distances = _merge([f.ids[None] for f in found], [f.distances[None] for f in found], k)
+        return SearchResult(ids[0], distances[0], found[0].plan)
+
+    def search_now(self, *args, **kwargs):
+        return None  # a call to a shard may wait: never on the polling thread
+
+    def search_batch(self, queries, k: int = 10, *, tenants=None, filter: dict | None = None,
+                     ef: int | None = None) -> SearchResult:
+        if isinstance(tenants, str):
+            return self._tenant_read(tenants, "search_batch", queries, k, tenants=tenants, filter=filter, ef=ef)
+        queries = np.asarray(queries, dtype=np.float32)
+        if tenants is None:
+            found = [self._read(shard, "search_batch", queries, k, filter=filter, ef=ef)
+                     for shard in self.cluster.shards]
+            ids, distances = _merge([f.ids for f in found], [f.distances for f in found], k)
+            return SearchResult(ids, distances, found[0].plan)
+        tenants = list(tenants)
+        if len(tenants) != len(queries):
+            raise InvalidArgumentError(f"tenants: one per query ({len(queries)}), got {len(tenants)}")
+        homes = [self._home(t) for t in tenants]
+        ids = np.full((len(queries), k), -1, np.int64)
+        distances = np.full((len(queries), k), np.inf, np.float32)
+        plan = ""
+        for shard in dict.fromkeys(homes):
+            rows = np.array([h is shard for h in homes])
+            found = self._read(shard, "search_batch", queries[rows], k, filter=filter, ef=ef,
+                               tenants=[t for t, keep in zip(tenants, rows) if keep])
+            ids[rows, : found.ids.shape[1]], distances[rows, : found.ids.shape[1]] = found.ids, found.distances
+            plan = plan or found.plan
+        return SearchResult(ids, distances, plan)
+
+    def train(self, sample=None) -> None:
+        for shard in self.cluster.shards:
+            self._write(shard, "train", sample)
+
+    def stats(self) -> dict:
+        per_shard = [self._read(shard, "stats") for shard in self.cluster.shards]
+        out = dict(per_shard[0])
+        for key, value in out.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                out[key] = sum(s.get(key, 0) for s in per_shard)
+        out["vectors"] = self.count()  # the rest are sums over the shards: copies count on each
+        return out
+
+
+def _merge(ids: list[np.ndarray], distances: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k best over the shards' answers, a copy's id once."""
+    ids, distances = np.concatenate(ids, axis=1), np.concatenate(distances, axis=1).astype(np.float32)
+    order = np.argsort(distances, axis=1, kind="stable")
+    ids, distances = np.take_along_axis(ids, order, 1), np.take_along_axis(distances, order, 1)
+    out_ids = np.full((ids.shape[0], k), -1, np.int64)
+    out_d = np.full((ids.shape[0], k), np.inf, np.float32)
+    for row in range(ids.shape[0]):  # per query, not per vector: dedupe copies of shared vectors
+        _, first = np.unique(ids[row], return_index=True)
+        keep = np.sort(first[ids[row][first] != -1])[:k]
+        out_ids[row, : keep.size], out_d[row, : keep.size] = ids[row][keep], distances[row][keep]
+    return out_ids, out_d

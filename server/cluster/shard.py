@@ -1,0 +1,117 @@
+"""A shard: the tenants hashed to it, held by two copies (or more) on different nodes.
+
+Every write goes to each ready copy in turn, under the shard's lock, so that all copies apply
+the same writes in the same order, and is acknowledged once every ready copy applied it:
+losing any one node loses no acknowledged write, and a read on any copy sees every write
+acknowledged before it (read-your-writes); reads go to the first copy (see `read`).
+
+A copy that does not answer (its process or node is gone) leaves the shard at once; the
+cluster seeds a replacement from a surviving copy (server/cluster/controller.py). A copy that
+refuses a write the first copy applied has diverged: it leaves too, and is replaced the same way.
+A write the first copy answering refuses (a typed error) was applied nowhere."""
+
+import threading
+from dataclasses import dataclass, field
+
+import curator
+from curator.errors import CuratorError, UpstreamError
+
+SHARD_CALL_SECONDS = 120.0  # a call's deadline on a copy (bulk writes included); hangs are found by pings
+
+
+def is_down(error: Exception) -> bool:
+    """Whether a copy failed to answer at all (as opposed to refusing with a typed error)."""
+    if isinstance(error, UpstreamError):  # UNAVAILABLE as the SDK raises it (copies have no upstream model)
+        return True
+    if type(error) is CuratorError:
+        return str(error).startswith("UNAVAILABLE")
+    return isinstance(error, ValueError) and "closed channel" in str(error)
+
+
+class ShardUnavailableError(UpstreamError):
+    """No copy of the shard answers (more copies were lost than it has)."""
+
+
+@dataclass(eq=False)
+class Copy:
+    name: str
+    actor: object  # the ShardHost actor's handle
+    node: str
+    address: str
+    key: str
+    db: object = field(default=None, repr=False)
+    _collections: dict = field(default_factory=dict, repr=False)
+
+    def connect(self) -> "Copy":
+        self.db = curator.connect(self.address, api_key=self.key, timeout=SHARD_CALL_SECONDS, retries=0,
+                                  readers=False)
+        return self
+
+    def collection(self, name: str):
+        col = self._collections.get(name)
+        if col is None:
+            col = self._collections[name] = self.db.collection(name)
+        return col
+
+    def forget(self, name: str) -> None:
+        self._collections.pop(name, None)
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+
+class Shard:
+    def __init__(self, number: int, on_lost):
+        self.number = number
+        self.copies: list[Copy] = []  # ready copies; replaced whole, never changed in place
+        self.lock = threading.RLock()  # writes, and seeding a new copy
+        self._on_lost = on_lost  # on_lost(shard, copy): the cluster replaces it
+
+    def read(self, call):
+        """`call(copy)` on the first ready copy, the next if it does not answer. Reads stay on
+        one copy: a read can change what a copy holds in memory (a search or an admin read wakes
+        an inactive or offloaded tenant there), and the reads after it must see that state; the
+        other copies are standbys, equal in what they store."""
+        for copy in self.copies:
+            try:
+                return call(copy)
+            except Exception as error:
+                if not is_down(error):
+                    raise
+                self.lost(copy)
+        raise ShardUnavailableError(f"shard {self.number} has no copy that answers; retry shortly")
+
+    def write(self, call):
+        """`call(copy)` on every ready copy in order; the first answer's result."""
+        with self.lock:
+            applied, result = 0, None
+            for copy in self.copies:
+                try:
+                    answer = call(copy)
+                except Exception as error:
+                    if applied == 0 and not is_down(error):
+                        raise  # refused: applied nowhere
+                    self.lost(copy)
+                    continue
+                if applied == 0:
+                    result = answer
+                applied += 1
+            if not applied:
+                raise ShardUnavailableError(f"shard {self.number} has no copy that answers; retry shortly")
+            return result
+
+    def lost(self, copy: Copy) -> None:
+        with self.lock:
+            if copy not in self.copies:
+                return
+            self.copies = [c for c in self.copies if c is not copy]
+        self._on_lost(self, copy)
+
+    def add(self, copy: Copy) -> None:
+        with self.lock:
+            self.copies = self.copies + [copy]
+
+    def remove(self, copy: Copy) -> None:
+        with self.lock:
+            self.copies = [c for c in self.copies if c is not copy]
