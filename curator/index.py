@@ -132,7 +132,7 @@ class IndexConfig:
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
     hnsw_ef: int = 96  # the graph's beam at the default ef on 400k vectors (less on fewer: planner.graph_beam)
-    hnsw_visit_cost: float = 22.0  # a graph neighbour visit on 400k vectors, in in-order vector reads (planner.py)
+    hnsw_visit_cost: float = 13.5  # a graph neighbour visit on 400k vectors, in in-order vector reads (planner.py: fitted by benchmarks/filtered.py)
     # The planner (`planner.py`) scans exactly when at most `exact_limit` vectors are allowed,
     # and otherwise picks the plan of least estimated cost.
     exact_limit: int = 256

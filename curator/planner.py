@@ -42,10 +42,12 @@ section (GloVe 50-d, this project's 2-core machine, one query at a time), in-ord
 The walk has since become cheaper for the same visits (branch-free lists of an expansion's
 neighbours, the next candidate's links asked for early: `graph_search.py`): 38-52 ns a visit on
 40k nodes, 49-62 on 100k, 56-69 on 400k, i.e. 8.7 / 11.6 / 13.1 reads, which the benchmark fits as
-hnsw_visit_cost 13.5 with VISIT_SIZE_EXPONENT 0.17. The default hnsw_visit_cost (22, in
-`index.IndexConfig`) and VISIT_SIZE_EXPONENT still price the old walk, over-pricing the graph
-1.5-1.7x; re-set to the fitted values, the model picks the same plan for every filter and ef of
-the benchmark. The two are to be re-set together.
+hnsw_visit_cost 13.5 (`index.IndexConfig`) with VISIT_SIZE_EXPONENT 0.17, the values set (the old
+walk's were 22 and 0.32): `python -m benchmarks.filtered --sizes 40k,100k,400k` (1000 queries a
+filter, at 656faeb, 17.2 min), the "derived from this run" column of its Planner section in
+benchmarks/results/filtered.md.
+The two are set together. With either pair the model picks the same plan for every filter and ef
+of the benchmark.
 
 The plan is reported with every answer.
 """
@@ -67,7 +69,10 @@ GRAPH_SIZE = 400_000  # the graph size hnsw_ef, hnsw_visit_cost and WALK were me
 WALK = 88.0  # distances a filtered walk computes per (beam / fraction) ** WALK_EXPONENT there
 WALK_EXPONENT = 0.75
 SIZE_EXPONENT = 0.28  # a walk's length grows as n ** SIZE_EXPONENT...
-VISIT_SIZE_EXPONENT = 0.32  # ...and a visit's cost as n ** VISIT_SIZE_EXPONENT (the caches)
+# ...and a visit's cost as n ** VISIT_SIZE_EXPONENT (the caches): fitted with hnsw_visit_cost 13.5 by
+# `python -m benchmarks.filtered --sizes 40k,100k,400k` (8.7 / 11.6 / 13.1 reads a visit on 40k / 100k / 400k;
+# was 0.32 with 22)
+VISIT_SIZE_EXPONENT = 0.17
 MIN_BEAM_SCALE = 1 / 3  # a small graph's beam is at least this share of hnsw_ef (at the default ef)...
 MIN_BEAM = 16  # ...and at least this (or hnsw_ef if less): recall@10 0.93 at a beam of 10, 0.97 at 16 (40k, 50%)
 MAX_BEAM = 16_384
