@@ -3,6 +3,7 @@ import` / `curator export` move vectors between a collection and a file (curator
 
 import argparse
 import logging
+import os
 import sys
 
 from curator import bulk
@@ -79,6 +80,11 @@ def main(argv=None) -> int:
     serve.add_argument("--copies", type=int, default=2, help="copies of each shard, on different nodes")
     serve.add_argument("--shard-root", default=None,
                        help="where copies keep their data on each node (default: the node's temp directory)")
+    cluster = commands.add_parser("cluster", help="a cluster front's nodes, shards and copies")
+    cluster.add_argument("action", choices=["status"])
+    cluster.add_argument("--address", default="localhost:50051", help="the front's host:port")
+    cluster.add_argument("--api-key", default=os.environ.get("CURATOR_API_KEY"),
+                         help="an admin key (default: $CURATOR_API_KEY)")
     keygen = commands.add_parser("keygen", help="print a new API key and its entry for the keys file")
     keygen.add_argument("--name", required=True)
     keygen.add_argument("--tenant", action="append", default=[])
@@ -98,6 +104,8 @@ def main(argv=None) -> int:
     if args.command in ("import", "export"):
         return bulk.command(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "cluster":
+        return _cluster_status(args.address, args.api_key)
     if args.command == "keygen":
         if not args.admin and not args.tenant:
             parser.error("keygen needs --admin or at least one --tenant")
@@ -138,6 +146,30 @@ def main(argv=None) -> int:
         print(f"curator serve: {error}", file=sys.stderr)
         return 2
     server.serve_forever()
+    return 0
+
+
+def _cluster_status(address: str, api_key: str | None) -> int:
+    """`curator cluster status`: the front's Admin.ClusterStatus as tables."""
+    import grpc
+
+    from curator_proto.v1 import curator_pb2 as pb
+    from curator_proto.v1 import curator_pb2_grpc as rpc
+
+    metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+    try:
+        with grpc.insecure_channel(address) as channel:
+            status = rpc.AdminStub(channel).ClusterStatus(pb.Empty(), timeout=30, metadata=metadata)
+    except grpc.RpcError as error:
+        print(f"curator cluster status: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    print(f"placement map version {status.version}\n\nnode                  address          alive  copies")
+    for node in status.nodes:
+        print(f"{node.id[:20]:<21} {node.address:<16} {'yes' if node.alive else 'NO':<6} {node.copies}")
+    print("\nshard  tenants  copies (wanted)  copy: node, address, lag")
+    for shard in status.shards:
+        copies = "; ".join(f"{c.name}: {c.node[:8]}, {c.address}, {c.lag}" for c in shard.copies) or "NONE LEFT"
+        print(f"{shard.number:<6} {shard.tenants:<8} {len(shard.copies)} ({shard.wanted}){'':<10} {copies}")
     return 0
 
 

@@ -662,6 +662,20 @@ class AdminService(_Base, rpc.AdminServicer):
         return pb.Empty()
 
     @handler
+    def ClusterStatus(self, request, principal):
+        principal.require_admin("reading the cluster's status")
+        cluster = getattr(self.db, "cluster", None)
+        if cluster is None:
+            raise NotFoundError("no cluster here: this server is not a cluster front (curator serve --ray)")
+        status = cluster.status()
+        return pb.ClusterStatusResponse(
+            version=status["version"],
+            nodes=[pb.ClusterStatusResponse.Node(**node) for node in status["nodes"]],
+            shards=[pb.ClusterStatusResponse.Shard(
+                number=shard["number"], wanted=shard["wanted"], tenants=shard["tenants"],
+                copies=[pb.ClusterStatusResponse.Copy(**copy) for copy in shard["copies"]]) for shard in status["shards"]])
+
+    @handler
     def ServerInfo(self, request, principal):
         return pb.ServerInfoResponse(auth=not self.keys.open, max_message_bytes=self.limits.max_message_bytes,
                                      max_batch=self.limits.max_batch, max_k=self.limits.max_k, **self.info)

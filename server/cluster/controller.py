@@ -28,7 +28,8 @@ NAMESPACE = "curator"
 PING_SECONDS = 0.5  # between health checks of every copy
 PING_TIMEOUT = 1.0
 MISSED_PINGS = 3  # a copy that answers none of this many pings in a row is lost
-START_SECONDS = 120.0  # a new copy's process start and seeding
+START_SECONDS = 60.0  # a new copy's process start, and its seeding
+SUSPECT_SECONDS = 60.0  # a node that lost a copy takes no new one for this long
 
 
 class Cluster:
@@ -51,6 +52,7 @@ class Cluster:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._retiring: list[tuple[Shard, Copy]] = []  # copies that failed a call, for the loop to retire
+        self._suspect: dict[str, float] = {}  # node -> when it last lost a copy
         self._reattach()
         for shard in self.shards:
             while len(shard.copies) < self.copies_wanted and self._add_copy(shard):
@@ -133,7 +135,11 @@ class Cluster:
     # -- copies -----------------------------------------------------------------------------------
 
     def nodes(self) -> list[dict]:
-        return [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= self.cpus]
+        """Live nodes that may take a copy: Ray says alive (it notices a dead node only after its
+        heartbeats time out), and none of their copies was lost in the last SUSPECT_SECONDS."""
+        now = time.monotonic()
+        return [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= self.cpus
+                and now - self._suspect.get(n["NodeID"], -SUSPECT_SECONDS) >= SUSPECT_SECONDS]
 
     def _choose_node(self, shard: Shard, avoid=()) -> str | None:
         """The live node with the fewest copies that holds none of this shard's."""
@@ -189,6 +195,7 @@ class Cluster:
     def _lost(self, shard: Shard, copy: Copy) -> None:
         """A copy failed a call: the loop replaces it (never on the caller's thread)."""
         log.warning("shard %d lost copy %s (node %s)", shard.number, copy.name, copy.node[:8])
+        self._suspect[copy.node] = time.monotonic()
         self._retiring.append((shard, copy))
         self._wake.set()
 
@@ -262,10 +269,23 @@ class Cluster:
             "nodes": [{"id": node_id, "address": n.get("NodeManagerAddress", ""), "alive": bool(n.get("Alive")),
                        "copies": sum(c.node == node_id for s in self.shards for c in s.copies)}
                       for node_id, n in nodes.items()],
-            "shards": [{"number": s.number, "copies": [{"name": c.name, "node": c.node, "address": c.address}
+            "shards": [{"number": s.number, "copies": [{"name": c.name, "node": c.node, "address": c.address, "lag": 0}
                                                         for c in s.copies],
-                        "wanted": self.copies_wanted} for s in self.shards],
+                        "wanted": self.copies_wanted, "tenants": self._tenants_on(s)} for s in self.shards],
         }
+
+    def _tenants_on(self, shard: Shard) -> int:
+        """Tenants placed on `shard` that hold vectors there (copies' owners from elsewhere not counted)."""
+        def tenants(copy):
+            names = set()
+            for collection in copy.db.list_collections():
+                names.update(copy.collection(collection).tenants())
+            return names
+
+        try:
+            return sum(self.shard_of(t) is shard for t in shard.read(tenants))
+        except Exception:
+            return 0
 
     def close(self, *, destroy: bool = False) -> None:
         """Stop the loop and the front's connections; with `destroy`, stop every copy and remove its data."""

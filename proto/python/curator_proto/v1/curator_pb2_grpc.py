@@ -1539,6 +1539,11 @@ class AdminStub(object):
                 request_serializer=curator_dot_v1_dot_curator__pb2.Empty.SerializeToString,
                 response_deserializer=curator_dot_v1_dot_curator__pb2.ServerInfoResponse.FromString,
                 _registered_method=True)
+        self.ClusterStatus = channel.unary_unary(
+                '/curator.v1.Admin/ClusterStatus',
+                request_serializer=curator_dot_v1_dot_curator__pb2.Empty.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.ClusterStatusResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer(object):
@@ -1558,6 +1563,13 @@ class AdminServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClusterStatus(self, request, context):
+        """A cluster front's nodes and shards (admin keys; NOT_FOUND on a server that is not a front).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1570,6 +1582,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ServerInfo,
                     request_deserializer=curator_dot_v1_dot_curator__pb2.Empty.FromString,
                     response_serializer=curator_dot_v1_dot_curator__pb2.ServerInfoResponse.SerializeToString,
+            ),
+            'ClusterStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClusterStatus,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.Empty.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.ClusterStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1628,6 +1645,33 @@ class Admin(object):
             '/curator.v1.Admin/ServerInfo',
             curator_dot_v1_dot_curator__pb2.Empty.SerializeToString,
             curator_dot_v1_dot_curator__pb2.ServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClusterStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.Admin/ClusterStatus',
+            curator_dot_v1_dot_curator__pb2.Empty.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.ClusterStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,214 @@
+"""The cluster front (server/cluster/) on a local Ray cluster of three nodes: a node SIGKILLed
+in the middle of a write load loses no acknowledged write and shows nothing half-applied, its
+tenants answer again at once; a node added under load takes copies over while no call fails;
+tenant keys isolate tenants through the front as on one server. (The API suites of the modules
+marked `cluster` run through a front as well: tests/conftest.py.)"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import ray
+
+import curator
+from curator import NotFoundError, PermissionDeniedError
+from curator_server.app import CuratorServer, ServerConfig
+from curator_server.cluster.controller import Cluster
+from tests.conftest import keys_file
+from tests.test_server import KEYS
+
+DIM = 8
+TENANTS = [f"tenant-{i}" for i in range(8)]
+
+
+@pytest.fixture
+def fleet(ray_nodes, tmp_path):
+    """A cluster of its own (two shards of two copies) and a front before it."""
+    cluster = Cluster(ray_nodes.address, str(tmp_path / "front-cluster"), root=str(tmp_path / "shards"),
+                      name=f"fleet-{os.getpid()}-{time.monotonic_ns()}")
+    front = CuratorServer(ServerConfig(data=str(tmp_path / "front"), port=0, ray="given"), cluster=cluster).start()
+    try:
+        yield ray_nodes, cluster, front
+    finally:
+        front.stop()
+        cluster.close(destroy=True)
+
+
+class WriteLoad:
+    """Threads inserting batches of new vectors for random tenants, each remembering what was
+    acknowledged and what failed."""
+
+    def __init__(self, col, threads: int = 3):
+        self.col, self.acked, self.failed, self.errors, self.times = col, [], [], [], []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(n,)) for n in range(threads)]
+
+    def _run(self, n: int) -> None:
+        rng = np.random.default_rng(n)
+        batch = 0
+        while not self.stop.is_set():
+            ids = np.arange(10, dtype=np.int64) + (n * 1_000_000 + batch * 10)
+            vectors = rng.standard_normal((10, DIM)).astype(np.float32)
+            tenant = TENANTS[int(rng.integers(len(TENANTS)))]
+            try:
+                self.col.insert(ids, vectors, tenant=tenant)
+                self.acked.append((ids, vectors, tenant))
+                self.times.append(time.monotonic())
+            except Exception as error:  # noqa: BLE001 - checked below: nothing half-applied
+                self.failed.append(ids)
+                self.errors.append(error)
+            batch += 1
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+def check_model(col, load: WriteLoad) -> None:
+    """Every acknowledged write is there, exactly; a failed one is there whole or not at all."""
+    for ids, vectors, tenant in load.acked:
+        assert col.visible_to(ids, tenant=tenant).all()
+        np.testing.assert_array_equal(col.get(ids), vectors)
+    for ids in load.failed:
+        assert col.contains(ids).sum() in (0, ids.size)
+    per_tenant = {t: 0 for t in TENANTS}
+    for ids, _, tenant in load.acked:
+        per_tenant[tenant] += ids.size
+    assert {t: col.count(t) for t in TENANTS if per_tenant[t]} == {t: n for t, n in per_tenant.items() if n}
+
+
+def busiest_worker(nodes, cluster):
+    """The Ray worker node (not the head) holding the most copies, and those copies."""
+    held = {}
+    for shard in cluster.shards:
+        for copy in shard.copies:
+            held.setdefault(copy.node, []).append(copy)
+    workers = [n for n in nodes.worker_nodes if n.node_id in held]
+    node = max(workers, key=lambda n: len(held[n.node_id]))
+    return node, held[node.node_id]
+
+
+def test_a_node_killed_under_writes_loses_no_acknowledged_write(fleet):
+    nodes, cluster, front = fleet
+    db = curator.connect(front.address)
+    col = db.create_collection("docs", DIM)
+    with WriteLoad(col) as load:
+        time.sleep(1.5)
+        node, copies = busiest_worker(nodes, cluster)
+        for copy in copies:  # the copies' processes first, then the node's own (raylet, store)
+            os.kill(ray.get(copy.actor.pid.remote()), signal.SIGKILL)
+        nodes.remove_node(node, allow_graceful=False)
+        killed = time.monotonic()
+        time.sleep(2.0)
+    assert not load.errors, load.errors[:3]
+    assert sum(t > killed for t in load.times) > 0  # writes went on
+    # every tenant answers again, from the copies left
+    rng = np.random.default_rng(9)
+    for tenant in TENANTS:
+        col.search(rng.standard_normal(DIM).astype(np.float32), k=3, tenant=tenant)
+    answered = time.monotonic() - killed
+    check_model(col, load)
+    # the lost copies are replaced on the nodes left, seeded with everything acknowledged
+    deadline = time.monotonic() + 60
+    while any(len(s.copies) < 2 for s in cluster.shards) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(len(s.copies) == 2 for s in cluster.shards)
+    assert all(copy.node != node.node_id for s in cluster.shards for copy in s.copies)
+    for shard in cluster.shards:  # each new copy alone answers what the model says
+        shard.copies = shard.copies[::-1]
+    check_model(col, load)
+    assert answered < 10, answered
+    out = subprocess.run([sys.executable, "-m", "curator_server.cli", "cluster", "status", "--address", front.address],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert all(copy.name in out.stdout for s in cluster.shards for copy in s.copies)
+    nodes.add_node(num_cpus=1)  # the session's cluster gets its third node back
+    nodes.wait_for_nodes()
+    db.close()
+
+
+def test_a_node_added_under_load_takes_copies_and_no_call_fails(fleet):
+    nodes, cluster, front = fleet
+    db = curator.connect(front.address)
+    col = db.create_collection("docs", DIM)
+    before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    with WriteLoad(col, threads=2) as load:
+        searches, failures = [0], []
+
+        def search():
+            rng = np.random.default_rng(1)
+            while not load.stop.is_set():
+                tenant = TENANTS[int(rng.integers(len(TENANTS)))]
+                try:
+                    col.search(rng.standard_normal(DIM).astype(np.float32), k=3, tenant=tenant)
+                    searches[0] += 1
+                except NotFoundError:
+                    pass  # a tenant with nothing written yet
+                except Exception as error:  # noqa: BLE001
+                    failures.append(error)
+
+        searcher = threading.Thread(target=search)
+        searcher.start()
+        time.sleep(1.0)
+        added = nodes.add_node(num_cpus=1)
+        nodes.wait_for_nodes()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(c.node == added.node_id for s in cluster.shards
+                                                      for c in s.copies):
+            time.sleep(0.2)
+        time.sleep(1.0)
+        load.stop.set()
+        searcher.join()
+    assert added.node_id not in before
+    assert any(c.node == added.node_id for s in cluster.shards for c in s.copies), cluster.status()
+    assert not load.errors and not failures, (load.errors + failures)[:3]
+    assert searches[0] > 0
+    check_model(col, load)
+    nodes.remove_node(added)  # back to three nodes for the session
+    db.close()
+
+
+def test_tenant_keys_isolate_tenants_through_the_front(fleet, tmp_path):
+    _, cluster, _ = fleet
+    keys = keys_file(tmp_path / "keys.toml", {"alice-app": (KEYS["alice"], ["alice"]),
+                                              "carol-app": (KEYS["bob"], ["carol"]), "ops": (KEYS["admin"], None)})
+    front = CuratorServer(ServerConfig(data=str(tmp_path / "secured"), port=0, keys=keys, ray="given"),
+                          cluster=cluster).start()
+    admin = curator.connect(front.address, api_key=KEYS["admin"])
+    alice = curator.connect(front.address, api_key=KEYS["alice"])
+    carol = curator.connect(front.address, api_key=KEYS["bob"])
+    try:
+        admin.create_collection("docs", DIM)
+        assert cluster.placement.shard_of("alice") != cluster.placement.shard_of("carol")
+        rng = np.random.default_rng(0)
+        mine = rng.standard_normal((20, DIM)).astype(np.float32)
+        alice.collection("docs").insert(np.arange(20), mine, tenant="alice")
+        carol.collection("docs").insert(np.arange(100, 120), mine + 0.01, tenant="carol")
+        found = alice.collection("docs").search(mine[0], k=5, tenant="alice")
+        assert set(found.ids.tolist()) <= set(range(20))
+        with pytest.raises(PermissionDeniedError):
+            carol.collection("docs").search(mine[0], k=5, tenant="alice")
+        assert admin.collection("docs").count() == 40
+        admin.collection("docs").grant([0, 1], tenant="carol")  # across shards: a copy on carol's
+        assert {0, 1} <= set(carol.collection("docs").search(mine[0], k=25, tenant="carol").ids.tolist())
+        assert admin.collection("docs").count() == 40  # a copy is not a new vector
+        assert admin.collection("docs").tenants_of(0) == ["alice", "carol"]
+        with pytest.raises(PermissionDeniedError):  # only the owner overwrites, on any shard
+            carol.collection("docs").upsert([0], mine[:1], tenant="carol")
+        alice.collection("docs").upsert([0], mine[:1] * 2, tenant="alice")  # the owner's write reaches the copy
+        np.testing.assert_array_equal(carol.collection("docs").get([0]), mine[:1] * 2)
+    finally:
+        for db in (alice, carol, admin):
+            db.close()
+        front.stop()
