@@ -18,7 +18,6 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 import curator
-from curator import handoff
 from curator_proto.v1 import archive_pb2, archive_pb2_grpc
 from curator_proto.v1 import curator_pb2 as pb
 from curator_proto.v1 import curator_pb2_grpc as rpc
@@ -342,9 +341,6 @@ class CuratorServer:
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
-        # Searches here do not wait to hand the GIL to another searching thread (curator/handoff.py):
-        # in a server that thread goes on to do gRPC work, and the spinning takes the core it needs.
-        handoff.configure(limit_us=float(os.environ.get("CURATOR_AB_HANDOFF_US", "0")))  # AB-TEMP
         self.start()
         if self.config.replica_of is not None:
             watch_primary(done)
