@@ -100,6 +100,7 @@ class ServerConfig:
     replica_of: str | None = None  # set in a reader's own process: its primary's address
     quotas_file: str | None = None  # --quotas, handed on to readers
     ray: str | None = None  # a cluster front (server/cluster/): the Ray cluster's address, "auto" or "local"
+    cluster_name: str = "curator"  # its copies' actors on Ray are named after it
     shards: int = 2  # a new cluster's shards (fixed once created)
     copies: int = 2  # each shard's copies, on different nodes
     shard_root: str | None = None  # where copies keep their data on each node (default: its temp directory)
@@ -251,7 +252,8 @@ class CuratorServer:
         if config.data == ":memory:" or config.readers:
             raise ValueError("a cluster front (--ray) needs --data for its placement map, and takes no --readers")
         self.cluster = self._given_cluster or Cluster(
-            config.ray, config.data.rstrip("/\\") + "-cluster", shards=config.shards, copies=config.copies,
+            config.ray, config.data.rstrip("/\\") + "-cluster", name=config.cluster_name, shards=config.shards,
+            copies=config.copies,
             root=config.shard_root, settings={"durability": config.durability, "workers": config.workers})
         self.db = ClusterDatabase(self.cluster, self.db)
 

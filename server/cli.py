@@ -76,6 +76,9 @@ def main(argv=None) -> int:
                        help="be the front of a cluster: shards on the Ray cluster at ADDRESS (\"auto\": the one this "
                             "node belongs to; \"local\": start one here), each shard two copies on different nodes "
                             "(server/cluster/; the cluster extra; --data keeps the placement map)")
+    serve.add_argument("--cluster-name", default="curator",
+                       help="the cluster's name on Ray (its copies' actors are named after it; a front started "
+                            "without its placement map takes back the copies of the cluster of this name)")
     serve.add_argument("--shards", type=int, default=2, help="a new cluster's shards (fixed once created)")
     serve.add_argument("--copies", type=int, default=2, help="copies of each shard, on different nodes")
     serve.add_argument("--shard-root", default=None,
@@ -135,7 +138,7 @@ def main(argv=None) -> int:
         limits=Limits(args.max_message_bytes, args.max_batch, args.max_k), tenant_metrics_top=args.tenant_metrics_top,
         id_collisions_per_hour=args.id_collisions_per_hour,
         cache=cache_config.read(args.cache_config) if args.cache_config else None, quotas=quotas, device=args.device,
-        readers=args.readers, replica_of=args.replica_of, quotas_file=args.quotas, ray=args.ray, shards=args.shards,
+        readers=args.readers, replica_of=args.replica_of, quotas_file=args.quotas, ray=args.ray, cluster_name=args.cluster_name, shards=args.shards,
         copies=args.copies, shard_root=args.shard_root,
         gateway=None if args.http_port is None else GatewayConfig(
             args.http_port, args.http_max_body_bytes, args.http_max_answer_bytes,

@@ -99,15 +99,18 @@ def db(request, tmp_path):
         yield db
 
 
+NODE = {"num_cpus": 1, "object_store_memory": 80 << 20}  # a local Ray node: copies move little through the store
+
+
 @pytest.fixture(scope="session")
 def ray_nodes():
     """A local Ray cluster of three nodes (each its own raylet and workers on this machine)."""
     import ray
     from ray.cluster_utils import Cluster
 
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes = Cluster(initialize_head=True, head_node_args=NODE)
     for _ in range(2):
-        nodes.add_node(num_cpus=1)
+        nodes.add_node(**NODE)
     ray.init(address=nodes.address, namespace="curator", log_to_driver=False)
     nodes.wait_for_nodes()
     try:

@@ -19,7 +19,7 @@ import curator
 from curator import NotFoundError, PermissionDeniedError
 from curator_server.app import CuratorServer, ServerConfig
 from curator_server.cluster.controller import Cluster
-from tests.conftest import keys_file
+from tests.conftest import NODE, keys_file
 from tests.test_server import KEYS
 
 DIM = 8
@@ -133,7 +133,7 @@ def test_a_node_killed_under_writes_loses_no_acknowledged_write(fleet):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert all(copy.name in out.stdout for s in cluster.shards for copy in s.copies)
-    nodes.add_node(num_cpus=1)  # the session's cluster gets its third node back
+    nodes.add_node(**NODE)  # the session's cluster gets its third node back
     nodes.wait_for_nodes()
     db.close()
 
@@ -161,7 +161,7 @@ def test_a_node_added_under_load_takes_copies_and_no_call_fails(fleet):
         searcher = threading.Thread(target=search)
         searcher.start()
         time.sleep(1.0)
-        added = nodes.add_node(num_cpus=1)
+        added = nodes.add_node(**NODE)
         nodes.wait_for_nodes()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(c.node == added.node_id for s in cluster.shards

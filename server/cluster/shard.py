@@ -1,6 +1,6 @@
 """A shard: the tenants hashed to it, held by two copies (or more) on different nodes.
 
-Every write goes to each ready copy in turn, under the shard's lock, so that all copies apply
+Every write goes to each ready copy at once, under the shard's lock, so that all copies apply
 the same writes in the same order, and is acknowledged once every ready copy applied it:
 losing any one node loses no acknowledged write, and a read on any copy sees every write
 acknowledged before it (read-your-writes); reads go to the first copy (see `read`).
@@ -10,12 +10,16 @@ cluster seeds a replacement from a surviving copy (server/cluster/controller.py)
 refuses a write the first copy applied has diverged: it leaves too, and is replaced the same way.
 A write the first copy answering refuses (a typed error) was applied nowhere."""
 
+import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import curator
 from curator.errors import CuratorError, UpstreamError
 
+log = logging.getLogger("curator.cluster")
+_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="curator-copies")  # a write's other copies
 SHARD_CALL_SECONDS = 120.0  # a call's deadline on a copy (bulk writes included); hangs are found by pings
 
 
@@ -26,6 +30,13 @@ def is_down(error: Exception) -> bool:
     if type(error) is CuratorError:
         return str(error).startswith("UNAVAILABLE")
     return isinstance(error, ValueError) and "closed channel" in str(error)
+
+
+def _outcome(call, copy) -> tuple[bool, object]:
+    try:
+        return True, call(copy)
+    except Exception as error:  # noqa: BLE001 - sorted by Shard.write
+        return False, error
 
 
 class ShardUnavailableError(UpstreamError):
@@ -83,23 +94,28 @@ class Shard:
         raise ShardUnavailableError(f"shard {self.number} has no copy that answers; retry shortly")
 
     def write(self, call):
-        """`call(copy)` on every ready copy in order; the first answer's result."""
+        """`call(copy)` on every ready copy at once (the shard's lock keeps their order the same);
+        the answer of the first copy that applied it. The engine is deterministic (the front draws
+        ids), so the copies agree: one that refuses what another applied, or applied what the
+        others refused, has diverged and leaves, and so does one that does not answer. A write
+        every copy refuses was applied nowhere: its error is raised."""
         with self.lock:
-            applied, result = 0, None
-            for copy in self.copies:
-                try:
-                    answer = call(copy)
-                except Exception as error:
-                    if applied == 0 and not is_down(error):
-                        raise  # refused: applied nowhere
+            copies = self.copies
+            pending = [_POOL.submit(_outcome, call, copy) for copy in copies[1:]]
+            outcomes = [_outcome(call, copies[0])] + [f.result() for f in pending] if copies else []
+            applied = [answer for ok, answer in outcomes if ok]
+            refused = [answer for ok, answer in outcomes if not ok and not is_down(answer)]
+            for copy, (ok, answer) in zip(copies, outcomes):
+                if not ok and (is_down(answer) or applied):
                     self.lost(copy)
-                    continue
-                if applied == 0:
-                    result = answer
-                applied += 1
-            if not applied:
-                raise ShardUnavailableError(f"shard {self.number} has no copy that answers; retry shortly")
-            return result
+            if applied:
+                if refused:
+                    log.warning("shard %d: a copy refused a write the others applied (%s); it is replaced",
+                                self.number, refused[0])
+                return applied[0]
+            if refused:
+                raise refused[0]
+            raise ShardUnavailableError(f"shard {self.number} has no copy that answers; retry shortly")
 
     def lost(self, copy: Copy) -> None:
         with self.lock:
