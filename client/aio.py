@@ -135,6 +135,9 @@ class AsyncRemoteCollection:
     async def visible_to(self, ids, *, tenant: str):
         return await self._run(self._calls.visible_to(ids, tenant))
 
+    async def owners(self, ids) -> list[str]:
+        return await self._run(self._calls.owners(ids))
+
     async def count(self, tenant: str | None = None) -> int:
         return await self._run(self._calls.count(tenant))
 

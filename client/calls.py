@@ -123,6 +123,10 @@ class CollectionCalls:
         request = pb.GrantRequest(collection=self.name, ids=self._ids(ids), tenant=tenant)
         return Call("vectors", "Owned", request, True, _flags)
 
+    def owners(self, ids) -> Call:
+        request = pb.IdsRequest(collection=self.name, ids=self._ids(ids))
+        return Call("vectors", "Owners", request, True, lambda r: list(r.tenants))
+
     def visible_to(self, ids, tenant) -> Call:
         request = pb.GrantRequest(collection=self.name, ids=self._ids(ids), tenant=tenant)
         return Call("vectors", "VisibleTo", request, True, _flags)

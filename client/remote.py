@@ -166,6 +166,9 @@ class RemoteCollection(Collection):
     def visible_to(self, ids, *, tenant: str):
         return self._run(self._calls.visible_to(ids, tenant))
 
+    def owners(self, ids) -> list[str]:
+        return self._run(self._calls.owners(ids))
+
     def count(self, tenant: str | None = None) -> int:
         return self._run(self._calls.count(tenant))
 

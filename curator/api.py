@@ -101,6 +101,11 @@ class Collection(ABC):
         """The stored vectors, (n, dim) float32, bit-exact as inserted."""
 
     @abstractmethod
+    def owners(self, ids) -> list[str]:
+        """The owner of each vector (see `owned`); unknown ids are NotFoundError. A tenant key
+        gets "" for a vector its tenants do not own."""
+
+    @abstractmethod
     def tenants_of(self, id_: int) -> list[str]:
         """The tenants that may see one vector."""
 

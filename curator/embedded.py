@@ -253,6 +253,10 @@ class EmbeddedCollection(Collection):
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")
         return self._read(lambda: self.index.owned(ids, tenant))
 
+    def owners(self, ids) -> list[str]:
+        ids = validate.ids(ids)
+        return self._read(lambda: self.index.owners(ids))
+
     def get_payloads(self, ids) -> list[dict]:
         ids = validate.ids(ids)
         return self._read(lambda: self.index.get_payloads(ids))

@@ -1075,6 +1075,16 @@ class CuratorIndex:
             out[slots == -1] = self.shelf.holders(ids[slots == -1]) == t
         return out
 
+    def owners(self, ids: np.ndarray) -> list[str]:
+        """The owner of each id (NotFoundError for unknown ones; offloaded ones are restored first)."""
+        slots = self._known(ids)
+        numbers = self.owner[np.maximum(slots, 0)]
+        evicted = slots == EVICTED
+        if evicted.any():
+            numbers = numbers.copy()
+            numbers[evicted] = self.shelf.fetch(ids[evicted]).owners
+        return [self.tenant_names[t] for t in numbers.tolist()]
+
     def _require_owner(self, slots: np.ndarray, tenant: str) -> None:
         t = self.tenant_numbers.get(tenant, -2)
         others = int(np.count_nonzero(self.owner[slots] != t))

@@ -352,6 +352,12 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
         return pb.Flags(flags=col.owned(self._ids(request.ids), tenant=request.tenant).astype(np.uint8).tobytes())
 
     @handler
+    def Owners(self, request, principal):
+        col = self._collection(request.collection, principal)
+        owners = col.owners(self._ids(request.ids, principal, col))
+        return pb.ListTenantsResponse(tenants=[t if principal.may_act_for(t) else "" for t in owners])
+
+    @handler
     def GetPayloads(self, request, principal):
         col = self._collection(request.collection, principal)
         payloads = col.get_payloads(self._ids(request.ids, principal, col))

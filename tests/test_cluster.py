@@ -204,6 +204,7 @@ def test_tenant_keys_isolate_tenants_through_the_front(fleet, tmp_path):
         assert {0, 1} <= set(carol.collection("docs").search(mine[0], k=25, tenant="carol").ids.tolist())
         assert admin.collection("docs").count() == 40  # a copy is not a new vector
         assert admin.collection("docs").tenants_of(0) == ["alice", "carol"]
+        assert carol.collection("docs").owners([0, 100]) == ["", "carol"]  # another's owner is not named
         with pytest.raises(PermissionDeniedError):  # only the owner overwrites, on any shard
             carol.collection("docs").upsert([0], mine[:1], tenant="carol")
         alice.collection("docs").upsert([0], mine[:1] * 2, tenant="alice")  # the owner's write reaches the copy

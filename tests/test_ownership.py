@@ -65,6 +65,9 @@ def test_ownership_passes_to_the_longest_standing_tenant_left_and_survives_reope
         col = db.collection("c")
         assert col.owned(np.arange(3), tenant="z-first").all() and col.owned(np.arange(3, 6), tenant="b").all()
         assert col.owned([10], tenant="d").all() and not col.owned([10], tenant="b").any()
+        assert col.owners([0, 1, 2, 3, 4, 5, 10]) == ["z-first"] * 3 + ["b"] * 3 + ["d"]
+        with pytest.raises(curator.NotFoundError):
+            col.owners([10, 99])
         with pytest.raises(curator.PermissionDeniedError):
             col.upsert([1], np.ones((1, DIM)), tenant="b")
         col.train()  # a retrain renumbers slots: owners follow their vectors

@@ -160,6 +160,15 @@ class ClusterCollection(Collection):
                 out.append((shard, mask))
         return out
 
+    def _known(self, ids: np.ndarray, shards) -> None:
+        """NotFoundError (the engine's words) for those of `ids` none of `shards` holds."""
+        held = np.zeros(ids.size, bool)
+        for _, mask in self._held(ids, shards):
+            held |= mask
+        if not held.all():
+            missing = ids[~held]
+            raise NotFoundError(f"{missing.size} unknown id(s), e.g. {missing[:5].tolist()}")
+
     def _others(self, home):
         return [s for s in self.cluster.shards if s is not home]
 
@@ -240,6 +249,7 @@ class ClusterCollection(Collection):
         with self._ids_lock:
             missing = ~np.asarray(self._read(home, "contains", ids), bool)
             if missing.any():
+                self._known(ids[missing], self._others(home))
                 self._copy(ids[missing], home)
             return self._write(home, "grant", ids, tenant=tenant)
 
@@ -249,7 +259,7 @@ class ClusterCollection(Collection):
             ids_here = ids[mask]
             vectors = self._read(shard, "get", ids_here)
             payloads = self._read(shard, "get_payloads", ids_here)
-            owners = self._owners(shard, ids_here)
+            owners = self._read(shard, "owners", ids_here)
             for owner in sorted(set(owners)):
                 rows = np.array([o == owner for o in owners])
                 self._write(home, "insert", ids_here[rows], vectors[rows], tenant=owner,
@@ -258,19 +268,17 @@ class ClusterCollection(Collection):
             if not ids.size:
                 return
 
-    def _owners(self, shard, ids: np.ndarray) -> list[str]:
-        owners = [None] * ids.size
-        for row, id_ in enumerate(ids.tolist()):
-            for tenant in self._read(shard, "tenants_of", id_):
-                if self._read(shard, "owned", [id_], tenant=tenant)[0]:
-                    owners[row] = tenant
-                    break
-        return owners
-
     def revoke(self, ids, *, tenant: str) -> None:
         home = self._home(tenant)
         ids = validate.ids(ids)
         with self._ids_lock:
+            here = np.asarray(self._read(home, "contains", ids), bool)
+            if not here.all():  # ids the tenant cannot see are no-ops, as on one server; unknown ones are not
+                self._known(ids[~here], self._others(home))
+                ids = ids[here]
+                if not ids.size:
+                    self._home(tenant).read(lambda copy: copy.collection(self.name).tenant_state(tenant))
+                    return
             owned = np.asarray(self._read(home, "owned", ids, tenant=tenant), bool)
             self._write(home, "revoke", ids, tenant=tenant)
             if owned.any():  # its copies on other shards: it gives them up there too
@@ -293,6 +301,9 @@ class ClusterCollection(Collection):
 
     def owned(self, ids, *, tenant: str) -> np.ndarray:
         return self._tenant_read(tenant, "owned", ids, tenant=tenant)
+
+    def owners(self, ids) -> list[str]:
+        return self._gather_rows(ids, "owners")
 
     def get_payloads(self, ids) -> list[dict]:
         return self._gather_rows(ids, "get_payloads")

@@ -674,6 +674,11 @@ class VectorsServiceStub(object):
                 request_serializer=curator_dot_v1_dot_curator__pb2.GrantRequest.SerializeToString,
                 response_deserializer=curator_dot_v1_dot_curator__pb2.Flags.FromString,
                 _registered_method=True)
+        self.Owners = channel.unary_unary(
+                '/curator.v1.VectorsService/Owners',
+                request_serializer=curator_dot_v1_dot_curator__pb2.IdsRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
         self.Scroll = channel.unary_unary(
                 '/curator.v1.VectorsService/Scroll',
                 request_serializer=curator_dot_v1_dot_curator__pb2.ScrollRequest.SerializeToString,
@@ -771,6 +776,13 @@ class VectorsServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Owners(self, request, context):
+        """The owner of each id (unknown ids: NOT_FOUND; a tenant key gets "" where its tenants are not the owner).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Scroll(self, request, context):
         """Ids in ascending order after `after_id` (-1: from the start), at most `limit` of them.
         """
@@ -857,6 +869,11 @@ def add_VectorsServiceServicer_to_server(servicer, server):
                     servicer.Owned,
                     request_deserializer=curator_dot_v1_dot_curator__pb2.GrantRequest.FromString,
                     response_serializer=curator_dot_v1_dot_curator__pb2.Flags.SerializeToString,
+            ),
+            'Owners': grpc.unary_unary_rpc_method_handler(
+                    servicer.Owners,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.IdsRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.ListTenantsResponse.SerializeToString,
             ),
             'Scroll': grpc.unary_unary_rpc_method_handler(
                     servicer.Scroll,
@@ -1156,6 +1173,33 @@ class VectorsService(object):
             '/curator.v1.VectorsService/Owned',
             curator_dot_v1_dot_curator__pb2.GrantRequest.SerializeToString,
             curator_dot_v1_dot_curator__pb2.Flags.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Owners(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.VectorsService/Owners',
+            curator_dot_v1_dot_curator__pb2.IdsRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.ListTenantsResponse.FromString,
             options,
             channel_credentials,
             insecure,
