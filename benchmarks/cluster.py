@@ -1,6 +1,6 @@
 """The cluster front against a single server, same run, on a local Ray cluster of three nodes.
 
-    python -m benchmarks.cluster [--quick] [--rounds R] [--seconds S]
+    python -m benchmarks.cluster [--quick] [--rounds R] [--seconds S] [--scaling]
 
 GloVe x WordNet (curator_loadtest/data.py), k=10, default ef, the blocking SDK. Two servers,
 each `curator serve` on loopback: one alone on its data directory, and one a cluster front
@@ -144,6 +144,33 @@ def measure(args, data_params: dict) -> dict:
     return out
 
 
+def scaling(args, data_params: dict) -> dict:
+    """Searches/s through a front over 1, 2 and 3 local nodes (two shards; two copies where two
+    nodes can hold them), one process of four threads, each on a new Ray cluster."""
+    out = {}
+    this = Checkout.this()
+    for n in (1, 2, 3):
+        nodes = Cluster(initialize_head=True, head_node_args=NODE)
+        for _ in range(n - 1):
+            nodes.add_node(**NODE)
+        nodes.wait_for_nodes()
+        try:
+            extra = ("--ray", nodes.address, "--cluster-name", f"scale{n}", "--copies", str(min(2, n)))
+            with ManagedServer(extra_args=extra) as front:
+                clients = workers.start(this, ROLE, count=1, data=data_params)
+                try:
+                    clients[0].ask(op="load", address=front.address)
+                    windows = [served_window(clients, front.pid, front.address, 4, args.seconds, 1.0)
+                               for _ in range(args.rounds)]
+                finally:
+                    workers.close_all(clients)
+            out[n] = median_round(windows)
+            print(f"{n} node(s): {out[n]['searches_per_s']:,.0f} searches/s", flush=True)
+        finally:
+            nodes.shutdown()
+    return out
+
+
 def report(results: dict, args) -> str:
     figures = results["figures"]
     rows = []
@@ -190,10 +217,22 @@ def report(results: dict, args) -> str:
         f"again after {fo['seconds_to_all_tenants']:.3f} s ({fo['failed_searches']} searches failed meanwhile, "
         f"{fo['unanswered']} tenants unanswered).",
         "",
+        *scaling_lines(results),
         f"Load through the SDK: single server {results['load_seconds']['single server']:.1f} s, cluster front "
         f"{results['load_seconds']['cluster front']:.1f} s.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def scaling_lines(results: dict) -> list[str]:
+    if "scaling" not in results:
+        return []
+    rows = [{"nodes": n, **f} for n, f in results["scaling"].items()]
+    columns = [("nodes", "local nodes", ""), ("searches_per_s", "searches/s (1 process x 4 threads)", ",.0f"),
+               ("p50_ms", "p50 ms", ".3f"), ("server_cpu_us", "front CPU us/search", ".0f")]
+    return ["## Nodes", "", "Each a new local Ray cluster on this machine's 2 cores (two shards; one copy each "
+            "on one node, two on more): more nodes here add processes, not cores.", "",
+            markdown_table(rows, columns), ""]
 
 
 def main(argv=None) -> None:
@@ -201,10 +240,14 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="~5k vectors, 1 s windows, 1 round: a smoke run")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--scaling", action="store_true", help="also 1, 2 and 3 nodes, each a new local cluster")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.seconds = args.seconds or (1.0 if args.quick else 5.0)
-    results = measure(args, QUICK_DATA if args.quick else {})
+    data_params = QUICK_DATA if args.quick else {}
+    results = measure(args, data_params)
+    if args.scaling:
+        results["scaling"] = scaling(args, data_params)
     with open("/tmp/cluster_results.json", "w") as f:
         json.dump(results, f, default=str)
     text = report(results, args)

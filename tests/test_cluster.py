@@ -213,3 +213,40 @@ def test_tenant_keys_isolate_tenants_through_the_front(fleet, tmp_path):
         for db in (alice, carol, admin):
             db.close()
         front.stop()
+
+
+def test_a_front_that_lost_its_directory_takes_its_cluster_back(ray_nodes, tmp_path):
+    """The placement map and the cluster's key live in every copy too: a front started on an
+    empty directory (its node was lost) finds the copies of its cluster by name and serves
+    everything acknowledged before; second copies are seeded again from the first."""
+    name = f"restart-{os.getpid()}-{time.monotonic_ns()}"
+    first = Cluster(ray_nodes.address, str(tmp_path / "lost"), root=str(tmp_path / "shards"), name=name)
+    front = CuratorServer(ServerConfig(data=str(tmp_path / "front-lost"), port=0, ray="given"), cluster=first).start()
+    db = curator.connect(front.address)
+    col = db.create_collection("docs", DIM)
+    rng = np.random.default_rng(3)
+    for n, tenant in enumerate(TENANTS):
+        col.insert(np.arange(5) + 10 * n, rng.standard_normal((5, DIM)).astype(np.float32), tenant=tenant)
+    col.grant([0, 1], tenant=TENANTS[3])  # a copy on the other shard (placement.py: tenant-0 and tenant-3 differ)
+    expected = {t: col.scroll(tenant=t)[0].tolist() for t in TENANTS}
+    db.close()
+    front.stop()
+    first.close()  # the front goes; its copies keep serving
+    again = Cluster(ray_nodes.address, str(tmp_path / "empty"), root=str(tmp_path / "shards"), name=name)
+    try:
+        assert again.placement.version >= first.placement.version and again.key == first.key
+        front = CuratorServer(ServerConfig(data=str(tmp_path / "front-new"), port=0, ray="given"), cluster=again).start()
+        db = curator.connect(front.address)
+        col = db.collection("docs")
+        assert {t: col.scroll(tenant=t)[0].tolist() for t in TENANTS} == expected
+        deadline = time.monotonic() + 60
+        while any(len(s.copies) < 2 for s in again.shards) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for shard in again.shards:  # the re-seeded copies alone
+            shard.copies = shard.copies[::-1]
+        assert {t: col.scroll(tenant=t)[0].tolist() for t in TENANTS} == expected
+        assert col.count() == 5 * len(TENANTS)
+        db.close()
+        front.stop()
+    finally:
+        again.close(destroy=True)

@@ -43,8 +43,12 @@ class Cluster:
         os.makedirs(data, mode=0o700, exist_ok=True)
         self._placement_path = os.path.join(data, "placement.json")
         self._key_path = os.path.join(data, "cluster.key")
-        self.key = self._key()
-        self.placement = Placement.load(self._placement_path) or self._recovered() or Placement(shards)
+        self.placement = Placement.load(self._placement_path)
+        recovered_key = None
+        if self.placement is None:
+            self.placement, recovered_key = self._recovered()
+        self.key = self._key(recovered_key)
+        self.placement = self.placement or Placement(shards)
         self.shards = [Shard(i, self._lost) for i in range(self.placement.shards)]
         self._lock = threading.RLock()  # placement changes, repairs
         self._serial = int(time.time() * 1000)
@@ -68,13 +72,14 @@ class Cluster:
 
     # -- the placement map ------------------------------------------------------------------------
 
-    def _key(self) -> str:
-        """The cluster's internal admin key: the front's calls to its copies carry it."""
+    def _key(self, recovered: str | None) -> str:
+        """The cluster's internal admin key: the front's calls to its copies carry it. Kept in
+        the front's data directory; a front that lost it takes it back from a copy."""
         try:
             with open(self._key_path) as f:
                 return f.read().strip()
         except FileNotFoundError:
-            key = "cluster-" + secrets.token_urlsafe(32)
+            key = recovered or "cluster-" + secrets.token_urlsafe(32)
             descriptor = os.open(self._key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w") as f:
                 f.write(key)
@@ -83,21 +88,23 @@ class Cluster:
     def _actor_name(self, copy_name: str) -> str:
         return f"{self.name}/{copy_name}"
 
-    def _recovered(self) -> Placement | None:
-        """The newest placement map any live copy of this cluster holds (the front lost its disk)."""
-        best = None
+    def _recovered(self) -> tuple[Placement | None, str | None]:
+        """The newest placement map any live copy of this cluster holds, and the cluster's key
+        (the front lost its data directory)."""
+        best, key = None, None
         for entry in ray.util.list_named_actors(all_namespaces=True):
             if entry.get("namespace") != NAMESPACE or not entry["name"].startswith(self.name + "/"):
                 continue
             try:
-                text = ray.get(ray.get_actor(entry["name"], NAMESPACE).placement.remote(), timeout=10)
+                actor = ray.get_actor(entry["name"], NAMESPACE)
+                text, found_key = ray.get([actor.placement.remote(), actor.cluster_key.remote()], timeout=10)
             except Exception:
                 continue
             if text:
                 found = Placement.from_json(text)
                 if best is None or found.version > best.version:
-                    best = found
-        return best
+                    best, key = found, found_key
+        return best, key
 
     def _reattach(self) -> None:
         """Take back the copies the placement map names that still serve (a restarted front)."""

@@ -17,6 +17,10 @@ import ray
 class ShardHost:
     def __init__(self, name: str, root: str, key: str, settings: dict):
         self.name, self.key, self.settings = name, key, settings
+        try:  # Ray starts its workers at niceness 15, made for batch tasks; a copy serves calls
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+        except OSError:
+            pass  # without the privilege to: it serves at the lower priority
         self.root = root or os.path.join(tempfile.gettempdir(), "curator-shards")
         self.data = os.path.join(self.root, name)
         self.server = None
@@ -63,6 +67,10 @@ class ShardHost:
 
     def address(self) -> str | None:
         return None if self.server is None else self.server.address
+
+    def cluster_key(self) -> str:
+        """The cluster's key, for a front that lost its data directory (asked over Ray, inside the cluster)."""
+        return self.key
 
     def node(self) -> str:
         return ray.get_runtime_context().get_node_id()
