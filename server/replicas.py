@@ -54,6 +54,8 @@ import grpc
 
 from curator.rwlock import ReadWriteLock
 
+from .peer import Peer
+
 log = logging.getLogger("curator.server")
 
 SECRET_ENV = "CURATOR_REPLICATION_SECRET"
@@ -243,20 +245,12 @@ class Reader:
                 self.process.wait()
 
 
-class _ReaderClient:
-    """The primary's SDK connection to one reader, with its collections looked up once."""
+class _ReaderClient(Peer):
+    """The primary's SDK connection to one reader."""
 
     def __init__(self, db, connect_ready):
-        self.db, self._collections, self._connect_ready = db, {}, connect_ready
-
-    def collection(self, name: str):
-        col = self._collections.get(name)
-        if col is None:
-            col = self._collections[name] = self.db.collection(name)
-        return col
-
-    def forget(self, name: str) -> None:
-        self._collections.pop(name, None)
+        super().__init__(db)
+        self._connect_ready = connect_ready
 
     def announce_ready(self) -> None:
         told = self._connect_ready()

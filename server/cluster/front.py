@@ -259,11 +259,11 @@ class ClusterCollection(Collection):
             ids_here = ids[mask]
             vectors = self._read(shard, "get", ids_here)
             payloads = self._read(shard, "get_payloads", ids_here)
-            owners = self._read(shard, "owners", ids_here)
-            for owner in sorted(set(owners)):
-                rows = np.array([o == owner for o in owners])
+            owners = np.array(self._read(shard, "owners", ids_here))
+            for owner in np.unique(owners).tolist():
+                rows = owners == owner
                 self._write(home, "insert", ids_here[rows], vectors[rows], tenant=owner,
-                            payloads=[p for p, keep in zip(payloads, rows.tolist()) if keep])
+                            payloads=_subset(payloads, rows))
             ids = ids[~np.isin(ids, ids_here)]
             if not ids.size:
                 return

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import curator
 from curator.errors import CuratorError, UpstreamError
 
+from ..peer import Peer
+
 log = logging.getLogger("curator.cluster")
 _POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="curator-copies")  # a write's other copies
 SHARD_CALL_SECONDS = 120.0  # a call's deadline on a copy (bulk writes included); hangs are found by pings
@@ -50,26 +52,26 @@ class Copy:
     node: str
     address: str
     key: str
-    db: object = field(default=None, repr=False)
-    _collections: dict = field(default_factory=dict, repr=False)
+    peer: Peer | None = field(default=None, repr=False)  # the front's connection to it
 
     def connect(self) -> "Copy":
-        self.db = curator.connect(self.address, api_key=self.key, timeout=SHARD_CALL_SECONDS, retries=0,
-                                  readers=False)
+        self.peer = Peer(curator.connect(self.address, api_key=self.key, timeout=SHARD_CALL_SECONDS, retries=0,
+                                         readers=False))
         return self
 
+    @property
+    def db(self):
+        return self.peer.db
+
     def collection(self, name: str):
-        col = self._collections.get(name)
-        if col is None:
-            col = self._collections[name] = self.db.collection(name)
-        return col
+        return self.peer.collection(name)
 
     def forget(self, name: str) -> None:
-        self._collections.pop(name, None)
+        self.peer.forget(name)
 
     def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
+        if self.peer is not None:
+            self.peer.close()
 
 
 class Shard:
