@@ -115,9 +115,8 @@ def test_a_node_killed_under_writes_loses_no_acknowledged_write(fleet):
     assert sum(t > killed for t in load.times) > 0  # writes went on
     # every tenant answers again, from the copies left
     rng = np.random.default_rng(9)
-    for tenant in TENANTS:
+    for tenant in TENANTS:  # (how soon: benchmarks/cluster.py measures it; tests do not time)
         col.search(rng.standard_normal(DIM).astype(np.float32), k=3, tenant=tenant)
-    answered = time.monotonic() - killed
     check_model(col, load)
     # the lost copies are replaced on the nodes left, seeded with everything acknowledged
     deadline = time.monotonic() + 60
@@ -128,7 +127,6 @@ def test_a_node_killed_under_writes_loses_no_acknowledged_write(fleet):
     for shard in cluster.shards:  # each new copy alone answers what the model says
         shard.copies = shard.copies[::-1]
     check_model(col, load)
-    assert answered < 10, answered
     out = subprocess.run([sys.executable, "-m", "curator_server.cli", "cluster", "status", "--address", front.address],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
