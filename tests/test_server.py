@@ -31,12 +31,19 @@ ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789", "admin": "key-admin-0123456789"}
 
 
-@pytest.fixture
-def secured(tmp_path):
+@pytest.fixture(params=["server", "cluster"])
+def secured(request, tmp_path):
+    """A server with keys (or a cluster front with the same keys: tenant keys work the same
+    through it), alice's and bob's vectors in collection "docs", one of bob's shared with alice."""
     keys = keys_file(tmp_path / "keys.toml", {"alice-app": (KEYS["alice"], ["alice"]), "bob-app": (KEYS["bob"], ["bob"]),
                                           "ops": (KEYS["admin"], None)})
-    server = CuratorServer(ServerConfig(data=str(tmp_path / "d"), port=0, keys=keys,
-                                        limits=Limits(max_message_bytes=1 << 20, max_batch=500, max_k=50))).start()
+    config = ServerConfig(data=str(tmp_path / "d"), port=0, keys=keys,
+                          limits=Limits(max_message_bytes=1 << 20, max_batch=500, max_k=50))
+    if request.param == "cluster":
+        config.ray = "given"
+        server = CuratorServer(config, cluster=request.getfixturevalue("curator_cluster")).start()
+    else:
+        server = CuratorServer(config).start()
     admin = curator.connect(server.address, api_key=KEYS["admin"])
     col = admin.create_collection("docs", dim=4)
     rng = np.random.default_rng(0)
@@ -45,6 +52,9 @@ def secured(tmp_path):
     col.insert(np.arange(100, 200), rng.random((100, 4)), tenant="bob")
     col.grant([150], tenant="alice")  # bob shares one vector with alice
     yield server
+    if request.param == "cluster":  # the session's cluster, left as found
+        for name in admin.list_collections():
+            admin.drop_collection(name)
     admin.close()
     server.stop()
 
