@@ -16,8 +16,12 @@ pytestmark = pytest.mark.skipif(shutil.which("node") is None or not (NODE_DIR / 
                                 reason="node or tests/node/node_modules missing (make test runs npm ci)")
 
 
-def test_node_client_creates_upserts_and_searches(tmp_path):
-    server = CuratorServer(ServerConfig(data=str(tmp_path / "d"), port=0)).start()
+@pytest.mark.parametrize("kind", ["server", "cluster"])
+def test_node_client_creates_upserts_and_searches(request, tmp_path, kind):
+    """On one server, and through a cluster front (the same contract)."""
+    cluster = request.getfixturevalue("curator_cluster") if kind == "cluster" else None
+    server = CuratorServer(ServerConfig(data=str(tmp_path / "d"), port=0, ray="given" if cluster else None),
+                           cluster=cluster).start()
     try:
         result = subprocess.run(["node", str(NODE_DIR / "client.js"), server.address], capture_output=True,
                                 text=True, timeout=120)
@@ -28,4 +32,6 @@ def test_node_client_creates_upserts_and_searches(tmp_path):
         assert answer["unknownTenantCode"] == grpc.StatusCode.NOT_FOUND.value[0]
         assert server.db.collection("from-node").tenants_of(13) == ["js"]
     finally:
+        if cluster is not None:
+            server.db.drop_collection("from-node")
         server.stop()
