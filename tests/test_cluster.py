@@ -248,3 +248,33 @@ def test_a_front_that_lost_its_directory_takes_its_cluster_back(ray_nodes, tmp_p
         front.stop()
     finally:
         again.close(destroy=True)
+
+
+def test_copies_whose_processes_all_died_are_served_again_from_their_disks(ray_nodes, tmp_path):
+    """Every copy's process gone at once (the Ray cluster restarted, say), their nodes' disks
+    kept: a front started again opens each copy where its data is, and serves what was acknowledged."""
+    name = f"reopen-{os.getpid()}-{time.monotonic_ns()}"
+    first = Cluster(ray_nodes.address, str(tmp_path / "front-cluster"), root=str(tmp_path / "shards"), name=name)
+    front = CuratorServer(ServerConfig(data=str(tmp_path / "front"), port=0, ray="given"), cluster=first).start()
+    db = curator.connect(front.address)
+    col = db.create_collection("docs", DIM)
+    rng = np.random.default_rng(4)
+    for n, tenant in enumerate(TENANTS):
+        col.insert(np.arange(5) + 10 * n, rng.standard_normal((5, DIM)).astype(np.float32), tenant=tenant)
+    expected = {t: col.scroll(tenant=t)[0].tolist() for t in TENANTS}
+    db.close()
+    front.stop()
+    first.close()
+    for shard in first.shards:
+        for copy in shard.copies:
+            ray.kill(copy.actor, no_restart=True)  # processes gone, disks kept
+    again = Cluster(ray_nodes.address, str(tmp_path / "front-cluster"), root=str(tmp_path / "shards"), name=name)
+    try:
+        assert all(shard.copies for shard in again.shards)
+        front = CuratorServer(ServerConfig(data=str(tmp_path / "front"), port=0, ray="given"), cluster=again).start()
+        db = curator.connect(front.address)
+        assert {t: db.collection("docs").scroll(tenant=t)[0].tolist() for t in TENANTS} == expected
+        db.close()
+        front.stop()
+    finally:
+        again.close(destroy=True)

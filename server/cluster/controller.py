@@ -107,7 +107,8 @@ class Cluster:
         return best, key
 
     def _reattach(self) -> None:
-        """Take back the copies the placement map names that still serve (a restarted front)."""
+        """Take back the copies the placement map names: those that still serve (a restarted
+        front), else those a node's disk kept (the Ray cluster itself was restarted)."""
         for shard in self.shards:
             for copy_name in self.placement.replicas.get(shard.number, []):
                 try:
@@ -115,7 +116,9 @@ class Cluster:
                     address = ray.get(actor.address.remote(), timeout=10)
                     node = ray.get(actor.node.remote(), timeout=10)
                 except Exception:
-                    log.warning("copy %s of shard %d is gone", copy_name, shard.number)
+                    copy = self._reopen(shard, copy_name)
+                    if copy is None:
+                        log.warning("copy %s of shard %d is gone", copy_name, shard.number)
                     continue
                 if address:
                     shard.add(Copy(copy_name, actor, node, address, self.key).connect())
@@ -163,10 +166,7 @@ class Cluster:
             return None
         self._serial += 1
         copy_name = f"shard{shard.number}-{self._serial}"
-        actor = ray.remote(ShardHost).options(
-            name=self._actor_name(copy_name), namespace=NAMESPACE, lifetime="detached", max_restarts=0,
-            num_cpus=self.cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-        ).remote(copy_name, self.root or "", self.key, self.settings)
+        actor = self._host(copy_name, node)
         try:
             ray.get(actor.pid.remote(), timeout=START_SECONDS)  # the process is up (outside the shard's lock)
             with shard.lock:  # no write meanwhile: the snapshot and every later write reach the copy
@@ -182,6 +182,30 @@ class Cluster:
             return None
         log.info("shard %d: copy %s on node %s at %s", shard.number, copy_name, node[:8], address)
         return copy
+
+    def _reopen(self, shard: Shard, copy_name: str) -> Copy | None:
+        """The copy `copy_name` served again from the first live node whose disk kept its data."""
+        for node in [n["NodeID"] for n in self.nodes()]:
+            actor = self._host(copy_name, node)
+            try:
+                address = ray.get(actor.start.remote(None, True), timeout=START_SECONDS)
+            except Exception:
+                address = None
+            if address is None:
+                ray.kill(actor, no_restart=True)
+                continue
+            copy = Copy(copy_name, actor, node, address, self.key).connect()
+            shard.add(copy)
+            log.info("shard %d: copy %s served again from node %s's disk", shard.number, copy_name, node[:8])
+            return copy
+        return None
+
+    def _host(self, copy_name: str, node: str):
+        """A new actor to host copy `copy_name`, on `node`."""
+        return ray.remote(ShardHost).options(
+            name=self._actor_name(copy_name), namespace=NAMESPACE, lifetime="detached", max_restarts=0,
+            num_cpus=self.cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+        ).remote(copy_name, self.root or "", self.key, self.settings)
 
     def _ever_had_data(self, shard: Shard) -> bool:
         return bool(self.placement.replicas.get(shard.number))

@@ -25,14 +25,19 @@ class ShardHost:
         self.data = os.path.join(self.root, name)
         self.server = None
 
-    def start(self, seed: bytes | None = None) -> str:
-        """Serve this copy's data (a new one, or `seed`: a snapshot of another copy); its address."""
+    def start(self, seed: bytes | None = None, reopen: bool = False) -> str | None:
+        """Serve this copy's data (a new one, `seed`: a snapshot of another copy, or with `reopen`
+        what this node's disk kept of it: None if it kept nothing); its address."""
         from ..app import CuratorServer, ServerConfig
         from ..auth import key_entry
 
         os.makedirs(self.root, mode=0o700, exist_ok=True)
-        for path in (self.data, self.data + "-offloaded"):
-            shutil.rmtree(path, ignore_errors=True)
+        if reopen:
+            if not os.path.isdir(self.data):
+                return None
+        else:
+            for path in (self.data, self.data + "-offloaded"):
+                shutil.rmtree(path, ignore_errors=True)
         if seed is not None:
             with tarfile.open(fileobj=io.BytesIO(seed)) as archive:
                 archive.extractall(self.root, filter="data")
