@@ -100,3 +100,7 @@ def test_random_writes_answer_as_one_database(request, tmp_path, seed):
                 live = probe[cols[1].contains(probe)]
                 both("get", live)
                 both("get_payloads", live)
+                both("owners", live)
+                unknown = np.append(live[:2], 10**9)  # one id no one has: NotFoundError for the whole call
+                for method in ("get", "get_payloads", "owners", "delete"):
+                    both(method, unknown)

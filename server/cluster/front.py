@@ -125,6 +125,21 @@ class ClusterDatabase:
         self.local.close()
 
 
+def _union(held: list, n: int) -> np.ndarray:
+    """Which of n ids any of the (shard, mask) pairs holds."""
+    out = np.zeros(n, bool)
+    for _, mask in held:
+        out |= mask
+    return out
+
+
+def _all_known(ids: np.ndarray, held: np.ndarray) -> None:
+    """NotFoundError, in the engine's words, for the ids no shard holds."""
+    if not held.all():
+        missing = ids[~held]
+        raise NotFoundError(f"{missing.size} unknown id(s), e.g. {missing[:5].tolist()}")
+
+
 def _subset(payloads, mask):
     if payloads is None or isinstance(payloads, dict):
         return payloads
@@ -162,12 +177,7 @@ class ClusterCollection(Collection):
 
     def _known(self, ids: np.ndarray, shards) -> None:
         """NotFoundError (the engine's words) for those of `ids` none of `shards` holds."""
-        held = np.zeros(ids.size, bool)
-        for _, mask in self._held(ids, shards):
-            held |= mask
-        if not held.all():
-            missing = ids[~held]
-            raise NotFoundError(f"{missing.size} unknown id(s), e.g. {missing[:5].tolist()}")
+        _all_known(ids, _union(self._held(ids, shards), ids.size))
 
     def _others(self, home):
         return [s for s in self.cluster.shards if s is not home]
@@ -184,8 +194,7 @@ class ClusterCollection(Collection):
                 for row, value in zip(rows.tolist(), self._read(shard, method, ids[rows])):
                     out[row] = value
                 found |= todo
-        if not found.all():
-            self._read(self.cluster.shards[0], method, ids)  # raises the engine's NotFoundError
+        _all_known(ids, found)
         return out
 
     # -- writes -----------------------------------------------------------------------------------
@@ -233,13 +242,7 @@ class ClusterCollection(Collection):
                 self._write(shard, "set_payloads", ids[mask], _subset(payloads, mask), tenant=tenant)
             return
         held = self._held(ids, self.cluster.shards)
-        if not held:
-            self._write(self.cluster.shards[0], "set_payloads", ids, payloads)  # the engine's NotFoundError
-        covered = np.zeros(ids.size, bool)
-        for _, mask in held:
-            covered |= mask
-        if not covered.all():
-            self._write(self.cluster.shards[0], "set_payloads", ids, payloads)
+        _all_known(ids, _union(held, ids.size))
         for shard, mask in held:
             self._write(shard, "set_payloads", ids[mask], _subset(payloads, mask))
 
@@ -289,11 +292,7 @@ class ClusterCollection(Collection):
         ids = validate.ids(ids)
         with self._ids_lock:
             held = self._held(ids, self.cluster.shards)
-            covered = np.zeros(ids.size, bool)
-            for _, mask in held:
-                covered |= mask
-            if not covered.all():
-                self._write(self.cluster.shards[0], "delete", ids)  # the engine's NotFoundError
+            _all_known(ids, _union(held, ids.size))
             for shard, mask in held:
                 self._write(shard, "delete", ids[mask])
 
