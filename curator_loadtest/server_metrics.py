@@ -3,6 +3,7 @@ endpoint, and the HTTP gateway's `curator_http_requests_total{route,status}` (as
 code = status), and the check of a run's own counts against it (by operation, through the server
 methods or gateway routes each operation is registered with)."""
 
+import urllib.parse
 import urllib.request
 from collections import defaultdict
 
@@ -11,17 +12,27 @@ from prometheus_client.parser import text_string_to_metric_families
 from .workload import OPERATIONS
 
 
-def scrape_requests(url: str, timeout: float = 10.0) -> dict[tuple[str, str], float]:
-    """(method, code) -> requests served so far."""
+def scrape_requests(url: str, timeout: float = 10.0, readers: bool = True) -> dict[tuple[str, str], float]:
+    """(method, code) -> requests served so far, by the server and (`curator serve --readers`) by
+    each of its read replicas, whose endpoints its own names (`curator_reader_metrics_port`)."""
     with urllib.request.urlopen(url, timeout=timeout) as reply:
         text = reply.read().decode()
     counts: dict[tuple[str, str], float] = defaultdict(float)
+    reader_ports = []
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "curator_requests_total":
                 counts[(sample.labels["method"], sample.labels["code"])] += sample.value
             elif sample.name == "curator_http_requests_total":  # also labelled by X-Cache outcome: summed
                 counts[(sample.labels["route"], sample.labels["status"])] += sample.value
+            elif sample.name == "curator_reader_metrics_port":
+                reader_ports.append(int(sample.value))
+    if readers:
+        parts = urllib.parse.urlsplit(url)
+        for port in reader_ports:
+            reader_url = urllib.parse.urlunsplit((parts.scheme, f"{parts.hostname}:{port}", parts.path, "", ""))
+            for key, value in scrape_requests(reader_url, timeout, readers=False).items():
+                counts[key] += value
     return dict(counts)
 
 

@@ -189,7 +189,8 @@ class CuratorServer:
         if config.readers:
             self.replicas = Replicas(self.db, config.readers, self._reader_arguments, config.data,
                                      config.host if is_loopback(config.host) or config.host not in ("", "0.0.0.0", "::")
-                                     else "127.0.0.1", config.keys, self._root_certificates())
+                                     else "127.0.0.1", config.keys, self._root_certificates(),
+                                     metrics=config.metrics_port is not None)
             self.db = ReplicatedDatabase(self.db, self.replicas)
             self.metrics.readers(self.replicas.status)
         self.grpc = grpc.server(
@@ -285,15 +286,16 @@ class CuratorServer:
         with open(self.config.tls_cert, "rb") as f:
             return f.read()
 
-    def _reader_arguments(self, port: int, data: str, keys: str | None) -> list[str]:
-        """`curator serve` arguments of a reader: this server's settings on its own port and data,
-        without metrics, gateway or readers of its own."""
+    def _reader_arguments(self, port: int, data: str, keys: str | None, metrics_port: int | None = None) -> list[str]:
+        """`curator serve` arguments of a reader: this server's settings on its own port and data
+        (and metrics port, where this server has metrics), without gateway or readers of its own."""
         c = self.config
         args = ["serve", "--data", data, "--host", c.host, "--port", str(port), "--durability", "none",
                 "--replica-of", self.address, "--workers", str(c.workers), "--device", c.device,
                 "--max-message-bytes", str(c.limits.max_message_bytes), "--max-batch", str(c.limits.max_batch),
                 "--max-k", str(c.limits.max_k), "--snapshots", data + "-snapshots"]
-        for flag, value in (("--keys", keys), ("--tls-cert", c.tls_cert), ("--tls-key", c.tls_key),
+        for flag, value in (("--keys", keys), ("--metrics-port", metrics_port), ("--tls-cert", c.tls_cert),
+                            ("--tls-key", c.tls_key),
                             ("--max-streams", c.max_streams), ("--max-calls", c.max_calls),
                             ("--max-calls-per-key", c.max_calls_per_key),
                             ("--max-streams-per-key", c.max_streams_per_key), ("--quotas", c.quotas_file)):

@@ -91,11 +91,16 @@ class _ReadersCollector:
         incarnations = GaugeMetricFamily("curator_reader_incarnations", "times each reader was started",
                                          labels=["reader"])
         queued = GaugeMetricFamily("curator_reader_queued_writes", "writes queued for each reader", labels=["reader"])
+        ports = GaugeMetricFamily("curator_reader_metrics_port",
+                                  "each reader's own Prometheus endpoint (same host): scrape it too", labels=["reader"])
         for r in readers:
             incarnations.add_metric([str(r["number"])], r["incarnation"])
             queued.add_metric([str(r["number"])], r["queued"])
+            if r.get("metrics_port"):
+                ports.add_metric([str(r["number"])], r["metrics_port"])
         yield incarnations
         yield queued
+        yield ports
 
 
 class _DatabaseCollector:

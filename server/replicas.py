@@ -133,6 +133,7 @@ class Reader:
     def __init__(self, replicas: "Replicas", number: int, incarnation: int, directory: Path):
         self.replicas, self.number, self.incarnation, self.directory = replicas, number, incarnation, directory
         self.port: int | None = None
+        self.metrics_port: int | None = None  # its Prometheus endpoint, where the primary has one
         self.state = "starting"  # starting -> catching_up -> ready; failed
         self.process: subprocess.Popen | None = None
         self._queue: deque = deque()
@@ -267,8 +268,9 @@ class Replicas:
     """The primary's readers: started, fed every write, replaced when they fail."""
 
     def __init__(self, db, count: int, arguments, data: str, client_host: str, keys_file: str | None,
-                 root_certificates: bytes | None = None):
-        self.db, self.count, self.arguments = db, count, arguments  # arguments(port, data, keys) -> argv
+                 root_certificates: bytes | None = None, metrics: bool = False):
+        self.db, self.count, self.arguments = db, count, arguments  # arguments(port, data, keys, metrics) -> argv
+        self.metrics = metrics  # readers get a metrics endpoint each (the primary has one)
         self.base = Path(data.rstrip("/\\") + "-readers")
         self.client_host, self.root_certificates = client_host, root_certificates
         self.secret = secrets.token_urlsafe(32)
@@ -321,10 +323,10 @@ class Replicas:
         return [r.port for r in self._readers if r.state == "ready"]
 
     def status(self) -> list[dict]:
-        """Each reader: its number, incarnation (1 + the times it was replaced), port, state and
-        the writes queued for it."""
+        """Each reader: its number, incarnation (1 + the times it was replaced), port, state, the
+        writes queued for it and its metrics port (None without)."""
         return [{"number": r.number, "incarnation": r.incarnation, "port": r.port, "state": r.state,
-                 "queued": len(r._queue)} for r in list(self._readers)]
+                 "queued": len(r._queue), "metrics_port": r.metrics_port} for r in list(self._readers)]
 
     def _bootstrap(self, number: int) -> None:
         """A new reader on a snapshot taken while no replicated write runs; the writes after it
@@ -363,10 +365,11 @@ class Replicas:
             os.chmod(keys, 0o600)
             append_entry(keys, key_entry("curator-primary", self.internal_key, [], admin=True))
         port = _free_port()
+        reader.metrics_port = _free_port() if self.metrics else None
         log_path = Path(str(reader.directory) + ".log")
         with open(log_path, "ab") as out:
-            process = subprocess.Popen([sys.executable, "-m", "curator_server", *self.arguments(port, str(reader.directory),
-                                                                                               keys)],
+            process = subprocess.Popen([sys.executable, "-m", "curator_server",
+                                        *self.arguments(port, str(reader.directory), keys, reader.metrics_port)],
                                        env={**os.environ, SECRET_ENV: self.secret, PRIMARY_PID_ENV: str(os.getpid())}, stdout=out, stderr=out,
                                        start_new_session=True)
         return process, port

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import curator
+from curator_loadtest.server_metrics import scrape_requests
 from curator.errors import CuratorError, NotFoundError, PermissionDeniedError
 from curator_server.app import CuratorServer, ServerConfig
 from curator_server.replicas import READY, REPLICATION, SECRET_ENV, Replicas
@@ -285,6 +286,18 @@ def test_searches_go_on_while_a_reader_dies_and_its_successor_has_every_acknowle
         scraped = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
         assert 'curator_readers{state="ready"} 1.0' in scraped
         assert 'curator_reader_incarnations{reader="0"} 2.0' in scraped
+        assert 'curator_reader_metrics_port{reader="0"}' in scraped  # each reader has an endpoint of its own
+        # what the primary and its reader count together is every search the clients made
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        before = scrape_requests(url)
+        local = np.random.default_rng(2)
+        for _ in range(60):
+            col.search(local.random(DIM, np.float32), 3, tenant="t")
+        after = scrape_requests(url)
+        counted = sum(v - before.get(key, 0) for key, v in after.items() if key[0] in ("SearchStream", "SearchGroups",
+                                                                                      "Search"))
+        assert counted == 60
+        assert scrape_requests(url, readers=False) != after  # the reader answered some of them
         db.close()
     finally:
         server.stop()
