@@ -213,22 +213,31 @@ def test_tenant_keys_isolate_tenants_through_the_front(fleet, tmp_path):
         front.stop()
 
 
-def test_a_front_that_lost_its_directory_takes_its_cluster_back(ray_nodes, tmp_path):
-    """The placement map and the cluster's key live in every copy too: a front started on an
-    empty directory (its node was lost) finds the copies of its cluster by name and serves
-    everything acknowledged before; second copies are seeded again from the first."""
-    name = f"restart-{os.getpid()}-{time.monotonic_ns()}"
-    first = Cluster(ray_nodes.address, str(tmp_path / "lost"), root=str(tmp_path / "shards"), name=name)
-    front = CuratorServer(ServerConfig(data=str(tmp_path / "front-lost"), port=0, ray="given"), cluster=first).start()
+def filled_cluster(ray_nodes, tmp_path, name: str, directory: str, share: bool = False):
+    """A cluster named `name` whose front keeps its map in `directory`, five vectors written for
+    each tenant (and, with `share`, two of tenant-0's granted to tenant-3, on the other shard);
+    its front stopped. Returns the cluster and each tenant's ids."""
+    cluster = Cluster(ray_nodes.address, directory, root=str(tmp_path / "shards"), name=name)
+    front = CuratorServer(ServerConfig(data=str(tmp_path / "front"), port=0, ray="given"), cluster=cluster).start()
     db = curator.connect(front.address)
     col = db.create_collection("docs", DIM)
     rng = np.random.default_rng(3)
     for n, tenant in enumerate(TENANTS):
         col.insert(np.arange(5) + 10 * n, rng.standard_normal((5, DIM)).astype(np.float32), tenant=tenant)
-    col.grant([0, 1], tenant=TENANTS[3])  # a copy on the other shard (placement.py: tenant-0 and tenant-3 differ)
+    if share:
+        col.grant([0, 1], tenant=TENANTS[3])
     expected = {t: col.scroll(tenant=t)[0].tolist() for t in TENANTS}
     db.close()
     front.stop()
+    return cluster, expected
+
+
+def test_a_front_that_lost_its_directory_takes_its_cluster_back(ray_nodes, tmp_path):
+    """The placement map and the cluster's key live in every copy too: a front started on an
+    empty directory (its node was lost) finds the copies of its cluster by name and serves
+    everything acknowledged before; second copies are seeded again from the first."""
+    name = f"restart-{os.getpid()}-{time.monotonic_ns()}"
+    first, expected = filled_cluster(ray_nodes, tmp_path, name, str(tmp_path / "lost"), share=True)
     first.close()  # the front goes; its copies keep serving
     again = Cluster(ray_nodes.address, str(tmp_path / "empty"), root=str(tmp_path / "shards"), name=name)
     try:
@@ -254,16 +263,7 @@ def test_copies_whose_processes_all_died_are_served_again_from_their_disks(ray_n
     """Every copy's process gone at once (the Ray cluster restarted, say), their nodes' disks
     kept: a front started again opens each copy where its data is, and serves what was acknowledged."""
     name = f"reopen-{os.getpid()}-{time.monotonic_ns()}"
-    first = Cluster(ray_nodes.address, str(tmp_path / "front-cluster"), root=str(tmp_path / "shards"), name=name)
-    front = CuratorServer(ServerConfig(data=str(tmp_path / "front"), port=0, ray="given"), cluster=first).start()
-    db = curator.connect(front.address)
-    col = db.create_collection("docs", DIM)
-    rng = np.random.default_rng(4)
-    for n, tenant in enumerate(TENANTS):
-        col.insert(np.arange(5) + 10 * n, rng.standard_normal((5, DIM)).astype(np.float32), tenant=tenant)
-    expected = {t: col.scroll(tenant=t)[0].tolist() for t in TENANTS}
-    db.close()
-    front.stop()
+    first, expected = filled_cluster(ray_nodes, tmp_path, name, str(tmp_path / "front-cluster"))
     first.close()
     for shard in first.shards:
         for copy in shard.copies:
