@@ -18,8 +18,8 @@ import numpy as np
 
 from curator import tenant_archive, validate
 from curator.api import Collection, SearchResult
-from curator.quotas import TenantQuota
 from curator.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, PermissionDeniedError
+from curator.quotas import TenantQuota
 
 
 class ClusterDatabase:
