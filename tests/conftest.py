@@ -1,4 +1,5 @@
 import contextlib
+import os
 import threading
 
 import numpy as np
@@ -108,6 +109,7 @@ def ray_nodes():
     import ray
     from ray.cluster_utils import Cluster
 
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # CI has no network to report usage to
     nodes = Cluster(initialize_head=True, head_node_args=NODE)
     for _ in range(2):
         nodes.add_node(**NODE)
