@@ -17,7 +17,6 @@ Writes benchmarks/results/cluster.md and cluster.json (cluster_quick.* with --qu
 """
 
 import argparse
-import json
 import contextlib
 import os
 import signal
@@ -248,8 +247,6 @@ def main(argv=None) -> None:
     results = measure(args, data_params)
     if args.scaling:
         results["scaling"] = scaling(args, data_params)
-    with open("/tmp/cluster_results.json", "w") as f:
-        json.dump(results, f, default=str)
     text = report(results, args)
     print(text)
     write_results(RESULTS, "cluster_quick" if args.quick else "cluster", results, text)

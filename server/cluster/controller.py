@@ -57,6 +57,7 @@ class Cluster:
         self._wake = threading.Event()
         self._retiring: list[tuple[Shard, Copy]] = []  # copies that failed a call, for the loop to retire
         self._suspect: dict[str, float] = {}  # node -> when it last lost a copy
+        self._health: dict[str, tuple] = {}  # copy name -> (channel, health stub) for its pings
         self._reattach()
         for shard in self.shards:
             while len(shard.copies) < self.copies_wanted and self._add_copy(shard):
@@ -214,6 +215,9 @@ class Cluster:
         """Take a copy out of service and remove its data (moved, diverged or unreachable)."""
         shard.remove(copy)
         copy.close()
+        channel, _ = self._health.pop(copy.name, (None, None))
+        if channel is not None:
+            channel.close()
         try:
             ray.get(copy.actor.stop.remote(True), timeout=10)
         except Exception:
@@ -262,10 +266,13 @@ class Cluster:
             self._save()
 
     def _ping(self, copy: Copy) -> bool:
+        """A health check of the copy, on a channel kept open for its pings."""
+        if copy.name not in self._health:
+            channel = grpc.insecure_channel(copy.address)
+            self._health[copy.name] = channel, health_pb2_grpc.HealthStub(channel)
+        _, stub = self._health[copy.name]
         try:
-            with grpc.insecure_channel(copy.address) as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                                  timeout=PING_TIMEOUT)
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=PING_TIMEOUT)
             return reply.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.RpcError:
             return False
