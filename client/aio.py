@@ -138,6 +138,9 @@ class AsyncRemoteCollection:
     async def owners(self, ids) -> list[str]:
         return await self._run(self._calls.owners(ids))
 
+    async def transfer(self, ids, *, to: str, tenant: str | None = None) -> None:
+        await self._run(self._calls.transfer(ids, to, tenant))
+
     async def count(self, tenant: str | None = None) -> int:
         return await self._run(self._calls.count(tenant))
 
@@ -152,6 +155,9 @@ class AsyncRemoteCollection:
 
     async def drop_tenant(self, tenant: str) -> None:
         await self._run(self._calls.drop_tenant(tenant))
+
+    async def tenant_since(self, tenant: str) -> int:
+        return await self._run(self._calls.tenant_since(tenant))
 
     async def tenant_state(self, tenant: str) -> str:
         return await self._run(self._calls.tenant_state(tenant))

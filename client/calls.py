@@ -127,6 +127,11 @@ class CollectionCalls:
         request = pb.IdsRequest(collection=self.name, ids=self._ids(ids))
         return Call("vectors", "Owners", request, True, lambda r: list(r.tenants))
 
+    def transfer(self, ids, to, tenant) -> Call:
+        request = pb.TransferRequest(collection=self.name, ids=self._ids(ids), to=validate.name(to, "to"),
+                                     tenant=tenant or "")
+        return Call("vectors", "Transfer", request, False)
+
     def visible_to(self, ids, tenant) -> Call:
         request = pb.GrantRequest(collection=self.name, ids=self._ids(ids), tenant=tenant)
         return Call("vectors", "VisibleTo", request, True, _flags)
@@ -152,6 +157,10 @@ class CollectionCalls:
         """State (a read), or Deactivate / Activate / Offload (writes that return the state after them)."""
         request = pb.TenantRef(collection=self.name, tenant=validate.name(tenant, "tenant"))
         return Call("tenants", change, request, True, lambda r: r.state)
+
+    def tenant_since(self, tenant) -> Call:
+        request = pb.TenantRef(collection=self.name, tenant=validate.name(tenant, "tenant"))
+        return Call("tenants", "State", request, True, lambda r: int(r.since_ns))
 
     def _query(self, query) -> bytes:
         """One query as float32 bytes. A float32 vector of the right shape goes as it is: the

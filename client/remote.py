@@ -169,6 +169,9 @@ class RemoteCollection(Collection):
     def owners(self, ids) -> list[str]:
         return self._run(self._calls.owners(ids))
 
+    def transfer(self, ids, *, to: str, tenant: str | None = None) -> None:
+        self._run(self._calls.transfer(ids, to, tenant))
+
     def count(self, tenant: str | None = None) -> int:
         return self._run(self._calls.count(tenant))
 
@@ -183,6 +186,9 @@ class RemoteCollection(Collection):
 
     def drop_tenant(self, tenant: str) -> None:
         self._run(self._calls.drop_tenant(tenant))
+
+    def tenant_since(self, tenant: str) -> int:
+        return self._run(self._calls.tenant_since(tenant))
 
     def tenant_state(self, tenant: str) -> str:
         return self._run(self._calls.tenant_state(tenant))

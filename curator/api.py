@@ -106,6 +106,11 @@ class Collection(ABC):
         gets "" for a vector its tenants do not own."""
 
     @abstractmethod
+    def transfer(self, ids, *, to: str, tenant: str | None = None) -> None:
+        """Make `to` the owner of these vectors; each must be granted to it already. With
+        `tenant`, only vectors `tenant` owns may change hands (over gRPC: an admin key's call)."""
+
+    @abstractmethod
     def tenants_of(self, id_: int) -> list[str]:
         """The tenants that may see one vector."""
 
@@ -137,6 +142,13 @@ class Collection(ABC):
     @abstractmethod
     def drop_tenant(self, tenant: str) -> None:
         """Remove a tenant, its grants, and the vectors only it could see."""
+
+    @abstractmethod
+    def tenant_since(self, tenant: str) -> int:
+        """When `tenant` came into being in this collection (first named by an insert, a grant or
+        `create_tenant`), in nanoseconds since the Unix epoch; ownership passes to the tenant
+        with the least (see `owned`). 0 for tenants of data directories written before it was
+        kept. Asking does not wake the tenant."""
 
     @abstractmethod
     def tenant_state(self, tenant: str) -> str:

@@ -257,6 +257,12 @@ class EmbeddedCollection(Collection):
         ids = validate.ids(ids)
         return self._read(lambda: self.index.owners(ids))
 
+    def transfer(self, ids, *, to: str, tenant: str | None = None) -> None:
+        ids, to = validate.ids(ids), validate.name(to, "to")
+        tenant = None if tenant is None else validate.name(tenant, "tenant")
+        named = (to,) if tenant is None else (to, tenant)
+        self._write(lambda: self.index.transfer(ids, to, tenant), Touch("shrink", ids), named)
+
     def get_payloads(self, ids) -> list[dict]:
         ids = validate.ids(ids)
         return self._read(lambda: self.index.get_payloads(ids))
@@ -316,6 +322,11 @@ class EmbeddedCollection(Collection):
     def create_tenant(self, tenant: str) -> None:
         tenant = validate.name(tenant, "tenant")
         self._write(lambda: self.index.create_tenant(tenant))
+
+    def tenant_since(self, tenant: str) -> int:
+        tenant = validate.name(tenant, "tenant")
+        with self._lock.shared():
+            return self.index.since(tenant)
 
     def tenant_state(self, tenant: str) -> str:
         tenant = validate.name(tenant, "tenant")

@@ -179,6 +179,9 @@ class CuratorIndex:
         self.tenancy = TenantSubtrees(self.tree, config.split_limit)
         self.tenant_numbers: dict[str, int] = {}
         self.tenant_names: list[str | None] = []
+        # tenant -> when it came into being here (ns since the epoch, strictly increasing): the
+        # order ownership passes in, comparable between collections (a cluster's shards)
+        self.births: list[int] = []
         self._trained_count = 0
         self._drift_sum = 0.0
         self._drift_n = 0
@@ -344,6 +347,26 @@ class CuratorIndex:
         self.tenancy.remove(slots)
         self._release(slots)
         return Change(deleted=ids)
+
+    def transfer(self, ids: np.ndarray, to: str, tenant: str | None = None) -> Change:
+        """Make `to` the owner of these vectors (it must see every one); with `tenant`, only
+        vectors `tenant` owns may change hands."""
+        slots = self._slots(ids)
+        new = self._tenant(to)
+        if tenant is not None:
+            self._require_owner(slots, tenant)
+        unseen = ~self.tenancy.access.contains(slots, np.full(slots.size, new))
+        if unseen.any():
+            raise InvalidArgumentError(f"{int(unseen.sum())} of these vectors are not granted to {to!r}, e.g. "
+                                       f"{ids[unseen][:5].tolist()}: a vector passes only to a tenant that sees it")
+        self.version += 1
+        self.owner[slots] = new
+        return Change(regranted=ids)
+
+    def since(self, tenant: str) -> int:
+        """When `tenant` came into being in this collection, in ns since the epoch (0: in a
+        directory written before this was kept). Does not wake it."""
+        return self.births[self._number(tenant)]
 
     def drop_tenant(self, tenant: str) -> Change:
         t = self._tenant(tenant)
@@ -697,6 +720,7 @@ class CuratorIndex:
         names = stored["tenant_names"]
         index.tenant_names = list(names)
         index.tenant_numbers = {name: t for t, name in enumerate(names) if name is not None}
+        index.births = list(stored.get("tenant_births", [0] * len(names)))
         index.last_used = [time.monotonic()] * len(names)
         pair_slots = index.ids.lookup(stored["pair_ids"])
         index.tenancy.load(len(names), pair_slots, stored["pair_tenants"], stored.get("asleep"),
@@ -999,6 +1023,7 @@ class CuratorIndex:
         t = self.tenancy.add_tenant()
         self.tenant_numbers[name] = t
         self.tenant_names.append(name)
+        self.births.append(max(time.time_ns(), max(self.births, default=0) + 1))
         self.last_used.append(time.monotonic())
         change.tenants_added.append(t)
         return t

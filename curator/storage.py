@@ -48,6 +48,7 @@ _INACTIVE = b"I"  # I + cid + tenant number: the tenant is inactive; value: its 
 # L + cid + tenant number: the leaves of its archived vectors (a states.Manifest), read when it is
 # restored, never when opening.
 _ARCHIVED, _OFFLOADED, _LEAVES = b"O", b"X", b"L"
+_BIRTH = b"B"  # B + cid + tenant number: when the tenant came into being (ns since the epoch, u64 BE)
 _CHUNK = 1 << 16  # records a scan turns into arrays at a time: bounded temporary Python objects
 # Records other parts keep here through write_records / scan_records (STORAGE.md), besides the
 # semantic cache's S and Y (cache/records.py): tenant quotas set through the API (`quotas.py`) and
@@ -146,7 +147,7 @@ class DataDirectory:
     def drop_collection(self, name: str, cid: int) -> None:
         batch = WriteBatch(raw_mode=True)
         batch.delete(_COLLECTION + name.encode())
-        for kind in (_VECTOR, _ACCESS, _TENANT, _TREE, _PAYLOAD, _INACTIVE, _ARCHIVED, _OFFLOADED, _LEAVES):
+        for kind in (_VECTOR, _ACCESS, _TENANT, _BIRTH, _TREE, _PAYLOAD, _INACTIVE, _ARCHIVED, _OFFLOADED, _LEAVES):
             batch.delete_range(_prefix(kind, cid), _prefix(kind, cid + 1))
         self._wait(self.commit(batch))
         shutil.rmtree(self.archives / str(cid), ignore_errors=True)  # its offloaded tenants' archives
@@ -206,6 +207,7 @@ class DataDirectory:
         Every access list is read; only the resident vectors' rows and payloads are."""
         tenants = {int.from_bytes(k[5:9], "big"): v.decode() for k, v in self._scan(_prefix(_TENANT, cid))}
         names = [tenants.get(t) for t in range(max(tenants, default=-1) + 1)]
+        births = {int.from_bytes(k[5:9], "big"): int.from_bytes(v, "big") for k, v in self._scan(_prefix(_BIRTH, cid))}
         inactive = [int.from_bytes(k[5:9], "big") for k, _ in self._scan(_prefix(_INACTIVE, cid))]
         offloaded = {int.from_bytes(k[5:9], "big"): (json.loads(v)["vectors"], json.loads(v).get("payload_bytes", 0))
                      for k, v in self._scan(_prefix(_OFFLOADED, cid))}
@@ -238,6 +240,7 @@ class DataDirectory:
             "pair_tenants": pair_tenants[kept_pairs],
             "owners": pair_tenants[starts[resident]].astype(np.int32),
             "tenant_names": names,
+            "tenant_births": [births.get(t, 0) for t in range(len(names))],
             "tree": None if tree is None else _decode_arrays(tree),
             "evicted_ids": access_ids[~resident],
             "asleep": asleep,
@@ -361,8 +364,10 @@ class DataDirectory:
             batch.delete(key)
         for t in change.tenants_added:
             batch.put(_tenant_key(cid, t), index.tenant_names[t].encode())
+            batch.put(_prefix(_BIRTH, cid) + t.to_bytes(4, "big"), index.births[t].to_bytes(8, "big"))
         for t in change.tenants_dropped:
             batch.delete(_tenant_key(cid, t))
+            batch.delete(_prefix(_BIRTH, cid) + t.to_bytes(4, "big"))
         for t, manifest in change.slept.items():
             batch.put(_inactive_key(cid, t), manifest.encode())
         for t in change.woken + change.tenants_dropped:

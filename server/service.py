@@ -263,7 +263,8 @@ class TenantsService(_Base, rpc.TenantsServicer):
         col = self._collection(request.collection, principal)
         if change is not None:
             getattr(col, change)(request.tenant)
-        return pb.TenantState(tenant=request.tenant, state=col.tenant_state(request.tenant))
+        return pb.TenantState(tenant=request.tenant, state=col.tenant_state(request.tenant),
+                              since_ns=col.tenant_since(request.tenant))
 
     @handler
     def State(self, request, principal):
@@ -356,6 +357,14 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
         col = self._collection(request.collection, principal)
         owners = col.owners(self._ids(request.ids, principal, col))
         return pb.ListTenantsResponse(tenants=[t if principal.may_act_for(t) else "" for t in owners])
+
+    @handler
+    def Transfer(self, request, principal):
+        principal.require_admin("handing vectors to another tenant")
+        col = self._collection(request.collection, principal)
+        ids = self._ids(request.ids)
+        col.transfer(ids, to=request.to, tenant=request.tenant or None)
+        return pb.WriteResponse(changed=ids.size)
 
     @handler
     def GetPayloads(self, request, principal):

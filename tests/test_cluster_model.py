@@ -1,8 +1,8 @@
 """Through a cluster front, random writes by tenants spread over both shards (inserts, grants
-across shards, revokes, upserts by owners and by others, deletes) give the same answers and the
-same errors as one embedded database given the same calls: counts, scrolls, searches, tenants
-of ids, vectors, payloads. (Owners giving up a vector shared over shards are left out: there
-each shard names its own next owner, as the README says.)"""
+across shards, revokes by owners and by others, upserts by owners and by others, deletes,
+payloads, hand-overs, dropped tenants) give the same answers and the same errors as one
+embedded database given the same calls: counts, scrolls, searches, tenants and owners of ids,
+vectors, payloads."""
 
 import numpy as np
 import pytest
@@ -46,8 +46,8 @@ def test_random_writes_answer_as_one_database(request, tmp_path, seed):
             return answers[1]
 
         for step in range(120):
-            op = rng.choice(["insert", "grant", "revoke", "upsert", "upsert_other", "delete", "payloads"],
-                            p=[0.3, 0.2, 0.1, 0.15, 0.05, 0.1, 0.1])
+            op = rng.choice(["insert", "grant", "revoke", "upsert", "upsert_other", "delete", "payloads", "transfer",
+                             "drop_tenant"], p=[0.28, 0.2, 0.12, 0.12, 0.04, 0.08, 0.08, 0.05, 0.03])
             tenant = str(rng.choice(TENANTS))
             if op == "insert" or not ids_seen:
                 n = int(rng.integers(1, 6))
@@ -64,11 +64,13 @@ def test_random_writes_answer_as_one_database(request, tmp_path, seed):
             pick = np.array(sorted(set(rng.choice(ids_seen, size=min(3, len(ids_seen))).tolist())), np.int64)
             if op == "grant":
                 both("grant", pick, tenant=tenant)
-            elif op == "revoke":
-                others = [i for i in pick.tolist() if model.collection("docs").contains([i])[0]
-                          and not cols[1].owned([i], tenant=tenant)[0]] if tenant in cols[1].tenants() else []
-                if others:
-                    both("revoke", np.array(others, np.int64), tenant=tenant)
+            elif op == "revoke":  # owners too: every copy passes to the tenant one server picks
+                both("revoke", pick, tenant=tenant)
+            elif op == "transfer":  # to a tenant that sees them or not; by their owner, another, or an admin
+                owner = [None, tenant, *cols[1].owners(pick[cols[1].contains(pick)])][int(rng.integers(0, 3))]
+                both("transfer", pick, to=str(rng.choice(TENANTS)), tenant=owner)
+            elif op == "drop_tenant":
+                both("drop_tenant", tenant)
             elif op in ("upsert", "upsert_other"):
                 live = [i for i in pick.tolist() if cols[1].contains([i])[0]]
                 if not live:
@@ -104,3 +106,45 @@ def test_random_writes_answer_as_one_database(request, tmp_path, seed):
                 unknown = np.append(live[:2], 10**9)  # one id no one has: NotFoundError for the whole call
                 for method in ("get", "get_payloads", "owners", "delete"):
                     both(method, unknown)
+
+
+@pytest.mark.parametrize("older", ["dave", "frank"])
+@pytest.mark.parametrize("give_up", ["revoke", "drop_tenant", "transfer"])
+def test_a_vector_shared_over_shards_passes_whole_to_the_tenant_one_server_picks(request, tmp_path, older, give_up):
+    """carol (shard 0) owns vectors granted to dave (shard 1) and frank (shard 0): whichever of
+    those came into being first owns every copy once carol gives them up (or hands them to it),
+    so its upserts reach every copy and both readers see them."""
+    younger = "frank" if older == "dave" else "dave"
+    assert Placement(2).shard_of("carol") == Placement(2).shard_of("frank") != Placement(2).shard_of("dave")
+    rng = np.random.default_rng(0)
+    with opened(request, "cluster", tmp_path / "front") as front, curator.open(":memory:") as model:
+        for db in (front, model):
+            col = db.create_collection("docs", DIM)
+            ids = col.insert(np.arange(4), rng.standard_normal((4, DIM)).astype(np.float32), tenant="carol")
+            col.create_tenant(older)
+            col.create_tenant(younger)
+            col.grant(ids, tenant=younger)
+            col.grant(ids[:3], tenant=older)
+            if give_up == "revoke":
+                col.revoke(ids[1:], tenant="carol")
+            elif give_up == "drop_tenant":
+                col.drop_tenant("carol")
+            else:
+                col.transfer(ids[1:3], to=older, tenant="carol")
+        cols = [db.collection("docs") for db in (front, model)]
+        assert cols[0].owners(ids) == cols[1].owners(ids)
+        assert cols[0].owners(ids[1:3]) == [older, older]
+        assert cols[0].tenant_since(older) < cols[0].tenant_since(younger)
+        moved = rng.standard_normal((2, DIM)).astype(np.float32)
+        for col in cols:
+            col.upsert(ids[1:3], moved, tenant=older)
+            with pytest.raises(curator.PermissionDeniedError):
+                col.upsert(ids[1:3], moved, tenant=younger)
+        for col in cols:
+            for tenant in (older, younger):
+                found = col.search(moved[0], k=1, tenant=tenant)
+                assert found.ids.tolist() == [ids[1]] and found.distances[0] == pytest.approx(0, abs=1e-5)
+        assert [c.count() for c in cols] == [cols[1].count()] * 2
+        assert [sorted(c.tenants()) for c in cols] == [sorted(cols[1].tenants())] * 2
+        for tenant in cols[1].tenants():
+            assert cols[0].count(tenant) == cols[1].count(tenant)

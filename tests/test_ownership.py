@@ -74,6 +74,44 @@ def test_ownership_passes_to_the_longest_standing_tenant_left_and_survives_reope
         assert col.owned(np.arange(3), tenant="z-first").all() and col.owned([10], tenant="d").all()
 
 
+def test_an_owner_hands_vectors_to_a_tenant_that_sees_them(col):
+    col.create_tenant("c")
+    with pytest.raises(curator.InvalidArgumentError, match="not granted to 'b'"):  # b sees 0..4 only
+        col.transfer([4, 5], to="b", tenant="a")
+    with pytest.raises(curator.PermissionDeniedError, match="owned by another tenant"):
+        col.transfer([0], to="b", tenant="c")
+    with pytest.raises(curator.NotFoundError):
+        col.transfer([0], to="nobody")
+    assert col.owners(np.arange(6)) == ["a"] * 6  # nothing changed hands
+    col.transfer([0, 1], to="b", tenant="a")
+    col.transfer([2], to="b")  # no tenant named: whoever owns it (embedded, or an admin key)
+    assert col.owners(np.arange(4)) == ["b", "b", "b", "a"] and col.tenants_of(0) == ["a", "b"]
+    col.upsert([0], np.ones((1, DIM)), tenant="b")
+    with pytest.raises(curator.PermissionDeniedError):
+        col.upsert([0], np.ones((1, DIM)), tenant="a")
+
+
+def test_a_tenant_since_orders_tenants_as_they_came_and_survives_reopening(tmp_path):
+    path = str(tmp_path / "d")
+    with curator.open(path) as db:
+        col = db.create_collection("c", dim=DIM)
+        col.create_tenant("z")
+        col.insert([1], vectors(1), tenant="a")
+        col.grant([1], tenant="b")
+        since = [col.tenant_since(t) for t in ("z", "a", "b")]
+        assert since == sorted(set(since)) and since[0] > 1_600_000_000 * 10**9  # ns since the epoch
+        col.deactivate_tenant("b")
+        assert col.tenant_since("b") == since[2] and col.tenant_state("b") == "inactive"  # asking wakes no one
+        with pytest.raises(curator.NotFoundError):
+            col.tenant_since("nobody")
+    with curator.open(path) as db:
+        col = db.collection("c")
+        assert [col.tenant_since(t) for t in ("z", "a", "b")] == since
+        col.drop_tenant("z")
+        col.create_tenant("z")  # a dropped tenant's name comes back as a new tenant
+        assert col.tenant_since("z") > since[2]
+
+
 @pytest.fixture
 def served(tmp_path):
     keys = keys_file(tmp_path / "keys.toml", {name: (key, None if name == "admin" else ["alice", "bob"]
@@ -109,6 +147,20 @@ def test_a_tenant_key_overwrites_only_what_its_tenant_owns(served):
         both.set_payloads([1_000_000], {"x": 1})
     both.set_payloads([1_000_000], {"x": 1}, tenant="alice")
     assert alice.get_payloads([1_000_000]) == [{"x": 1}]
+
+
+def test_only_an_admin_key_hands_vectors_over_and_a_key_reads_its_tenants_since(served):
+    _, clients, secret = served
+    shared = int(secret[0])
+    with pytest.raises(curator.PermissionDeniedError, match="admin"):
+        clients["bob"].collection("c").transfer([shared], to="alice", tenant="bob")
+    assert clients["alice"].collection("c").tenant_since("alice") > clients["bob"].collection("c").tenant_since("bob")
+    with pytest.raises(curator.PermissionDeniedError):
+        clients["alice"].collection("c").tenant_since("bob")
+    admin = clients["admin"].collection("c")
+    admin.transfer([shared], to="alice", tenant="bob")
+    assert admin.owners([shared]) == ["alice"]
+    clients["alice"].collection("c").upsert([shared], np.ones((1, DIM)), tenant="alice")
 
 
 def test_every_collision_reads_the_same_and_names_no_id(served):

@@ -7,9 +7,12 @@ shard; granting it to a tenant of another shard stores a copy there, held by the
 (upsert, payloads, revoke, drop) reach every copy. Ids stay unique over the whole collection:
 an insert asks the other shards first, one insert at a time per collection.
 
-What differs from one server: when the owner of a vector shared over several shards gives it
-up, each shard hands it to its own longest-standing tenant (one server picks one for all);
-and the owner's quota counts its copies on other shards there too."""
+A tenant whose home is another shard is a guest on a shard: it sees there exactly the copies it
+owns. When the owner of a vector shared over several shards gives it up (revoke, drop), or
+hands it over (`transfer`), every copy passes to the same tenant, the one one server would pick
+(`_settle_owners`), a guest where its home is elsewhere.
+
+What differs from one server: the owner's quota counts its copies on other shards there too."""
 
 import dataclasses
 import threading
@@ -285,8 +288,64 @@ class ClusterCollection(Collection):
             owned = np.asarray(self._read(home, "owned", ids, tenant=tenant), bool)
             self._write(home, "revoke", ids, tenant=tenant)
             if owned.any():  # its copies on other shards: it gives them up there too
-                for shard, mask in self._held(ids[owned], self._others(home)):
-                    self._write(shard, "revoke", ids[owned][mask], tenant=tenant)
+                given_up = ids[owned]
+                for shard, mask in self._held(given_up, self._others(home)):
+                    self._write(shard, "revoke", given_up[mask], tenant=tenant)
+                self._settle_owners(given_up)
+
+    def _settle_owners(self, ids: np.ndarray) -> None:
+        """After the owner of `ids` gave them up on every shard (revoke, drop), each shard holding
+        them handed them to its own longest-standing tenant seeing them; one server hands each
+        to the longest-standing over the whole collection. That tenant is its home shard's pick
+        (a tenant comes into being on its home shard, before any copy names it elsewhere), so it
+        is the oldest of the shards' picks, compared by when each came into being at home; the
+        copies the others picked for are handed to it."""
+        held = self._held(ids, self.cluster.shards)
+        if len(held) < 2:
+            return  # on one shard at most: its pick is the collection's
+        picks = np.full((len(held), ids.size), "", object)
+        for row, (shard, mask) in enumerate(held):
+            picks[row, mask] = self._read(shard, "owners", ids[mask])
+        names, inverse = np.unique(picks, return_inverse=True)  # "": not held on that shard
+        oldest_first = sorted((t for t in names.tolist() if t),
+                              key=lambda t: (self._tenant_read(t, "tenant_since", t), t))
+        rank = np.array([oldest_first.index(t) if t else len(oldest_first) for t in names.tolist()])
+        winners = np.array(oldest_first + [""], object)[rank[inverse.reshape(picks.shape)].min(axis=0)]
+        for row, (shard, mask) in enumerate(held):
+            moved = mask & (picks[row] != winners)
+            for winner in np.unique(winners[moved]).tolist():
+                self._hand_over(shard, ids[moved & (winners == winner)], winner, ())
+
+    def _hand_over(self, shard, ids: np.ndarray, to: str, previous: tuple[str, ...]) -> None:
+        """Make `to` the owner of `ids` on `shard`, as a guest there if its home is elsewhere (a
+        guest sees on a shard exactly the copies it owns, which `count` relies on): `previous`
+        owners that are guests there give their copies up."""
+        if self.cluster.shard_of(to) is not shard:
+            self._write(shard, "grant", ids, tenant=to)
+        self._write(shard, "transfer", ids, to=to)
+        for owner in previous:
+            if owner != to and self.cluster.shard_of(owner) is not shard:
+                self._write(shard, "revoke", ids, tenant=owner)
+
+    def transfer(self, ids, *, to: str, tenant: str | None = None) -> None:
+        ids, home = validate.ids(ids), self._home(validate.name(to, "to"))
+        with self._ids_lock:
+            held = self._held(ids, self.cluster.shards)
+            _all_known(ids, _union(held, ids.size))
+            self._read(home, "tenant_since", to)  # an unknown `to`: the engine's NotFoundError
+            owners = np.array(self.owners(ids), object)
+            if tenant is not None and (owners != tenant).any():
+                others = int((owners != tenant).sum())
+                raise PermissionDeniedError(f"{others} of these vectors are owned by another tenant: only a vector's "
+                                            f"owner (the tenant that inserted it) may hand it over; {tenant!r} may not")
+            unseen = ~np.asarray(self._read(home, "visible_to", ids, tenant=to), bool)
+            if unseen.any():
+                raise InvalidArgumentError(f"{int(unseen.sum())} of these vectors are not granted to {to!r}, e.g. "
+                                           f"{ids[unseen][:5].tolist()}: a vector passes only to a tenant that sees it")
+            for shard, mask in held:
+                for owner in np.unique(owners[mask]).tolist():
+                    rows = mask & (owners == owner)
+                    self._hand_over(shard, ids[rows], to, (owner,))
 
     def delete(self, ids) -> None:
         ids = validate.ids(ids)
@@ -363,10 +422,25 @@ class ClusterCollection(Collection):
     def drop_tenant(self, tenant: str) -> None:
         home = self._home(tenant)
         with self._ids_lock:
+            guest_at = [shard for shard in self._others(home) if tenant in self._read(shard, "tenants")]
+            shared = [self._guest_ids(shard, tenant) for shard in guest_at]  # its copies: what it owns there
             self._write(home, "drop_tenant", tenant)
-            for shard in self._others(home):  # its copies there
-                if tenant in self._read(shard, "tenants"):
-                    self._write(shard, "drop_tenant", tenant)
+            for shard in guest_at:
+                self._write(shard, "drop_tenant", tenant)
+            if shared:
+                self._settle_owners(np.unique(np.concatenate(shared)))
+
+    def _guest_ids(self, shard, tenant: str) -> np.ndarray:
+        """The ids `tenant` sees on a shard that is not its home (the copies it owns there)."""
+        pages, after = [], -1
+        while True:
+            page, after = self._read(shard, "scroll", tenant=tenant, after_id=after, limit=validate.MAX_SCROLL)
+            pages.append(page)
+            if after == -1:
+                return np.concatenate(pages)
+
+    def tenant_since(self, tenant: str) -> int:
+        return self._tenant_read(tenant, "tenant_since", tenant)
 
     def tenant_state(self, tenant: str) -> str:
         return self._tenant_read(tenant, "tenant_state", tenant)

@@ -679,6 +679,11 @@ class VectorsServiceStub(object):
                 request_serializer=curator_dot_v1_dot_curator__pb2.IdsRequest.SerializeToString,
                 response_deserializer=curator_dot_v1_dot_curator__pb2.ListTenantsResponse.FromString,
                 _registered_method=True)
+        self.Transfer = channel.unary_unary(
+                '/curator.v1.VectorsService/Transfer',
+                request_serializer=curator_dot_v1_dot_curator__pb2.TransferRequest.SerializeToString,
+                response_deserializer=curator_dot_v1_dot_curator__pb2.WriteResponse.FromString,
+                _registered_method=True)
         self.Scroll = channel.unary_unary(
                 '/curator.v1.VectorsService/Scroll',
                 request_serializer=curator_dot_v1_dot_curator__pb2.ScrollRequest.SerializeToString,
@@ -783,6 +788,14 @@ class VectorsServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Transfer(self, request, context):
+        """Make `to` the owner of these ids (each granted to it already); with `tenant`, only ids it
+        owns (see Collection.transfer). An admin key's call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Scroll(self, request, context):
         """Ids in ascending order after `after_id` (-1: from the start), at most `limit` of them.
         """
@@ -874,6 +887,11 @@ def add_VectorsServiceServicer_to_server(servicer, server):
                     servicer.Owners,
                     request_deserializer=curator_dot_v1_dot_curator__pb2.IdsRequest.FromString,
                     response_serializer=curator_dot_v1_dot_curator__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'Transfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Transfer,
+                    request_deserializer=curator_dot_v1_dot_curator__pb2.TransferRequest.FromString,
+                    response_serializer=curator_dot_v1_dot_curator__pb2.WriteResponse.SerializeToString,
             ),
             'Scroll': grpc.unary_unary_rpc_method_handler(
                     servicer.Scroll,
@@ -1200,6 +1218,33 @@ class VectorsService(object):
             '/curator.v1.VectorsService/Owners',
             curator_dot_v1_dot_curator__pb2.IdsRequest.SerializeToString,
             curator_dot_v1_dot_curator__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Transfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curator.v1.VectorsService/Transfer',
+            curator_dot_v1_dot_curator__pb2.TransferRequest.SerializeToString,
+            curator_dot_v1_dot_curator__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,
