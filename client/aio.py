@@ -126,8 +126,8 @@ class AsyncRemoteCollection:
     async def tenants_of(self, id_: int) -> list[str]:
         return await self._run(self._calls.tenants_of(id_))
 
-    async def contains(self, ids):
-        return await self._run(self._calls.contains(ids))
+    async def contains(self, ids, *, archived: bool = True):
+        return await self._run(self._calls.contains(ids, archived))
 
     async def owned(self, ids, *, tenant: str):
         return await self._run(self._calls.owned(ids, tenant))

@@ -116,8 +116,9 @@ class CollectionCalls:
         return Call("vectors", "TenantsOf", pb.TenantsOfRequest(collection=self.name, id=int(id_)), True,
                     lambda r: sorted(r.tenants))
 
-    def contains(self, ids) -> Call:
-        return Call("vectors", "Contains", pb.IdsRequest(collection=self.name, ids=self._ids(ids)), True, _flags)
+    def contains(self, ids, archived: bool = True) -> Call:
+        request = pb.IdsRequest(collection=self.name, ids=self._ids(ids), skip_archived=not archived)
+        return Call("vectors", "Contains", request, True, _flags)
 
     def owned(self, ids, tenant) -> Call:
         request = pb.GrantRequest(collection=self.name, ids=self._ids(ids), tenant=tenant)

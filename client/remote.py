@@ -157,8 +157,8 @@ class RemoteCollection(Collection):
     def tenants_of(self, id_: int) -> list[str]:
         return self._run(self._calls.tenants_of(id_))
 
-    def contains(self, ids):
-        return self._run(self._calls.contains(ids))
+    def contains(self, ids, *, archived: bool = True):
+        return self._run(self._calls.contains(ids, archived))
 
     def owned(self, ids, *, tenant: str):
         return self._run(self._calls.owned(ids, tenant))

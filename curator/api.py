@@ -115,8 +115,9 @@ class Collection(ABC):
         """The tenants that may see one vector."""
 
     @abstractmethod
-    def contains(self, ids) -> np.ndarray:
-        """For each id, whether it is stored."""
+    def contains(self, ids, *, archived: bool = True) -> np.ndarray:
+        """For each id, whether it is stored; `archived=False`: in memory or evicted, not only in
+        an offloaded tenant's archive (which a read of the id restores)."""
 
     @abstractmethod
     def visible_to(self, ids, *, tenant: str) -> np.ndarray:

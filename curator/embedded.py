@@ -296,9 +296,9 @@ class EmbeddedCollection(Collection):
         (id_,) = validate.ids([id_])
         return self._read(lambda: self.index.tenants_of(id_))
 
-    def contains(self, ids) -> np.ndarray:
+    def contains(self, ids, *, archived: bool = True) -> np.ndarray:
         ids = validate.ids(ids)
-        return self._read(lambda: self.index.contains(ids))  # evicted and archived ids are stored too
+        return self._read(lambda: self.index.contains(ids, archived))  # evicted and archived ids are stored too
 
     def visible_to(self, ids, *, tenant: str) -> np.ndarray:
         ids, tenant = validate.ids(ids), validate.name(tenant, "tenant")

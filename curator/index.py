@@ -423,10 +423,10 @@ class CuratorIndex:
         holders = self.shelf.holders(np.unique(ids))
         return [self.tenant_names[t] for t in np.unique(holders[holders >= 0]).tolist()]
 
-    def contains(self, ids: np.ndarray) -> np.ndarray:
-        """Whether each id is stored: in memory, evicted, or in an offloaded tenant's archive."""
+    def contains(self, ids: np.ndarray, archived: bool = True) -> np.ndarray:
+        """Whether each id is stored: in memory, evicted, or (`archived`) in an offloaded tenant's archive."""
         out = self.ids.lookup(ids) != -1
-        if self.offloaded and not out.all():
+        if archived and self.offloaded and not out.all():
             out[~out] = self.shelf.holders(ids[~out]) >= 0
         return out
 

@@ -422,7 +422,10 @@ class VectorsService(_Base, rpc.VectorsServiceServicer):
     def Contains(self, request, principal):
         col = self._collection(request.collection, principal)
         ids = self._ids(request.ids)
-        found = col.contains(ids) if principal.admin else self._seen(col, ids, principal)
+        if principal.admin:
+            found = col.contains(ids, archived=not request.skip_archived)
+        else:
+            found = self._seen(col, ids, principal)
         return pb.Flags(flags=found.astype(np.uint8).tobytes())
 
     @handler

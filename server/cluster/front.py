@@ -14,6 +14,7 @@ hands it over (`transfer`), every copy passes to the same tenant, the one one se
 
 What differs from one server: the owner's quota counts its copies on other shards there too."""
 
+import contextlib
 import dataclasses
 import threading
 
@@ -21,7 +22,8 @@ import numpy as np
 
 from curator import tenant_archive, validate
 from curator.api import Collection, SearchResult
-from curator.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, PermissionDeniedError
+from curator.errors import (AlreadyExistsError, CuratorError, InvalidArgumentError, NotFoundError,
+                            PermissionDeniedError)
 from curator.quotas import TenantQuota
 
 
@@ -169,11 +171,11 @@ class ClusterCollection(Collection):
     def _write(self, shard, method: str, *args, **kwargs):
         return shard.write(lambda copy: getattr(copy.collection(self.name), method)(*args, **kwargs))
 
-    def _held(self, ids: np.ndarray, shards) -> list[tuple[object, np.ndarray]]:
-        """(shard, mask of `ids` it holds) for each of `shards` holding any."""
+    def _held(self, ids: np.ndarray, shards, archived: bool = True) -> list[tuple[object, np.ndarray]]:
+        """(shard, mask of `ids` it holds) for each of `shards` holding any (see `contains`)."""
         out = []
         for shard in shards:
-            mask = np.asarray(self._read(shard, "contains", ids), bool)
+            mask = np.asarray(self._read(shard, "contains", ids, archived=archived), bool)
             if mask.any():
                 out.append((shard, mask))
         return out
@@ -186,17 +188,24 @@ class ClusterCollection(Collection):
         return [s for s in self.cluster.shards if s is not home]
 
     def _gather_rows(self, ids, method: str):
-        """`method(ids)` answered row by row by whichever shard holds each id (get, get_payloads);
-        ids held nowhere get the engine's own error."""
+        """`method(ids)` answered row by row by a shard that holds each id (get, get_payloads,
+        owners); ids held nowhere get the engine's own error. A shard holding an id in memory
+        answers first: a vector shared over shards may be in its owner's archive on the owner's
+        home shard (offloaded, where no other tenant sees it) and in memory on the others, and,
+        as on one server, reading it restores no one."""
         ids = validate.ids(ids)
         out, found = [None] * ids.size, np.zeros(ids.size, bool)
-        for shard, mask in self._held(ids, self.cluster.shards):
-            todo = mask & ~found
-            if todo.any():
-                rows = np.flatnonzero(todo)
-                for row, value in zip(rows.tolist(), self._read(shard, method, ids[rows])):
-                    out[row] = value
-                found |= todo
+        for archived in (False, True):
+            todo = np.flatnonzero(~found)
+            for shard, mask in self._held(ids[todo], self.cluster.shards, archived):
+                rows = todo[mask]
+                rows = rows[~found[rows]]
+                if rows.size:
+                    for row, value in zip(rows.tolist(), self._read(shard, method, ids[rows])):
+                        out[row] = value
+                    found[rows] = True
+            if found.all():
+                break
         _all_known(ids, found)
         return out
 
@@ -209,7 +218,8 @@ class ClusterCollection(Collection):
             ids = validate.drawn_ids(vectors.shape[0] if vectors.ndim == 2 else 1)
         ids = validate.ids(ids)
         with self._ids_lock:
-            self._unique(ids, home)
+            with self._waking(tenant):
+                self._unique(ids, home)
             self._write(home, "insert", ids, vectors, tenant=tenant, payloads=payloads)
         return ids
 
@@ -224,17 +234,45 @@ class ClusterCollection(Collection):
         ids, vectors = validate.ids(ids), np.asarray(vectors, dtype=np.float32)
         with self._ids_lock:
             elsewhere = self._held(ids, self._others(home))
-            if elsewhere:
-                here = np.asarray(self._read(home, "contains", ids), bool)
-                for _, mask in elsewhere:
-                    if (mask & ~here).any():
-                        foreign = ids[mask & ~here]
-                        raise PermissionDeniedError(f"{foreign.size} id(s) belong to other tenants, e.g. "
-                                                    f"{foreign[:5].tolist()}; a tenant may overwrite only its own")
+            with self._waking(tenant):
+                self._owns_elsewhere(ids, home, elsewhere)
             self._write(home, "upsert", ids, vectors, tenant=tenant, payloads=payloads)
             rows = vectors.reshape(-1, self.dim) if vectors.ndim else vectors
             for shard, mask in elsewhere:  # the owner's copies on other shards follow
                 self._write(shard, "upsert", ids[mask], rows[mask], tenant=tenant, payloads=_subset(payloads, mask))
+
+    def _owns_elsewhere(self, ids, home, elsewhere) -> None:
+        """PermissionDeniedError for ids held only on other shards than the writer's home: no
+        copy there, so its tenant sees them not, and owns them not."""
+        if not elsewhere:
+            return
+        here = np.asarray(self._read(home, "contains", ids), bool)
+        for _, mask in elsewhere:
+            if (mask & ~here).any():
+                foreign = ids[mask & ~here]
+                raise PermissionDeniedError(f"{foreign.size} id(s) belong to other tenants, e.g. "
+                                            f"{foreign[:5].tolist()}; a tenant may overwrite only its own")
+
+    @contextlib.contextmanager
+    def _waking(self, *tenants: str | None):
+        """Around the front's own checks of a write: one server wakes the tenants a write names
+        before it refuses the write (a call naming a tenant wakes it), so a refusal here wakes
+        them on their home shards too."""
+        try:
+            yield
+        except CuratorError:
+            for tenant in tenants:
+                if tenant is not None:
+                    self._wake(tenant)
+            raise
+
+    def _wake(self, tenant: str) -> None:
+        try:
+            state = self._tenant_read(tenant, "tenant_state", tenant)
+        except NotFoundError:
+            return
+        if state != "active":
+            self._write(self._home(tenant), "activate_tenant", tenant)
 
     def set_payloads(self, ids, payloads, *, tenant=None) -> None:
         ids = validate.ids(ids)
@@ -255,24 +293,17 @@ class ClusterCollection(Collection):
         with self._ids_lock:
             missing = ~np.asarray(self._read(home, "contains", ids), bool)
             if missing.any():
-                self._known(ids[missing], self._others(home))
+                with self._waking(tenant):
+                    self._known(ids[missing], self._others(home))
                 self._copy(ids[missing], home)
             return self._write(home, "grant", ids, tenant=tenant)
 
     def _copy(self, ids: np.ndarray, home) -> None:
-        """Store on `home` a copy of each of `ids` held elsewhere, owned there by its owner."""
-        for shard, mask in self._held(ids, self._others(home)):
-            ids_here = ids[mask]
-            vectors = self._read(shard, "get", ids_here)
-            payloads = self._read(shard, "get_payloads", ids_here)
-            owners = np.array(self._read(shard, "owners", ids_here))
-            for owner in np.unique(owners).tolist():
-                rows = owners == owner
-                self._write(home, "insert", ids_here[rows], vectors[rows], tenant=owner,
-                            payloads=_subset(payloads, rows))
-            ids = ids[~np.isin(ids, ids_here)]
-            if not ids.size:
-                return
+        """Store on `home` a copy of each of `ids` (held elsewhere), owned there by its owner."""
+        vectors, payloads, owners = self.get(ids), self.get_payloads(ids), np.array(self.owners(ids), object)
+        for owner in np.unique(owners).tolist():
+            rows = owners == owner
+            self._write(home, "insert", ids[rows], vectors[rows], tenant=owner, payloads=_subset(payloads, rows))
 
     def revoke(self, ids, *, tenant: str) -> None:
         home = self._home(tenant)
@@ -280,10 +311,12 @@ class ClusterCollection(Collection):
         with self._ids_lock:
             here = np.asarray(self._read(home, "contains", ids), bool)
             if not here.all():  # ids the tenant cannot see are no-ops, as on one server; unknown ones are not
-                self._known(ids[~here], self._others(home))
+                with self._waking(tenant):
+                    self._known(ids[~here], self._others(home))
                 ids = ids[here]
-                if not ids.size:
-                    self._home(tenant).read(lambda copy: copy.collection(self.name).tenant_state(tenant))
+                if not ids.size:  # still a call naming the tenant: unknown, NotFoundError; asleep, woken
+                    if self._tenant_read(tenant, "tenant_state", tenant) != "active":
+                        self._write(home, "activate_tenant", tenant)
                     return
             owned = np.asarray(self._read(home, "owned", ids, tenant=tenant), bool)
             self._write(home, "revoke", ids, tenant=tenant)
@@ -330,22 +363,27 @@ class ClusterCollection(Collection):
     def transfer(self, ids, *, to: str, tenant: str | None = None) -> None:
         ids, home = validate.ids(ids), self._home(validate.name(to, "to"))
         with self._ids_lock:
-            held = self._held(ids, self.cluster.shards)
-            _all_known(ids, _union(held, ids.size))
-            self._read(home, "tenant_since", to)  # an unknown `to`: the engine's NotFoundError
-            owners = np.array(self.owners(ids), object)
-            if tenant is not None and (owners != tenant).any():
-                others = int((owners != tenant).sum())
-                raise PermissionDeniedError(f"{others} of these vectors are owned by another tenant: only a vector's "
-                                            f"owner (the tenant that inserted it) may hand it over; {tenant!r} may not")
-            unseen = ~np.asarray(self._read(home, "visible_to", ids, tenant=to), bool)
-            if unseen.any():
-                raise InvalidArgumentError(f"{int(unseen.sum())} of these vectors are not granted to {to!r}, e.g. "
-                                           f"{ids[unseen][:5].tolist()}: a vector passes only to a tenant that sees it")
+            with self._waking(to, tenant):
+                held = self._held(ids, self.cluster.shards)
+                _all_known(ids, _union(held, ids.size))
+                self._read(home, "tenant_since", to)  # an unknown `to`: the engine's NotFoundError
+                owners = np.array(self.owners(ids), object)
+                if tenant is not None and (owners != tenant).any():
+                    others = int((owners != tenant).sum())
+                    raise PermissionDeniedError(f"{others} of these vectors are owned by another tenant: only a "
+                                                f"vector's owner (the tenant that inserted it) may hand it over; "
+                                                f"{tenant!r} may not")
+                unseen = ~np.asarray(self._read(home, "visible_to", ids, tenant=to), bool)
+                if unseen.any():
+                    raise InvalidArgumentError(f"{int(unseen.sum())} of these vectors are not granted to {to!r}, "
+                                               f"e.g. {ids[unseen][:5].tolist()}: a vector passes only to a tenant "
+                                               "that sees it")
             for shard, mask in held:
                 for owner in np.unique(owners[mask]).tolist():
                     rows = mask & (owners == owner)
                     self._hand_over(shard, ids[rows], to, (owner,))
+            if tenant is not None:
+                self._wake(tenant)  # named by the call, as on one server
 
     def delete(self, ids) -> None:
         ids = validate.ids(ids)
@@ -378,16 +416,17 @@ class ClusterCollection(Collection):
 
     def tenants_of(self, id_: int) -> list[str]:
         (id_,) = validate.ids([id_])
-        held = self._held(np.array([id_], np.int64), self.cluster.shards)
+        ids = np.array([id_], np.int64)  # an archived copy's tenants (its owner alone) are on the others too
+        held = self._held(ids, self.cluster.shards, archived=False) or self._held(ids, self.cluster.shards)
         if not held:
             return self._read(self.cluster.shards[0], "tenants_of", id_)  # the engine's NotFoundError
         return sorted({t for shard, _ in held for t in self._read(shard, "tenants_of", id_)})
 
-    def contains(self, ids) -> np.ndarray:
+    def contains(self, ids, *, archived: bool = True) -> np.ndarray:
         ids = validate.ids(ids)
         out = np.zeros(ids.size, bool)
         for shard in self.cluster.shards:
-            out |= np.asarray(self._read(shard, "contains", ids), bool)
+            out |= np.asarray(self._read(shard, "contains", ids, archived=archived), bool)
         return out
 
     def visible_to(self, ids, *, tenant: str) -> np.ndarray:
@@ -427,8 +466,9 @@ class ClusterCollection(Collection):
             self._write(home, "drop_tenant", tenant)
             for shard in guest_at:
                 self._write(shard, "drop_tenant", tenant)
-            if shared:
-                self._settle_owners(np.unique(np.concatenate(shared)))
+            shared = np.unique(np.concatenate(shared)) if shared else shared
+            if len(shared):
+                self._settle_owners(shared)
 
     def _guest_ids(self, shard, tenant: str) -> np.ndarray:
         """The ids `tenant` sees on a shard that is not its home (the copies it owns there)."""
