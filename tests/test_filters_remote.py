@@ -210,18 +210,26 @@ FILTERS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """A server with tenant keys, its collection filled like an embedded twin."""
+@pytest.fixture(scope="module", params=["server", "cluster"])
+def served(request, tmp_path_factory):
+    """A server with tenant keys (or a cluster front with the same keys, before conftest's
+    session cluster), its collection filled like an embedded twin."""
     tmp = tmp_path_factory.mktemp("filters")
     keys = keys_file(tmp / "keys.toml", {"alice-app": (KEYS["alice"], ["alice"]), "bob-app": (KEYS["bob"], ["bob"]),
                                           "ops": (KEYS["admin"], None)})
-    server = CuratorServer(ServerConfig(data=str(tmp / "d"), port=0, keys=keys)).start()
+    config = ServerConfig(data=str(tmp / "d"), port=0, keys=keys)
+    if request.param == "cluster":
+        config.ray = "given"
+        server = CuratorServer(config, cluster=request.getfixturevalue("curator_cluster")).start()
+    else:
+        server = CuratorServer(config).start()
     admin = curator.connect(server.address, api_key=KEYS["admin"])
     twin = curator.open(":memory:")
     for db in (admin, twin):  # a low exact_limit and a cheap graph: every plan has a turn
         fill(db.create_collection("docs", dim=DIM, train_size=64, leaf_size=16, exact_limit=40, hnsw_visit_cost=0.1))
     yield server, admin.collection("docs"), twin.collection("docs")
+    if request.param == "cluster":  # the session's cluster, left as found
+        admin.drop_collection("docs")
     twin.close()
     admin.close()
     server.stop()

@@ -498,37 +498,61 @@ class ClusterCollection(Collection):
                ef: int | None = None) -> SearchResult:
         if tenant is not None:
             return self._tenant_read(tenant, "search", query, k, tenant=tenant, filter=filter, ef=ef)
-        found = [self._read(shard, "search", query, k, filter=filter, ef=ef) for shard in self.cluster.shards]
+        found = self._everyone("search", query, k, filter=filter, ef=ef)
         ids, distances = _merge([f.ids[None] for f in found], [f.distances[None] for f in found], k)
-        return SearchResult(ids[0], distances[0], found[0].plan)
+        kept = ids[0] >= 0  # as one engine answers: as many as found
+        return SearchResult(ids[0][kept], distances[0][kept], max(found, key=lambda f: f.ids.size).plan)
+
+    def _everyone(self, method: str, *args, **kwargs) -> list[SearchResult]:
+        """A search of every vector: `method` on every shard. A shard that refuses the filter
+        (it names a field none of the shard's vectors holds, or compares with a type they do not
+        have) holds nothing it could match: the refusal stands only if every shard refuses."""
+        found, refused = [], []
+        for shard in self.cluster.shards:
+            try:
+                found.append(self._read(shard, method, *args, **kwargs))
+            except InvalidArgumentError as error:
+                refused.append((shard, error))
+        if not found:  # in the words of the shard with the most vectors (it names the fields it knows)
+            raise max(refused, key=lambda pair: self._read(pair[0], "count"))[1]
+        return found
 
     def search_now(self, *args, **kwargs):
         return None  # a call to a shard may wait: never on the polling thread
 
     def search_batch(self, queries, k: int = 10, *, tenants=None, filter: dict | None = None,
                      ef: int | None = None) -> SearchResult:
+        """Each query on its tenant's shard, those of no tenant (None) on every shard."""
         if isinstance(tenants, str):
             return self._tenant_read(tenants, "search_batch", queries, k, tenants=tenants, filter=filter, ef=ef)
         queries = np.asarray(queries, dtype=np.float32)
         if tenants is None:
-            found = [self._read(shard, "search_batch", queries, k, filter=filter, ef=ef)
-                     for shard in self.cluster.shards]
-            ids, distances = _merge([f.ids for f in found], [f.distances for f in found], k)
-            return SearchResult(ids, distances, found[0].plan)
+            return self._search_everyone(queries, k, filter, ef)
         tenants = list(tenants)
         if len(tenants) != len(queries):
-            raise InvalidArgumentError(f"tenants: one per query ({len(queries)}), got {len(tenants)}")
-        homes = [self._home(t) for t in tenants]
+            raise InvalidArgumentError(f"{len(queries)} queries but {len(tenants)} tenants; give one per query")
+        homes = [None if t is None else self._home(t) for t in tenants]
         ids = np.full((len(queries), k), -1, np.int64)
         distances = np.full((len(queries), k), np.inf, np.float32)
-        plan = ""
-        for shard in dict.fromkeys(homes):
-            rows = np.array([h is shard for h in homes])
-            found = self._read(shard, "search_batch", queries[rows], k, filter=filter, ef=ef,
-                               tenants=[t for t, keep in zip(tenants, rows) if keep])
-            ids[rows, : found.ids.shape[1]], distances[rows, : found.ids.shape[1]] = found.ids, found.distances
-            plan = plan or found.plan
-        return SearchResult(ids, distances, plan)
+        plans = [""] * len(queries)
+        for home in dict.fromkeys(homes):
+            rows = np.array([h is home for h in homes])
+            if home is None:
+                found = self._search_everyone(queries[rows], k, filter, ef)
+            else:
+                found = self._read(home, "search_batch", queries[rows], k, filter=filter, ef=ef,
+                                   tenants=[t for t, keep in zip(tenants, rows.tolist()) if keep])
+            ids[rows], distances[rows] = found.ids, found.distances
+            for row, plan in zip(np.flatnonzero(rows).tolist(), found.plan):
+                plans[row] = plan
+        return SearchResult(ids, distances, plans)
+
+    def _search_everyone(self, queries: np.ndarray, k: int, filter, ef) -> SearchResult:
+        found = self._everyone("search_batch", queries, k, filter=filter, ef=ef)
+        ids, distances = _merge([f.ids for f in found], [f.distances for f in found], k)
+        most = np.stack([(f.ids >= 0).sum(axis=1) for f in found]).argmax(axis=0)  # each query's plan: the
+        plans = [found[shard].plan[q] for q, shard in enumerate(most.tolist())]  # shard that found the most
+        return SearchResult(ids, distances, plans)
 
     def train(self, sample=None) -> None:
         for shard in self.cluster.shards:
