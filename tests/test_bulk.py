@@ -15,15 +15,22 @@ import curator
 from curator import bulk
 from curator.errors import AlreadyExistsError, InvalidArgumentError
 from curator_server.app import CuratorServer, ServerConfig
+from tests.conftest import opened
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ["parquet", "npy", "npz", "jsonl"]
 DIM = 8
 
 
-@pytest.fixture(params=["embedded", "remote"])
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(params=["embedded", "remote", "cluster"])
 def db(request, tmp_path):
-    if request.param == "embedded":
+    if request.param == "cluster":  # alice and bob on one shard, carol on the other
+        with opened(request, "cluster", tmp_path) as front:
+            yield front
+    elif request.param == "embedded":
         database = curator.open(str(tmp_path / "data"), durability="none")
         yield database
         database.close()

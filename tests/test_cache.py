@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 import curator
 from curator_loadtest.stand_in_llm import StandInLLM
 from curator import InvalidArgumentError, NotFoundError, UpstreamError, UpstreamTimeoutError
-from tests.conftest import concurrently, database
+from tests.conftest import KINDS, concurrently, database, opened
+
+pytestmark = pytest.mark.cluster
 
 MODEL = "unit-test-16d"
 DIM = 16
@@ -53,10 +55,11 @@ def cache_config(upstream, **upstream_options) -> dict:
             "load": {"latency_target": 0.1, "inflight_target": 64}}
 
 
-@pytest.fixture(params=["memory", "durable", "remote"])
+@pytest.fixture(params=KINDS)
 def db(request, tmp_path, upstream):
-    with database(request.param, tmp_path, cache=cache_config(upstream), retries=0) as opened:
-        yield opened
+    """Each kind of conftest's `db`: the cluster's semantic cache is its front's own."""
+    with opened(request, request.param, tmp_path, cache=cache_config(upstream), retries=0) as db:
+        yield db
 
 
 def store(cache, tenant, seed_or_vector, answer, category="code", prompt=None, **kw):
