@@ -5,7 +5,7 @@ tenant, the tenants, collections) gather from every shard. A vector lives on its
 shard; granting it to a tenant of another shard stores a copy there, held by the owner as well
 (so that only the owner may overwrite it, as on one server), and the owner's later writes to it
 (upsert, payloads, revoke, drop) reach every copy. Ids stay unique over the whole collection:
-an insert asks the other shards first, one insert at a time per collection.
+an insert asks the other shards first, while it holds its ids (`IdLocks`).
 
 A tenant whose home is another shard is a guest on a shard: it sees there exactly the copies it
 owns. When the owner of a vector shared over several shards gives it up (revoke, drop), or
@@ -151,10 +151,36 @@ def _subset(payloads, mask):
     return [p for p, keep in zip(payloads, mask.tolist()) if keep]
 
 
+class IdLocks:
+    """A collection's ids in stripes (an id's stripe: id mod STRIPES), one lock each: a write
+    holds the stripes of the ids it names, taken in order, while it checks other shards and
+    writes, so two writes naming one id take turns (an id stays unique over the shards, a grant
+    copies a vector once) while writes of other ids go on side by side."""
+
+    STRIPES = 64
+
+    def __init__(self):
+        self._locks = [threading.Lock() for _ in range(self.STRIPES)]
+
+    @contextlib.contextmanager
+    def held(self, ids: np.ndarray | None):
+        """The stripes of `ids` (None: every stripe, for a write whose ids are not known first)."""
+        stripes = range(self.STRIPES) if ids is None else np.unique(np.mod(ids, self.STRIPES)).tolist()
+        taken = []
+        try:
+            for stripe in stripes:
+                self._locks[stripe].acquire()
+                taken.append(stripe)
+            yield
+        finally:
+            for stripe in reversed(taken):
+                self._locks[stripe].release()
+
+
 class ClusterCollection(Collection):
     def __init__(self, cluster, name: str, dim: int, metric: str):
         self.cluster, self.name, self.dim, self.metric = cluster, name, dim, metric
-        self._ids_lock = threading.Lock()  # inserts check the other shards, then insert: one at a time
+        self._ids = IdLocks()  # a write's checks on other shards and its writes: one step for its ids
 
     # -- routing ----------------------------------------------------------------------------------
 
@@ -217,7 +243,7 @@ class ClusterCollection(Collection):
         if ids is None:
             ids = validate.drawn_ids(vectors.shape[0] if vectors.ndim == 2 else 1)
         ids = validate.ids(ids)
-        with self._ids_lock:
+        with self._ids.held(ids):
             with self._waking(tenant):
                 self._unique(ids, home)
             self._write(home, "insert", ids, vectors, tenant=tenant, payloads=payloads)
@@ -232,7 +258,7 @@ class ClusterCollection(Collection):
     def upsert(self, ids, vectors, *, tenant: str, payloads=None) -> None:
         home = self._home(tenant)
         ids, vectors = validate.ids(ids), np.asarray(vectors, dtype=np.float32)
-        with self._ids_lock:
+        with self._ids.held(ids):
             elsewhere = self._held(ids, self._others(home))
             with self._waking(tenant):
                 self._owns_elsewhere(ids, home, elsewhere)
@@ -290,7 +316,7 @@ class ClusterCollection(Collection):
     def grant(self, ids, *, tenant: str) -> int:
         home = self._home(tenant)
         ids = validate.ids(ids)
-        with self._ids_lock:
+        with self._ids.held(ids):
             missing = ~np.asarray(self._read(home, "contains", ids), bool)
             if missing.any():
                 with self._waking(tenant):
@@ -308,7 +334,7 @@ class ClusterCollection(Collection):
     def revoke(self, ids, *, tenant: str) -> None:
         home = self._home(tenant)
         ids = validate.ids(ids)
-        with self._ids_lock:
+        with self._ids.held(ids):
             here = np.asarray(self._read(home, "contains", ids), bool)
             if not here.all():  # ids the tenant cannot see are no-ops, as on one server; unknown ones are not
                 with self._waking(tenant):
@@ -362,7 +388,7 @@ class ClusterCollection(Collection):
 
     def transfer(self, ids, *, to: str, tenant: str | None = None) -> None:
         ids, home = validate.ids(ids), self._home(validate.name(to, "to"))
-        with self._ids_lock:
+        with self._ids.held(ids):
             with self._waking(to, tenant):
                 held = self._held(ids, self.cluster.shards)
                 _all_known(ids, _union(held, ids.size))
@@ -387,7 +413,7 @@ class ClusterCollection(Collection):
 
     def delete(self, ids) -> None:
         ids = validate.ids(ids)
-        with self._ids_lock:
+        with self._ids.held(ids):
             held = self._held(ids, self.cluster.shards)
             _all_known(ids, _union(held, ids.size))
             for shard, mask in held:
@@ -460,7 +486,7 @@ class ClusterCollection(Collection):
 
     def drop_tenant(self, tenant: str) -> None:
         home = self._home(tenant)
-        with self._ids_lock:
+        with self._ids.held(None):
             guest_at = [shard for shard in self._others(home) if tenant in self._read(shard, "tenants")]
             shared = [self._guest_ids(shard, tenant) for shard in guest_at]  # its copies: what it owns there
             self._write(home, "drop_tenant", tenant)
