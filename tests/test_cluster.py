@@ -18,7 +18,7 @@ import ray
 import curator
 from curator import NotFoundError, PermissionDeniedError
 from curator_server.app import CuratorServer, ServerConfig
-from curator_server.cluster.controller import Cluster
+from curator_server.cluster.controller import Cluster, FrontRunning
 from tests.conftest import NODE, keys_file
 from tests.test_server import KEYS
 
@@ -278,3 +278,46 @@ def test_copies_whose_processes_all_died_are_served_again_from_their_disks(ray_n
         front.stop()
     finally:
         again.close(destroy=True)
+
+
+def test_a_second_front_for_a_cluster_is_refused_while_the_first_serves(ray_nodes, tmp_path):
+    """Two fronts would order writes differently on the copies: the second is refused, saying
+    who holds the cluster, and starts once the first has gone."""
+    name = f"lease-{os.getpid()}-{time.monotonic_ns()}"
+    first = Cluster(ray_nodes.address, str(tmp_path / "first"), root=str(tmp_path / "shards"), name=name)
+    try:
+        with pytest.raises(FrontRunning, match=f"cluster '{name}' already has a front \\(pid {os.getpid()} on "):
+            Cluster(ray_nodes.address, str(tmp_path / "second"), root=str(tmp_path / "shards"), name=name)
+    finally:
+        first.close()
+    again = Cluster(ray_nodes.address, str(tmp_path / "first"), root=str(tmp_path / "shards"), name=name)
+    again.close(destroy=True)
+
+
+def test_a_killed_fronts_successor_starts_and_a_second_front_is_turned_away(ray_nodes, tmp_path):
+    """`curator serve --ray`, as an operator runs it: a second front for a served cluster exits
+    saying why; once the first is SIGKILLed, a front started on a new directory takes the
+    cluster back and serves what was acknowledged."""
+    from curator_loadtest.server import ManagedServer
+
+    name = f"serve-{os.getpid()}-{time.monotonic_ns()}"
+    args = ("--ray", ray_nodes.address, "--cluster-name", name, "--shard-root", str(tmp_path / "shards"))
+    first = ManagedServer(durability="sync", extra_args=args).start()
+    try:
+        col = curator.connect(first.address).create_collection("docs", DIM)
+        ids = col.insert(None, np.ones((3, DIM), np.float32), tenant="tenant-0")
+        second = subprocess.run([sys.executable, "-m", "curator_server", "serve", "--data", str(tmp_path / "d2"),
+                                 "--port", "0", *args], capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and f"cluster '{name}' already has a front (pid {first.pid}" in second.stderr
+        os.kill(first.pid, signal.SIGKILL)
+        first.process.wait()
+    finally:
+        first.stop()
+    successor = ManagedServer(durability="sync", extra_args=args).start()
+    try:
+        db = curator.connect(successor.address)
+        assert sorted(db.collection("docs").scroll(tenant="tenant-0")[0].tolist()) == sorted(ids.tolist())
+        db.close()
+    finally:
+        successor.stop()
+    Cluster(ray_nodes.address, str(tmp_path / "cleanup"), root=str(tmp_path / "shards"), name=name).close(destroy=True)

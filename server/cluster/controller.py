@@ -10,6 +10,7 @@ starts equal to the others and every write after it reaches it."""
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from collections import Counter
@@ -30,6 +31,24 @@ PING_TIMEOUT = 1.0
 MISSED_PINGS = 3  # a copy that answers none of this many pings in a row is lost
 START_SECONDS = 60.0  # a new copy's process start, and its seeding
 SUSPECT_SECONDS = 60.0  # a node that lost a copy takes no new one for this long
+LEASE_WAIT_SECONDS = 30.0  # for the lease of a front that ended to be freed
+
+
+class FrontRunning(ValueError):
+    """Another front serves this cluster: two would order writes differently on the copies."""
+
+
+@ray.remote(num_cpus=0)
+class FrontLease:
+    """The one front of a cluster holds it: a named actor that lives as long as the front's
+    process (Ray ends an actor when the process that made it ends), so a second front started
+    for the same cluster is refused while the first lives, and a restarted one is not."""
+
+    def __init__(self, holder: str):
+        self._holder = holder
+
+    def holder(self) -> str:
+        return self._holder
 
 
 class Cluster:
@@ -40,6 +59,33 @@ class Cluster:
         if not ray.is_initialized():
             ray.init(address=None if address == "local" else address, namespace=NAMESPACE, log_to_driver=False,
                      logging_level=logging.WARNING)
+        self._lease = self._take_lease()
+        try:
+            self._start(data, shards)
+        except BaseException:
+            ray.kill(self._lease, no_restart=True)
+            raise
+
+    def _take_lease(self):
+        name, holder = f"front-lease:{self.name}", f"pid {os.getpid()} on {socket.gethostname()}"
+        deadline = time.monotonic() + LEASE_WAIT_SECONDS
+        while True:
+            try:
+                lease = FrontLease.options(name=name, namespace=NAMESPACE).remote(holder)
+                ray.get(lease.holder.remote(), timeout=START_SECONDS)
+                return lease
+            except ValueError:  # the name is taken: by a live front, or one whose end Ray has not seen yet
+                try:
+                    other = ray.get(ray.get_actor(name, NAMESPACE).holder.remote(), timeout=10)
+                except Exception:  # noqa: BLE001 - it ended: its name is free shortly
+                    other = None
+                if other is not None or time.monotonic() > deadline:
+                    raise FrontRunning(f"cluster {self.name!r} already has a front ({other or 'stopping'}); a "
+                                       "cluster takes one front: stop that one first, or name another cluster "
+                                       "(--cluster-name)") from None
+                time.sleep(0.2)
+
+    def _start(self, data: str, shards: int) -> None:
         os.makedirs(data, mode=0o700, exist_ok=True)
         self._placement_path = os.path.join(data, "placement.json")
         self._key_path = os.path.join(data, "cluster.key")
@@ -336,3 +382,4 @@ class Cluster:
                     self._retire(shard, copy)
                 else:
                     copy.close()
+        ray.kill(self._lease, no_restart=True)  # another front may serve the cluster now
