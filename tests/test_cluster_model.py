@@ -157,3 +157,22 @@ def test_a_vector_shared_over_shards_passes_whole_to_the_tenant_one_server_picks
         assert [sorted(c.tenants()) for c in cols] == [sorted(cols[1].tenants())] * 2
         for tenant in cols[1].tenants():
             assert cols[0].count(tenant) == cols[1].count(tenant)
+
+
+def test_a_quota_above_the_default_covers_the_owners_copies_on_other_shards(request, tmp_path):
+    """carol (shard 0) may hold 10 vectors where the default is 3: granting her six to dave
+    (shard 1, also 10) stores copies owned by her there, which her quota covers as at home."""
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((6, DIM)).astype(np.float32)
+    with opened(request, "cluster", tmp_path / "front") as front, curator.open(":memory:") as model:
+        for db in (front, model):
+            db.set_quota(None, vectors=3)
+            for tenant in ("carol", "dave"):
+                db.set_quota(tenant, vectors=10)
+            col = db.create_collection("docs", DIM)
+            col.insert(np.arange(6), vectors, tenant="carol")
+            assert col.grant(np.arange(6), tenant="dave") == 6
+            with pytest.raises(curator.ResourceExhaustedError):  # erin has the default
+                col.grant(np.arange(6), tenant="erin")
+            assert db.quota("carol").usage.vectors == 6 and db.quota("dave").usage.vectors == 6
+        assert front.collection("docs").owners(np.arange(6)) == ["carol"] * 6

@@ -10,9 +10,7 @@ an insert asks the other shards first, while it holds its ids (`IdLocks`).
 A tenant whose home is another shard is a guest on a shard: it sees there exactly the copies it
 owns. When the owner of a vector shared over several shards gives it up (revoke, drop), or
 hands it over (`transfer`), every copy passes to the same tenant, the one one server would pick
-(`_settle_owners`), a guest where its home is elsewhere.
-
-What differs from one server: the owner's quota counts its copies on other shards there too."""
+(`_settle_owners`), a guest where its home is elsewhere."""
 
 import contextlib
 import dataclasses
@@ -85,14 +83,13 @@ class ClusterDatabase:
         self._everywhere(drop)
 
     def set_quota(self, tenant, **limits):
-        """On the tenant's shard (every shard for the default), and at the front, which holds the
-        semantic cache and so counts cache entries."""
-        if tenant is None:
-            quota = self._everywhere(lambda copy: copy.db.set_quota(None, **limits))
-        else:
-            quota = self.cluster.shard_of(tenant).write(lambda copy: copy.db.set_quota(tenant, **limits))
+        """On every shard: the tenant's shard counts what it holds, as one server does; the
+        others hold only copies it owns of vectors it sees at home too, so with the same limits
+        they never refuse a copy its home took. And at the front, which holds the semantic
+        cache and so counts cache entries. The answer is the tenant's shard's."""
+        answers = [shard.write(lambda copy: copy.db.set_quota(tenant, **limits)) for shard in self.cluster.shards]
         self.local.set_quota(tenant, **limits)
-        return quota
+        return answers[0 if tenant is None else self.cluster.placement.shard_of(tenant)]
 
     def quota(self, tenant):
         shard = self.cluster.shards[0] if tenant is None else self.cluster.shard_of(tenant)
