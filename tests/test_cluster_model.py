@@ -176,3 +176,24 @@ def test_a_quota_above_the_default_covers_the_owners_copies_on_other_shards(requ
                 col.grant(np.arange(6), tenant="erin")
             assert db.quota("carol").usage.vectors == 6 and db.quota("dave").usage.vectors == 6
         assert front.collection("docs").owners(np.arange(6)) == ["carol"] * 6
+
+
+def test_copies_that_disagree_on_their_owner_are_set_right_by_the_owners_next_write(request, tmp_path):
+    """Shards left disagreeing (a front stopped halfway through a hand-over): the owner's home
+    is believed, the other shard's copy handed back, and the upsert lands on both copies."""
+    cluster = request.getfixturevalue("curator_cluster")
+    rng = np.random.default_rng(2)
+    with opened(request, "cluster", tmp_path / "front") as front:
+        col = front.create_collection("docs", DIM)
+        col.insert([7, 8], rng.standard_normal((2, DIM)).astype(np.float32), tenant="carol")
+        col.grant([7, 8], tenant="dave")  # a copy on dave's shard, owned there by carol
+        cluster.shard_of("dave").write(lambda copy: copy.collection("docs").transfer([7], to="dave"))
+        assert cluster.shard_of("dave").read(lambda copy: copy.collection("docs").owners([7, 8])) == ["dave", "carol"]
+        moved = rng.standard_normal((2, DIM)).astype(np.float32)
+        col.upsert([7, 8], moved, tenant="carol")
+        for tenant in ("carol", "dave"):
+            shard = cluster.shard_of(tenant)
+            assert shard.read(lambda copy: copy.collection("docs").owners([7, 8])) == ["carol", "carol"]
+            np.testing.assert_array_equal(shard.read(lambda copy: copy.collection("docs").get([7, 8])), moved)
+        with pytest.raises(curator.PermissionDeniedError):
+            col.upsert([7], moved[:1], tenant="dave")

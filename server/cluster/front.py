@@ -262,7 +262,19 @@ class ClusterCollection(Collection):
             self._write(home, "upsert", ids, vectors, tenant=tenant, payloads=payloads)
             rows = vectors.reshape(-1, self.dim) if vectors.ndim else vectors
             for shard, mask in elsewhere:  # the owner's copies on other shards follow
+                self._agree(shard, ids[mask], tenant)
                 self._write(shard, "upsert", ids[mask], rows[mask], tenant=tenant, payloads=_subset(payloads, mask))
+
+    def _agree(self, shard, ids: np.ndarray, owner: str) -> None:
+        """Copies on `shard` that name another owner than `owner`, whose home shard (which holds
+        the truth for its tenants) has just said it owns them, are handed to it first: a front
+        that stopped between two shards of a hand-over left them disagreeing, and the write
+        that follows would otherwise apply on one shard and be refused on the other."""
+        wrong = ~np.asarray(self._read(shard, "owned", ids, tenant=owner), bool)
+        if wrong.any():
+            named = np.array(self._read(shard, "owners", ids[wrong]), object)
+            for previous in np.unique(named).tolist():
+                self._hand_over(shard, ids[wrong][named == previous], owner, (previous,))
 
     def _owns_elsewhere(self, ids, home, elsewhere) -> None:
         """PermissionDeniedError for ids held only on other shards than the writer's home: no
@@ -299,16 +311,18 @@ class ClusterCollection(Collection):
 
     def set_payloads(self, ids, payloads, *, tenant=None) -> None:
         ids = validate.ids(ids)
-        if tenant is not None:
-            home = self._home(tenant)
-            self._write(home, "set_payloads", ids, payloads, tenant=tenant)
-            for shard, mask in self._held(ids, self._others(home)):
-                self._write(shard, "set_payloads", ids[mask], _subset(payloads, mask), tenant=tenant)
-            return
-        held = self._held(ids, self.cluster.shards)
-        _all_known(ids, _union(held, ids.size))
-        for shard, mask in held:
-            self._write(shard, "set_payloads", ids[mask], _subset(payloads, mask))
+        with self._ids.held(ids):
+            if tenant is not None:
+                home = self._home(tenant)
+                self._write(home, "set_payloads", ids, payloads, tenant=tenant)
+                for shard, mask in self._held(ids, self._others(home)):
+                    self._agree(shard, ids[mask], tenant)
+                    self._write(shard, "set_payloads", ids[mask], _subset(payloads, mask), tenant=tenant)
+                return
+            held = self._held(ids, self.cluster.shards)
+            _all_known(ids, _union(held, ids.size))
+            for shard, mask in held:
+                self._write(shard, "set_payloads", ids[mask], _subset(payloads, mask))
 
     def grant(self, ids, *, tenant: str) -> int:
         home = self._home(tenant)
