@@ -197,3 +197,36 @@ def test_copies_that_disagree_on_their_owner_are_set_right_by_the_owners_next_wr
             np.testing.assert_array_equal(shard.read(lambda copy: copy.collection("docs").get([7, 8])), moved)
         with pytest.raises(curator.PermissionDeniedError):
             col.upsert([7], moved[:1], tenant="dave")
+
+
+def test_a_drop_a_front_left_half_done_is_finished_by_the_next_drop(request, tmp_path):
+    """carol dropped on her home shard only (the front died before her copy on dave's shard):
+    she still shows among the tenants; dropping her again answers NotFound, as for any unknown
+    tenant, and finishes the drop: her copy passes to dave."""
+    cluster = request.getfixturevalue("curator_cluster")
+    with opened(request, "cluster", tmp_path / "front") as front:
+        col = front.create_collection("docs", DIM)
+        col.insert([5], np.ones((1, DIM), np.float32), tenant="carol")
+        col.grant([5], tenant="dave")
+        cluster.shard_of("carol").write(lambda copy: copy.collection("docs").drop_tenant("carol"))
+        assert "carol" in col.tenants()
+        with pytest.raises(curator.NotFoundError):
+            col.drop_tenant("carol")
+        assert col.tenants() == ["dave"] and col.owners([5]) == ["dave"] and col.tenants_of(5) == ["dave"]
+        with pytest.raises(curator.NotFoundError):
+            col.drop_tenant("carol")
+
+
+def test_a_revoke_a_front_left_half_done_is_finished_by_the_next_revoke(request, tmp_path):
+    """carol's revoke applied on her home shard only (the front died before her copy on dave's
+    shard): the same revoke again finishes it, her copy passes to dave."""
+    cluster = request.getfixturevalue("curator_cluster")
+    with opened(request, "cluster", tmp_path / "front") as front:
+        col = front.create_collection("docs", DIM)
+        col.insert([5, 6], np.ones((2, DIM), np.float32), tenant="carol")
+        col.grant([5, 6], tenant="dave")
+        cluster.shard_of("carol").write(lambda copy: copy.collection("docs").revoke([5], tenant="carol"))
+        assert col.tenants_of(5) == ["carol", "dave"]
+        col.revoke([5, 6], tenant="carol")
+        assert col.tenants_of(5) == col.tenants_of(6) == ["dave"] and col.owners([5, 6]) == ["dave", "dave"]
+        col.upsert([5, 6], np.zeros((2, DIM), np.float32), tenant="dave")

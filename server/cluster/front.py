@@ -350,18 +350,24 @@ class ClusterCollection(Collection):
             if not here.all():  # ids the tenant cannot see are no-ops, as on one server; unknown ones are not
                 with self._waking(tenant):
                     self._known(ids[~here], self._others(home))
-                ids = ids[here]
-                if not ids.size:  # still a call naming the tenant: unknown, NotFoundError; asleep, woken
-                    if self._tenant_read(tenant, "tenant_state", tenant) != "active":
-                        self._write(home, "activate_tenant", tenant)
-                    return
-            owned = np.asarray(self._read(home, "owned", ids, tenant=tenant), bool)
-            self._write(home, "revoke", ids, tenant=tenant)
-            if owned.any():  # its copies on other shards: it gives them up there too
-                given_up = ids[owned]
-                for shard, mask in self._held(given_up, self._others(home)):
-                    self._write(shard, "revoke", given_up[mask], tenant=tenant)
-                self._settle_owners(given_up)
+            if here.any():
+                self._write(home, "revoke", ids[here], tenant=tenant)
+            elif self._tenant_read(tenant, "tenant_state", tenant) != "active":  # unknown: NotFoundError
+                self._write(home, "activate_tenant", tenant)  # still a call naming the tenant: it wakes
+            self._give_up_copies(ids, tenant, home)
+
+    def _give_up_copies(self, ids: np.ndarray, tenant: str, home) -> None:
+        """The copies of `ids` the tenant holds on other shards (it owns them, or owned them
+        when a front died half-way through an earlier revoke) are given up there too, and every
+        copy passes to the tenant one server picks."""
+        given_up = []
+        for shard, mask in self._held(ids, self._others(home)):
+            seen = np.asarray(self._read(shard, "visible_to", ids[mask], tenant=tenant), bool)
+            if seen.any():
+                self._write(shard, "revoke", ids[mask][seen], tenant=tenant)
+                given_up.append(ids[mask][seen])
+        if given_up:
+            self._settle_owners(np.unique(np.concatenate(given_up)))
 
     def _settle_owners(self, ids: np.ndarray) -> None:
         """After the owner of `ids` gave them up on every shard (revoke, drop), each shard holding
@@ -500,12 +506,20 @@ class ClusterCollection(Collection):
         with self._ids.held(None):
             guest_at = [shard for shard in self._others(home) if tenant in self._read(shard, "tenants")]
             shared = [self._guest_ids(shard, tenant) for shard in guest_at]  # its copies: what it owns there
-            self._write(home, "drop_tenant", tenant)
+            try:
+                self._write(home, "drop_tenant", tenant)
+                unknown = None
+            except NotFoundError as error:  # unknown; if it is a guest somewhere, a front that died
+                if not guest_at:  # half-way through its drop left it there: the drop is finished
+                    raise
+                unknown = error
             for shard in guest_at:
                 self._write(shard, "drop_tenant", tenant)
             shared = np.unique(np.concatenate(shared)) if shared else shared
             if len(shared):
                 self._settle_owners(shared)
+            if unknown is not None:
+                raise unknown
 
     def _guest_ids(self, shard, tenant: str) -> np.ndarray:
         """The ids `tenant` sees on a shard that is not its home (the copies it owns there)."""
