@@ -1023,7 +1023,7 @@ class CuratorIndex:
         t = self.tenancy.add_tenant()
         self.tenant_numbers[name] = t
         self.tenant_names.append(name)
-        self.births.append(max(time.time_ns(), max(self.births, default=0) + 1))
+        self.births.append(max(time.time_ns(), self.births[-1] + 1 if self.births else 0))  # the last is the greatest
         self.last_used.append(time.monotonic())
         change.tenants_added.append(t)
         return t

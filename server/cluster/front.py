@@ -210,22 +210,24 @@ class ClusterCollection(Collection):
     def _others(self, home):
         return [s for s in self.cluster.shards if s is not home]
 
-    def _gather_rows(self, ids, method: str):
-        """`method(ids)` answered row by row by a shard that holds each id (get, get_payloads,
-        owners); ids held nowhere get the engine's own error. A shard holding an id in memory
-        answers first: a vector shared over shards may be in its owner's archive on the owner's
-        home shard (offloaded, where no other tenant sees it) and in memory on the others, and,
-        as on one server, reading it restores no one."""
+    def _gather_rows(self, ids, *methods: str) -> list[list]:
+        """For each of `methods` (get, get_payloads, owners), `method(ids)` answered row by row
+        by a shard that holds each id (one pass of `contains` for them all); ids held nowhere get
+        the engine's own error. A shard holding an id in memory answers first: a vector shared
+        over shards may be in its owner's archive on the owner's home shard (offloaded, where no
+        other tenant sees it) and in memory on the others, and, as on one server, reading it
+        restores no one."""
         ids = validate.ids(ids)
-        out, found = [None] * ids.size, np.zeros(ids.size, bool)
+        out, found = [[None] * ids.size for _ in methods], np.zeros(ids.size, bool)
         for archived in (False, True):
             todo = np.flatnonzero(~found)
             for shard, mask in self._held(ids[todo], self.cluster.shards, archived):
                 rows = todo[mask]
                 rows = rows[~found[rows]]
                 if rows.size:
-                    for row, value in zip(rows.tolist(), self._read(shard, method, ids[rows])):
-                        out[row] = value
+                    for answers, method in zip(out, methods):
+                        for row, value in zip(rows.tolist(), self._read(shard, method, ids[rows])):
+                            answers[row] = value
                     found[rows] = True
             if found.all():
                 break
@@ -262,14 +264,21 @@ class ClusterCollection(Collection):
             self._write(home, "upsert", ids, vectors, tenant=tenant, payloads=payloads)
             rows = vectors.reshape(-1, self.dim) if vectors.ndim else vectors
             for shard, mask in elsewhere:  # the owner's copies on other shards follow
-                self._agree(shard, ids[mask], tenant)
-                self._write(shard, "upsert", ids[mask], rows[mask], tenant=tenant, payloads=_subset(payloads, mask))
+                self._follow(shard, tenant, "upsert", ids[mask], rows[mask], payloads=_subset(payloads, mask))
+
+    def _follow(self, shard, owner: str, method: str, ids: np.ndarray, *args, **kwargs) -> None:
+        """The owner's write (its home shard took it) on its copies on `shard`. Refused there,
+        the copies disagree on their owner (a front stopped half-way through a hand-over): they
+        are handed to `owner`, whose home holds the truth for it, and the write made again, so
+        that it never lands on one shard only."""
+        try:
+            self._write(shard, method, ids, *args, tenant=owner, **kwargs)
+        except PermissionDeniedError:
+            self._agree(shard, ids, owner)
+            self._write(shard, method, ids, *args, tenant=owner, **kwargs)
 
     def _agree(self, shard, ids: np.ndarray, owner: str) -> None:
-        """Copies on `shard` that name another owner than `owner`, whose home shard (which holds
-        the truth for its tenants) has just said it owns them, are handed to it first: a front
-        that stopped between two shards of a hand-over left them disagreeing, and the write
-        that follows would otherwise apply on one shard and be refused on the other."""
+        """Copies of `ids` on `shard` that name another owner are handed to `owner`."""
         wrong = ~np.asarray(self._read(shard, "owned", ids, tenant=owner), bool)
         if wrong.any():
             named = np.array(self._read(shard, "owners", ids[wrong]), object)
@@ -301,11 +310,14 @@ class ClusterCollection(Collection):
                     self._wake(tenant)
             raise
 
-    def _wake(self, tenant: str) -> None:
+    def _wake(self, tenant: str, missing_ok: bool = True) -> None:
+        """Wake `tenant` on its home shard if it sleeps (unknown: nothing, or NotFoundError)."""
         try:
             state = self._tenant_read(tenant, "tenant_state", tenant)
         except NotFoundError:
-            return
+            if missing_ok:
+                return
+            raise
         if state != "active":
             self._write(self._home(tenant), "activate_tenant", tenant)
 
@@ -316,8 +328,7 @@ class ClusterCollection(Collection):
                 home = self._home(tenant)
                 self._write(home, "set_payloads", ids, payloads, tenant=tenant)
                 for shard, mask in self._held(ids, self._others(home)):
-                    self._agree(shard, ids[mask], tenant)
-                    self._write(shard, "set_payloads", ids[mask], _subset(payloads, mask), tenant=tenant)
+                    self._follow(shard, tenant, "set_payloads", ids[mask], _subset(payloads, mask))
                 return
             held = self._held(ids, self.cluster.shards)
             _all_known(ids, _union(held, ids.size))
@@ -337,7 +348,8 @@ class ClusterCollection(Collection):
 
     def _copy(self, ids: np.ndarray, home) -> None:
         """Store on `home` a copy of each of `ids` (held elsewhere), owned there by its owner."""
-        vectors, payloads, owners = self.get(ids), self.get_payloads(ids), np.array(self.owners(ids), object)
+        vectors, payloads, owners = self._gather_rows(ids, "get", "get_payloads", "owners")
+        vectors, owners = np.asarray(vectors, np.float32).reshape(ids.size, self.dim), np.array(owners, object)
         for owner in np.unique(owners).tolist():
             rows = owners == owner
             self._write(home, "insert", ids[rows], vectors[rows], tenant=owner, payloads=_subset(payloads, rows))
@@ -352,8 +364,8 @@ class ClusterCollection(Collection):
                     self._known(ids[~here], self._others(home))
             if here.any():
                 self._write(home, "revoke", ids[here], tenant=tenant)
-            elif self._tenant_read(tenant, "tenant_state", tenant) != "active":  # unknown: NotFoundError
-                self._write(home, "activate_tenant", tenant)  # still a call naming the tenant: it wakes
+            else:  # still a call naming the tenant: it wakes (unknown: NotFoundError)
+                self._wake(tenant, missing_ok=False)
             self._give_up_copies(ids, tenant, home)
 
     def _give_up_copies(self, ids: np.ndarray, tenant: str, home) -> None:
@@ -385,7 +397,8 @@ class ClusterCollection(Collection):
         names, inverse = np.unique(picks, return_inverse=True)  # "": not held on that shard
         oldest_first = sorted((t for t in names.tolist() if t),
                               key=lambda t: (self._tenant_read(t, "tenant_since", t), t))
-        rank = np.array([oldest_first.index(t) if t else len(oldest_first) for t in names.tolist()])
+        place = {t: r for r, t in enumerate(oldest_first)}
+        rank = np.array([place.get(t, len(oldest_first)) for t in names.tolist()])
         winners = np.array(oldest_first + [""], object)[rank[inverse.reshape(picks.shape)].min(axis=0)]
         for row, (shard, mask) in enumerate(held):
             moved = mask & (picks[row] != winners)
@@ -442,10 +455,10 @@ class ClusterCollection(Collection):
         return self._tenant_read(tenant, "owned", ids, tenant=tenant)
 
     def owners(self, ids) -> list[str]:
-        return self._gather_rows(ids, "owners")
+        return self._gather_rows(ids, "owners")[0]
 
     def get_payloads(self, ids) -> list[dict]:
-        return self._gather_rows(ids, "get_payloads")
+        return self._gather_rows(ids, "get_payloads")[0]
 
     def payload_schema(self) -> dict[str, str]:
         schema = {}
@@ -454,7 +467,7 @@ class ClusterCollection(Collection):
         return dict(sorted(schema.items()))
 
     def get(self, ids) -> np.ndarray:
-        rows = self._gather_rows(ids, "get")
+        (rows,) = self._gather_rows(ids, "get")
         return np.asarray(rows, np.float32).reshape(len(rows), self.dim)
 
     def tenants_of(self, id_: int) -> list[str]:
