@@ -85,15 +85,23 @@ class Shard:
         """`call(copy)` on the first ready copy, the next if it does not answer. Reads stay on
         one copy: a read can change what a copy holds in memory (a search or an admin read wakes
         an inactive or offloaded tenant there), and the reads after it must see that state; the
-        other copies are standbys, equal in what they store."""
-        for copy in self.copies:
+        other copies are standbys, equal in what they store. A read that fails on a copy the
+        cluster retired meanwhile (moved to another node: its channel closed under the call) is
+        asked again of the copies that serve now, whatever the error."""
+        tried = []
+        while True:
+            copy = next((c for c in self.copies if all(c is not t for t in tried)), None)
+            if copy is None:
+                raise ShardUnavailableError(f"shard {self.number} has no copy that answers; retry shortly")
             try:
                 return call(copy)
             except Exception as error:
-                if not is_down(error):
+                retired = all(c is not copy for c in self.copies)
+                if not retired and not is_down(error):
                     raise
-                self.lost(copy)
-        raise ShardUnavailableError(f"shard {self.number} has no copy that answers; retry shortly")
+                tried.append(copy)
+                if not retired:
+                    self.lost(copy)
 
     def write(self, call):
         """`call(copy)` on every ready copy at once (the shard's lock keeps their order the same);
