@@ -179,7 +179,7 @@ class Collection(ABC):
         result's `plan` says how it was found (exact, tree or graph).
 
         `ef` is the recall knob (about the number of candidates examined): larger is more exact
-        and slower; ef >= 4 * count(tenant) is an exact search.
+        and slower; ef >= 16 * count(tenant) is an exact search.
         """
 
     @abstractmethod

@@ -29,11 +29,17 @@ def prefetch_row(typingctx, matrix, row):
         itemsize = context.get_abi_sizeof(context.get_data_type(array_type.dtype))
         n_cols = builder.extract_value(array.shape, 1)
         size = builder.mul(n_cols, context.get_constant(types.intp, itemsize))
-        # one hint per cache line of the row (rows of up to 16 lines are covered; longer ones partly)
-        for line in range(16):
-            offset = context.get_constant(types.intp, line * _LINE)
-            with builder.if_then(builder.icmp_signed("<", offset, size)):
-                _hint(context, builder, bytes_ptr, line)
+        # The row's first and last bytes: every line of a row of up to two lines (a scalar code
+        # of up to 64 dimensions; the hot case, kept free of branches). A longer row: a hint per
+        # line between them as well (rows of up to 16 lines are covered; longer ones partly).
+        _hint(context, builder, bytes_ptr, 0)
+        last = builder.sub(size, context.get_constant(types.intp, 1))
+        _hint_at(builder, builder.gep(bytes_ptr, [last]))
+        with builder.if_then(builder.icmp_signed(">", size, context.get_constant(types.intp, 2 * _LINE))):
+            for line in range(1, 16):
+                offset = context.get_constant(types.intp, line * _LINE)
+                with builder.if_then(builder.icmp_signed("<", offset, last)):
+                    _hint(context, builder, bytes_ptr, line)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -61,10 +67,14 @@ def prefetch_at(typingctx, array, index):
 
 
 def _hint(context, builder, bytes_ptr, line: int) -> None:
-    """(In an intrinsic's codegen.) llvm.prefetch of the cache line `line` lines past `bytes_ptr`:
-    a read, kept in every cache level."""
+    """(In an intrinsic's codegen.) llvm.prefetch of the cache line `line` lines past `bytes_ptr`."""
+    _hint_at(builder, builder.gep(bytes_ptr, [context.get_constant(types.intp, line * _LINE)]))
+
+
+def _hint_at(builder, address) -> None:
+    """(In an intrinsic's codegen.) llvm.prefetch of the cache line holding `address`: a read, kept
+    in every cache level."""
     fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()] + [ir.IntType(32)] * 3)
     fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-    address = builder.gep(bytes_ptr, [context.get_constant(types.intp, line * _LINE)])
     builder.call(fn, [address, ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 3),
                       ir.Constant(ir.IntType(32), 1)])

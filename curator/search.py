@@ -9,15 +9,17 @@ improve the top k (after Curator v2's "stop when a shortlist no longer improves 
 list", counted in candidates so that many small lists and few large ones weigh the same), or
 after 4*ef candidates. It never ends before k results are found: every vector t may see is in
 exactly one of its shortlists, so a search returns min(k, |t|) results, and never a vector t
-may not see. With ef >= 4|t| the search is exact.
+may not see. With ef >= 4|t| every vector of t is examined; with ef >= 16|t| (`EXACT_EF`) the
+search is exact.
 
 Once the tree is trained the scan reads each candidate's scalar code (`codes.py`, one byte a
 dimension) instead of its float32 row, keeps the best RERANK * k by approximate distance (its
 stopping rule then counts improvements of those), and returns the best k of them by exact
 distance. On the 200k Zipf set this made the scan 1.75x faster at equal recall (the float32
 sweep of benchmarks/multitenant.py, same run): a row's loads, not its arithmetic, were its cost.
-A search whose budget covers the whole tenant (ef >= 4|t|), and a filtered one, scan exactly as
-before.
+A search with ef >= 16|t|, and a filtered one, scan the float32 rows exactly. (The bound was
+4|t|, a budget covering the whole tenant: tenants of up to ef/4 vectors then read four cache
+lines a candidate instead of one, and a search at recall 0.95 on the Zipf set took 1.2x as long.)
 
 One query is one compiled call; a batch is one compiled call that runs its queries in parallel.
 `exact_one` is the exact plan's single query (`planner.py`): a scan of a filter's few allowed
@@ -34,6 +36,8 @@ from .codes import RERANK
 from .prefetch import prefetch_row
 
 AHEAD = 32  # candidates whose vectors are requested before they are scored
+ROWS, CODES_DOT, CODES_L2 = 0, 1, 2  # how `_scan` scores candidates (a compile-time constant: one loop each)
+EXACT_EF = 16  # ef >= EXACT_EF * |t|: an exact search of tenant t (float32 rows, no codes)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -53,12 +57,18 @@ def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, short
         return 0, 0
     order_key, order_list, bucket_start = _ranked_shortlists(
         q, metric, dir_data[dir_start[tenant]:dir_start[tenant] + m], shortlist_node, centroids)
-    coded = codes.shape[0] > 0 and allowed.size == 0 and max(ef // 4, 1) < tenant_count[tenant]
+    coded = codes.shape[0] > 0 and allowed.size == 0 and ef < EXACT_EF * tenant_count[tenant]
     width = RERANK * k if coded else k
     best_d = np.full(width, np.inf, np.float32)  # max-heap of the best so far
     best_s = np.full(width, -1, np.int64)
-    found, scanned = _scan(q, width, ef, metric, order_key, order_list, bucket_start, mem_data, mem_start, mem_size,
-                           vectors, inv_norm, codes, code_lo, code_step, coded, allowed, best_d, best_s)
+    ranked, members = (order_key, order_list, bucket_start), (mem_data, mem_start, mem_size)
+    rows, scale = (vectors, inv_norm), (codes, code_lo, code_step)
+    if not coded:
+        found, scanned = _scan(ROWS, q, width, ef, metric, ranked, members, rows, scale, allowed, best_d, best_s)
+    elif metric == L2:
+        found, scanned = _scan(CODES_L2, q, width, ef, metric, ranked, members, rows, scale, allowed, best_d, best_s)
+    else:
+        found, scanned = _scan(CODES_DOT, q, width, ef, metric, ranked, members, rows, scale, allowed, best_d, best_s)
     if coded:  # the approximate best, measured exactly
         for i in range(found):
             best_d[i] = _distance(q, vectors, inv_norm, best_s[i], metric)
@@ -142,11 +152,21 @@ def _next_bucket(order_key, order_list, bucket_start, b):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def _scan(q, width, ef, metric, order_key, order_list, bucket_start, mem_data, mem_start, mem_size, vectors,
-          inv_norm, codes, code_lo, code_step, coded, allowed, best_d, best_s):
+def _scan(kind, q, width, ef, metric, ranked, members, rows, scale, allowed, best_d, best_s):
     """Scan shortlists nearest first into the max-heap best_d/best_s of `width` entries, until
     the stopping rule above; returns how many it holds and how many candidates it examined.
-    Coded: approximate distances from codes."""
+    `kind` (a compile-time constant, so that each kind's loop over members holds no branch of
+    the others): ROWS, exact distances of float32 rows, those `allowed` only if it is not empty;
+    CODES_DOT or CODES_L2, approximate distances from codes (no filter).
+
+    (Scoring members in a function of its own, or the heap's update in one, cost 1.5x: numba
+    then keeps them out of this loop.)"""
+    numba.literally(kind)
+    order_key, order_list, bucket_start = ranked
+    mem_data, mem_start, mem_size = members
+    vectors, inv_norm = rows
+    codes, code_lo, code_step = scale
+    coded = kind != ROWS
     filtered = allowed.size > 0
     dim = q.shape[0]
     qa = np.empty(dim if coded else 0, np.float32)  # the query on the codes' scale
@@ -174,29 +194,29 @@ def _scan(q, width, ef, metric, order_key, order_list, bucket_start, mem_data, m
         l = order_list[at]
         at += 1
         start = mem_start[l]
-        size = mem_size[l]
+        end = start + mem_size[l]
         if at < sorted_to:  # the next shortlist is known: start loading it
-            nxt = order_list[at]
-            for j in range(min(AHEAD, mem_size[nxt])):
+            nxt = mem_start[order_list[at]]
+            for p in range(nxt, nxt + min(AHEAD, mem_size[order_list[at]])):
                 if coded:
-                    prefetch_row(codes, mem_data[mem_start[nxt] + j])
+                    prefetch_row(codes, mem_data[p])
                 else:
-                    prefetch_row(vectors, mem_data[mem_start[nxt] + j])
+                    prefetch_row(vectors, mem_data[p])
         improved = found < width
-        for j in range(size):
-            if j + AHEAD < size:
+        for p in range(start, end):
+            if p + AHEAD < end:
                 if coded:
-                    prefetch_row(codes, mem_data[start + j + AHEAD])
+                    prefetch_row(codes, mem_data[p + AHEAD])
                 else:
-                    prefetch_row(vectors, mem_data[start + j + AHEAD])
-            slot = mem_data[start + j]
-            if filtered:
-                if allowed[slot] == 0:
-                    continue
-                scanned += 1
-            if not coded:
+                    prefetch_row(vectors, mem_data[p + AHEAD])
+            slot = mem_data[p]
+            if kind == ROWS:
+                if filtered:
+                    if allowed[slot] == 0:
+                        continue
+                    scanned += 1
                 d = _distance(q, vectors, inv_norm, slot, metric)
-            elif metric == L2:
+            elif kind == CODES_L2:
                 d = numba.float32(0.0)
                 for c in range(dim):
                     diff = qa[c] - code_step[c] * numba.float32(codes[slot, c])
@@ -219,7 +239,7 @@ def _scan(q, width, ef, metric, order_key, order_list, bucket_start, mem_data, m
                 sift_down_max(best_d, best_s, width, 0)
                 improved = True
         if not filtered:
-            scanned += size
+            scanned += end - start
         if improved:
             improved_at = scanned
     return found, scanned

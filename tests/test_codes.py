@@ -1,7 +1,7 @@
 """Scalar codes (curator/codes.py): what tenant scans read once the tree is trained.
 
 The codes may only cost recall: every answer is a vector its tenant sees, with its exact
-distance, min(k, |t|) of them; ef >= 4|t| stays exact; and the codes follow every write."""
+distance, min(k, |t|) of them; ef >= 16|t| (search.EXACT_EF) stays exact; and the codes follow every write."""
 
 import numpy as np
 import pytest
@@ -12,6 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 import curator
 from curator.codes import LEVELS, ScalarCodes
+from curator.search import EXACT_EF
 
 METRICS = ["l2", "cosine", "ip"]
 K = 10
@@ -91,7 +92,7 @@ def test_a_budget_over_the_whole_tenant_is_exact(metric):
     small = "t3"
     mine = members[small]
     for q in clustered(30, x.shape[1], seed=5, centers=10):
-        ids, dists = col.search(q, K, tenant=small, ef=4 * mine.size)
+        ids, dists = col.search(q, K, tenant=small, ef=EXACT_EF * mine.size)
         truth, exact = brute_force(_prepared(x[mine], metric), _prepared(q[None], metric)[0], metric, K)
         np.testing.assert_allclose(dists, exact, rtol=1e-5, atol=1e-5)
 
