@@ -49,9 +49,9 @@ def search_tenant(q, k, ef, metric, tenant, dir_data, dir_start, dir_size, short
 
     `allowed`: empty, or a 0/1 byte per slot; then only allowed slots are candidates, and the
     budget counts allowed candidates only, so a filter costs skipped members, never recall.
-    `codes` (codes.py): empty, or the collection's scalar codes; with them, and no filter, and a
-    budget that would not scan the whole tenant anyway, candidates are ranked by their codes and
-    the best RERANK * k of them by exact distance."""
+    `codes` (codes.py): empty, or the collection's scalar codes; with them, no filter, and ef
+    below EXACT_EF times the tenant's vectors, candidates are ranked by their codes and the best
+    RERANK * k of them by exact distance."""
     m = dir_size[tenant]
     if m == 0:
         return 0, 0
