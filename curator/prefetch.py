@@ -47,8 +47,8 @@ def prefetch_row(typingctx, matrix, row):
 
 @intrinsic
 def prefetch_at(typingctx, array, index):
-    """Hint that array[index:index + 16] of a 1-d int32 array (a graph node's links: four cache
-    lines) will be read soon."""
+    """Hint that the four cache lines from array[index] of a 1-d array will be read soon (a graph
+    node's links; a shortlist's member slots, up to 64 of them)."""
     if not isinstance(array, types.Array) or array.ndim != 1 or not isinstance(index, types.Integer):
         return None
     sig = types.void(array, index)
