@@ -20,7 +20,7 @@ from tests.conftest import SMALL_TREE
 
 B = 6  # vectors per write
 DIM = 8
-EXACT = 1_000_000  # ef: an exact search (>= 4 x the tenant's vectors)
+EXACT = 1_000_000  # ef: an exact search (>= 16 x the tenant's vectors, search.EXACT_EF)
 
 
 class Model:

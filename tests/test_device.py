@@ -13,6 +13,7 @@ from curator import device, device_search, knn_graph
 from curator.graph import Graph
 from curator.index import CuratorIndex, IndexConfig
 from curator.metric import Metric
+from curator.search import EXACT_EF
 from curator.tree import MAX_DEPTH, ClusteringTree, TreeShape
 
 from conftest import clustered
@@ -163,13 +164,14 @@ def test_batched_search_on_the_device_is_at_least_the_cpus_recall(metric):
         # the device's copy of the rows is its own: the index's vectors are as stored (numpy, the
         # emulated device, once scaled them in place for cosine, and later searches lost recall)
         np.testing.assert_array_equal(index.vectors, stored)
-    # at ef >= 4 * |tenant| both are exact: the same ids, distances equal to float rounding
+    # at ef >= EXACT_EF * |tenant| both are exact: the same ids, distances equal to float rounding
     small = [f"t{i}" for i in (2, 3, 24)] * 10
     q = queries[: len(small)]
-    cpu_ids, cpu_d = index.search(q, k, small, 4096, parallel=False)
+    exact = EXACT_EF * max(len(members[t]) for t in small)
+    cpu_ids, cpu_d = index.search(q, k, small, exact, parallel=False)
     device_search.attach(index, emulated())
     index.accelerator.min_batch = 1
-    dev_ids, dev_d = index.search(q, k, small, 4096, parallel=False)
+    dev_ids, dev_d = index.search(q, k, small, exact, parallel=False)
     np.testing.assert_allclose(dev_d, cpu_d, rtol=1e-4, atol=1e-4)
     assert (dev_ids == cpu_ids).mean() > 0.99  # up to distance ties
     assert index.accelerator.stats()["queries"]["tree_search"]["device"] == len(small)

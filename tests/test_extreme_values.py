@@ -29,7 +29,7 @@ from tests.conftest import SMALL_TREE, clustered, database
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 8
 METRICS = ("l2", "ip", "cosine")
-EXACT_EF = 100_000  # ef >= 4 |tenant|: a tree search is exact, so answers compare with brute force
+EXACT_EF = 100_000  # ef >= 16 |tenant| (search.EXACT_EF): a tree search is exact, so answers compare with brute force
 
 
 def _alternating(length: float) -> np.ndarray:

@@ -34,7 +34,7 @@ ALICE_BASE = 1_000
 FIELDS = ["year", "lang", "tags", "price", "secret"]  # bob's payloads use the first four
 ALICE_VALUES = st.one_of(st.text(max_size=5), st.integers(-5, 3000), st.floats(-10, 10, allow_nan=False),
                          st.booleans(), st.lists(st.text(max_size=3), max_size=3))
-EXACT = 1_000_000  # ef: an exact search (ef >= 4 x the tenant's vectors)
+EXACT = 1_000_000  # ef: an exact search (ef >= 16 x the tenant's vectors, search.EXACT_EF)
 
 
 def bob_payload(i: int) -> dict:
