@@ -528,9 +528,9 @@ class ClusterCollection(Collection):
                 unknown = error
             for shard in guest_at:
                 self._write(shard, "drop_tenant", tenant)
-            shared = np.unique(np.concatenate(shared)) if shared else shared
-            if len(shared):
-                self._settle_owners(shared)
+            copies = np.unique(np.concatenate(shared)) if shared else np.zeros(0, np.int64)
+            if copies.size:  # (a tenant may be a guest somewhere with no copies left)
+                self._settle_owners(copies)
             if unknown is not None:
                 raise unknown
 

@@ -90,13 +90,13 @@ class Shard:
         asked again of the copies that serve now, whatever the error."""
         tried = []
         while True:
-            copy = next((c for c in self.copies if all(c is not t for t in tried)), None)
+            copy = next((c for c in self.copies if c not in tried), None)  # Copy compares by identity
             if copy is None:
                 raise ShardUnavailableError(f"shard {self.number} has no copy that answers; retry shortly")
             try:
                 return call(copy)
             except Exception as error:
-                retired = all(c is not copy for c in self.copies)
+                retired = copy not in self.copies
                 if not retired and not is_down(error):
                     raise
                 tried.append(copy)
