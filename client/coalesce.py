@@ -71,9 +71,10 @@ class Coalescer:
 
     RETRY_AFTER = 5.0  # seconds before groups are tried again after the server refused them
 
-    def __init__(self, channel: grpc.Channel, metadata, watchdog: Watchdog, in_flight: int = 4):
+    def __init__(self, channel: grpc.Channel, metadata, watchdog: Watchdog, in_flight: int = 4, crowded: int = 2):
         self._channel, self._metadata, self._watchdog = channel, metadata, watchdog
-        self.in_flight = in_flight
+        self.in_flight, self.crowded = in_flight, crowded
+        self._asked = 0  # searches asked and not yet answered
         self._targets = lambda: (channel,)
         self._down = lambda target, error: None
         self._per_target: dict = {}  # channel -> streams open on it
@@ -101,14 +102,23 @@ class Coalescer:
     def search(self, request: pb.SearchRequest) -> pb.SearchStreamReply | None:
         """The search's reply (its result or its error), or None: search another way."""
         me = _Search(request)
+        targets = self._targets()
         with self._lock:
+            self._asked += 1
             self._gathered.append(me)
-            group = None
-            if self._senders < self.in_flight:
+            group = stream = None
+            if self._senders < (self.in_flight if self._asked <= self.in_flight else self.crowded):
                 self._senders += 1
                 group, self._gathered = self._gathered, []
+                idle = self._idle[True]
+                if len(group) == 1 and idle and idle[-1].target in targets:
+                    stream = idle.pop()  # most often: alone, on an idle SearchStream (no second look)
         if group is not None:
-            self._send(group)  # `me` is in it, and most often its first: this thread waits for the reply
+            job = self._sent(group, stream)
+            if job is not None and job[2][0] is me:  # it waits for its own group's reply
+                return self._receive(*job)  # answered: no other thread hands it anything now
+            if job is not None:
+                self._hand(job)
         while True:
             with self._lock:
                 job, me.receives = me.receives, None
@@ -123,24 +133,36 @@ class Coalescer:
 
     def _send(self, group: list[_Search]) -> None:
         """(Holding a sending turn.) Send the group and leave the wait for its reply to its first
-        search's thread, which is woken while the group travels. A group that cannot be sent is
-        given back (its searches go their own ways) and what has gathered meanwhile is tried; with
-        nothing gathered, the turn is given back."""
+        search's thread, which is woken while the group travels."""
+        job = self._sent(group)
+        if job is not None:
+            self._hand(job)
+
+    def _hand(self, job: tuple) -> None:
+        """The wait for a sent group's reply goes to its first search's thread."""
+        with self._lock:
+            job[2][0].receives = job
+            job[2][0].wake()
+
+    def _sent(self, group: list[_Search], stream: SearchStream | None = None) -> tuple | None:
+        """(Holding a sending turn.) Send the group (a lone one on `stream` if given); (stream,
+        lone, group) to wait on. A group that cannot be sent is given back (its searches go their
+        own ways) and what has gathered meanwhile is tried; with nothing gathered, the turn is
+        given back and None returned."""
         while group:
-            job = self._start(group)
+            job = self._start(group, stream)
+            stream = None
             if job is not None:
-                with self._lock:
-                    group[0].receives = job
-                    group[0].wake()
-                return
-            self._answer(group, None)
+                return job
             with self._lock:
+                self._answered(group, None)
                 group, self._gathered = self._gathered, []
                 if not group:
                     self._senders -= 1
+        return None
 
-    def _receive(self, stream: SearchStream, lone: bool, group: list[_Search]) -> None:
-        """Wait for a group's reply and answer its searches; then, keeping the sending turn, send
+    def _receive(self, stream: SearchStream, lone: bool, group: list[_Search]) -> pb.SearchStreamReply | None:
+        """Wait for a group's reply and answer its searches (the first one's reply is returned); then, keeping the sending turn, send
         what gathered meanwhile at once (its thread does not wait for that reply: one of the new
         group's threads does), or give the turn back. So a group leaves as soon as the one before
         it comes back, without waking a thread first."""
@@ -148,27 +170,32 @@ class Coalescer:
         try:
             answer = stream.receive()
             if lone:
-                replies = [answer]
+                replies = (answer,)
             elif len(answer.replies) == len(group):
                 replies = answer.replies
-            with self._lock:
-                self._idle[lone].append(stream)
+            failed = False
         except grpc.RpcError as error:
             replies = self._failed(stream, lone, error, len(group))
             if replies is None and stream.target is not self._channel:
                 self._down(stream.target, error)
+            failed = True
         with self._lock:
+            if not failed:
+                self._idle[lone].append(stream)
             following, self._gathered = self._gathered, []
             if not following:
                 self._senders -= 1
-        if following:
-            self._send(following)
-        self._answer(group, replies)
+                self._answered(group, replies)  # nothing to send first
+                return group[0].reply
+        self._send(following)
+        with self._lock:
+            self._answered(group, replies)
+        return group[0].reply
 
-    def _start(self, group: list[_Search]) -> tuple | None:
-        """Send a group (a group of one as a lone SearchRequest where it can); (stream, lone,
-        group) to wait on, or None if no stream took it."""
-        stream, lone = self._stream(len(group) == 1)
+    def _start(self, group: list[_Search], stream: SearchStream | None = None) -> tuple | None:
+        """Send a group (a group of one as a lone SearchRequest where it can, on `stream` if
+        given); (stream, lone, group) to wait on, or None if no stream took it."""
+        stream, lone = (stream, True) if stream is not None else self._stream(len(group) == 1)
         if stream is None:
             return None
         try:
@@ -197,12 +224,14 @@ class Coalescer:
                 self._retry_at = time.monotonic() + self.RETRY_AFTER
         return None
 
-    def _answer(self, group: list[_Search], replies) -> None:
-        with self._lock:
-            for i, search in enumerate(group):
-                search.reply = None if replies is None else replies[i]
-                search.done = True
-                search.wake()
+    def _answered(self, group: list[_Search], replies) -> None:
+        """(Under the lock.) The group's searches are answered: `replies` in order, or None (each
+        goes its own way)."""
+        self._asked -= len(group)
+        for i, search in enumerate(group):
+            search.reply = None if replies is None else replies[i]
+            search.done = True
+            search.wake()
 
     def _stream(self, alone: bool) -> tuple[SearchStream | None, bool]:
         """A stream for a sending turn and whether it is a SearchStream (else SearchGroups, which

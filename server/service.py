@@ -473,8 +473,10 @@ class SearchService(_Base, rpc.SearchServicer):
             return self.turns.turn(principal)
         return contextlib.nullcontext()
 
-    def _search(self, request, principal, now: bool = False) -> pb.SearchResponse | None:
-        """A search's answer; with `now`, None where it would wait (`search_now`)."""
+    def _search(self, request, principal, now: bool = False, into: pb.SearchResponse | None = None
+                ) -> pb.SearchResponse | None:
+        """A search's answer (written into `into` where given: a stream reply's own field, which
+        spares copying it there); with `now`, None where it would wait (`search_now`)."""
         tenant = self._tenant(request.tenant, principal)
         self.limits.k(request.k)
         col = self._collection(request.collection, principal)
@@ -484,7 +486,11 @@ class SearchService(_Base, rpc.SearchServicer):
                            filter=self._filter(request), ef=request.ef or None)
         if found is None:
             return None
-        return pb.SearchResponse(ids=found.ids.tolist(), distances=found.distances.tolist(), plan=found.plan)
+        response = pb.SearchResponse() if into is None else into
+        response.ids.extend(found.ids.tolist())
+        response.distances.extend(found.distances.tolist())
+        response.plan = found.plan
+        return response
 
     @handler
     def Search(self, request, principal):
@@ -614,13 +620,13 @@ class SearchService(_Base, rpc.SearchServicer):
         try:
             if observed is None:
                 self.rates.check(principal, READS)
-            result = self._search(request, principal, now)
+            reply, code = pb.SearchStreamReply(), "OK"
+            result = self._search(request, principal, now, into=reply.result)
             if result is None:
                 if observed is None:
                     self.rates.give_back(principal, READS, 1)  # the handler's thread answers it, counting it then
                 self.streams.idle(context)
                 return None
-            reply, code = pb.SearchStreamReply(result=result), "OK"
         except CuratorError as error:
             reply, code = pb.SearchStreamReply(error=wire.failure(error)), error.code
         except Exception:  # a bug: log it, answer INTERNAL for this query, keep the stream

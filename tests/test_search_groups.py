@@ -5,6 +5,7 @@ together, a lone search goes at once, and a server without groups is still searc
 import asyncio
 import signal
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -112,11 +113,23 @@ def hold_lone_searches(monkeypatch) -> threading.Event:
     return release
 
 
-def gathered(db, n: int) -> None:
-    """Until the SDK's sending turns are all taken and n searches wait behind them."""
+def gathered(db, n: int, senders: int | None = None) -> None:
+    """Until `senders` sending turns (all of them by default) are taken and n searches wait behind them."""
     groups = db._channel.groups
-    while groups._senders < groups.in_flight or len(groups._gathered) < n:
+    give_up = time.monotonic() + 10
+    while groups._senders < (senders or groups.in_flight) or len(groups._gathered) < n:
+        assert time.monotonic() < give_up, f"{groups._senders} sending, {len(groups._gathered)} gathered"
         threading.Event().wait(0.01)
+
+
+def start_lone_then(db, lone: list[threading.Thread], rest: list[threading.Thread]) -> None:
+    """Start the `lone` threads, each of whose searches goes alone (as many as the sending
+    turns), then, once all are on their way, the `rest`, which gather behind them."""
+    for thread in lone:
+        thread.start()
+    gathered(db, 0)
+    for thread in rest:
+        thread.start()
 
 
 def test_searches_gather_while_a_group_travels(monkeypatch):
@@ -133,8 +146,7 @@ def test_searches_gather_while_a_group_travels(monkeypatch):
         results: list = []
         threads = [threading.Thread(target=lambda: results.append(col.search(query, k=5, tenant="t1").ids))
                    for _ in range(4 + 8)]
-        for thread in threads:
-            thread.start()
+        start_lone_then(db, threads[:4], threads[4:])
         gathered(db, 8)
         release.set()
         for thread in threads:
@@ -143,6 +155,64 @@ def test_searches_gather_while_a_group_travels(monkeypatch):
         assert sizes == [8]
     finally:
         release.set()
+        db.close()
+        server.stop()
+
+
+def test_a_crowd_of_searches_keeps_fewer_groups_on_their_way(monkeypatch):
+    """While more searches are asked than `in_flight`, only `crowded` groups travel at once, so
+    that the rest gather into larger groups (fewer messages per search) rather than each taking
+    a free turn alone."""
+    gates = {"SearchStream": threading.Event(), "SearchGroups": threading.Event()}
+    real_answer, real_group = service.SearchService._answer, service.SearchService._answer_group
+
+    def held_answer(self, request, principal, context, now=False, method="SearchStream"):
+        if method == "SearchStream":
+            if now:
+                return None  # to the handler's thread, which waits below
+            gates["SearchStream"].wait(10)
+        return real_answer(self, request, principal, context, now, method)
+
+    def held_group(self, group, principal, context, now=False):
+        if now:
+            return None
+        gates["SearchGroups"].wait(10)
+        return real_group(self, group, principal, context, now)
+
+    monkeypatch.setattr(service.SearchService, "_answer", held_answer)
+    monkeypatch.setattr(service.SearchService, "_answer_group", held_group)
+    server, db = served()
+    groups = db._channel.groups
+    try:
+        col = db.collection("c")
+        query = np.ones(DIM, np.float32)
+        expected = server.db.collection("c").search(query, k=5, tenant="t1").ids
+        results: list = []
+
+        def searcher():
+            return threading.Thread(target=lambda: results.append(col.search(query, k=5, tenant="t1").ids))
+
+        threads = [searcher() for _ in range(4 + 8 + 3)]
+        start_lone_then(db, threads[:4], threads[4:12])
+        gathered(db, 8)
+        first_lone, gates["SearchStream"] = gates["SearchStream"], threading.Event()  # later lone ones wait
+        first_lone.set()  # the four come back; the eight leave as one group, which the server holds
+        while not (groups._senders == 1 and groups._asked == 8):
+            threading.Event().wait(0.01)
+        for thread in threads[12:]:  # 11 asked, more than in_flight: at most `crowded` on their way
+            thread.start()
+        gathered(db, 2, senders=groups.crowded)
+        threading.Event().wait(0.2)
+        assert groups._senders == groups.crowded == 2 and len(groups._gathered) == 2
+        for gate in gates.values():
+            gate.set()
+        for thread in threads:
+            thread.join()
+        assert len(results) == 15 and all(np.array_equal(r, expected) for r in results)
+        assert groups._asked == 0 and groups._senders == 0
+    finally:
+        for gate in gates.values():
+            gate.set()
         db.close()
         server.stop()
 
@@ -286,8 +356,7 @@ def test_a_server_without_groups_is_searched_one_by_one(monkeypatch):
         results = []
         threads = [threading.Thread(target=lambda: results.append(col.search(np.ones(DIM), k=4, tenant="t2").ids))
                    for _ in range(4 + 6)]
-        for thread in threads:
-            thread.start()
+        start_lone_then(db, threads[:4], threads[4:])
         gathered(db, 6)
         release.set()  # the 6 go as a group, are refused, and each searches alone
         for thread in threads:
