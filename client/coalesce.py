@@ -127,9 +127,10 @@ class Coalescer:
                         return me.reply
                     me.woken = woken = _wake_up()
             if job is not None:
-                self._receive(*job)
-            else:
-                woken.acquire()
+                return self._receive(*job)  # its own group's: answered with it
+            woken.acquire()
+            if me.done:  # answered before it was woken: no need of the lock to know
+                return me.reply
 
     def _send(self, group: list[_Search]) -> None:
         """(Holding a sending turn.) Send the group and leave the wait for its reply to its first
