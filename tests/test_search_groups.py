@@ -164,13 +164,16 @@ def test_a_crowd_of_searches_keeps_fewer_groups_on_their_way(monkeypatch):
     that the rest gather into larger groups (fewer messages per search) rather than each taking
     a free turn alone."""
     gates = {"SearchStream": threading.Event(), "SearchGroups": threading.Event()}
+    held = []  # lone searches waiting at the server
     real_answer, real_group = service.SearchService._answer, service.SearchService._answer_group
 
     def held_answer(self, request, principal, context, now=False, method="SearchStream"):
         if method == "SearchStream":
             if now:
                 return None  # to the handler's thread, which waits below
-            gates["SearchStream"].wait(10)
+            gate = gates["SearchStream"]
+            held.append(gate)
+            gate.wait(10)
         return real_answer(self, request, principal, context, now, method)
 
     def held_group(self, group, principal, context, now=False):
@@ -195,6 +198,8 @@ def test_a_crowd_of_searches_keeps_fewer_groups_on_their_way(monkeypatch):
         threads = [searcher() for _ in range(4 + 8 + 3)]
         start_lone_then(db, threads[:4], threads[4:12])
         gathered(db, 8)
+        while len(held) < 4:  # the first four wait at the server
+            threading.Event().wait(0.01)
         first_lone, gates["SearchStream"] = gates["SearchStream"], threading.Event()  # later lone ones wait
         first_lone.set()  # the four come back; the eight leave as one group, which the server holds
         while not (groups._senders == 1 and groups._asked == 8):
