@@ -14,13 +14,20 @@ virtual machine can cost more than the search (benchmarks/floor.py), is off that
 is whatever gathered while the previous one travelled, as in a database's group commit, with no
 delay added to wait for company.
 
+While more searches are asked than `in_flight`, only `crowded` groups (2) travel at once: on
+two cores one group is searched while the next gathers, and the crowd gathers into groups
+twice as large. A group's threads are woken one each whatever its size, so that halves the
+messages a search costs without adding wake-ups (16 threads: 1.12-1.17x the searches/s with 2
+than with 4, in alternation; with 4 threads every search still goes alone and wakes nobody).
+
 A group of one travels as before, as a SearchRequest on a SearchStream, so a lone search costs
 what it did without coalescing; larger groups travel on SearchGroups streams. The channel keeps
 at most `in_flight` streams open (4, within the server's default share of streams per key),
 however many threads search, and the threads drive them themselves (`stream.py`). Measured with
 16 threads (GloVe x WordNet, benchmarks/capacity.py): 8 200 searches/s when the thread that
 waited for a group passed the sending on by waking the next one; 9 600-11 000 with the group sent
-at once and small groups answered on the server's polling thread (4 200-4 400 without coalescing). When the server refuses groups (an older server, or its stream limit), each search goes
+at once and small groups answered on the server's polling thread (4 200-4 400 without coalescing);
+12 900 with 2 groups on their way in a crowd. When the server refuses groups (an older server, or its stream limit), each search goes
 its own way again (its thread's SearchStream, or a unary call), and groups are tried again later.
 """
 
