@@ -26,9 +26,10 @@ at most `in_flight` streams open (4, within the server's default share of stream
 however many threads search, and the threads drive them themselves (`stream.py`). Measured with
 16 threads (GloVe x WordNet, benchmarks/capacity.py): 8 200 searches/s when the thread that
 waited for a group passed the sending on by waking the next one; 9 600-11 000 with the group sent
-at once and small groups answered on the server's polling thread (4 200-4 400 without coalescing);
-12 900 with 2 groups on their way in a crowd. When the server refuses groups (an older server, or its stream limit), each search goes
-its own way again (its thread's SearchStream, or a unary call), and groups are tried again later.
+at once and small groups answered on the server's polling thread (4 200-4 400 without
+coalescing); 12 900 with 2 groups on their way in a crowd. When the server refuses groups (an
+older server, or its stream limit), each search goes its own way again (its thread's
+SearchStream, or a unary call), and groups are tried again later.
 """
 
 import random
@@ -170,10 +171,10 @@ class Coalescer:
         return None
 
     def _receive(self, stream: SearchStream, lone: bool, group: list[_Search]) -> pb.SearchStreamReply | None:
-        """Wait for a group's reply and answer its searches (the first one's reply is returned); then, keeping the sending turn, send
-        what gathered meanwhile at once (its thread does not wait for that reply: one of the new
-        group's threads does), or give the turn back. So a group leaves as soon as the one before
-        it comes back, without waking a thread first."""
+        """Wait for a group's reply and answer its searches (the first one's reply is returned);
+        then, keeping the sending turn, send what gathered meanwhile at once (its thread does not
+        wait for that reply: one of the new group's threads does), or give the turn back. So a
+        group leaves as soon as the one before it comes back, without waking a thread first."""
         replies = None
         try:
             answer = stream.receive()
