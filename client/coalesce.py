@@ -110,7 +110,6 @@ class Coalescer:
     def search(self, request: pb.SearchRequest) -> pb.SearchStreamReply | None:
         """The search's reply (its result or its error), or None: search another way."""
         me = _Search(request)
-        targets = self._targets()
         with self._lock:
             self._asked += 1
             self._gathered.append(me)
@@ -118,9 +117,12 @@ class Coalescer:
             if self._senders < (self.in_flight if self._asked <= self.in_flight else self.crowded):
                 self._senders += 1
                 group, self._gathered = self._gathered, []
-                idle = self._idle[True]
-                if len(group) == 1 and idle and idle[-1].target in targets:
-                    stream = idle.pop()  # most often: alone, on an idle SearchStream (no second look)
+                if len(group) == 1 and self._idle[True]:
+                    stream = self._idle[True].pop()  # most often: alone, on an idle SearchStream
+        if stream is not None and stream.target not in self._targets():
+            with self._lock:  # to a process no longer named: `_stream` closes it with the others
+                self._idle[True].append(stream)
+            stream = None
         if group is not None:
             job = self._sent(group, stream)
             if job is not None and job[2][0] is me:  # it waits for its own group's reply

@@ -97,20 +97,39 @@ def test_threads_get_their_own_answers_and_errors_and_searches_travel_together(m
         server.stop()
 
 
-def hold_lone_searches(monkeypatch) -> threading.Event:
-    """Searches that come alone over a thread's stream wait at the server until the event is set."""
-    release = threading.Event()
+class LoneGate:
+    """Where lone searches (alone over a stream) wait at the server: each waits until the gate it
+    found is set; `swap` puts a new, closed gate before the later ones."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.arrived: list = []  # a gate for each search that came to one (appends are atomic)
+
+    def set(self) -> None:
+        self.gate.set()
+
+    def swap(self) -> threading.Event:
+        """The gate the searches so far wait at; later ones wait at a new one."""
+        old, self.gate = self.gate, threading.Event()
+        return old
+
+
+def hold_lone_searches(monkeypatch) -> LoneGate:
+    """Searches that come alone over a thread's stream wait at the server until their gate is set."""
+    lone = LoneGate()
     real = service.SearchService._answer
 
     def held(self, request, principal, context, now=False, method="SearchStream"):
         if method == "SearchStream":
             if now:
                 return None  # not on the polling thread: the handler's thread waits below
-            release.wait(10)
+            gate = lone.gate
+            lone.arrived.append(gate)
+            gate.wait(10)
         return real(self, request, principal, context, now, method)
 
     monkeypatch.setattr(service.SearchService, "_answer", held)
-    return release
+    return lone
 
 
 def gathered(db, n: int, senders: int | None = None) -> None:
@@ -163,26 +182,16 @@ def test_a_crowd_of_searches_keeps_fewer_groups_on_their_way(monkeypatch):
     """While more searches are asked than `in_flight`, only `crowded` groups travel at once, so
     that the rest gather into larger groups (fewer messages per search) rather than each taking
     a free turn alone."""
-    gates = {"SearchStream": threading.Event(), "SearchGroups": threading.Event()}
-    held = []  # lone searches waiting at the server
-    real_answer, real_group = service.SearchService._answer, service.SearchService._answer_group
-
-    def held_answer(self, request, principal, context, now=False, method="SearchStream"):
-        if method == "SearchStream":
-            if now:
-                return None  # to the handler's thread, which waits below
-            gate = gates["SearchStream"]
-            held.append(gate)
-            gate.wait(10)
-        return real_answer(self, request, principal, context, now, method)
+    lone = hold_lone_searches(monkeypatch)
+    group_gate = threading.Event()
+    real_group = service.SearchService._answer_group
 
     def held_group(self, group, principal, context, now=False):
         if now:
-            return None
-        gates["SearchGroups"].wait(10)
+            return None  # to the handler's thread, which waits below
+        group_gate.wait(10)
         return real_group(self, group, principal, context, now)
 
-    monkeypatch.setattr(service.SearchService, "_answer", held_answer)
     monkeypatch.setattr(service.SearchService, "_answer_group", held_group)
     server, db = served()
     groups = db._channel.groups
@@ -198,10 +207,9 @@ def test_a_crowd_of_searches_keeps_fewer_groups_on_their_way(monkeypatch):
         threads = [searcher() for _ in range(4 + 8 + 3)]
         start_lone_then(db, threads[:4], threads[4:12])
         gathered(db, 8)
-        while len(held) < 4:  # the first four wait at the server
+        while len(lone.arrived) < 4:  # the first four wait at the server
             threading.Event().wait(0.01)
-        first_lone, gates["SearchStream"] = gates["SearchStream"], threading.Event()  # later lone ones wait
-        first_lone.set()  # the four come back; the eight leave as one group, which the server holds
+        lone.swap().set()  # the four come back (later lone ones wait); the eight leave as one group, held
         while not (groups._senders == 1 and groups._asked == 8):
             threading.Event().wait(0.01)
         for thread in threads[12:]:  # 11 asked, more than in_flight: at most `crowded` on their way
@@ -209,15 +217,15 @@ def test_a_crowd_of_searches_keeps_fewer_groups_on_their_way(monkeypatch):
         gathered(db, 2, senders=groups.crowded)
         threading.Event().wait(0.2)
         assert groups._senders == groups.crowded == 2 and len(groups._gathered) == 2
-        for gate in gates.values():
-            gate.set()
+        lone.set()
+        group_gate.set()
         for thread in threads:
             thread.join()
         assert len(results) == 15 and all(np.array_equal(r, expected) for r in results)
         assert groups._asked == 0 and groups._senders == 0
     finally:
-        for gate in gates.values():
-            gate.set()
+        lone.set()
+        group_gate.set()
         db.close()
         server.stop()
 
