@@ -15,28 +15,39 @@ for it, spinning (a few microseconds: that thread's Python part), until it enter
 compiled call, which means it has just released the GIL. Then the search takes a free GIL. Its
 own Python then runs while the other thread scans, and the two threads fall into step.
 
-What bounds the spinning: a wait ends `LIMIT_US` after the other thread left its compiled call
-(a thread that stopped searching, or went off to do other Python, is not waited for long); at
-most `os.cpu_count() - 1` threads spin at once (one core stays for the GIL's holder); and a
-thread whose wait ran to its limit does not wait again for its next `BACKOFF` searches (doubling
-while waits keep failing: a server thread whose neighbours go on to do gRPC work after each
-search stops waiting). The table is advice, read and written without locks: a stale or shared
-slot can only make a search wait for nothing (at most the limit) or not wait; results never
-depend on it.
+What bounds the spinning: a thread holding the GIL is waited for from when it took it (`back`,
+called from Python after the call, stamps the time) for at most `PATIENCE` times its usual Python
+part (kept per slot by `enter`), and never past `LIMIT_US`: a thread that went off to do other
+Python (a server thread's gRPC work) runs past its usual part and is let go, and one whose usual
+part is longer than the limit is not waited for at all. At most `os.cpu_count() - 1` threads spin
+at once (one core stays for the GIL's holder). The table is advice, read and written without
+locks: a stale or shared slot can only make a search wait for nothing (at most the limit) or not
+wait; results never depend on it.
 
 A thread can also be out of its compiled call and not yet holding the GIL: asleep in `take_gil`,
 woken but not yet running. Left alone, the thread coming out of its scan takes the free GIL
 before it (it barges) and the sleeper goes back to sleep, again and again: the two threads then
 made fewer searches than one (29k and 35k/s against 33k in two of three 10 s rounds). So a
-thread that has not said it holds the GIL again (`HELD`, set by the caller in Python after the
-call) is waited for up to `WAKE_US`, and its Python part then up to `LIMIT_US`.
+thread that has not said it holds the GIL again is waited for up to `WAKE_US`, and its Python
+part then as above. A thread whose such wait ran out does not wait for waking threads again for
+its next `BACKOFF` searches (doubling while they keep running out: in a server, threads may
+queue for the GIL behind others' gRPC work).
+
+Why the waits are bounded by each thread's own usual part, and not by one fixed limit with a
+backoff after every wait that ran out (as before): two threads could fall for seconds into a
+state where both slept in every hand-over (2 threads at 0.6-1.0x one thread's searches in 2-4
+of 10-14 three-second windows, the machine 20% idle): a thread that slept in `take_gil` makes
+the GIL's holder sleep too when it lets go (CPython's mutex and condition around the GIL), its
+Python part looks 3-4x longer (21-26 us against 6 us), the other thread's waits for it run out,
+it backs off, barges, and makes the next one sleep. With patience that follows the shorter
+parts and a backoff only for waking threads, the same loop had no window below 1.26x.
 
 Measured (benchmarks/capacity.py --only embedded, GloVe x WordNet, default ef, three 10 s rounds,
-other processes idle): two threads made 1.70x one thread's searches (median rounds: 55,151 against
-32,523/s; round by round 1.91x, 1.54x, 1.80x), against 1.46-1.52x without waiting; 24-34% of searches waited, 3.6-5.0 us on
-average. What is left: the Python part of a search takes ~2x as long when the two threads take
-turns on two cores as on one (its objects' cache lines move between the cores at every turn):
-in one run 9 + 8 us against 4 + 3 us.
+other processes idle): two threads made 1.87x one thread's searches (70,739 against 37,832/s),
+40% of searches waited, 2.5 us on average (1.71x with the fixed limit, rounds 1.30x-1.89x; 1.46-1.52x
+without waiting). What is left: the Python part of a search takes ~2x as long when the two
+threads take turns on two cores as on one (its objects' cache lines move between the cores at
+every turn).
 
 Must never: hold or take any lock; wait without a bound; be used where the GIL is held (it
 would only burn the time the GIL's holder needs). search.py's kernels are cached with these
@@ -56,13 +67,14 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 SLOTS = 16  # threads beyond this share slots: only the advice gets worse
-LIMIT_US = 15.0  # ~2.5x the Python part of a search (embedded.py + index.py + argument handling)
+PATIENCE = 3  # a GIL holder is waited for up to this many times its usual Python part (~6 us embedded)
+LIMIT_US = 45.0  # and never longer; a thread whose usual Python part is longer is not waited for at all
 WAKE_US = 150.0  # a thread woken to take the GIL takes tens of us to run on this VM
-BACKOFF = 16  # searches without waiting after a wait that ran to its limit (doubling, up to 1024)
+BACKOFF = 16  # searches without waiting for a waking thread after such a wait ran out (doubling, up to 1024)
 MAX_BACKOFF = 1024
 
 # The table: a row per slot, and a last row of settings.
-LEFT, ENTERED, SPINNING, SKIP, MISSES, WAITS, CAUGHT, WAITED, HELD = range(9)  # columns of a slot's row
+LEFT, ENTERED, SPINNING, SKIP, MISSES, WAITS, CAUGHT, WAITED, HELD, PYTHON = range(10)  # columns of a slot's row
 LIMIT, SPINNERS, USED, RATE, WAKE = range(5)  # the settings row: the limit in ticks, threads that may spin
 # at once, slots handed out, the counter's ticks a millisecond, the wake limit in ticks
 
@@ -117,9 +129,30 @@ def pause(typingctx):
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def enter(table, me):
-    """Slot `me` starts a compiled call: its thread has just released the GIL."""
+    """Slot `me` starts a compiled call: its thread has just released the GIL. Its Python part
+    (from `back` to here) goes into its usual one: an average that follows shorter parts at once
+    (a quarter of the way each time) and longer ones slowly (a 64th), so a run of parts slowed
+    by waits for the GIL does not make the thread look like one not worth waiting for."""
+    now = cycles()
+    held = load(table, me, HELD)
+    if held > 0:
+        usual, python = load(table, me, PYTHON), now - held
+        store(table, me, PYTHON, usual + (python - usual) // (4 if python < usual else 64) if usual > 0 else python)
     store(table, me, HELD, 0)
-    store(table, me, ENTERED, cycles())
+    store(table, me, ENTERED, now)
+
+
+@numba.njit(cache=True)
+def back(table, me):
+    """Slot `me` is back from its compiled call, holding the GIL (called from Python, after the call)."""
+    store(table, me, HELD, cycles())
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def patience(table, j, limit):
+    """How long slot j, holding the GIL, is waited for from when it took it: 0 if not at all."""
+    usual = load(table, j, PYTHON)
+    return min(PATIENCE * usual, limit) if usual <= limit else 0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -133,42 +166,46 @@ def leave(table, me):
     skip = load(table, me, SKIP)
     if skip > 0:
         store(table, me, SKIP, skip - 1)
-    elif load(table, settings, LIMIT) > 0:
-        limit = load(table, settings, LIMIT)
-        wake = load(table, settings, WAKE)
+    limit = load(table, settings, LIMIT)
+    if limit > 0:
         used = load(table, settings, USED)
         spinning, other, entered = 0, -1, 0
         for j in range(used):
             if j == me:
                 continue
             spinning += load(table, j, SPINNING)
-            left = load(table, j, LEFT)
-            if other < 0 and left > load(table, j, ENTERED) and (started - left < limit or load(table, j, HELD) == 0):
-                other, entered = j, load(table, j, ENTERED)  # out of its compiled call: lately, or not yet back
+            held = load(table, j, HELD)
+            if other < 0 and load(table, j, LEFT) > load(table, j, ENTERED) and (
+                    (held == 0 and skip == 0) or started - held < patience(table, j, limit)):
+                other, entered = j, load(table, j, ENTERED)  # out of its compiled call: waking, or in its Python part
         if other >= 0 and spinning < load(table, settings, SPINNERS):
-            # Its Python part is timed from its leaving if it holds the GIL already, else from when it is seen to.
-            since = load(table, other, LEFT) if load(table, other, HELD) else 0
+            wake = load(table, settings, WAKE)
+            held = load(table, other, HELD)
+            until = held + patience(table, other, limit) if held > 0 else 0  # 0: still waking
             store(table, me, SPINNING, 1)
             now = cycles()
             while load(table, other, ENTERED) == entered:
-                if since == 0 and load(table, other, HELD):
-                    since = now
-                if (since == 0 and now - started >= wake) or (since > 0 and now - since >= limit):
+                if until == 0:
+                    held = load(table, other, HELD)
+                    if held > 0:
+                        until = held + patience(table, other, limit)
+                    elif now - started >= wake:
+                        break
+                elif now >= until:
                     break
                 pause()
                 now = cycles()
             store(table, me, SPINNING, 0)
             waited = now - started
-            misses = load(table, me, MISSES)
             store(table, me, WAITS, load(table, me, WAITS) + 1)
             store(table, me, WAITED, load(table, me, WAITED) + waited)
-            if load(table, other, ENTERED) == entered:  # ran to its limit: leave the next searches be
-                misses = min(max(2 * misses, BACKOFF), MAX_BACKOFF)
-                store(table, me, SKIP, misses)
-            else:
+            if load(table, other, ENTERED) != entered:
                 store(table, me, CAUGHT, load(table, me, CAUGHT) + 1)
-                misses = 0
-            store(table, me, MISSES, misses)
+                store(table, me, MISSES, 0)
+            elif until == 0:  # it did not take the GIL in time: leave waking threads be for a while
+                misses = min(max(2 * load(table, me, MISSES), BACKOFF), MAX_BACKOFF)
+                store(table, me, MISSES, misses)
+                store(table, me, SKIP, misses)
     store(table, me, LEFT, cycles())
     return waited
 
@@ -189,7 +226,7 @@ def _ticks_per_us() -> float:
 
 def table(limit_us: float = LIMIT_US, spinners: int | None = None, wake_us: float = WAKE_US) -> np.ndarray:
     """A new table (the process's is `TABLE`); limit_us 0 turns waiting off."""
-    out = np.zeros((SLOTS + 1, 9), np.int64)
+    out = np.zeros((SLOTS + 1, 10), np.int64)
     rate = _ticks_per_us()
     out[SLOTS, LIMIT] = int(limit_us * rate)
     out[SLOTS, WAKE] = int(wake_us * rate)

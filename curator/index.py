@@ -806,7 +806,7 @@ class CuratorIndex:
         me = handoff.slot()
         ids, dists, usable = kernels.search_one(query, k, ef, int(self.metric), t, *self._scan_arguments(), _ALL,
                                                 self.slot_ids, handoff.TABLE, me)
-        handoff.TABLE[me, handoff.HELD] = 1  # back, holding the GIL (handoff.py)
+        handoff.back(handoff.TABLE, me)  # back, holding the GIL (handoff.py)
         if not usable:
             raise InvalidArgumentError(_UNUSABLE)
         return ids, dists
