@@ -36,6 +36,23 @@ def scrape_requests(url: str, timeout: float = 10.0, readers: bool = True) -> di
     return dict(counts)
 
 
+def handled_seconds(url: str, methods=("SearchStream", "SearchGroups"), timeout: float = 10.0) -> tuple[float, float]:
+    """(seconds, searches) the server has spent in its handlers on these methods so far
+    (`curator_request_seconds`: a search's time from its turn's start to its answer, the engine's
+    search and the handler's Python; a group's searches each count a share of the group's)."""
+    with urllib.request.urlopen(url, timeout=timeout) as reply:
+        text = reply.read().decode()
+    seconds = count = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("method") in methods:
+                if sample.name == "curator_request_seconds_sum":
+                    seconds += sample.value
+                elif sample.name == "curator_request_seconds_count":
+                    count += sample.value
+    return seconds, count
+
+
 def served_between(before: dict, after: dict) -> dict[str, dict[str, int]]:
     """method -> code -> requests served between two scrapes."""
     out: dict[str, dict[str, int]] = defaultdict(dict)
