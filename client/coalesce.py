@@ -20,8 +20,11 @@ twice as large. A group's threads are woken one each whatever its size, so that 
 messages a search costs without adding wake-ups (16 threads: 1.12-1.17x the searches/s with 2
 than with 4, in alternation; with 4 threads every search still goes alone and wakes nobody).
 
-A group of one travels as before, as a SearchRequest on a SearchStream, so a lone search costs
-what it did without coalescing; larger groups travel on SearchGroups streams. The channel keeps
+A group of one travels as before, as a SearchRequest on a SearchStream; larger groups travel on
+SearchGroups streams. A client whose searches have all come from one thread so far does not use
+the coalescer at all (client/readers.py): with nothing to gather with, its bookkeeping cost ~8 us
+of client CPU a search (4 single-threaded client processes: 100 against 108 us, benchmarks/capacity.py's
+clients); from the second searching thread on, every thread's searches come here. The channel keeps
 at most `in_flight` streams open (4, within the server's default share of streams per key),
 however many threads search, and the threads drive them themselves (`stream.py`). Measured with
 16 threads (GloVe x WordNet, benchmarks/capacity.py): 8 200 searches/s when the thread that

@@ -57,11 +57,11 @@ class _Channel:
         self.groups = (Coalescer(channel, self.metadata, self.streams.watchdog)
                        if search_stream and coalesce and self.streams.available else None)
 
-    def search(self, call: Call):
+    def search(self, call: Call, gather: bool = True):
         """A single search: with the searches other threads ask meanwhile, as one group (alone, on
-        a SearchStream); without coalescing, on this thread's SearchStream; as a unary call when
-        neither can take it."""
-        if self.groups is not None and self.groups.available:
+        a SearchStream); without coalescing (or `gather` False), on this thread's SearchStream; as
+        a unary call when neither can take it."""
+        if gather and self.groups is not None and self.groups.available:
             reply = self.groups.search(call.request)
         else:
             reply = self._over_stream(call.request) if self.streams else None

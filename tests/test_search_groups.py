@@ -23,9 +23,14 @@ from tests.test_search_stream import pause, requests_by_method, stoppable  # noq
 DIM = 8
 
 
-def served():
+def served(several_threads: bool = True):
+    """A server and a client; with `several_threads`, the client acts as one whose threads have
+    already searched, so that every search goes through its coalescer (a client with one
+    searching thread sends its searches over that thread's stream: client/readers.py)."""
     server = CuratorServer(ServerConfig(data=":memory:", port=0)).start()
     db = curator.connect(server.address)
+    if several_threads:
+        db._readers._searchers = 2
     rng = np.random.default_rng(0)
     col = db.create_collection("c", dim=DIM)
     for t in range(4):
@@ -92,6 +97,28 @@ def test_threads_get_their_own_answers_and_errors_and_searches_travel_together(m
         # each answered once (alone over a stream, or as a unary call past the server's stream limit)
         assert counted["SearchGroups"] + counted["SearchStream"] + counted.get("Search", 0) == 16 * 40
         assert max(sizes) > 1  # 16 threads at once: searches gathered while groups travelled
+    finally:
+        db.close()
+        server.stop()
+
+
+def test_a_client_with_one_searching_thread_searches_over_its_stream_and_gathers_from_the_second(monkeypatch):
+    sizes = group_sizes(monkeypatch)
+    server, db = served(several_threads=False)
+    try:
+        col = db.collection("c")
+        query = np.ones(DIM, np.float32)
+        expected = server.db.collection("c").search(query, k=5, tenant="t1").ids
+        for _ in range(20):
+            np.testing.assert_array_equal(col.search(query, k=5, tenant="t1").ids, expected)
+        groups = db._channel.groups
+        # over a SearchStream (the thread's own): the coalescer opened none
+        assert groups._open == 0 and requests_by_method(server)["SearchStream"] == 20
+        results, errors = concurrently(lambda: [col.search(query, k=5, tenant="t1").ids for _ in range(50)],
+                                       [()] * 8)
+        assert not errors and all(np.array_equal(ids, expected) for r in results for ids in r)
+        assert groups._open > 0  # from the second thread on, searches go through the coalescer
+        assert requests_by_method(server).get("SearchGroups", 0) == sum(sizes)
     finally:
         db.close()
         server.stop()
