@@ -48,7 +48,7 @@ from curator_loadtest import data as D
 from curator_loadtest.server import ManagedServer
 from curator_loadtest.server_metrics import handled_seconds
 
-from . import floor, workers
+from . import cores, floor, workers
 from .checkout import Checkout, title
 from .measure import (blas_threads, closed_loop, cpu_seconds, free_port, latency_summary, markdown_table,
                       write_results)
@@ -108,7 +108,8 @@ def embedded_window(search, n: int, threads: int, seconds: float) -> dict:
     other = (machine_busy_seconds() - busy) - (cpu_seconds(os.getpid()) - own)
     waits = handoff.counts()
     return {**summary(latencies, seconds, failures), "waited": waits["waits"] / max(latencies.size, 1),
-            "mean_wait_us": waits["mean_wait_us"], "other_cpu_s": max(other, 0.0)}
+            "mean_wait_us": waits["mean_wait_us"], "other_cpu_s": max(other, 0.0),
+            "round_trip_ns": cores.round_trip_ns() if threads > 1 else None}
 
 
 def served_window(clients: list[workers.Worker], server_pid: int, address: str, threads: int,
@@ -270,10 +271,16 @@ def report(results: dict, checkouts: list[Checkout], args) -> str:
                                        ("p99_ms", "p99 ms", ".3f"), ("mean_us", "mean us", ".1f"),
                                        ("waited", "waited for the GIL's holder", ".2f"),
                                        ("mean_wait_us", "mean wait us", ".1f"),
-                                       ("other_cpu_s", "other processes' CPU s", ".2f")]), "",
+                                       ("other_cpu_s", "other processes' CPU s", ".2f"),
+                                       ("round_trip_ns", "cores' round trip ns", ".0f")]), "",
+             "Rounds, 2 threads / 1 thread (the cores' round trip after the window): " + ", ".join(
+                 f"{two['searches_per_s'] / one_['searches_per_s']:.2f}x ({two['round_trip_ns'] or 0:.0f} ns)"
+                 for one_, two in zip(results["rounds"]["embedded/1"], results["rounds"].get("embedded/2", []))) + ".", "",
              f"Engine time per search (1 thread, mean): {figures['embedded/1']['mean_us']:.1f} us. \"Waited\": "
              "the share of searches whose compiled call, before returning, waited for another searching "
-             "thread to let go of the GIL (curator/handoff.py), and their mean wait.", ""]
+             "thread to let go of the GIL (curator/handoff.py), and their mean wait. \"Round trip\": a cache "
+             "line's between the first two cores (benchmarks/cores.py): the host places this VM's vCPUs near "
+             "or far apart and moves them, and two searching threads gain much less when they are far.", ""]
     for c in checkouts if args.only != "embedded" else []:
         lines += [f"## Served: {title(results['checkouts'][c.label])}", "",
                   markdown_table(rows(c.label, SERVED), SERVED_COLUMNS), ""]
