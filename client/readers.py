@@ -5,12 +5,13 @@ server's own host). The blocking SDK's coalescer (client/coalesce.py), where the
 searches gather, opens its streams on the processes in turn, so the groups in flight spread over
 them and stay as large as with one process. Without coalescing, and for search batches, each
 thread is given one of the processes, in turn from a random one (so that clients of one thread
-spread too), and keeps it; so is a client's only searching thread, whose searches go over its own
-stream until a second thread searches (`_alone`: nothing to gather with). Everything but searches goes to the server. A reader that fails a search with
-UNAVAILABLE (dead, or replaced and still catching up) is set aside and the search is made again
-on the server at once; the readers are looked up again, from the next collection description
-the SDK asks for or `REFRESH_SECONDS` after the last, whichever comes first. A ready reader has
-applied every write the server acknowledged, so a search there sees the caller's own writes.
+spread too), and keeps it; so is a client's only searching thread, whose searches go over its
+own stream until a second thread searches (`_alone`: nothing to gather with). Everything but
+searches goes to the server. A reader that fails a search with UNAVAILABLE (dead, or replaced
+and still catching up) is set aside and the search is made again on the server at once; the
+readers are looked up again, from the next collection description the SDK asks for or
+`REFRESH_SECONDS` after the last, whichever comes first. A ready reader has applied every write
+the server acknowledged, so a search there sees the caller's own writes.
 """
 
 import asyncio
