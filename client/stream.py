@@ -18,6 +18,7 @@ calls, which need nothing private.
 """
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -70,6 +71,7 @@ class SearchStream:
 
     def __init__(self, channel: grpc.Channel, metadata, method: bytes = METHOD, reply=pb.SearchStreamReply):
         self._lock = threading.Lock()
+        self._pid = os.getpid()  # the process whose gRPC core the call lives in
         self._reply_type = reply
         self._due = {_OPENED, _HEADERS, _STATUS}  # batches started and not yet completed
         self._call = channel._channel.segregated_call(
@@ -154,9 +156,14 @@ class SearchStream:
         finally:
             self._lock.release()
 
-    def __del__(self):  # its thread ended without closing it
-        if getattr(self, "_due", None):
-            self.close()
+    def __del__(self):
+        """Its thread ended without closing it. Not in a child forked from the process that opened
+        it: a fork whose child runs Python before exec (subprocess with preexec_fn, as Ray starts
+        its processes) frees the other threads' thread-locals there, and closing would wait on
+        gRPC's locks, which threads that do not exist in the child may have held (a test's raylet
+        start hung so)."""
+        if getattr(self, "_due", None) and os.getpid() == getattr(self, "_pid", None):
+            self.close(wait=False)
 
 
 class Watchdog:

@@ -158,6 +158,30 @@ def test_closing_the_database_or_ending_the_thread_ends_its_streams_on_the_serve
         server.stop()
 
 
+def test_a_stream_freed_in_a_forked_child_is_left_to_its_parent(monkeypatch):
+    """A fork whose child runs Python before exec (subprocess's preexec_fn, as Ray starts its
+    processes) frees the other threads' thread-locals there: their streams must not touch gRPC
+    (its locks may be held by threads the child does not have), and the parent's stream lives on."""
+    from curator_client import stream as streams
+
+    server = served()
+    try:
+        db = curator.connect(server.address, coalesce=False)
+        col = db.collection("c")
+        col.search(np.ones(4), k=3, tenant="t")  # this thread's stream
+        mine = db._channel.streams.get()
+        real_pid = os.getpid()
+        monkeypatch.setattr(streams.os, "getpid", lambda: real_pid + 1)  # as in a forked child
+        mine.__del__()
+        monkeypatch.undo()
+        assert mine._due and not mine.timed_out
+        assert col.search(np.ones(4), k=3, tenant="t").ids.size == 3  # over the same stream, still open
+        assert db._channel.streams.get() is mine and len(server.streams) == 1
+        db.close()
+    finally:
+        server.stop()
+
+
 def _segregated_calls_changed_shape(*args):
     raise TypeError("segregated_call() takes 7 positional arguments")
 
