@@ -247,7 +247,10 @@ def checks(figures: dict, checkouts: list[Checkout], threads: int) -> list[dict]
 def rounds_of_two(results: dict) -> str:
     """Each round's 2 threads / 1 thread, with the cores' round trip measured after it."""
     rounds = results["rounds"]
-    return ", ".join(f"{two['searches_per_s'] / one['searches_per_s']:.2f}x ({two.get('round_trip_ns') or 0:.0f} ns)"
+    def trip(two: dict) -> str:
+        return "" if two.get("round_trip_ns") is None else f" ({two['round_trip_ns']:.0f} ns)"
+
+    return ", ".join(f"{two['searches_per_s'] / one['searches_per_s']:.2f}x{trip(two)}"
                      for one, two in zip(rounds["embedded/1"], rounds.get("embedded/2", [])))
 
 

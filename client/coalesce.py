@@ -22,9 +22,10 @@ than with 4, in alternation; with 4 threads every search still goes alone and wa
 
 A group of one travels as before, as a SearchRequest on a SearchStream; larger groups travel on
 SearchGroups streams. A client whose searches have all come from one thread so far does not use
-the coalescer at all (client/readers.py): with nothing to gather with, its bookkeeping cost ~8 us
-of client CPU a search (4 single-threaded client processes: 100 against 108 us, benchmarks/capacity.py's
-clients); from the second searching thread on, every thread's searches come here. The channel keeps
+the coalescer at all (client/readers.py): with nothing to gather with, its bookkeeping cost ~9 us
+of client CPU a search (4 single-threaded client processes, benchmarks/capacity.py's client in
+alternation: 109 against 100 us); from the second searching thread on, every thread's searches
+come here. The channel keeps
 at most `in_flight` streams open (4, within the server's default share of streams per key),
 however many threads search, and the threads drive them themselves (`stream.py`). Measured with
 16 threads (GloVe x WordNet, benchmarks/capacity.py): 8 200 searches/s when the thread that

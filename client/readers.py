@@ -125,7 +125,7 @@ class Readers:
     def _alone(self) -> bool:
         """Whether only the calling thread has searched through this client so far: its searches
         then go over its own stream, with nothing to gather with (the coalescer's bookkeeping
-        cost a single-threaded client ~8 us of CPU a search); from the second thread on, every
+        cost a single-threaded client ~9 us of CPU a search); from the second thread on, every
         thread's go through the coalescer."""
         if self._searchers > 1:
             return False

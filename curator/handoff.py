@@ -43,11 +43,13 @@ it backs off, barges, and makes the next one sleep. With patience that follows t
 parts and a backoff only for waking threads, the same loop had no window below 1.26x.
 
 Measured (benchmarks/capacity.py --only embedded, GloVe x WordNet, default ef, three 10 s rounds,
-other processes idle): two threads made 1.87x one thread's searches (70,739 against 37,832/s),
-40% of searches waited, 2.5 us on average (1.71x with the fixed limit, rounds 1.30x-1.89x; 1.46-1.52x
-without waiting). What is left: the Python part of a search takes ~2x as long when the two
-threads take turns on two cores as on one (its objects' cache lines move between the cores at
-every turn).
+other processes idle): two threads made 1.87x one thread's searches in one run (70,739 against
+37,832/s; 40% of searches waited, 2.5 us on average) and 1.79x in another (rounds 1.39x, 1.87x,
+1.79x), against 1.71x with the fixed limit (rounds 1.30x-1.89x) and 1.46-1.52x without waiting.
+What is left: the Python part of a search takes longer when the two threads take turns on two
+cores than on one (its objects' cache lines move between the cores at every turn), and how much
+longer depends on where the host puts the two vCPUs (benchmarks/cores.py): 1.70-1.89x when a
+line's round trip between them is ~100 ns, 1.18-1.39x when it is ~350 ns.
 
 Must never: hold or take any lock; wait without a bound; be used where the GIL is held (it
 would only burn the time the GIL's holder needs). search.py's kernels are cached with these

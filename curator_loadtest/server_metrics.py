@@ -12,21 +12,26 @@ from prometheus_client.parser import text_string_to_metric_families
 from .workload import OPERATIONS
 
 
+def _samples(url: str, timeout: float):
+    """Every sample the Prometheus endpoint at `url` serves now."""
+    with urllib.request.urlopen(url, timeout=timeout) as reply:
+        text = reply.read().decode()
+    for family in text_string_to_metric_families(text):
+        yield from family.samples
+
+
 def scrape_requests(url: str, timeout: float = 10.0, readers: bool = True) -> dict[tuple[str, str], float]:
     """(method, code) -> requests served so far, by the server and (`curator serve --readers`) by
     each of its read replicas, whose endpoints its own names (`curator_reader_metrics_port`)."""
-    with urllib.request.urlopen(url, timeout=timeout) as reply:
-        text = reply.read().decode()
     counts: dict[tuple[str, str], float] = defaultdict(float)
     reader_ports = []
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "curator_requests_total":
-                counts[(sample.labels["method"], sample.labels["code"])] += sample.value
-            elif sample.name == "curator_http_requests_total":  # also labelled by X-Cache outcome: summed
-                counts[(sample.labels["route"], sample.labels["status"])] += sample.value
-            elif sample.name == "curator_reader_metrics_port":
-                reader_ports.append(int(sample.value))
+    for sample in _samples(url, timeout):
+        if sample.name == "curator_requests_total":
+            counts[(sample.labels["method"], sample.labels["code"])] += sample.value
+        elif sample.name == "curator_http_requests_total":  # also labelled by X-Cache outcome: summed
+            counts[(sample.labels["route"], sample.labels["status"])] += sample.value
+        elif sample.name == "curator_reader_metrics_port":
+            reader_ports.append(int(sample.value))
     if readers:
         parts = urllib.parse.urlsplit(url)
         for port in reader_ports:
@@ -40,16 +45,13 @@ def handled_seconds(url: str, methods=("SearchStream", "SearchGroups"), timeout:
     """(seconds, searches) the server has spent in its handlers on these methods so far
     (`curator_request_seconds`: a search's time from its turn's start to its answer, the engine's
     search and the handler's Python; a group's searches each count a share of the group's)."""
-    with urllib.request.urlopen(url, timeout=timeout) as reply:
-        text = reply.read().decode()
     seconds = count = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.labels.get("method") in methods:
-                if sample.name == "curator_request_seconds_sum":
-                    seconds += sample.value
-                elif sample.name == "curator_request_seconds_count":
-                    count += sample.value
+    for sample in _samples(url, timeout):
+        if sample.labels.get("method") in methods:
+            if sample.name == "curator_request_seconds_sum":
+                seconds += sample.value
+            elif sample.name == "curator_request_seconds_count":
+                count += sample.value
     return seconds, count
 
 
