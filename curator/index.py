@@ -1074,7 +1074,7 @@ class CuratorIndex:
             self.owner = _grow(self.owner, grown, -1)
             self.payloads.resize(grown)
             if self.codes is not None:
-                self.codes.matrix = _grow(self.codes.matrix, grown, 0)
+                self.codes.grow(grown)
         return np.concatenate([reused, fresh])
 
     def _release(self, slots: np.ndarray) -> None:
@@ -1144,7 +1144,7 @@ class CuratorIndex:
         """The tenant-scan kernels' arguments (search.py), from the tenants' directory to their counts."""
         tenancy, members, directory, codes = self.tenancy, self.tenancy.members, self.tenancy.directory, self.codes
         coded = (scalar.NONE, scalar.NO_SCALE, scalar.NO_SCALE) if codes is None else (codes.matrix, codes.lo, codes.step)
-        return (directory.data, directory.start, directory.size, tenancy.shortlist_node, self.tree.centroids,
+        return (directory.data, directory.start, directory.size, tenancy.shortlist_node, self.tree.lined,
                 members.data, members.start, members.size, self.vectors, self.inv_norm, *coded, tenancy.count)
 
     def _numbers(self, tenants: list[str]) -> np.ndarray:

@@ -32,7 +32,7 @@ from . import handoff
 from .distance import COSINE, L2, distance_row, dot_row, l2_row
 from .heaps import sift_down_max
 from .metric import MAX_SQUARED_NORM, MIN_COSINE_NORM
-from .codes import RERANK
+from .codes import LINE, RERANK
 from .prefetch import prefetch_at, prefetch_row
 
 AHEAD = 32  # candidates whose vectors are requested before they are scored
@@ -101,10 +101,26 @@ def _ranked_shortlists(q, metric, lists, shortlist_node, centroids):
     m = lists.shape[0]
     key = np.empty(m, np.float32)
     low, high = np.float32(np.inf), np.float32(-np.inf)
+    padded = np.zeros(LINE, np.float32)  # q and zeros, where centroids have LINE columns
+    lined = centroids.shape[1] == LINE and q.shape[0] <= LINE
+    if lined:
+        padded[: q.shape[0]] = q
     for i in range(m):
         if i + AHEAD < m:
             prefetch_row(centroids, shortlist_node[lists[i + AHEAD]])
-        d = distance_row(q, centroids, shortlist_node[lists[i]], metric)
+        node = shortlist_node[lists[i]]
+        if lined:  # a loop of fixed length (see _scan)
+            d = numba.float32(0.0)
+            if metric == L2:
+                for c in range(LINE):
+                    diff = padded[c] - centroids[node, c]
+                    d += diff * diff
+            else:
+                for c in range(LINE):
+                    d += padded[c] * centroids[node, c]
+                d = numba.float32(1.0) - d if metric == COSINE else -d
+        else:
+            d = distance_row(q, centroids, node, metric)
         key[i] = d
         low = min(low, d)
         high = max(high, d)
@@ -169,12 +185,16 @@ def _scan(kind, q, width, ef, metric, ranked, members, rows, scale, allowed, bes
     coded = kind != ROWS
     filtered = allowed.size > 0
     dim = q.shape[0]
-    qa = np.empty(dim if coded else 0, np.float32)  # the query on the codes' scale
+    # The query on the codes' scale, and (L2) the scale, padded with zeros to the codes' rows.
+    qa = np.zeros(codes.shape[1] if coded else 0, np.float32)
+    sa = np.zeros(codes.shape[1] if kind == CODES_L2 else 0, np.float32)
     base = numba.float32(0.0)
+    code_width = codes.shape[1]
     if coded:
         for j in range(dim):
             if metric == L2:
                 qa[j] = q[j] - code_lo[j]
+                sa[j] = code_step[j]
             else:
                 qa[j] = q[j] * code_step[j]
                 base += q[j] * code_lo[j]
@@ -221,14 +241,28 @@ def _scan(kind, q, width, ef, metric, ranked, members, rows, scale, allowed, bes
                     scanned += 1
                 d = _distance(q, vectors, inv_norm, slot, metric)
             elif kind == CODES_L2:
+                # Rows of LINE bytes (codes.py) get a loop of that fixed length, which compiles to
+                # whole vector steps; over a bound known only at run time (GloVe's 50) the compiler
+                # unrolls its vector loop to 64 values a step on AVX-512, which then never ran: the
+                # 50 went one at a time (6.5 against 3.9 ns a row; in a function of its own, or with
+                # a branch on the metric inside, the loop was not vectorised at all: 2-3x slower).
                 d = numba.float32(0.0)
-                for c in range(dim):
-                    diff = qa[c] - code_step[c] * numba.float32(codes[slot, c])
-                    d += diff * diff
+                if code_width == LINE:
+                    for c in range(LINE):
+                        diff = qa[c] - sa[c] * numba.float32(codes[slot, c])
+                        d += diff * diff
+                else:
+                    for c in range(code_width):
+                        diff = qa[c] - sa[c] * numba.float32(codes[slot, c])
+                        d += diff * diff
             else:
                 acc = base
-                for c in range(dim):
-                    acc += qa[c] * numba.float32(codes[slot, c])
+                if code_width == LINE:
+                    for c in range(LINE):
+                        acc += qa[c] * numba.float32(codes[slot, c])
+                else:
+                    for c in range(code_width):
+                        acc += qa[c] * numba.float32(codes[slot, c])
                 d = numba.float32(1.0) - acc if metric == COSINE else -acc
             if found < width:
                 best_d[found] = d

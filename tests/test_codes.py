@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import curator
-from curator.codes import LEVELS, ScalarCodes
+from curator.codes import LEVELS, LINE, ScalarCodes, row_width
+from curator import search
 from curator.search import EXACT_EF
 
 METRICS = ["l2", "cosine", "ip"]
@@ -42,7 +43,18 @@ def _codes_match_the_vectors(col) -> None:
     codes = index.codes
     assert codes is not None, "a trained collection scans codes"
     live = np.flatnonzero(index.slot_ids[: index.n_slots] >= 0)
-    np.testing.assert_array_equal(codes.matrix[live], codes.encode(index._prepared(live)))
+    np.testing.assert_array_equal(codes.unpadded[live], codes.encode(index._prepared(live)))
+    assert not codes.matrix[:, index.dim:].any(), "the bytes after a code stay zero"
+    assert codes.matrix.ctypes.data % LINE == 0 and codes.matrix.shape[1] == row_width(index.dim)
+
+
+def test_code_rows_are_padded_to_the_widths_the_scan_is_compiled_for():
+    assert [row_width(d) for d in (1, 12, 32, 33, 50, 64, 65, 100, 128, 768)] == [1, 12, 32, 64, 64, 64, 128, 128, 128, 768]
+    codes = ScalarCodes(np.zeros(50, np.float32), np.ones(50, np.float32), 3)
+    codes.write(np.arange(3), np.full((3, 50), 7.0, np.float32))
+    codes.grow(1000)
+    assert codes.matrix.shape == (1000, 64) and codes.matrix.ctypes.data % LINE == 0
+    assert (codes.unpadded[:3] == 7).all() and not codes.matrix[:3, 50:].any() and not codes.matrix[3:].any()
 
 
 @settings(max_examples=40, deadline=None)
@@ -51,14 +63,17 @@ def test_a_code_stands_for_its_value_within_half_a_step(x):
     codes = ScalarCodes.fit(x, 64)
     codes.write(np.arange(64), x)
     inside = (x >= codes.lo) & (x <= codes.lo + codes.step * LEVELS)  # the rest is clipped
-    decoded = codes.lo + codes.step * codes.matrix.astype(np.float32)
+    decoded = codes.lo + codes.step * codes.unpadded.astype(np.float32)
     error = np.abs(decoded - x)
     assert (error[inside] <= (codes.step * 0.5001 + 1e-3 * np.abs(x).max())[np.nonzero(inside)[1]]).all()
 
 
+# 12 dimensions: rows of 12 bytes; 50: rows of 64, the scan's loops of fixed length (search.py);
+# 100: rows of 128, a loop over the padded row.
+@pytest.mark.parametrize("dim", [12, 50, 100])
 @pytest.mark.parametrize("metric", METRICS)
-def test_answers_are_the_tenants_vectors_with_exact_distances(metric):
-    _, col, x, members = _loaded(metric)
+def test_answers_are_the_tenants_vectors_with_exact_distances(metric, dim):
+    _, col, x, members = _loaded(metric, dim=dim)
     queries = clustered(60, x.shape[1], seed=9, centers=10)
     for i, q in enumerate(queries):
         tenant = f"t{i % 6}"
@@ -71,9 +86,10 @@ def test_answers_are_the_tenants_vectors_with_exact_distances(metric):
             assert (np.diff(dists) >= 0).all()
 
 
+@pytest.mark.parametrize("dim", [12, 50, 100])
 @pytest.mark.parametrize("metric", METRICS)
-def test_recall_with_codes_against_brute_force(metric):
-    _, col, x, members = _loaded(metric)
+def test_recall_with_codes_against_brute_force(metric, dim):
+    _, col, x, members = _loaded(metric, dim=dim)
     queries = clustered(200, x.shape[1], seed=11, centers=10)
     hits = total = 0
     for i, q in enumerate(queries):
@@ -84,6 +100,40 @@ def test_recall_with_codes_against_brute_force(metric):
         hits += np.isin(ids, mine[truth]).sum()
         total += K
     assert hits / total >= 0.95
+
+
+@pytest.mark.parametrize("dim", [12, 50, 100])
+@pytest.mark.parametrize("metric", METRICS)
+def test_the_scan_ranks_by_centroids_and_scores_codes_as_decoded(metric, dim):
+    """The compiled scan's own figures, below the exact rerank that would hide a small error in
+    them: the shortlists' keys are their centroids' distances, and the best approximate distances
+    it keeps are those of the decoded codes (numpy over every vector of the tenant)."""
+    _, col, x, members = _loaded(metric, dim=dim)
+    index = col.index
+    (dir_data, dir_start, dir_size, shortlist_node, centroids, mem_data, mem_start, mem_size, vectors, inv_norm,
+     codes, lo, step, _) = index._scan_arguments()
+    metric_code = int(index.metric)
+    t = index._tenant("t0")
+    lists = dir_data[dir_start[t] : dir_start[t] + dir_size[t]]
+    slots = np.concatenate([mem_data[mem_start[i] : mem_start[i] + mem_size[i]] for i in lists])
+    decoded = lo + step * index.codes.unpadded[slots].astype(np.float32)
+    width = 2 * K
+    for q in clustered(20, dim, seed=13, centers=10):
+        prepared, usable = search.prepare_query(q, metric_code)
+        assert usable
+        ranked = search._ranked_shortlists(prepared, metric_code, lists, shortlist_node, centroids)
+        nodes = index.tree.centroids[shortlist_node[ranked[1]]]
+        expected = (((nodes - prepared) ** 2).sum(axis=1) if metric == "l2"
+                    else 1.0 - nodes @ prepared if metric == "cosine" else -(nodes @ prepared))
+        np.testing.assert_allclose(ranked[0], expected, rtol=1e-4, atol=1e-4)
+        best_d, best_s = np.full(width, np.inf, np.float32), np.full(width, -1, np.int64)
+        kind = search.CODES_L2 if metric == "l2" else search.CODES_DOT
+        found, scanned = search._scan(kind, prepared, width, 10**9, metric_code, ranked, (mem_data, mem_start, mem_size),
+                                      (vectors, inv_norm), (codes, lo, step), np.zeros(0, np.uint8), best_d, best_s)
+        assert scanned == slots.size and found == width
+        approximate = (((decoded - prepared) ** 2).sum(axis=1) if metric == "l2"
+                       else 1.0 - decoded @ prepared if metric == "cosine" else -(decoded @ prepared))
+        np.testing.assert_allclose(np.sort(best_d), np.sort(approximate)[:width], rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("metric", METRICS)
