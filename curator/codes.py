@@ -15,12 +15,13 @@ fitted whenever the tree is trained, and every vector is encoded again then; vec
 later are encoded on the same scale. Codes are derived from the vectors, so never stored: an
 opened data directory encodes its vectors again.
 
-A row is `row_width(dim)` bytes, the code and zeros after it (64 for 50 dimensions), and rows
-start on cache lines: the scan's loop over a row then has a length fixed when it is compiled,
-which the compiler turns into whole vector instructions, and a row of up to 64 bytes is one
-cache line, where a 50-byte row straddled two three times in four. On the 200k Zipf set at ef
-3072 this took a query's scan from 35.8 to 31.5 us (benchmarks/scan_ab.py); it costs 14 bytes a
-vector at 50 dimensions (2 bytes a (vector, tenant) pair there), none at multiples of 64.
+The rows lie end to end in one flat buffer (`flat`, which the scan reads), followed by `SPAN`
+spare zero bytes, and `matrix` is the (rows, dim) view of them. A scan of codes of 33 to 64
+dimensions reads SPAN bytes from a row's start, its own and the next row's first ones, and
+weighs the bytes past its dimensions by zero: a loop of a length fixed when it is compiled,
+which the compiler turns into whole vector instructions. Over a bound known only at run time
+(GloVe's 50) AVX-512's unrolled vector loop (64 values a step) never ran and the bytes went
+one at a time. It costs SPAN bytes in all, not a padded row each.
 """
 
 import numpy as np
@@ -30,31 +31,25 @@ CLIP = 0.001  # each dimension's scale spans its CLIP .. 1 - CLIP quantiles
 LEVELS = 255
 FIT_ROWS = 20_000  # the quantiles are taken over at most this many rows (evenly spaced)
 CHUNK = 8192  # rows encoded at a time: float32 temporaries stay small (they would stay in the heap)
-LINE = 64  # bytes in a cache line
+SPAN = 64  # values the scans' loops of fixed length read from a row's start (rows of 33 to 64 values)
 
 
-def row_width(dim: int) -> int:
-    """Bytes of a code's row: 64 for 33 to 64 dimensions (the width the scan has a loop of fixed
-    length for), a multiple of 64 above (rows on cache lines), the dimension itself below."""
-    return dim if dim <= LINE // 2 else -(-dim // LINE) * LINE
-
-
-def _rows(rows: int, width: int) -> np.ndarray:
-    """A zeroed (rows, width) uint8 matrix whose first row starts on a cache line."""
-    buffer = np.zeros(rows * width + LINE, np.uint8)
-    skip = -buffer.ctypes.data % LINE
-    return buffer[skip : skip + rows * width].reshape(rows, width)
+def flat_rows(rows: int, dim: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(flat, matrix): a zeroed buffer of rows * dim values and SPAN spare ones, and the (rows,
+    dim) matrix viewing it, for a compiled loop that reads SPAN values from a row's start."""
+    flat = np.zeros(rows * dim + SPAN, dtype)
+    return flat, flat[: rows * dim].reshape(rows, dim)
 
 
 class ScalarCodes:
     """A uint8 matrix of codes parallel to the index's vectors (one row a slot), and its scale."""
 
-    __slots__ = ("lo", "step", "matrix")
+    __slots__ = ("lo", "step", "flat", "matrix")
 
     def __init__(self, lo: np.ndarray, step: np.ndarray, rows: int):
         self.lo = np.ascontiguousarray(lo, np.float32)
         self.step = np.ascontiguousarray(step, np.float32)
-        self.matrix = _rows(rows, row_width(self.lo.shape[0]))
+        self.flat, self.matrix = flat_rows(rows, self.lo.shape[0], np.uint8)
 
     @classmethod
     def fit(cls, prepared: np.ndarray, rows: int) -> "ScalarCodes":
@@ -70,25 +65,19 @@ class ScalarCodes:
 
     def write(self, slots: np.ndarray, prepared: np.ndarray) -> None:
         """Row i of `prepared` encoded into slot slots[i]."""
-        dim = self.lo.shape[0]
         for start in range(0, len(slots), CHUNK):
-            self.matrix[slots[start : start + CHUNK], :dim] = self.encode(prepared[start : start + CHUNK])
+            self.matrix[slots[start : start + CHUNK]] = self.encode(prepared[start : start + CHUNK])
 
     def grow(self, rows: int) -> None:
         """Room for `rows` slots, the codes written so far kept."""
-        grown = _rows(rows, self.matrix.shape[1])
-        grown[: self.matrix.shape[0]] = self.matrix
-        self.matrix = grown
-
-    @property
-    def unpadded(self) -> np.ndarray:
-        """The codes without the zeros that pad their rows: a (rows, dim) view."""
-        return self.matrix[:, : self.lo.shape[0]]
+        flat, matrix = flat_rows(rows, self.lo.shape[0], np.uint8)
+        matrix[: self.matrix.shape[0]] = self.matrix
+        self.flat, self.matrix = flat, matrix
 
     @property
     def nbytes(self) -> int:
-        return self.matrix.nbytes + self.lo.nbytes + self.step.nbytes
+        return self.flat.nbytes + self.lo.nbytes + self.step.nbytes
 
 
-NONE = np.zeros((0, 0), np.uint8)  # the kernels' codes argument when a collection has none (untrained)
+NONE = np.zeros(0, np.uint8)  # the kernels' codes argument when a collection has none (untrained)
 NO_SCALE = np.zeros(0, np.float32)

@@ -160,7 +160,7 @@ class Accelerator:
             counts = np.empty(nq, np.int64)
             with _PARALLEL:
                 _choose(queries, tenants, budget, int(index.metric), directory.data, directory.start, directory.size,
-                        tenancy.shortlist_node, index.tree.lined, members.data, members.start, members.size,
+                        tenancy.shortlist_node, index.tree.centroids, members.data, members.start, members.size,
                         mask, list_start, chosen, n_chosen, counts)
                 cand_start = np.zeros(nq + 1, np.int64)
                 np.cumsum(counts, out=cand_start[1:])

@@ -1143,8 +1143,8 @@ class CuratorIndex:
     def _scan_arguments(self) -> tuple:
         """The tenant-scan kernels' arguments (search.py), from the tenants' directory to their counts."""
         tenancy, members, directory, codes = self.tenancy, self.tenancy.members, self.tenancy.directory, self.codes
-        coded = (scalar.NONE, scalar.NO_SCALE, scalar.NO_SCALE) if codes is None else (codes.matrix, codes.lo, codes.step)
-        return (directory.data, directory.start, directory.size, tenancy.shortlist_node, self.tree.lined,
+        coded = (scalar.NONE, scalar.NO_SCALE, scalar.NO_SCALE) if codes is None else (codes.flat, codes.lo, codes.step)
+        return (directory.data, directory.start, directory.size, tenancy.shortlist_node, self.tree.flat,
                 members.data, members.start, members.size, self.vectors, self.inv_norm, *coded, tenancy.count)
 
     def _numbers(self, tenants: list[str]) -> np.ndarray:

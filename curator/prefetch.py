@@ -28,18 +28,30 @@ def prefetch_row(typingctx, matrix, row):
         bytes_ptr = builder.bitcast(start, ir.IntType(8).as_pointer())
         itemsize = context.get_abi_sizeof(context.get_data_type(array_type.dtype))
         n_cols = builder.extract_value(array.shape, 1)
-        size = builder.mul(n_cols, context.get_constant(types.intp, itemsize))
-        # The row's first and last bytes: every line of a row of up to two lines (a scalar code
-        # of up to 64 dimensions; the hot case, kept free of branches). A longer row: a hint per
-        # line between them as well (rows of up to 16 lines are covered; longer ones partly).
-        _hint(context, builder, bytes_ptr, 0)
-        last = builder.sub(size, context.get_constant(types.intp, 1))
-        _hint_at(builder, builder.gep(bytes_ptr, [last]))
-        with builder.if_then(builder.icmp_signed(">", size, context.get_constant(types.intp, 2 * _LINE))):
-            for line in range(1, 16):
-                offset = context.get_constant(types.intp, line * _LINE)
-                with builder.if_then(builder.icmp_signed("<", offset, last)):
-                    _hint(context, builder, bytes_ptr, line)
+        _hint_span(context, builder, bytes_ptr, builder.mul(n_cols, context.get_constant(types.intp, itemsize)))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch_span(typingctx, array, start, count):
+    """Hint that array[start:start + count] of a 1-d array will be read soon (a row of a matrix
+    kept flat: scalar codes, centroids)."""
+    if not isinstance(array, types.Array) or array.ndim != 1 or not all(
+            isinstance(a, types.Integer) for a in (start, count)):
+        return None
+    sig = types.void(array, start, count)
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        i = context.cast(builder, args[1], signature.args[1], types.intp)
+        start = cgutils.get_item_pointer(context, builder, array_type, array, [i], wraparound=False)
+        bytes_ptr = builder.bitcast(start, ir.IntType(8).as_pointer())
+        itemsize = context.get_abi_sizeof(context.get_data_type(array_type.dtype))
+        count = context.cast(builder, args[2], signature.args[2], types.intp)
+        _hint_span(context, builder, bytes_ptr, builder.mul(count, context.get_constant(types.intp, itemsize)))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -64,6 +76,21 @@ def prefetch_at(typingctx, array, index):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _hint_span(context, builder, bytes_ptr, size) -> None:
+    """(In an intrinsic's codegen.) Hints for the `size` bytes from `bytes_ptr`: their first and
+    last bytes, which are every line of a span of up to two lines (a scalar code of up to 64
+    dimensions; the hot case, kept free of branches); a longer span, a hint per line between them
+    as well (spans of up to 16 lines are covered; longer ones partly)."""
+    _hint(context, builder, bytes_ptr, 0)
+    last = builder.sub(size, context.get_constant(types.intp, 1))
+    _hint_at(builder, builder.gep(bytes_ptr, [last]))
+    with builder.if_then(builder.icmp_signed(">", size, context.get_constant(types.intp, 2 * _LINE))):
+        for line in range(1, 16):
+            offset = context.get_constant(types.intp, line * _LINE)
+            with builder.if_then(builder.icmp_signed("<", offset, last)):
+                _hint(context, builder, bytes_ptr, line)
 
 
 def _hint(context, builder, bytes_ptr, line: int) -> None:

@@ -32,8 +32,8 @@ from . import handoff
 from .distance import COSINE, L2, distance_row, dot_row, l2_row
 from .heaps import sift_down_max
 from .metric import MAX_SQUARED_NORM, MIN_COSINE_NORM
-from .codes import LINE, RERANK
-from .prefetch import prefetch_at, prefetch_row
+from .codes import RERANK, SPAN
+from .prefetch import prefetch_at, prefetch_row, prefetch_span
 
 AHEAD = 32  # candidates whose vectors are requested before they are scored
 ROWS, CODES_DOT, CODES_L2 = 0, 1, 2  # how `_scan` scores candidates (a compile-time constant: one loop each)
@@ -97,30 +97,41 @@ def _ranked_shortlists(q, metric, lists, shortlist_node, centroids):
 
     A counting sort into m / 4 buckets rather than a heap: a search reads a few dozen of its
     tenant's hundreds of lists, and heapifying them all cost more than their centroid distances
-    (2.5 of 4.5 us a query on GloVe x WordNet, in mispredicted branches)."""
+    (2.5 of 4.5 us a query on GloVe x WordNet, in mispredicted branches). `centroids`: the tree's,
+    flat (`ClusteringTree.flat`), read as the codes are in `_scan`."""
     m = lists.shape[0]
     key = np.empty(m, np.float32)
     low, high = np.float32(np.inf), np.float32(-np.inf)
-    padded = np.zeros(LINE, np.float32)  # q and zeros, where centroids have LINE columns
-    lined = centroids.shape[1] == LINE and q.shape[0] <= LINE
-    if lined:
-        padded[: q.shape[0]] = q
+    dim = q.shape[0]
+    fixed = SPAN // 2 < dim <= SPAN  # a loop of SPAN values from each row's start (see _scan)
+    span, n_dims = numba.uint64(SPAN), numba.uint64(dim)  # unsigned indexes: see _scan
+    padded = np.zeros(SPAN, np.float32)  # q, then zeros: the next row's values weigh nothing
+    inside = np.zeros(SPAN, np.float32)  # (L2) 1 for q's dimensions, 0 past them
+    if fixed:
+        padded[:dim] = q
+        inside[:dim] = 1.0
     for i in range(m):
         if i + AHEAD < m:
-            prefetch_row(centroids, shortlist_node[lists[i + AHEAD]])
-        node = shortlist_node[lists[i]]
-        if lined:  # a loop of fixed length (see _scan)
-            d = numba.float32(0.0)
+            prefetch_span(centroids, shortlist_node[lists[i + AHEAD]] * dim, dim)
+        row = numba.uint64(shortlist_node[lists[i]]) * n_dims
+        d = numba.float32(0.0)
+        if fixed:
             if metric == L2:
-                for c in range(LINE):
-                    diff = padded[c] - centroids[node, c]
+                for c in range(span):
+                    diff = (padded[c] - centroids[row + c]) * inside[c]
                     d += diff * diff
             else:
-                for c in range(LINE):
-                    d += padded[c] * centroids[node, c]
-                d = numba.float32(1.0) - d if metric == COSINE else -d
+                for c in range(span):
+                    d += padded[c] * centroids[row + c]
+        elif metric == L2:
+            for c in range(n_dims):
+                diff = q[c] - centroids[row + c]
+                d += diff * diff
         else:
-            d = distance_row(q, centroids, node, metric)
+            for c in range(n_dims):
+                d += q[c] * centroids[row + c]
+        if metric != L2:
+            d = numba.float32(1.0) - d if metric == COSINE else -d
         key[i] = d
         low = min(low, d)
         high = max(high, d)
@@ -185,11 +196,14 @@ def _scan(kind, q, width, ef, metric, ranked, members, rows, scale, allowed, bes
     coded = kind != ROWS
     filtered = allowed.size > 0
     dim = q.shape[0]
-    # The query on the codes' scale, and (L2) the scale, padded with zeros to the codes' rows.
-    qa = np.zeros(codes.shape[1] if coded else 0, np.float32)
-    sa = np.zeros(codes.shape[1] if kind == CODES_L2 else 0, np.float32)
+    # The query on the codes' scale, and (L2) the scale, zeros past the dimensions (see below).
+    # Unsigned indexes into the flat codes: with a signed one, numba checks each index for a
+    # negative value (counted from the end), and that check kept the loops from being vectorised.
+    fixed = SPAN // 2 < dim <= SPAN
+    span, n_dims = numba.uint64(SPAN), numba.uint64(dim)
+    qa = np.zeros(max(dim, SPAN) if coded else 0, np.float32)
+    sa = np.zeros(max(dim, SPAN) if kind == CODES_L2 else 0, np.float32)
     base = numba.float32(0.0)
-    code_width = codes.shape[1]
     if coded:
         for j in range(dim):
             if metric == L2:
@@ -223,14 +237,14 @@ def _scan(kind, q, width, ef, metric, ranked, members, rows, scale, allowed, bes
             nxt = mem_start[order_list[at]]
             for p in range(nxt, nxt + min(AHEAD, mem_size[order_list[at]])):
                 if coded:
-                    prefetch_row(codes, mem_data[p])
+                    prefetch_span(codes, mem_data[p] * dim, dim)
                 else:
                     prefetch_row(vectors, mem_data[p])
         improved = found < width
         for p in range(start, end):
             if p + AHEAD < end:
                 if coded:
-                    prefetch_row(codes, mem_data[p + AHEAD])
+                    prefetch_span(codes, mem_data[p + AHEAD] * dim, dim)
                 else:
                     prefetch_row(vectors, mem_data[p + AHEAD])
             slot = mem_data[p]
@@ -241,28 +255,31 @@ def _scan(kind, q, width, ef, metric, ranked, members, rows, scale, allowed, bes
                     scanned += 1
                 d = _distance(q, vectors, inv_norm, slot, metric)
             elif kind == CODES_L2:
-                # Rows of LINE bytes (codes.py) get a loop of that fixed length, which compiles to
-                # whole vector steps; over a bound known only at run time (GloVe's 50) the compiler
-                # unrolls its vector loop to 64 values a step on AVX-512, which then never ran: the
-                # 50 went one at a time (6.5 against 3.9 ns a row; in a function of its own, or with
-                # a branch on the metric inside, the loop was not vectorised at all: 2-3x slower).
+                # Codes of 33 to 64 dimensions: a loop of SPAN bytes from the row's start (into
+                # the next row's, or the buffer's spare zeros, weighed by zero), a fixed length that
+                # compiles to whole vector steps. Over a bound known only at run time (GloVe's 50),
+                # the compiler's vector loop, unrolled to 64 values a step on AVX-512, never ran:
+                # the 50 went one at a time (6.5 against 3.9 ns a row; with the loop in a function
+                # of its own, or a branch on the metric inside it, not vectorised at all: 2-3x slower).
+                row = numba.uint64(slot) * n_dims
                 d = numba.float32(0.0)
-                if code_width == LINE:
-                    for c in range(LINE):
-                        diff = qa[c] - sa[c] * numba.float32(codes[slot, c])
+                if fixed:
+                    for c in range(span):
+                        diff = qa[c] - sa[c] * numba.float32(codes[row + c])
                         d += diff * diff
                 else:
-                    for c in range(code_width):
-                        diff = qa[c] - sa[c] * numba.float32(codes[slot, c])
+                    for c in range(n_dims):
+                        diff = qa[c] - sa[c] * numba.float32(codes[row + c])
                         d += diff * diff
             else:
+                row = numba.uint64(slot) * n_dims
                 acc = base
-                if code_width == LINE:
-                    for c in range(LINE):
-                        acc += qa[c] * numba.float32(codes[slot, c])
+                if fixed:
+                    for c in range(span):
+                        acc += qa[c] * numba.float32(codes[row + c])
                 else:
-                    for c in range(code_width):
-                        acc += qa[c] * numba.float32(codes[slot, c])
+                    for c in range(n_dims):
+                        acc += qa[c] * numba.float32(codes[row + c])
                 d = numba.float32(1.0) - acc if metric == COSINE else -acc
             if found < width:
                 best_d[found] = d

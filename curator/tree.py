@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 
 from . import device as devices
-from .codes import LINE
+from .codes import flat_rows
 from .errors import CuratorError
 from .metric import Metric, within_norm_bound
 
@@ -51,8 +51,9 @@ class TreeShape:
 
 class ClusteringTree:
     def __init__(self, centroids: np.ndarray, parent: np.ndarray, metric: Metric, distortion: float = 0.0):
-        self.centroids = np.ascontiguousarray(centroids, np.float32)
-        self.lined = _lined(self.centroids)
+        # flat: the centroids end to end and codes.SPAN spare zeros, which tenant scans read (search.py)
+        self.flat, self.centroids = flat_rows(*np.shape(centroids), np.float32)
+        self.centroids[:] = centroids
         self.parent = np.ascontiguousarray(parent, np.int32)
         self.metric = metric
         self.distortion = distortion  # mean routing distance of the training vectors
@@ -179,20 +180,7 @@ class ClusteringTree:
 
     @property
     def nbytes(self) -> int:
-        lined = self.lined.nbytes if self.lined is not self.centroids else 0
-        return lined + sum(a.nbytes for a in (self.centroids, self.parent, self.depth, self.child_start,
-                                              self.child_ids, self.paths))
-
-
-def _lined(centroids: np.ndarray) -> np.ndarray:
-    """The centroids that tenant scans rank shortlists by: of 33 to 64 dimensions, padded with
-    zeros to 64 columns, for the scan's loop of fixed length (search.py); otherwise the centroids."""
-    dim = centroids.shape[1]
-    if not LINE // 2 < dim < LINE:
-        return centroids
-    lined = np.zeros((centroids.shape[0], LINE), np.float32)
-    lined[:, :dim] = centroids
-    return lined
+        return sum(a.nbytes for a in (self.flat, self.parent, self.depth, self.child_start, self.child_ids, self.paths))
 
 
 def _flat_index(centroids: np.ndarray, metric: Metric) -> faiss.Index:

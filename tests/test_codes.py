@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import curator
-from curator.codes import LEVELS, LINE, ScalarCodes, row_width
+from curator.codes import LEVELS, SPAN, ScalarCodes
 from curator import search
 from curator.search import EXACT_EF
 
@@ -43,18 +43,18 @@ def _codes_match_the_vectors(col) -> None:
     codes = index.codes
     assert codes is not None, "a trained collection scans codes"
     live = np.flatnonzero(index.slot_ids[: index.n_slots] >= 0)
-    np.testing.assert_array_equal(codes.unpadded[live], codes.encode(index._prepared(live)))
-    assert not codes.matrix[:, index.dim:].any(), "the bytes after a code stay zero"
-    assert codes.matrix.ctypes.data % LINE == 0 and codes.matrix.shape[1] == row_width(index.dim)
+    np.testing.assert_array_equal(codes.matrix[live], codes.encode(index._prepared(live)))
+    assert np.shares_memory(codes.flat, codes.matrix) and codes.flat.size == codes.matrix.size + SPAN
+    assert not codes.flat[codes.matrix.size :].any(), "the spare bytes after the last row stay zero"
 
 
-def test_code_rows_are_padded_to_the_widths_the_scan_is_compiled_for():
-    assert [row_width(d) for d in (1, 12, 32, 33, 50, 64, 65, 100, 128, 768)] == [1, 12, 32, 64, 64, 64, 128, 128, 128, 768]
+def test_codes_lie_end_to_end_with_spare_zeros_after_the_last_row():
     codes = ScalarCodes(np.zeros(50, np.float32), np.ones(50, np.float32), 3)
     codes.write(np.arange(3), np.full((3, 50), 7.0, np.float32))
     codes.grow(1000)
-    assert codes.matrix.shape == (1000, 64) and codes.matrix.ctypes.data % LINE == 0
-    assert (codes.unpadded[:3] == 7).all() and not codes.matrix[:3, 50:].any() and not codes.matrix[3:].any()
+    assert codes.matrix.shape == (1000, 50) and codes.flat.size == 1000 * 50 + SPAN
+    assert (codes.flat[: 3 * 50] == 7).all() and not codes.flat[3 * 50 :].any()
+    assert np.shares_memory(codes.flat, codes.matrix)
 
 
 @settings(max_examples=40, deadline=None)
@@ -63,13 +63,13 @@ def test_a_code_stands_for_its_value_within_half_a_step(x):
     codes = ScalarCodes.fit(x, 64)
     codes.write(np.arange(64), x)
     inside = (x >= codes.lo) & (x <= codes.lo + codes.step * LEVELS)  # the rest is clipped
-    decoded = codes.lo + codes.step * codes.unpadded.astype(np.float32)
+    decoded = codes.lo + codes.step * codes.matrix.astype(np.float32)
     error = np.abs(decoded - x)
     assert (error[inside] <= (codes.step * 0.5001 + 1e-3 * np.abs(x).max())[np.nonzero(inside)[1]]).all()
 
 
-# 12 dimensions: rows of 12 bytes; 50: rows of 64, the scan's loops of fixed length (search.py);
-# 100: rows of 128, a loop over the padded row.
+# 12 and 100 dimensions: the scan's loops over a row's dimensions; 50: its loops of SPAN values
+# from a row's start (search.py).
 @pytest.mark.parametrize("dim", [12, 50, 100])
 @pytest.mark.parametrize("metric", METRICS)
 def test_answers_are_the_tenants_vectors_with_exact_distances(metric, dim):
@@ -116,7 +116,7 @@ def test_the_scan_ranks_by_centroids_and_scores_codes_as_decoded(metric, dim):
     t = index._tenant("t0")
     lists = dir_data[dir_start[t] : dir_start[t] + dir_size[t]]
     slots = np.concatenate([mem_data[mem_start[i] : mem_start[i] + mem_size[i]] for i in lists])
-    decoded = lo + step * index.codes.unpadded[slots].astype(np.float32)
+    decoded = lo + step * index.codes.matrix[slots].astype(np.float32)
     width = 2 * K
     for q in clustered(20, dim, seed=13, centers=10):
         prepared, usable = search.prepare_query(q, metric_code)

@@ -144,10 +144,13 @@ def test_shortlists_are_taken_nearest_first(values):
     reached) is the order of their keys, with bunched keys, ties and far outliers."""
     from curator import search
 
-    centroids = np.array(values, np.float32)[:, None]  # under inner product the key is -value
+    from curator.codes import flat_rows
+
+    flat, centroids = flat_rows(len(values), 1, np.float32)  # the kernels read centroids flat
+    centroids[:, 0] = values  # under inner product the key is -value
     lists = np.arange(len(values), dtype=np.int64)
     keys, order, bucket_start = search._ranked_shortlists(np.ones(1, np.float32), 2, lists, lists.astype(np.int32),
-                                                          centroids)
+                                                          flat)
     for b in range(bucket_start.size - 1):
         search._next_bucket(keys, order, bucket_start, b)
     assert sorted(order.tolist()) == lists.tolist()  # each list once
