@@ -20,15 +20,9 @@ def prefetch_row(typingctx, matrix, row):
     sig = types.void(matrix, row)
 
     def codegen(context, builder, signature, args):
-        array_type = signature.args[0]
-        array = context.make_array(array_type)(context, builder, args[0])
-        zero = context.get_constant(types.intp, 0)
-        row_index = context.cast(builder, args[1], signature.args[1], types.intp)
-        start = cgutils.get_item_pointer(context, builder, array_type, array, [row_index, zero], wraparound=False)
-        bytes_ptr = builder.bitcast(start, ir.IntType(8).as_pointer())
-        itemsize = context.get_abi_sizeof(context.get_data_type(array_type.dtype))
+        array, bytes_ptr, itemsize = _element(context, builder, signature, args, 2)
         n_cols = builder.extract_value(array.shape, 1)
-        _hint_span(context, builder, bytes_ptr, builder.mul(n_cols, context.get_constant(types.intp, itemsize)))
+        _hint_span(context, builder, bytes_ptr, builder.mul(n_cols, itemsize))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -44,14 +38,9 @@ def prefetch_span(typingctx, array, start, count):
     sig = types.void(array, start, count)
 
     def codegen(context, builder, signature, args):
-        array_type = signature.args[0]
-        array = context.make_array(array_type)(context, builder, args[0])
-        i = context.cast(builder, args[1], signature.args[1], types.intp)
-        start = cgutils.get_item_pointer(context, builder, array_type, array, [i], wraparound=False)
-        bytes_ptr = builder.bitcast(start, ir.IntType(8).as_pointer())
-        itemsize = context.get_abi_sizeof(context.get_data_type(array_type.dtype))
+        _, bytes_ptr, itemsize = _element(context, builder, signature, args, 1)
         count = context.cast(builder, args[2], signature.args[2], types.intp)
-        _hint_span(context, builder, bytes_ptr, builder.mul(count, context.get_constant(types.intp, itemsize)))
+        _hint_span(context, builder, bytes_ptr, builder.mul(count, itemsize))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -66,16 +55,25 @@ def prefetch_at(typingctx, array, index):
     sig = types.void(array, index)
 
     def codegen(context, builder, signature, args):
-        array_type = signature.args[0]
-        array = context.make_array(array_type)(context, builder, args[0])
-        i = context.cast(builder, args[1], signature.args[1], types.intp)
-        start = cgutils.get_item_pointer(context, builder, array_type, array, [i], wraparound=False)
-        bytes_ptr = builder.bitcast(start, ir.IntType(8).as_pointer())
+        _, bytes_ptr, _ = _element(context, builder, signature, args, 1)
         for line in range(4):
             _hint(context, builder, bytes_ptr, line)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _element(context, builder, signature, args, ndim: int):
+    """(In an intrinsic's codegen.) For an intrinsic whose arguments are an array and an index
+    (its first, for `ndim` 2: a row's): the array, the element's address as bytes, and the size
+    of an element (an intp constant)."""
+    array_type = signature.args[0]
+    array = context.make_array(array_type)(context, builder, args[0])
+    index = context.cast(builder, args[1], signature.args[1], types.intp)
+    at = [index] + [context.get_constant(types.intp, 0)] * (ndim - 1)
+    start = cgutils.get_item_pointer(context, builder, array_type, array, at, wraparound=False)
+    itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(array_type.dtype)))
+    return array, builder.bitcast(start, ir.IntType(8).as_pointer()), itemsize
 
 
 def _hint_span(context, builder, bytes_ptr, size) -> None:
