@@ -864,7 +864,7 @@ class CuratorIndex:
                     continue
                 if plan == "exact":
                     prepared = self.metric.prepare(queries[rows])  # finite: checked by the caller
-                    slots, candidates = self._candidates(allowed)
+                    slots, candidates, _ = self._candidates(allowed)
                     if slots.size:
                         top, d = device.exact_topk(prepared, candidates, k, self.metric, xp=np)  # device: above
                         ids[rows, : top.shape[1]], dists[rows, : top.shape[1]] = self.slot_ids[slots[top]], d
@@ -913,21 +913,25 @@ class CuratorIndex:
                 self._allowed_sets.popitem(last=False)
         return allowed
 
-    def _candidates(self, allowed: planner.Allowed) -> tuple[np.ndarray, np.ndarray]:
-        """The allowed slots and their rows ready for a scan (unit length under cosine), kept
-        while small: repeated filters then scan without gathering."""
+    def _candidates(self, allowed: planner.Allowed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The allowed slots and their rows ready for a scan (unit length under cosine): the
+        slots, the rows, and the rows flat with codes.SPAN spare zeros (what the compiled exact
+        scan reads). Kept while small: repeated filters then scan without gathering."""
         if allowed.candidates is not None:
             return allowed.candidates
         slots = np.flatnonzero(allowed.mask)
-        candidates = (slots, self._prepared(slots))
-        if candidates[1].nbytes <= planner.KEPT_ROWS_BYTES:
-            allowed.candidates = candidates
-        return candidates
+        flat, rows = scalar.flat_rows(slots.size, self.dim, np.float32)
+        np.take(self.vectors, slots, axis=0, out=rows)
+        if self.metric is Metric.COSINE:
+            rows *= self.inv_norm[slots, None]
+        if rows.nbytes <= planner.KEPT_ROWS_BYTES:
+            allowed.candidates = (slots, rows, flat)
+        return slots, rows, flat
 
     def _exact(self, query: np.ndarray, k: int, allowed: planner.Allowed) -> tuple[np.ndarray, np.ndarray]:
         """Best k allowed vectors by exact distance, smaller first."""
-        slots, rows = self._candidates(allowed)
-        ids, dists, usable = kernels.exact_one(query, k, int(self.metric), rows, slots, self.slot_ids)
+        slots, _, flat = self._candidates(allowed)
+        ids, dists, usable = kernels.exact_one(query, k, int(self.metric), flat, slots, self.slot_ids)
         if not usable:
             raise InvalidArgumentError(_UNUSABLE)
         return ids, dists

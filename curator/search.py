@@ -370,8 +370,8 @@ def search_batch_parallel(queries, tenants, k, ef, metric, dir_data, dir_start, 
 
 @numba.njit(cache=True, nogil=True)
 def exact_one(q, k, metric, rows, slots, slot_ids):
-    """One query scanned exactly over `rows` (prepared for the metric; row i is slot slots[i]) in
-    one call: (ids, distances) best first, or empty arrays and False if q is unusable. For the few
+    """One query scanned exactly over `rows` (prepared for the metric, flat: see `_exact_scan`;
+    row i is slot slots[i]) in one call: (ids, distances) best first, or empty arrays and False if q is unusable. For the few
     allowed vectors of a narrow filter, where a query's fixed costs are most of its time.
 
     Not fastmath itself: the query's NaN check must not be folded away (a fastmath caller would
@@ -385,18 +385,46 @@ def exact_one(q, k, metric, rows, slots, slot_ids):
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _exact_scan(prepared, k, metric, rows, slots, slot_ids):
-    n = rows.shape[0]
+    """`rows` flat: row i (slot slots[i]) at i * dim, SPAN spare zeros after the last
+    (`CuratorIndex._candidates`); read as `_scan` reads codes (loops of fixed length, unsigned
+    indexes): 3.6 against 5.3 ns a GloVe row."""
+    n, dim = slots.shape[0], prepared.shape[0]
     k = min(k, n)
-    keys = np.empty(k, np.float32)
-    vals = np.empty(k, np.int64)
-    for i in range(k):
-        keys[i] = distance_row(prepared, rows, i, metric)
-        vals[i] = i
-    for i in range(k // 2 - 1, -1, -1):
-        sift_down_max(keys, vals, k, i)
-    for i in range(k, n):
-        d = distance_row(prepared, rows, i, metric)
-        if d < keys[0]:
+    fixed = SPAN // 2 < dim <= SPAN
+    span, n_dims = numba.uint64(SPAN), numba.uint64(dim)
+    padded = np.zeros(max(dim, SPAN), np.float32)  # the query, then zeros
+    inside = np.zeros(max(dim, SPAN), np.float32)  # (L2) 1 for its dimensions, 0 past them
+    padded[:dim] = prepared
+    inside[:dim] = 1.0
+    keys = np.full(k, np.inf, np.float32)
+    vals = np.zeros(k, np.int64)
+    for i in range(n):
+        row = numba.uint64(i) * n_dims
+        d = numba.float32(0.0)
+        if metric == L2:
+            if fixed:
+                for c in range(span):
+                    diff = (padded[c] - rows[row + c]) * inside[c]
+                    d += diff * diff
+            else:
+                for c in range(n_dims):
+                    diff = padded[c] - rows[row + c]
+                    d += diff * diff
+        else:
+            if fixed:
+                for c in range(span):
+                    d += padded[c] * rows[row + c]
+            else:
+                for c in range(n_dims):
+                    d += padded[c] * rows[row + c]
+            d = numba.float32(1.0) - d if metric == COSINE else -d
+        if i < k:
+            keys[i] = d
+            vals[i] = i
+            if i == k - 1:
+                for j in range(k // 2 - 1, -1, -1):
+                    sift_down_max(keys, vals, k, j)
+        elif d < keys[0]:
             keys[0] = d
             vals[0] = i
             sift_down_max(keys, vals, k, 0)

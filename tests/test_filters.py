@@ -340,6 +340,32 @@ def test_device_exact_topk_is_brute_force_on_the_cpu(metric):
     assert device.exact_topk(queries, rows[:5], 12, m, xp=np)[0].shape == (7, 5)
 
 
+@pytest.mark.parametrize("dim", [6, 50, 100])
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_the_exact_plan_scans_its_flat_rows_as_brute_force(metric, dim):
+    """The exact plan's compiled scan over an allowed set's rows kept flat (codes.flat_rows: for
+    33-64 dimensions it reads 64 values from a row's start, the next row's weighed by zero):
+    the ids and distances of numpy's brute force, at every metric."""
+    from curator import search
+    from curator.codes import flat_rows
+    from curator.metric import Metric
+
+    rng = np.random.default_rng(dim)
+    m = Metric.parse(metric)
+    x = rng.standard_normal((300, dim)).astype(np.float32) * 3
+    rows = x / np.linalg.norm(x, axis=1, keepdims=True) if m is Metric.COSINE else x
+    flat, view = flat_rows(300, dim, np.float32)
+    view[:] = rows
+    slots, slot_ids = np.arange(300) * 2, np.arange(600) + 1000
+    for q in rng.standard_normal((5, dim)).astype(np.float32):
+        ids, dists, usable = search.exact_one(q, 12, int(m), flat, slots, slot_ids)
+        p = q / np.linalg.norm(q) if m is Metric.COSINE else q
+        expected = {"l2": ((rows - p) ** 2).sum(1), "cosine": 1 - rows @ p, "ip": -(rows @ p)}[metric]
+        assert usable
+        np.testing.assert_array_equal(ids, slot_ids[slots[np.argsort(expected, kind="stable")[:12]]])
+        np.testing.assert_allclose(dists, np.sort(expected)[:12], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("row_bytes, plan", [(4, "exact"), (200, "graph")])
 def test_the_planner_counts_rows_gathered_anew_for_each_query(row_bytes, plan):
     """100k allowed of 400k (25%), a wide beam (384 at ef 8192): kept rows (400 KB) scan cheaper
