@@ -15,30 +15,20 @@ fitted whenever the tree is trained, and every vector is encoded again then; vec
 later are encoded on the same scale. Codes are derived from the vectors, so never stored: an
 opened data directory encodes its vectors again.
 
-The rows lie end to end in one flat buffer (`flat`, which the scan reads), followed by `SPAN`
-spare zero bytes, and `matrix` is the (rows, dim) view of them. A scan of codes of 33 to 64
-dimensions reads SPAN bytes from a row's start, its own and the next row's first ones, and
-weighs the bytes past its dimensions by zero: a loop of a length fixed when it is compiled,
-which the compiler turns into whole vector instructions. Over a bound known only at run time
-(GloVe's 50) AVX-512's unrolled vector loop (64 values a step) never ran and the bytes went
-one at a time. It costs SPAN bytes in all, not a padded row each.
+The rows are flat (distance.py's `flat_rows`: `flat`, which the scan reads, and `matrix`, its
+(rows, dim) view), so that the scan's loops over a code have a fixed length: it costs SPAN bytes
+in all, not a padded row each.
 """
 
 import numpy as np
+
+from .distance import flat_rows
 
 RERANK = 2  # the scan keeps RERANK * k candidates by approximate distance, then ranks them exactly
 CLIP = 0.001  # each dimension's scale spans its CLIP .. 1 - CLIP quantiles
 LEVELS = 255
 FIT_ROWS = 20_000  # the quantiles are taken over at most this many rows (evenly spaced)
 CHUNK = 8192  # rows encoded at a time: float32 temporaries stay small (they would stay in the heap)
-SPAN = 64  # values the scans' loops of fixed length read from a row's start (rows of 33 to 64 values)
-
-
-def flat_rows(rows: int, dim: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(flat, matrix): a zeroed buffer of rows * dim values and SPAN spare ones, and the (rows,
-    dim) matrix viewing it, for a compiled loop that reads SPAN values from a row's start."""
-    flat = np.zeros(rows * dim + SPAN, dtype)
-    return flat, flat[: rows * dim].reshape(rows, dim)
 
 
 class ScalarCodes:

@@ -30,6 +30,7 @@ import numpy as np
 from . import codes as scalar, device, filters, handoff, planner
 from . import search as kernels
 from .codes import ScalarCodes
+from .distance import flat_rows
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, PermissionDeniedError
 from .graph import Graph
 from .idmap import EVICTED, IdMap
@@ -915,12 +916,12 @@ class CuratorIndex:
 
     def _candidates(self, allowed: planner.Allowed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The allowed slots and their rows ready for a scan (unit length under cosine): the
-        slots, the rows, and the rows flat with codes.SPAN spare zeros (what the compiled exact
+        slots, the rows, and the rows flat (distance.flat_rows) (what the compiled exact
         scan reads). Kept while small: repeated filters then scan without gathering."""
         if allowed.candidates is not None:
             return allowed.candidates
         slots = np.flatnonzero(allowed.mask)
-        flat, rows = scalar.flat_rows(slots.size, self.dim, np.float32)
+        flat, rows = flat_rows(slots.size, self.dim, np.float32)
         np.take(self.vectors, slots, axis=0, out=rows)
         if self.metric is Metric.COSINE:
             rows *= self.inv_norm[slots, None]

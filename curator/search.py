@@ -29,10 +29,10 @@ import numba
 import numpy as np
 
 from . import handoff
-from .distance import COSINE, L2, distance_row, dot_row, l2_row
+from .distance import COSINE, L2, SPAN, dot_row, l2_row
 from .heaps import sift_down_max
 from .metric import MAX_SQUARED_NORM, MIN_COSINE_NORM
-from .codes import RERANK, SPAN
+from .codes import RERANK
 from .prefetch import prefetch_at, prefetch_row, prefetch_span
 
 AHEAD = 32  # candidates whose vectors are requested before they are scored
@@ -98,13 +98,13 @@ def _ranked_shortlists(q, metric, lists, shortlist_node, centroids):
     A counting sort into m / 4 buckets rather than a heap: a search reads a few dozen of its
     tenant's hundreds of lists, and heapifying them all cost more than their centroid distances
     (2.5 of 4.5 us a query on GloVe x WordNet, in mispredicted branches). `centroids`: the tree's,
-    flat (`ClusteringTree.flat`), read as the codes are in `_scan`."""
+    flat (`ClusteringTree.flat`; distance.py says how flat rows are read)."""
     m = lists.shape[0]
     key = np.empty(m, np.float32)
     low, high = np.float32(np.inf), np.float32(-np.inf)
     dim = q.shape[0]
-    fixed = SPAN // 2 < dim <= SPAN  # a loop of SPAN values from each row's start (see _scan)
-    span, n_dims = numba.uint64(SPAN), numba.uint64(dim)  # unsigned indexes: see _scan
+    fixed = SPAN // 2 < dim <= SPAN  # a loop of SPAN values from each row's start (distance.py)
+    span, n_dims = numba.uint64(SPAN), numba.uint64(dim)  # unsigned indexes (distance.py)
     padded = np.zeros(SPAN, np.float32)  # q, then zeros: the next row's values weigh nothing
     inside = np.zeros(SPAN, np.float32)  # (L2) 1 for q's dimensions, 0 past them
     if fixed:
@@ -196,9 +196,8 @@ def _scan(kind, q, width, ef, metric, ranked, members, rows, scale, allowed, bes
     coded = kind != ROWS
     filtered = allowed.size > 0
     dim = q.shape[0]
-    # The query on the codes' scale, and (L2) the scale, zeros past the dimensions (see below).
-    # Unsigned indexes into the flat codes: with a signed one, numba checks each index for a
-    # negative value (counted from the end), and that check kept the loops from being vectorised.
+    # The query on the codes' scale, and (L2) the scale, zeros past the dimensions: the codes are
+    # flat rows, read as distance.py says (loops of fixed length, unsigned indexes).
     fixed = SPAN // 2 < dim <= SPAN
     span, n_dims = numba.uint64(SPAN), numba.uint64(dim)
     qa = np.zeros(max(dim, SPAN) if coded else 0, np.float32)
@@ -255,12 +254,9 @@ def _scan(kind, q, width, ef, metric, ranked, members, rows, scale, allowed, bes
                     scanned += 1
                 d = _distance(q, vectors, inv_norm, slot, metric)
             elif kind == CODES_L2:
-                # Codes of 33 to 64 dimensions: a loop of SPAN bytes from the row's start (into
-                # the next row's, or the buffer's spare zeros, weighed by zero), a fixed length that
-                # compiles to whole vector steps. Over a bound known only at run time (GloVe's 50),
-                # the compiler's vector loop, unrolled to 64 values a step on AVX-512, never ran:
-                # the 50 went one at a time (6.5 against 3.9 ns a row; with the loop in a function
-                # of its own, or a branch on the metric inside it, not vectorised at all: 2-3x slower).
+                # A loop of fixed length (distance.py: 6.5 against 3.9 ns a GloVe code), written
+                # out here: in a function of its own, or with a branch on the metric inside it, it
+                # was not vectorised at all (2-3x slower).
                 row = numba.uint64(slot) * n_dims
                 d = numba.float32(0.0)
                 if fixed:
@@ -371,8 +367,9 @@ def search_batch_parallel(queries, tenants, k, ef, metric, dir_data, dir_start, 
 @numba.njit(cache=True, nogil=True)
 def exact_one(q, k, metric, rows, slots, slot_ids):
     """One query scanned exactly over `rows` (prepared for the metric, flat: see `_exact_scan`;
-    row i is slot slots[i]) in one call: (ids, distances) best first, or empty arrays and False if q is unusable. For the few
-    allowed vectors of a narrow filter, where a query's fixed costs are most of its time.
+    row i is slot slots[i]) in one call: (ids, distances) best first, or empty arrays and False
+    if q is unusable. For the few allowed vectors of a narrow filter, where a query's fixed costs
+    are most of its time.
 
     Not fastmath itself: the query's NaN check must not be folded away (a fastmath caller would
     impose its flags on an inlined `prepare_query`); only the scan below is."""
@@ -385,9 +382,8 @@ def exact_one(q, k, metric, rows, slots, slot_ids):
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _exact_scan(prepared, k, metric, rows, slots, slot_ids):
-    """`rows` flat: row i (slot slots[i]) at i * dim, SPAN spare zeros after the last
-    (`CuratorIndex._candidates`); read as `_scan` reads codes (loops of fixed length, unsigned
-    indexes): 3.6 against 5.3 ns a GloVe row."""
+    """`rows` flat (distance.py): row i, of slot slots[i], at i * dim (`CuratorIndex._candidates`):
+    3.6 against 5.3 ns a GloVe row read as a matrix."""
     n, dim = slots.shape[0], prepared.shape[0]
     k = min(k, n)
     fixed = SPAN // 2 < dim <= SPAN

@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 
 from . import device as devices
-from .codes import flat_rows
+from .distance import flat_rows
 from .errors import CuratorError
 from .metric import Metric, within_norm_bound
 
@@ -51,7 +51,7 @@ class TreeShape:
 
 class ClusteringTree:
     def __init__(self, centroids: np.ndarray, parent: np.ndarray, metric: Metric, distortion: float = 0.0):
-        # flat: the centroids end to end and codes.SPAN spare zeros, which tenant scans read (search.py)
+        # flat: the centroids end to end and distance.SPAN spare zeros, which tenant scans read (search.py)
         self.flat, self.centroids = flat_rows(*np.shape(centroids), np.float32)
         self.centroids[:] = centroids
         self.parent = np.ascontiguousarray(parent, np.int32)

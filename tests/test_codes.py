@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import curator
-from curator.codes import LEVELS, SPAN, ScalarCodes
+from curator.codes import LEVELS, ScalarCodes
+from curator.distance import SPAN
 from curator import search
 from curator.search import EXACT_EF
 

@@ -343,11 +343,11 @@ def test_device_exact_topk_is_brute_force_on_the_cpu(metric):
 @pytest.mark.parametrize("dim", [6, 50, 100])
 @pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
 def test_the_exact_plan_scans_its_flat_rows_as_brute_force(metric, dim):
-    """The exact plan's compiled scan over an allowed set's rows kept flat (codes.flat_rows: for
+    """The exact plan's compiled scan over an allowed set's rows kept flat (distance.flat_rows: for
     33-64 dimensions it reads 64 values from a row's start, the next row's weighed by zero):
     the ids and distances of numpy's brute force, at every metric."""
     from curator import search
-    from curator.codes import flat_rows
+    from curator.distance import flat_rows
     from curator.metric import Metric
 
     rng = np.random.default_rng(dim)

@@ -144,7 +144,7 @@ def test_shortlists_are_taken_nearest_first(values):
     reached) is the order of their keys, with bunched keys, ties and far outliers."""
     from curator import search
 
-    from curator.codes import flat_rows
+    from curator.distance import flat_rows
 
     flat, centroids = flat_rows(len(values), 1, np.float32)  # the kernels read centroids flat
     centroids[:, 0] = values  # under inner product the key is -value
